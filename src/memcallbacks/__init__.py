@@ -1,0 +1,73 @@
+"""memcallbacks: PyTorch Lightning callbacks that measure memorisation during training.
+
+Add a callback to an existing ``Trainer``; per-sample loss trajectories, canary exposure
+(Carlini et al. 2019), train/held-out loss gaps and membership-inference scores (Yeom et
+al. 2018; Carlini et al. 2022), and a one-run privacy audit (Steinke et al. 2023) are
+computed during training and logged to the loggers the Trainer already has.
+
+Example:
+    >>> import pytorch_lightning as pl
+    >>> from memcallbacks import LossTrajectoryTracker, MembershipInferenceMonitor
+    >>> trainer = pl.Trainer(callbacks=[LossTrajectoryTracker(), MembershipInferenceMonitor()])
+
+Public names are imported lazily, so ``import memcallbacks.metrics`` does not import
+Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # data
+    "IndexedDataset": "memcallbacks.data.indexed",
+    "split_index": "memcallbacks.data.indexed",
+    "CanarySet": "memcallbacks.data.canaries",
+    "Canary": "memcallbacks.data.canaries",
+    "CharTokenizer": "memcallbacks.data.canaries",
+    # storage
+    "TrajectoryStore": "memcallbacks.store",
+    # callbacks
+    "LossTrajectoryTracker": "memcallbacks.callbacks.trajectory",
+    "MembershipInferenceMonitor": "memcallbacks.callbacks.membership",
+    "CanaryExposureMonitor": "memcallbacks.callbacks.exposure",
+    "PrivacyAuditMonitor": "memcallbacks.callbacks.audit",
+    "LeakageEarlyStopping": "memcallbacks.callbacks.stopping",
+    "DPEpsilonLogger": "memcallbacks.callbacks.dp",
+    # metrics (also importable from memcallbacks.metrics)
+    "MembershipReport": "memcallbacks.metrics.membership",
+    "TrajectoryStatistics": "memcallbacks.metrics.dynamics",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memcallbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
+    from memcallbacks.callbacks.audit import PrivacyAuditMonitor
+    from memcallbacks.callbacks.dp import DPEpsilonLogger
+    from memcallbacks.callbacks.exposure import CanaryExposureMonitor
+    from memcallbacks.callbacks.membership import MembershipInferenceMonitor
+    from memcallbacks.callbacks.stopping import LeakageEarlyStopping
+    from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
+    from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
+    from memcallbacks.data.indexed import IndexedDataset, split_index
+    from memcallbacks.metrics.dynamics import TrajectoryStatistics
+    from memcallbacks.metrics.membership import MembershipReport
+    from memcallbacks.store import TrajectoryStore
