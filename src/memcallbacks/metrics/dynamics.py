@@ -1,0 +1,444 @@
+"""Per-sample training-dynamics statistics over a loss trajectory.
+
+Given each sample's loss at every epoch it was visited (and optionally whether it was
+classified correctly), computes the statistics of:
+
+* Swayamdipta et al., "Dataset Cartography: Mapping and Diagnosing Datasets with Training
+  Dynamics", EMNLP 2020: *confidence* = mean over epochs of the probability of the gold
+  label, *variability* = its population standard deviation (ddof=0), *correctness* =
+  fraction of epochs classified correctly. For a cross-entropy loss that probability is
+  ``exp(-loss)``, so the data map needs no extra model output.
+* Toneva et al., "An Empirical Study of Example Forgetting during Deep Neural Network
+  Learning", ICLR 2019: *forgetting events* = transitions from correct to incorrect
+  between consecutive visits of a sample.
+
+**Never-learned convention.** We count actual correct-to-incorrect transitions only. A
+sample that is never classified correctly has 0 forgetting events and ``learned_epoch ==
+-1``; so has a sample that is incorrect at its last visit. Toneva et al.'s code instead
+counts a never-learned sample as forgotten (infinitely often, for ranking), and Dataset
+Cartography uses a sentinel of 1000; select those samples with ``learned_epoch == -1``.
+
+Statistics are streamed by :class:`TrajectoryAccumulator` (memory O(N), Welford updates in
+float64), and :func:`trajectory_statistics` computes them from a full ``[N, E]`` matrix by
+feeding its columns to the same accumulator.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from memcallbacks.metrics.exposure import _as_float_array, _to_numpy
+
+__all__ = [
+    "TrajectoryAccumulator",
+    "TrajectoryStatistics",
+    "memorisation_score",
+    "top_k",
+    "trajectory_statistics",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class TrajectoryStatistics:
+    """Per-sample statistics over the recorded epochs; every array has shape ``[N]``.
+
+    Samples never visited (all losses NaN) have ``count == 0`` and NaN statistics.
+
+    Attributes:
+        count: number of epochs the sample was visited (non-NaN loss), int64.
+        mean: mean loss over visits.
+        std: population standard deviation (ddof=0) of the loss over visits.
+        last: loss at the last visit.
+        min: lowest loss over visits.
+        confidence: mean of ``exp(-loss)``, the gold-label probability for cross-entropy
+            (Dataset Cartography's confidence).
+        variability: population std (ddof=0) of ``exp(-loss)`` (Cartography's variability).
+        correctness: fraction of visits classified correctly; ``None`` without correctness.
+        forgetting_events: number of correct-to-incorrect transitions between consecutive
+            visits (Toneva et al.), int64; ``None`` without correctness.
+        learned_epoch: first epoch index from which the sample is correct at every later
+            visit; -1 if it never was or is incorrect at its last visit, int64; ``None``
+            without correctness.
+    """
+
+    count: NDArray[np.int64]
+    mean: NDArray[np.float64]
+    std: NDArray[np.float64]
+    last: NDArray[np.float64]
+    min: NDArray[np.float64]
+    confidence: NDArray[np.float64]
+    variability: NDArray[np.float64]
+    correctness: NDArray[np.float64] | None = None
+    forgetting_events: NDArray[np.int64] | None = None
+    learned_epoch: NDArray[np.int64] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples ``N``."""
+        return int(self.count.shape[0])
+
+
+_STATE_KEYS = (
+    "count",
+    "loss_mean",
+    "loss_m2",
+    "prob_mean",
+    "prob_m2",
+    "last",
+    "min",
+    "correct_count",
+    "forgetting_events",
+    "previous_correct",
+    "streak_start",
+)
+
+
+class TrajectoryAccumulator:
+    """Streams per-sample trajectory statistics one epoch at a time, in O(N) memory.
+
+    Loss and ``exp(-loss)`` moments use Welford's update in float64. Epochs are numbered
+    by the order of :meth:`update` calls, from 0.
+
+    Args:
+        num_samples: number of samples ``N`` (>= 0).
+
+    Raises:
+        ValueError: if ``num_samples`` is negative.
+        TypeError: if ``num_samples`` is not an int.
+
+    Example:
+        >>> import numpy as np
+        >>> acc = TrajectoryAccumulator(2)
+        >>> acc.update([2.0, np.nan], [False, False])
+        >>> acc.update([0.5, 1.0], [True, False])
+        >>> acc.update([1.0, 3.0], [False, True])
+        >>> stats = acc.compute()
+        >>> stats.count, stats.mean, stats.forgetting_events, stats.learned_epoch
+        (array([3, 2]), array([1.16666667, 2.        ]), array([1, 0]), array([-1,  2]))
+    """
+
+    num_samples: int
+    num_epochs: int
+    has_correctness: bool | None
+    _count: NDArray[np.int64]
+    _loss_mean: NDArray[np.float64]
+    _loss_m2: NDArray[np.float64]
+    _prob_mean: NDArray[np.float64]
+    _prob_m2: NDArray[np.float64]
+    _last: NDArray[np.float64]
+    _min: NDArray[np.float64]
+    _correct_count: NDArray[np.int64]
+    _forgetting_events: NDArray[np.int64]
+    _previous_correct: NDArray[np.int8]
+    _streak_start: NDArray[np.int64]
+
+    def __init__(self, num_samples: int) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+            raise TypeError(f"`num_samples` must be an int, got {num_samples!r}")
+        if num_samples < 0:
+            raise ValueError(f"`num_samples` must be >= 0, got {num_samples}")
+        n = int(num_samples)
+        self.num_samples = n
+        self.num_epochs = 0
+        # None until the first update says whether correctness is tracked
+        self.has_correctness = None
+        self._count = np.zeros(n, dtype=np.int64)
+        self._loss_mean = np.zeros(n)
+        self._loss_m2 = np.zeros(n)
+        self._prob_mean = np.zeros(n)
+        self._prob_m2 = np.zeros(n)
+        self._last = np.full(n, np.nan)
+        self._min = np.full(n, np.inf)
+        self._correct_count = np.zeros(n, dtype=np.int64)
+        self._forgetting_events = np.zeros(n, dtype=np.int64)
+        # correctness at the previous visit: -1 no visit yet, 0 incorrect, 1 correct
+        self._previous_correct = np.full(n, -1, dtype=np.int8)
+        # epoch at which the current run of correct visits began; -1 when not correct now
+        self._streak_start = np.full(n, -1, dtype=np.int64)
+
+    def update(self, epoch_losses: Any, epoch_correct: Any = None) -> None:
+        """Adds one epoch.
+
+        Args:
+            epoch_losses: loss of each sample at this epoch, shape ``[N]``; NaN marks a
+                sample not visited this epoch.
+            epoch_correct: whether each sample was classified correctly, shape ``[N]``
+                (bool, or 0/1), or ``None``. Ignored where the loss is NaN. Give it at every
+                update or at none.
+
+        Raises:
+            ValueError: on a shape mismatch, an infinite loss, or correctness given at some
+                updates and not others.
+        """
+        losses = _as_float_array(
+            epoch_losses,
+            "epoch_losses",
+            allow_nan=True,
+            allow_empty=True,
+            hint="; pass one loss per sample, NaN where a sample was not visited",
+        )
+        if losses.shape != (self.num_samples,):
+            raise ValueError(
+                f"`epoch_losses` must have shape ({self.num_samples},), got {tuple(losses.shape)}"
+            )
+        correct = None if epoch_correct is None else self._check_correct(epoch_correct)
+        has_correctness = correct is not None
+        if self.has_correctness is None:
+            self.has_correctness = has_correctness
+        elif self.has_correctness != has_correctness:
+            state = "given" if self.has_correctness else "None"
+            raise ValueError(
+                f"`epoch_correct` was {state} at earlier updates but is "
+                f"{'given' if has_correctness else 'None'} now; pass it at every update or at none"
+            )
+
+        visited = ~np.isnan(losses)
+        index = np.flatnonzero(visited)
+        x = losses[index]
+        count = self._count[index] + 1
+        self._count[index] = count
+        # Welford, loss
+        delta = x - self._loss_mean[index]
+        mean = self._loss_mean[index] + delta / count
+        self._loss_m2[index] += delta * (x - mean)
+        self._loss_mean[index] = mean
+        # Welford, gold-label probability exp(-loss)
+        p = np.exp(-x)
+        delta = p - self._prob_mean[index]
+        mean = self._prob_mean[index] + delta / count
+        self._prob_m2[index] += delta * (p - mean)
+        self._prob_mean[index] = mean
+        self._last[index] = x
+        self._min[index] = np.minimum(self._min[index], x)
+
+        if correct is not None:
+            now = correct[index]
+            before = self._previous_correct[index]
+            self._correct_count[index] += now
+            self._forgetting_events[index] += (before == 1) & ~now
+            streak = self._streak_start[index]
+            self._streak_start[index] = np.where(now, np.where(before == 1, streak, self.num_epochs), -1)
+            self._previous_correct[index] = now.astype(np.int8)
+        self.num_epochs += 1
+
+    def _check_correct(self, epoch_correct: Any) -> NDArray[np.bool_]:
+        array = _to_numpy(epoch_correct, "epoch_correct")
+        if array.shape != (self.num_samples,):
+            raise ValueError(
+                f"`epoch_correct` must have shape ({self.num_samples},) like `epoch_losses`, "
+                f"got {tuple(array.shape)}"
+            )
+        if array.dtype == np.bool_:
+            return array
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise TypeError(f"`epoch_correct` must be bool (or 0/1), got dtype {array.dtype}")
+        if not np.isin(array, (0, 1)).all():
+            bad = array[~np.isin(array, (0, 1))].flat[0]
+            raise ValueError(f"`epoch_correct` must be bool or 0/1, got {bad.item()!r}")
+        return array.astype(bool)
+
+    def compute(self) -> TrajectoryStatistics:
+        """Returns the statistics of the epochs added so far (the state is unchanged).
+
+        Returns:
+            A :class:`TrajectoryStatistics`.
+        """
+        count = self._count.copy()
+        visited = count > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            denominator = np.where(visited, count, 1)
+
+            def nan_where_unvisited(values: np.ndarray) -> np.ndarray:
+                return np.where(visited, values, np.nan)
+
+            mean = nan_where_unvisited(self._loss_mean)
+            std = nan_where_unvisited(np.sqrt(np.maximum(self._loss_m2, 0.0) / denominator))
+            confidence = nan_where_unvisited(self._prob_mean)
+            variability = nan_where_unvisited(np.sqrt(np.maximum(self._prob_m2, 0.0) / denominator))
+            minimum = nan_where_unvisited(self._min)
+            correctness = forgetting = learned = None
+            if self.has_correctness:
+                correctness = nan_where_unvisited(self._correct_count / denominator)
+                forgetting = self._forgetting_events.copy()
+                learned = self._streak_start.copy()
+        return TrajectoryStatistics(
+            count=count,
+            mean=mean,
+            std=std,
+            last=self._last.copy(),
+            min=minimum,
+            confidence=confidence,
+            variability=variability,
+            correctness=correctness,
+            forgetting_events=forgetting,
+            learned_epoch=learned,
+        )
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """State as a dict of numpy arrays (``np.savez`` and ``torch.load(weights_only=True)`` safe).
+
+        Returns:
+            dict of copies of the internal arrays plus 0-d arrays ``num_samples``,
+            ``num_epochs`` and ``has_correctness`` (-1 unknown, 0 no, 1 yes).
+        """
+        state = {key: getattr(self, f"_{key}").copy() for key in _STATE_KEYS}
+        state["num_samples"] = np.array(self.num_samples, dtype=np.int64)
+        state["num_epochs"] = np.array(self.num_epochs, dtype=np.int64)
+        has = -1 if self.has_correctness is None else int(self.has_correctness)
+        state["has_correctness"] = np.array(has, dtype=np.int8)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores a state from :meth:`state_dict`.
+
+        Args:
+            state_dict: as returned by :meth:`state_dict` (arrays may be numpy or torch).
+
+        Raises:
+            ValueError: if ``num_samples`` differs from this accumulator's or a key is missing.
+        """
+        num_samples = int(_to_numpy(state_dict.get("num_samples", self.num_samples), "num_samples"))
+        if num_samples != self.num_samples:
+            raise ValueError(
+                f"`state_dict` is for {num_samples} samples, this accumulator has {self.num_samples}"
+            )
+        missing = [key for key in _STATE_KEYS if key not in state_dict]
+        if missing:
+            raise ValueError(f"`state_dict` lacks keys {missing}; was it made by TrajectoryAccumulator?")
+        for key in _STATE_KEYS:
+            current = getattr(self, f"_{key}")
+            value = np.array(_to_numpy(state_dict[key], key), dtype=current.dtype)
+            if value.shape != current.shape:
+                raise ValueError(f"`state_dict[{key!r}]` must have shape {current.shape}, got {value.shape}")
+            setattr(self, f"_{key}", value)
+        self.num_epochs = int(_to_numpy(state_dict.get("num_epochs", 0), "num_epochs"))
+        has = int(_to_numpy(state_dict.get("has_correctness", -1), "has_correctness"))
+        self.has_correctness = None if has < 0 else bool(has)
+
+
+def trajectory_statistics(losses: Any, correct: Any = None) -> TrajectoryStatistics:
+    """Per-sample statistics of a full loss matrix (epochs as columns).
+
+    Feeds the columns to a :class:`TrajectoryAccumulator`, so streamed and batch results
+    are the same.
+
+    Args:
+        losses: shape ``[N, E]``, the loss of sample ``i`` at epoch ``j``; NaN where the
+            sample was not visited. float16 input is computed in float64.
+        correct: ``[N, E]`` bool (or 0/1) correctness, or ``None``.
+
+    Returns:
+        A :class:`TrajectoryStatistics`.
+
+    Raises:
+        ValueError: if ``losses`` is not 2-D, holds infinities, or ``correct`` has another
+            shape.
+
+    Example:
+        >>> import numpy as np
+        >>> losses = np.array([[1.0, 0.5, np.nan, 0.2], [np.nan] * 4])
+        >>> correct = np.array([[False, True, False, True], [False] * 4])
+        >>> stats = trajectory_statistics(losses, correct)
+        >>> stats.count, stats.last, stats.learned_epoch
+        (array([3, 0]), array([0.2, nan]), array([ 1, -1]))
+    """
+    matrix = _as_float_array(
+        losses,
+        "losses",
+        ndim=2,
+        allow_nan=True,
+        allow_empty=True,
+        hint="; pass an [N, E] matrix with NaN where a sample was not visited",
+    )
+    correct_matrix = None
+    if correct is not None:
+        correct_matrix = _to_numpy(correct, "correct")
+        if correct_matrix.shape != matrix.shape:
+            raise ValueError(
+                f"`correct` must have the shape of `losses` {tuple(matrix.shape)}, "
+                f"got {tuple(correct_matrix.shape)}"
+            )
+    accumulator = TrajectoryAccumulator(matrix.shape[0])
+    for epoch in range(matrix.shape[1]):
+        accumulator.update(matrix[:, epoch], None if correct_matrix is None else correct_matrix[:, epoch])
+    if matrix.shape[1] == 0:
+        accumulator.has_correctness = correct is not None
+    return accumulator.compute()
+
+
+def memorisation_score(stats: TrajectoryStatistics) -> NDArray[np.float64]:
+    """Per-sample memorisation score: the mean loss over the recorded epochs.
+
+    The area under a sample's loss curve (normalised by the number of visits). Samples the
+    model can only fit late, by memorising them (mislabelled, atypical), keep a high loss
+    for longer: Pleiss et al., "Identifying Mislabeled Data using the Area Under the Margin
+    Ranking", NeurIPS 2020, rank samples by a margin averaged over training in the same way,
+    and on digits with 10% flipped labels the mean loss ranks flipped samples with AUROC
+    0.999 (memcallbacks DESIGN.md, Sec. 7). Higher = more memorised. Break ties with
+    ``stats.variability`` (``top_k(score, k, tiebreak=stats.variability)``). Unvisited
+    samples get NaN.
+
+    Args:
+        stats: statistics from :func:`trajectory_statistics` or
+            :meth:`TrajectoryAccumulator.compute`.
+
+    Returns:
+        float64 array of shape ``[N]``.
+
+    Raises:
+        TypeError: if ``stats`` is not a :class:`TrajectoryStatistics`.
+
+    Example:
+        >>> import numpy as np
+        >>> stats = trajectory_statistics(np.array([[2.0, 0.1], [0.3, 0.1]]))
+        >>> memorisation_score(stats)
+        array([1.05, 0.2 ])
+    """
+    if not isinstance(stats, TrajectoryStatistics):
+        raise TypeError(f"`stats` must be a TrajectoryStatistics, got {type(stats).__name__}")
+    return np.array(stats.mean, dtype=np.float64, copy=True)
+
+
+def top_k(scores: Any, k: int, *, tiebreak: Any = None) -> NDArray[np.int64]:
+    """Indices of the ``k`` highest scores, highest first, NaN last.
+
+    Args:
+        scores: shape ``[N]``; NaN marks a sample without a score.
+        k: how many indices to return (>= 0); more than ``N`` returns all ``N``.
+        tiebreak: optional ``[N]`` secondary key, higher first, among equal scores.
+            Remaining ties keep index order.
+
+    Returns:
+        int64 array of at most ``k`` indices.
+
+    Raises:
+        ValueError: if ``k < 0``, ``scores`` is not 1-D, or ``tiebreak`` has another shape.
+        TypeError: if ``k`` is not an int.
+
+    Example:
+        >>> import numpy as np
+        >>> top_k(np.array([0.5, np.nan, 2.0, 0.5]), 3, tiebreak=np.array([0.1, 0.0, 0.0, 0.9]))
+        array([2, 3, 0])
+    """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"`k` must be an int, got {k!r}")
+    if k < 0:
+        raise ValueError(f"`k` must be >= 0, got {k}")
+    values = _as_float_array(scores, "scores", allow_nan=True, allow_inf=True, allow_empty=True)
+    missing = np.isnan(values)
+    keys = [np.where(missing, 0.0, -values)]
+    if tiebreak is not None:
+        secondary = _as_float_array(tiebreak, "tiebreak", allow_nan=True, allow_inf=True, allow_empty=True)
+        if secondary.shape != values.shape:
+            raise ValueError(
+                f"`tiebreak` must have the shape of `scores` {values.shape}, got {secondary.shape}"
+            )
+        keys.insert(0, np.where(np.isnan(secondary), np.inf, -secondary))
+    # np.lexsort sorts by the last key first and is stable
+    order = np.lexsort((*keys, missing))
+    return order[: int(k)].astype(np.int64)

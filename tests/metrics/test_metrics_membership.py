@@ -1,0 +1,214 @@
+"""Tests for memcallbacks.metrics.membership (Yeom et al. 2018; Carlini et al. 2022)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+from memcallbacks.metrics import MembershipReport, loss_gap, membership_inference, roc_curve
+
+# small hand-worked inputs trip the (tested) resolution warning; keep the output quiet
+pytestmark = pytest.mark.filterwarnings("ignore:membership_inference. only:UserWarning")
+
+
+def _sklearn(members: np.ndarray, nonmembers: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    score = -np.r_[members, nonmembers]
+    fpr, tpr, _ = skm.roc_curve(y, score, drop_intermediate=False)
+    return skm.roc_auc_score(y, score), fpr, tpr
+
+
+def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, x: float) -> float:
+    return float(tpr[fpr <= x].max())
+
+
+# ---------------------------------------------------------------- hand-worked
+def test_hand_worked_report() -> None:
+    # members 0.1 0.2 0.3, non-members 0.25 0.4 0.5 (score = -loss, members positive)
+    # pairs (member < non-member): 0.1 -> 3, 0.2 -> 3, 0.3 -> 2 -> AUC = 8/9
+    # thresholds: <=0.1 (1/3, 0), <=0.2 (2/3, 0), <=0.25 (2/3, 1/3), <=0.3 (1, 1/3), ...
+    # advantage = max(TPR - FPR) = 2/3, first reached at threshold 0.2
+    report = membership_inference([0.1, 0.2, 0.3], [0.25, 0.4, 0.5], fprs=(0.001, 0.34))
+    assert report.auc == pytest.approx(8 / 9)
+    assert report.advantage == pytest.approx(2 / 3)
+    assert report.balanced_accuracy == pytest.approx(5 / 6)
+    assert report.threshold == 0.2
+    # FPR <= 0.001 allows no false positive: TPR 2/3; FPR <= 0.34 allows one: TPR 1
+    assert report.tpr_at_fpr == pytest.approx({0.001: 2 / 3, 0.34: 1.0})
+    assert (report.n_members, report.n_nonmembers) == (3, 3)
+
+
+def test_roc_curve_hand_worked_with_tie() -> None:
+    # losses: members 0.1 0.2, non-members 0.2 0.5; the tie at 0.2 is one ROC point
+    fpr, tpr, thresholds = roc_curve([0.1, 0.2], [0.2, 0.5])
+    np.testing.assert_array_equal(fpr, [0.0, 0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(tpr, [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(thresholds, [-np.inf, 0.1, 0.2, 0.5])
+    # AUC: pairs (0.1<0.2)=1, (0.1<0.5)=1, (0.2 vs 0.2)=1/2, (0.2<0.5)=1 -> 3.5/4
+    assert membership_inference([0.1, 0.2], [0.2, 0.5], fprs=(0.5,)).auc == 0.875
+
+
+def test_tpr_at_fpr_uses_less_or_equal() -> None:
+    # 1,000 non-members: FPR 0.1% is exactly one false positive, allowed by `<=`
+    members = np.array([0.0, 0.5, 2.0])
+    nonmembers = np.r_[0.25, np.full(999, 1.0)]
+    report = membership_inference(members, nonmembers, fprs=(0.001,))
+    # thresholds 0.0 -> (TPR 1/3, FP 0); 0.25 -> (1/3, 1); 0.5 -> (2/3, 1); 1.0 -> (2/3, 1000)
+    assert report.tpr_at_fpr[0.001] == pytest.approx(2 / 3)
+
+
+def test_perfect_and_inverted_attacks() -> None:
+    perfect = membership_inference([0.1, 0.2], [0.3, 0.4], fprs=(0.5,))
+    assert (perfect.auc, perfect.advantage, perfect.balanced_accuracy) == (1.0, 1.0, 1.0)
+    assert perfect.tpr_at_fpr[0.5] == 1.0
+    # members have the higher losses: AUC below 0.5 reported as is, not flipped
+    inverted = membership_inference([0.3, 0.4], [0.1, 0.2], fprs=(0.5,))
+    assert inverted.auc == 0.0
+    assert inverted.advantage == 0.0 and inverted.threshold == -np.inf
+
+
+def test_members_equal_nonmembers() -> None:
+    losses = np.array([0.3, 0.1, 0.7, 0.7, 0.2])
+    report = membership_inference(losses, losses.copy(), fprs=(0.2,))
+    # identical distributions: every ROC point on the diagonal
+    assert report.auc == 0.5 and report.advantage == 0.0
+    assert report.tpr_at_fpr[0.2] == 0.2
+    fpr, tpr, _ = roc_curve(losses, losses)
+    np.testing.assert_array_equal(fpr, tpr)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ties", [False, True])
+def test_matches_sklearn_and_torchmetrics(seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    n_m, n_n = rng.integers(1, 400, size=2)
+    members = rng.gamma(2.0, 0.5, size=n_m)
+    nonmembers = rng.gamma(2.0, 0.7, size=n_n)
+    if ties:
+        members, nonmembers = np.round(members, 1), np.round(nonmembers, 1)
+    report = membership_inference(members, nonmembers, fprs=(0.01, 0.1, 0.5))
+    auc, sk_fpr, sk_tpr = _sklearn(members, nonmembers)
+    assert report.auc == pytest.approx(auc, abs=1e-12)
+    assert report.advantage == pytest.approx(np.max(sk_tpr - sk_fpr), abs=1e-12)
+    for x in (0.01, 0.1, 0.5):
+        assert report.tpr_at_fpr[x] == pytest.approx(_tpr_at(sk_fpr, sk_tpr, x), abs=1e-12)
+    # the same curve point for point (sklearn without dropping keeps one point per distinct score)
+    fpr, tpr, thresholds = roc_curve(members, nonmembers)
+    np.testing.assert_allclose(fpr, sk_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr, sk_tpr, atol=1e-12)
+    # torchmetrics (exact, unbinned): preds = -loss (a sigmoid is applied; monotone)
+    preds = torch.tensor(-np.r_[members, nonmembers], dtype=torch.float64)
+    target = torch.tensor(np.r_[np.ones(n_m), np.zeros(n_n)], dtype=torch.long)
+    assert report.auc == pytest.approx(float(binary_auroc(preds, target, thresholds=None)), abs=1e-6)
+    tm_fpr, tm_tpr, _ = binary_roc(preds, target, thresholds=None)
+    assert report.tpr_at_fpr[0.1] == pytest.approx(_tpr_at(tm_fpr.numpy(), tm_tpr.numpy(), 0.1), abs=1e-6)
+    # threshold semantics: predict member when loss <= threshold attains the advantage
+    t = report.threshold
+    assert np.mean(members <= t) - np.mean(nonmembers <= t) == pytest.approx(report.advantage)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    members=st.lists(st.integers(0, 20), min_size=1, max_size=30),
+    nonmembers=st.lists(st.integers(0, 20), min_size=1, max_size=30),
+)
+def test_auc_swapped_is_one_minus_auc(members: list[int], nonmembers: list[int]) -> None:
+    forward = membership_inference(members, nonmembers, fprs=(0.5,)).auc
+    swapped = membership_inference(nonmembers, members, fprs=(0.5,)).auc
+    assert forward + swapped == pytest.approx(1.0, abs=1e-12)
+    auc, _, _ = _sklearn(np.array(members, float), np.array(nonmembers, float))
+    assert forward == pytest.approx(auc, abs=1e-12)
+
+
+def test_torch_and_numpy_inputs_agree() -> None:
+    rng = np.random.default_rng(7)
+    members, nonmembers = rng.random(200), rng.random(300) + 0.1
+    expected = membership_inference(members, nonmembers, fprs=(0.01,))
+    for dtype in (torch.float32, torch.float64):
+        got = membership_inference(
+            torch.tensor(members, dtype=dtype), torch.tensor(nonmembers, dtype=dtype), fprs=(0.01,)
+        )
+        assert got.auc == pytest.approx(expected.auc, abs=1e-6)
+    assert loss_gap(torch.tensor(members), nonmembers) == pytest.approx(nonmembers.mean() - members.mean())
+
+
+# ---------------------------------------------------------------- warnings and metrics dict
+def test_warns_once_when_too_few_nonmembers() -> None:
+    # 500 non-members: 1/0.001 = 1000 needed for TPR@0.1%, 100 for TPR@1% (enough)
+    members, nonmembers = np.linspace(0, 1, 50), np.linspace(0.5, 1.5, 500)
+    with pytest.warns(UserWarning, match=r"only 500 non-member\(s\).*0\.1% \(needs 1000\)") as record:
+        membership_inference(members, nonmembers)
+    assert len(record) == 1
+    assert "needs 100)" not in str(record[0].message)  # 1% FPR has enough non-members
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        membership_inference(members, np.linspace(0.5, 1.5, 1000))  # exactly 1/x: no warning
+
+
+def test_to_metrics_keys_and_values() -> None:
+    rng = np.random.default_rng(3)
+    report = membership_inference(rng.random(2000), rng.random(2000) + 0.05)
+    metrics = report.to_metrics()
+    assert list(metrics) == [
+        "mem/mia/auc",
+        "mem/mia/advantage",
+        "mem/mia/tpr@0.1%fpr",
+        "mem/mia/tpr@1%fpr",
+        "mem/mia/tpr@10%fpr",
+        "mem/mia/balanced_accuracy",
+        "mem/mia/n_members",
+        "mem/mia/n_nonmembers",
+    ]
+    assert all(type(v) is float for v in metrics.values())
+    assert metrics["mem/mia/tpr@1%fpr"] == report.tpr_at_fpr[0.01]
+    assert metrics["mem/mia/n_members"] == 2000.0
+    assert "probe/auc" in report.to_metrics(prefix="probe/")
+    odd = membership_inference([0.1, 0.2], [0.3, 0.4], fprs=(0.25, 0.0005))
+    assert {"x/tpr@25%fpr", "x/tpr@0.05%fpr"} <= set(odd.to_metrics("x"))
+
+
+def test_report_is_frozen() -> None:
+    report = membership_inference([0.1], [0.2], fprs=(0.5,))
+    assert isinstance(report, MembershipReport)
+    with pytest.raises(AttributeError):
+        report.auc = 0.0  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_losses_rejected(bad: float) -> None:
+    with pytest.raises(ValueError, match="`member_losses` must be finite"):
+        membership_inference([0.1, bad], [0.2])
+    with pytest.raises(ValueError, match="`nonmember_losses` must be finite"):
+        roc_curve([0.1], torch.tensor([0.2, bad]))
+    with pytest.raises(ValueError, match="`nonmember_losses` must be finite"):
+        loss_gap([0.1], [bad])
+
+
+def test_empty_and_shape_errors() -> None:
+    with pytest.raises(ValueError, match="`member_losses` must be non-empty, got 0 values"):
+        membership_inference([], [0.2])
+    with pytest.raises(ValueError, match="`nonmember_losses` must be non-empty"):
+        roc_curve([0.1], np.array([]))
+    with pytest.raises(ValueError, match=r"`member_losses` must be 1-D, got shape \(2, 1\)"):
+        membership_inference(np.ones((2, 1)), [0.2])
+    with pytest.raises(TypeError, match="`nonmember_losses` must hold real numbers"):
+        membership_inference([0.1], np.array([1 + 2j]))
+
+
+@pytest.mark.parametrize("fprs", [(0.0,), (1.0,), (-0.1,), (0.01, 2.0)])
+def test_fprs_outside_open_unit_interval(fprs: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match=r"`fprs` must hold false-positive rates in \(0, 1\)"):
+        membership_inference([0.1], [0.2], fprs=fprs)
+
+
+def test_fprs_type() -> None:
+    with pytest.raises(TypeError, match="`fprs`"):
+        membership_inference([0.1], [0.2], fprs=("0.1",))  # type: ignore[arg-type]
