@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "CanaryExposureMonitor": "memcallbacks.callbacks.exposure",
     "PrivacyAuditMonitor": "memcallbacks.callbacks.audit",
     "LeakageEarlyStopping": "memcallbacks.callbacks.stopping",
+    "LeakageCondition": "memcallbacks.callbacks.stopping",
     "DPEpsilonLogger": "memcallbacks.callbacks.dp",
     # metrics (also importable from memcallbacks.metrics)
     "MembershipReport": "memcallbacks.metrics.membership",
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     from memcallbacks.callbacks.dp import DPEpsilonLogger
     from memcallbacks.callbacks.exposure import CanaryExposureMonitor
     from memcallbacks.callbacks.membership import MembershipInferenceMonitor
-    from memcallbacks.callbacks.stopping import LeakageEarlyStopping
+    from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping
     from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
     from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
     from memcallbacks.data.indexed import IndexedDataset, split_index

@@ -42,11 +42,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return path
 
 
-def save_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
-    """Save arrays to a compressed ``.npz`` atomically. Object arrays are refused (no pickle)."""
+def save_npz(path: str | os.PathLike[str], *, compress: bool = True, **arrays: Any) -> Path:
+    """Save arrays to a ``.npz`` atomically (compressed unless ``compress=False``). Object arrays are refused."""
     buf = io.BytesIO()
     clean = {k: _plain_array(k, v) for k, v in arrays.items()}
-    np.savez_compressed(buf, **clean)  # type: ignore[arg-type]
+    (np.savez_compressed if compress else np.savez)(buf, **clean)  # type: ignore[arg-type]
     return atomic_write_bytes(path, buf.getvalue())
 
 

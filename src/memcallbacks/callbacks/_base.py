@@ -14,6 +14,7 @@ them); every rank logs the same values. Rich records go through :mod:`memcallbac
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,19 @@ from pytorch_lightning.callbacks import Callback
 
 from memcallbacks import trackers
 
-__all__ = ["MemorisationCallback", "check_every_n_epochs"]
+__all__ = ["MemorisationCallback", "check_every_n_epochs", "logged_epochs"]
+
+# Trainer -> {key: epoch of its latest log_metrics call}; read by LeakageEarlyStopping to act on
+# fresh values only (monitors that evaluate every n epochs leave stale values in callback_metrics).
+_LOGGED_EPOCHS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def logged_epochs(trainer: Any) -> dict[str, int]:
+    """For each key logged through :meth:`MemorisationCallback.log_metrics` on ``trainer``, its latest epoch."""
+    try:
+        return dict(_LOGGED_EPOCHS.get(trainer, {}))
+    except TypeError:
+        return {}
 
 
 def check_every_n_epochs(value: Any) -> int:
@@ -95,7 +108,7 @@ class MemorisationCallback(Callback):
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.training:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # validation inside fit only
             return
         if trainer.fit_loop.epoch_loop._is_training_done:
             self._run_epoch_end(trainer, pl_module)
@@ -125,6 +138,13 @@ class MemorisationCallback(Callback):
                 sync_dist=False,
                 add_dataloader_idx=False,
             )
+            trainer = getattr(pl_module, "_trainer", None)
+            if trainer is not None:
+                try:
+                    epochs = _LOGGED_EPOCHS.setdefault(trainer, {})
+                    epochs.update(dict.fromkeys(metrics, int(trainer.current_epoch)))
+                except TypeError:  # not weak-referenceable: freshness falls back to Lightning's results
+                    pass
 
     def emit(self, trainer: pl.Trainer, record: trackers.Record) -> None:
         """Send a rich record to the trackers, honouring this callback's privacy opt-ins."""

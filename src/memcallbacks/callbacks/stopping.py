@@ -1,0 +1,544 @@
+"""Stop training when a memorisation metric crosses a threshold, optionally restoring the last safe weights.
+
+The monitors of memcallbacks log ``mem/<area>/<metric>`` scalars (canary exposure, Carlini et
+al. 2019; membership-inference AUC and TPR at low FPR, Yeom et al. 2018 and Carlini et al.
+2022; the train/held-out loss gap; the one-run audit's epsilon lower bound, Steinke et al.
+2023). :class:`LeakageEarlyStopping` watches one or several of them and stops the run when
+one crosses its threshold for ``patience`` consecutive *fresh* evaluations.
+
+How it differs from Lightning's ``EarlyStopping(monitor="mem/...", divergence_threshold=x,
+mode="min")`` (which also stops when a ``mem/*`` value rises above ``x``):
+
+- *Freshness*: monitors that evaluate every n epochs leave their last value in
+  ``trainer.callback_metrics``; ``EarlyStopping`` re-reads that stale value every epoch, so
+  ``patience`` counts epochs, not evaluations. Here only values logged this epoch count.
+- *Ordering*: the decision is taken after every memcallbacks monitor of the epoch, whatever
+  the order of ``callbacks=[...]``.
+- Several conditions (any of them stops), ``restore="best_safe"`` (the returned model is
+  the last one measured below every threshold), a reason in ``stopping.json`` and an alert
+  on the trackers.
+
+Freshness, precisely: a key is fresh at epoch ``e`` when, during epoch ``e``, it was logged
+through :meth:`MemorisationCallback.log_metrics` (every memcallbacks monitor does; recorded
+per Trainer by :func:`memcallbacks.callbacks._base.logged_epochs`) or, for keys logged
+another way (``self.log("mem/...")`` in your module), when it is among the values logged
+since the running loop's last reset (Lightning's result collection for the current epoch).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+
+from memcallbacks import _io, trackers
+from memcallbacks.callbacks._base import MemorisationCallback, logged_epochs
+
+__all__ = ["LeakageCondition", "LeakageEarlyStopping"]
+
+_log = logging.getLogger(__name__)
+_MODES = ("max", "min")
+_RESTORE = (None, "best_safe")
+
+
+def _check_patience(value: Any, name: str = "patience") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be an integer >= 1 (fresh evaluations past the threshold), got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class LeakageCondition:
+    """One stopping condition: ``monitor`` past ``threshold`` for ``patience`` fresh evaluations.
+
+    Args:
+        monitor: a logged key, e.g. ``"mem/canary/exposure_max"``.
+        threshold: the value that must not be crossed (finite or infinite, not NaN).
+        mode: ``"max"`` stops when the value rises above ``threshold`` (``value > threshold``),
+            ``"min"`` when it falls below (``value < threshold``).
+        patience: consecutive fresh evaluations past the threshold before stopping; ``None``
+            takes the callback's ``patience``.
+
+    Raises:
+        ValueError: empty monitor, NaN threshold, unknown mode or patience < 1.
+
+    Example:
+        >>> LeakageCondition("mem/mia/auc", 0.6).crossed(0.65)
+        True
+    """
+
+    monitor: str
+    threshold: float
+    mode: str = "max"
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise ValueError(
+                f"`monitor` must be a non-empty logged key such as 'mem/mia/auc', got {self.monitor!r}"
+            )
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise TypeError(f"`threshold` for {self.monitor!r} must be a number, got {self.threshold!r}")
+        if math.isnan(self.threshold):
+            raise ValueError(
+                f"`threshold` for {self.monitor!r} must not be NaN; give the value that must not be crossed"
+            )
+        object.__setattr__(self, "threshold", float(self.threshold))
+        if self.mode not in _MODES:
+            raise ValueError(
+                f"`mode` can be max (stop when the value rises above the threshold) or min, got {self.mode!r}"
+            )
+        if self.patience is not None:
+            _check_patience(self.patience)
+
+    def crossed(self, value: float) -> bool:
+        """Whether ``value`` is past the threshold (NaN is never past it)."""
+        return value > self.threshold if self.mode == "max" else value < self.threshold
+
+    def describe(self, value: float) -> str:
+        unit = " bits" if "exposure" in self.monitor else ""
+        sign = ">" if self.mode == "max" else "<"
+        return f"{self.monitor} = {_fmt(value)}{unit} {sign} {_fmt(self.threshold)}"
+
+
+def _fmt(x: float) -> str:
+    text = f"{x:.4g}"
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def _as_condition(item: Any, patience: int) -> LeakageCondition:
+    if isinstance(item, LeakageCondition):
+        cond = item
+    elif isinstance(item, Mapping):
+        try:
+            cond = LeakageCondition(**item)
+        except TypeError as e:
+            raise TypeError(
+                f"a condition dict takes the keys monitor, threshold, mode, patience; got {sorted(item)} ({e})"
+            ) from e
+    else:
+        raise TypeError(
+            f"`conditions` items must be LeakageCondition or dicts, got {type(item).__name__}: {item!r}"
+        )
+    if cond.patience is None:
+        cond = LeakageCondition(cond.monitor, cond.threshold, cond.mode, patience)
+    return cond
+
+
+class LeakageEarlyStopping(Callback):
+    """Stop training when a memorisation metric crosses a threshold.
+
+    Decides once per epoch, after the memcallbacks monitors (it moves itself behind them in
+    ``trainer.callbacks`` at setup), using only values logged this epoch. The decision is
+    reduced across ranks (any rank past the threshold stops every rank). On stopping it sets
+    ``trainer.should_stop``, logs a warning line, sends a :class:`~memcallbacks.trackers.Alert`
+    to the trackers, stores :attr:`stopped_epoch` and :attr:`reason`, and writes
+    ``<trainer.log_dir>/memcallbacks/stopping.json``.
+
+    Args:
+        monitor: key of the one-condition shorthand (e.g. ``"mem/canary/exposure_max"``).
+        threshold: threshold of the shorthand condition.
+        mode: ``"max"`` (stop when the value rises above ``threshold``) or ``"min"``.
+        patience: consecutive fresh evaluations past the threshold before stopping (default 1);
+            also the default of ``conditions`` that give none.
+        conditions: several conditions, any of which stops: :class:`LeakageCondition` objects
+            or dicts with the same keys. Combined with the shorthand when both are given.
+        min_epochs: no stop before this many epochs have completed (values still count for
+            ``restore="best_safe"``; evaluations before then do not count toward ``patience``).
+        check_finite: stop when a fresh monitored value is NaN or infinite (a broken monitor);
+            with ``False`` NaN values are ignored.
+        restore: ``"best_safe"`` loads, when stopping, the weights of the last evaluation at which
+            every monitored key was fresh and below its threshold (a CPU copy kept in memory).
+        save_best_safe: also write those weights to ``<run_dir>/stopping_best_safe.pt`` so they
+            survive a resume (loaded with ``torch.load(weights_only=True)``).
+        strict: raise when a monitored key is still missing once every memcallbacks monitor has
+            had its first evaluation; with ``False``, warn once.
+        run_dir: folder for ``stopping.json`` (default ``<trainer.log_dir>/memcallbacks``).
+
+    Raises:
+        ValueError: no condition, NaN threshold, unknown ``mode`` or ``restore``, ``patience`` < 1,
+            negative ``min_epochs``.
+        RuntimeError: (during training, ``strict=True``) a monitored key is never logged.
+
+    Example:
+        >>> from memcallbacks import CanaryExposureMonitor, LeakageEarlyStopping
+        >>> stopper = LeakageEarlyStopping("mem/canary/exposure_max", threshold=15.0, restore="best_safe")
+        >>> trainer = pl.Trainer(callbacks=[stopper, CanaryExposureMonitor(canaries)])  # doctest: +SKIP
+        >>> trainer.fit(model)  # doctest: +SKIP
+        >>> stopper.reason  # doctest: +SKIP
+        'Leakage: mem/canary/exposure_max = 18.2 bits > 15.0 at epoch 7'
+    """
+
+    def __init__(
+        self,
+        monitor: str | None = None,
+        threshold: float | None = None,
+        mode: str = "max",
+        *,
+        patience: int = 1,
+        conditions: Sequence[LeakageCondition | Mapping[str, Any]] | None = None,
+        min_epochs: int = 0,
+        check_finite: bool = True,
+        restore: str | None = None,
+        save_best_safe: bool = False,
+        strict: bool = True,
+        run_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.patience = _check_patience(patience)
+        conds: list[LeakageCondition] = []
+        if monitor is not None or threshold is not None:
+            if monitor is None or threshold is None:
+                raise ValueError(
+                    f"give both `monitor` and `threshold` (got monitor={monitor!r}, threshold={threshold!r}), "
+                    "or use `conditions=[...]`"
+                )
+            conds.append(LeakageCondition(monitor, threshold, mode, self.patience))
+        elif mode not in _MODES:
+            raise ValueError(f"`mode` can be max or min, got {mode!r}")
+        if conditions is not None:
+            if isinstance(conditions, (str, Mapping, LeakageCondition)):
+                conditions = [conditions]  # type: ignore[list-item]
+            conds.extend(_as_condition(c, self.patience) for c in conditions)
+        if not conds:
+            raise ValueError(
+                "LeakageEarlyStopping needs a condition: `LeakageEarlyStopping('mem/canary/exposure_max', 15.0)` "
+                "or `conditions=[LeakageCondition(...), ...]`, or a preset such as `LeakageEarlyStopping.exposure(bits=15)`"
+            )
+        if len({c.monitor for c in conds}) != len(conds):
+            raise ValueError(f"each key may appear in one condition only, got {[c.monitor for c in conds]}")
+        if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 0:
+            raise ValueError(f"`min_epochs` must be an integer >= 0, got {min_epochs!r}")
+        if restore not in _RESTORE:
+            raise ValueError(f"`restore` can be None or 'best_safe', got {restore!r}")
+        self.conditions: tuple[LeakageCondition, ...] = tuple(conds)
+        self.min_epochs = min_epochs
+        self.check_finite = bool(check_finite)
+        self.restore = restore
+        self.save_best_safe = bool(save_best_safe)
+        self.strict = bool(strict)
+        self._run_dir_arg = None if run_dir is None else Path(run_dir)
+        self._root: Path | None = self._run_dir_arg
+
+        # state (see state_dict)
+        self.counters: dict[str, int] = {c.monitor: 0 for c in self.conditions}
+        self.last_values: dict[str, float] = {}
+        self.seen: set[str] = set()
+        self.stopped_epoch: int | None = None
+        self.reason: str | None = None
+        self.best_safe_epoch: int | None = None
+        self._last_epoch_decided = -1
+        self._best_safe_weights: dict[str, torch.Tensor] | None = None
+        self._best_safe_file: str | None = None  # where save_best_safe wrote them (kept across resume)
+        self._first_fit_epoch = 0
+        self._warned_missing = False
+
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def exposure(cls, bits: float, *, statistic: str = "max", **kwargs: Any) -> LeakageEarlyStopping:
+        """Stop when canary exposure (Carlini et al. 2019) exceeds ``bits`` (``mem/canary/exposure_<statistic>``).
+
+        Example:
+            >>> LeakageEarlyStopping.exposure(bits=15).conditions[0].monitor
+            'mem/canary/exposure_max'
+        """
+        return cls(f"mem/canary/exposure_{statistic}", bits, "max", **kwargs)
+
+    @classmethod
+    def mia_auc(cls, auc: float = 0.6, *, prefix: str = "mem/mia", **kwargs: Any) -> LeakageEarlyStopping:
+        """Stop when the loss-threshold membership-inference AUC exceeds ``auc`` (``mem/mia/auc``)."""
+        return cls(f"{prefix}/auc", auc, "max", **kwargs)
+
+    @classmethod
+    def tpr_at_fpr(
+        cls, tpr: float, *, fpr: float = 0.01, prefix: str = "mem/mia", **kwargs: Any
+    ) -> LeakageEarlyStopping:
+        """Stop when the attack's TPR at ``fpr`` exceeds ``tpr`` (``mem/mia/tpr@1%fpr`` for ``fpr=0.01``).
+
+        Example:
+            >>> LeakageEarlyStopping.tpr_at_fpr(0.05, fpr=0.001).conditions[0].monitor
+            'mem/mia/tpr@0.1%fpr'
+        """
+        from memcallbacks.metrics.membership import _format_fpr
+
+        return cls(f"{prefix}/tpr@{_format_fpr(fpr)}fpr", tpr, "max", **kwargs)
+
+    @classmethod
+    def loss_gap(cls, gap: float, *, key: str = "mem/gap/loss", **kwargs: Any) -> LeakageEarlyStopping:
+        """Stop when mean held-out loss minus mean member loss exceeds ``gap`` (``mem/gap/loss``)."""
+        return cls(key, gap, "max", **kwargs)
+
+    @classmethod
+    def audit_epsilon(
+        cls, epsilon: float, *, key: str = "mem/audit/epsilon_lb", **kwargs: Any
+    ) -> LeakageEarlyStopping:
+        """Stop when the one-run audit's empirical epsilon lower bound (Steinke et al. 2023) exceeds ``epsilon``."""
+        return cls(key, epsilon, "max", **kwargs)
+
+    # -- Lightning plumbing ----------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            conditions=[(c.monitor, c.mode, c.threshold) for c in self.conditions]
+        )
+
+    @property
+    def stopping_path(self) -> Path:
+        """``<run_dir>/stopping.json`` (known after setup)."""
+        if self._root is None:
+            raise RuntimeError(
+                "LeakageEarlyStopping.stopping_path is known once the Trainer has called setup()"
+            )
+        return self._root / "stopping.json"
+
+    @property
+    def best_safe_path(self) -> Path:
+        if self._root is None:
+            raise RuntimeError(
+                "LeakageEarlyStopping.best_safe_path is known once the Trainer has called setup()"
+            )
+        return self._root / "stopping_best_safe.pt"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self._run_dir_arg is None:
+            log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
+            self._root = Path(log_dir if log_dir is not None else trainer.default_root_dir) / "memcallbacks"
+        self._move_after_monitors(trainer)
+
+    def _move_after_monitors(self, trainer: pl.Trainer) -> None:
+        """Place this callback right after the last memcallbacks monitor (assigns a new list: safe mid-hook)."""
+        callbacks: list[Any] = list(trainer.callbacks)  # type: ignore[attr-defined]
+        last = max(
+            (i for i, cb in enumerate(callbacks) if _is_monitor(cb)),
+            default=-1,
+        )
+        mine = callbacks.index(self) if self in callbacks else -1
+        if mine == -1 or mine > last:
+            return
+        callbacks.pop(mine)
+        callbacks.insert(last, self)  # `last` shifted left by one after the pop
+        trainer.callbacks = callbacks  # type: ignore[attr-defined]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._first_fit_epoch = trainer.current_epoch
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Decide at the validation that closes a training epoch, but only once every memcallbacks
+        # monitor has done this epoch's work (they run at this moment or at train-epoch end).
+        if (
+            trainer.sanity_checking
+            or trainer.state.fn != "fit"
+            or not trainer.fit_loop.epoch_loop._is_training_done
+        ):
+            return
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, MemorisationCallback)]  # type: ignore[attr-defined]
+        if all(cb._last_epoch_done == trainer.current_epoch for cb in monitors):
+            self._decide_once(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._decide_once(trainer, pl_module)
+
+    # -- decision ----------------------------------------------------------------------------------
+    def _decide_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self._last_epoch_decided == epoch:
+            return
+        self._last_epoch_decided = epoch
+        if self.stopped_epoch is not None:
+            trainer.should_stop = True
+            return
+
+        metrics = trainer.callback_metrics
+        fresh = _fresh_keys(trainer)
+        values: dict[str, float] = {}
+        for cond in self.conditions:
+            if cond.monitor in fresh and cond.monitor in metrics:
+                values[cond.monitor] = float(metrics[cond.monitor])
+        self.seen.update(values)
+        self.last_values.update(values)
+        self._check_missing(trainer, metrics)
+
+        allowed = epoch + 1 >= self.min_epochs
+        reasons: list[str] = []
+        for cond in self.conditions:
+            if cond.monitor not in values:
+                continue  # not evaluated this epoch: counters unchanged
+            value = values[cond.monitor]
+            if not math.isfinite(value) and self.check_finite:
+                if allowed:
+                    reasons.append(f"{cond.monitor} = {value} is not finite")
+                continue
+            if math.isnan(value):
+                continue
+            if cond.crossed(value) and allowed:
+                self.counters[cond.monitor] += 1
+                if self.counters[cond.monitor] >= (cond.patience or self.patience):
+                    reasons.append(cond.describe(value))
+            elif not cond.crossed(value):
+                self.counters[cond.monitor] = 0
+
+        local_stop = bool(reasons)
+        should_stop = bool(trainer.strategy.reduce_boolean_decision(local_stop, all=False))
+        if self.restore == "best_safe":
+            safe = len(values) == len(self.conditions) and all(
+                math.isfinite(v) and not c.crossed(v)
+                for c, v in ((c, values[c.monitor]) for c in self.conditions)
+            )
+            if bool(trainer.strategy.reduce_boolean_decision(safe, all=True)) and not should_stop:
+                self._snapshot(trainer, pl_module, epoch)
+        if should_stop:
+            self._stop(trainer, pl_module, epoch, reasons, local_stop)
+
+    def _check_missing(self, trainer: pl.Trainer, metrics: Mapping[str, Any]) -> None:
+        missing = [
+            c.monitor for c in self.conditions if c.monitor not in self.seen and c.monitor not in metrics
+        ]
+        if not missing:
+            return
+        periods = [cb.every_n_epochs for cb in trainer.callbacks if isinstance(cb, MemorisationCallback)]  # type: ignore[attr-defined]
+        deadline = self._first_fit_epoch + max(periods, default=1) - 1
+        if trainer.current_epoch < deadline:
+            return
+        available = sorted(k for k in metrics if k.startswith("mem/")) or ["(none)"]
+        message = (
+            f"LeakageEarlyStopping monitors {missing}, which no callback has logged by epoch "
+            f"{trainer.current_epoch}. Logged mem/* keys: {', '.join(available)}. HINT: add the monitor that "
+            "logs it to `callbacks=[...]` (e.g. CanaryExposureMonitor for mem/canary/*, "
+            "MembershipInferenceMonitor for mem/mia/* and mem/gap/*) or fix the key."
+        )
+        if self.strict:
+            raise RuntimeError(message)
+        if not self._warned_missing:
+            self._warned_missing = True
+            rank_zero_warn(message)
+
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        self._best_safe_weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+        }
+        self.best_safe_epoch = epoch
+        if self.save_best_safe and trainer.is_global_zero:
+            buffer = io.BytesIO()
+            torch.save(self._best_safe_weights, buffer)
+            _io.atomic_write_bytes(self.best_safe_path, buffer.getvalue())
+        if self.save_best_safe:
+            self._best_safe_file = str(self.best_safe_path)
+
+    def _stop(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, reasons: list[str], local: bool
+    ) -> None:
+        world = trainer.world_size
+        if world > 1:  # rank 0 reports the reasons of the first rank that crossed
+            flags = trainer.strategy.all_gather(torch.tensor([int(local)], device=pl_module.device)).reshape(
+                -1
+            )
+            src = int(torch.nonzero(flags).reshape(-1)[0].item())
+            reasons = trainer.strategy.broadcast(reasons, src=src)
+            if src != 0:
+                reasons = [f"{r} (rank {src})" for r in reasons]
+        self.reason = f"Leakage: {'; '.join(reasons)} at epoch {epoch}"
+        self.stopped_epoch = epoch
+        trainer.should_stop = True
+
+        restored: int | None = None
+        if self.restore == "best_safe":
+            weights = self._best_safe_weights
+            if weights is None and self.best_safe_epoch is not None and self._best_safe_file is not None:
+                path = Path(self._best_safe_file)
+                if path.exists():
+                    weights = torch.load(path, map_location="cpu", weights_only=True)
+            if weights is None:
+                rank_zero_warn(
+                    f"LeakageEarlyStopping(restore='best_safe'): no evaluation below every threshold was seen "
+                    f"{'in this process (pass save_best_safe=True to keep it across a resume)' if self.best_safe_epoch is not None else 'yet'}; "
+                    "keeping the current weights"
+                )
+            else:
+                pl_module.load_state_dict(weights)
+                restored = self.best_safe_epoch
+                self.reason += f"; restored the weights of epoch {restored}"
+
+        if trainer.is_global_zero:
+            _log.warning(self.reason)
+            trackers.emit(
+                trainer,
+                trackers.Alert(
+                    title="memcallbacks: leakage early stopping",
+                    text=self.reason,
+                    epoch=epoch,
+                    extra={"values": dict(self.last_values), "restored_epoch": restored},
+                ),
+            )
+            if self._root is not None:
+                _io.save_json(
+                    self.stopping_path,
+                    {
+                        "stopped_epoch": epoch,
+                        "reason": self.reason,
+                        "values": dict(self.last_values),
+                        "conditions": [asdict(c) for c in self.conditions],
+                        "restore": self.restore,
+                        "restored_epoch": restored,
+                        "min_epochs": self.min_epochs,
+                    },
+                )
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "last_values": dict(self.last_values),
+            "seen": sorted(self.seen),
+            "stopped_epoch": self.stopped_epoch,
+            "reason": self.reason,
+            "best_safe_epoch": self.best_safe_epoch,
+            "last_epoch_decided": self._last_epoch_decided,
+            "best_safe_file": self._best_safe_file,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        counters = state_dict.get("counters", {})
+        self.counters = {c.monitor: int(counters.get(c.monitor, 0)) for c in self.conditions}
+        self.last_values = {str(k): float(v) for k, v in state_dict.get("last_values", {}).items()}
+        self.seen = set(state_dict.get("seen", []))
+        self.stopped_epoch = state_dict.get("stopped_epoch")
+        self.reason = state_dict.get("reason")
+        self.best_safe_epoch = state_dict.get("best_safe_epoch")
+        self._last_epoch_decided = int(state_dict.get("last_epoch_decided", -1))
+        self._best_safe_file = state_dict.get("best_safe_file")
+        self._best_safe_weights = None  # on disk (save_best_safe=True) or lost with the old process
+
+
+def _is_monitor(callback: Any) -> bool:
+    if isinstance(callback, LeakageEarlyStopping):
+        return False
+    return isinstance(callback, MemorisationCallback) or type(callback).__module__.startswith(
+        "memcallbacks.callbacks"
+    )
+
+
+def _fresh_keys(trainer: pl.Trainer) -> set[str]:
+    """Keys logged during the current epoch (see the module docstring)."""
+    epoch = trainer.current_epoch
+    fresh = {k for k, e in logged_epochs(trainer).items() if e == epoch}
+    try:  # keys logged another way: Lightning's result collection of the running loop (reset each epoch)
+        results = trainer._results
+        if results is not None:
+            fresh.update(str(v.meta.name) for _, v in results.valid_items() if hasattr(v, "meta"))
+    except Exception:  # noqa: BLE001 - private API; the registry above covers memcallbacks monitors
+        pass
+    return fresh
