@@ -1,0 +1,695 @@
+"""Membership-inference monitor: the train/held-out loss gap and a loss-threshold attack, per epoch.
+
+At the end of every ``every_n_epochs``-th training epoch the monitor evaluates two fixed probe
+sets in eval mode (DESIGN.md section 2, "probe evaluation"): *members*, a seeded random subset
+of the training data, and *non-members*, held-out samples. From their per-sample losses it
+computes (with :mod:`memcallbacks.metrics.membership`):
+
+* the loss gap, mean held-out loss minus mean member loss, and their ratio;
+* the loss-threshold membership-inference attack of Yeom, Giacomelli, Fredrikson and Jha,
+  "Privacy Risk in Machine Learning: Analyzing the Connection to Overfitting", CSF 2018
+  (members positive, score ``-loss``): exact ROC AUC, attacker advantage, balanced accuracy
+  and the true-positive rate at low false-positive rates advocated by Carlini, Chien, Nasr,
+  Song, Terzis and Tramer, "Membership Inference Attacks From First Principles", S&P 2022;
+* optionally (``calibrate=True``) the difficulty-calibrated attack of Watson, Guo, Cormode and
+  Sablayrolles, "On the Importance of Difficulty Calibration in Membership Inference Attacks",
+  ICLR 2022: the score of a sample is its loss now minus its loss at the first evaluation, so
+  samples that are simply easy (low loss whether trained on or not) stop looking like members.
+
+Resolution limit: TPR at FPR ``x`` is read from the ``floor(x * m)`` lowest-scoring
+non-members; with ``m = 1,000`` non-members, TPR at 0.1% FPR rests on a single sample. The
+probe sizes are logged (``mem/mia/n_members``, ``mem/mia/n_nonmembers``) so a reader can
+judge this; ``metrics.membership_inference`` warns when ``m < 1/x``.
+
+Distributed runs: the probes are split across ranks (contiguous shards of equal length, the
+last padded by repeating the final sample, no ``DistributedSampler``), each rank evaluates its
+shard, one all-gather reassembles the vectors in probe order, and every rank computes the
+metrics from the same numbers, so every rank logs identical values (``EarlyStopping`` sees the
+same value everywhere). Rank 0 writes the run directory and the tracker records; the files are
+written by a background thread (atomic renames through :mod:`memcallbacks._io`), flushed at the end
+of fit or by :meth:`MembershipInferenceMonitor.flush`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from memcallbacks import _dist, _io, _probe, trackers
+from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.metrics.membership import MembershipReport, loss_gap, membership_inference
+
+__all__ = ["MembershipInferenceMonitor"]
+
+#: the denominator of ``mem/gap/loss_ratio`` is at least this (guards division by ~0)
+RATIO_EPS = 1e-6
+
+
+def _check_fprs(fprs: Any) -> tuple[float, ...]:
+    if isinstance(fprs, (int, float)) and not isinstance(fprs, bool):
+        fprs = (fprs,)
+    try:
+        values = tuple(fprs)
+    except TypeError as e:
+        raise TypeError(f"`fprs` must be a sequence of false-positive rates in (0, 1), got {fprs!r}") from e
+    out = []
+    for x in values:
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+            raise TypeError(f"`fprs` must hold numbers in (0, 1), got {x!r} in {values!r}")
+        if not 0.0 < float(x) < 1.0 or not math.isfinite(float(x)):
+            raise ValueError(
+                f"`fprs` must hold false-positive rates strictly between 0 and 1, got {x!r} in {values!r}; "
+                "e.g. fprs=(0.001, 0.01, 0.1)"
+            )
+        out.append(float(x))
+    return tuple(out)
+
+
+def _write_files(folder: Any, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    _io.atomic_write_bytes(folder / "losses.npz", buf.getvalue())
+    _io.save_json(folder / "metrics.json", summary)
+
+
+def _positive_int(name: str, value: Any, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}; {hint}")
+    return int(value)
+
+
+def _as_dataset(name: str, value: Any) -> Dataset[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, DataLoader):
+        value = value.dataset
+    if isinstance(value, IndexedDataset):
+        value = value.dataset
+    if not hasattr(value, "__getitem__") or not hasattr(value, "__len__"):
+        raise TypeError(
+            f"`{name}` must be a map-style dataset (with __len__ and __getitem__) or a DataLoader over one, "
+            f"got {type(value).__name__}"
+        )
+    if len(value) == 0:
+        raise ValueError(f"`{name}` is empty (0 samples); pass a dataset with at least one sample")
+    return value  # type: ignore[no-any-return]
+
+
+def _structure(item: Any) -> Any:
+    """A comparable description of an item's container structure (not its sizes)."""
+    if isinstance(item, torch.Tensor):
+        return ("tensor", str(item.dtype), item.dim())
+    if isinstance(item, np.ndarray):
+        return ("ndarray", str(item.dtype), item.ndim)
+    if isinstance(item, Mapping):
+        return ("dict", tuple((str(k), _structure(item[k])) for k in sorted(item, key=str)))
+    if isinstance(item, (list, tuple)):
+        return ("seq", tuple(_structure(v) for v in item))
+    if isinstance(item, (bool, np.bool_)):
+        return "bool"
+    if isinstance(item, (int, np.integer)):
+        return "int"
+    if isinstance(item, (float, np.floating)):
+        return "float"
+    return type(item).__name__
+
+
+def _class_of(item: Any) -> Hashable:
+    """The label of an ``(x, y)`` item (or a dict item with a label key)."""
+    y: Any = None
+    if isinstance(item, Mapping):
+        for k in ("y", "label", "labels", "target", "targets"):
+            if k in item:
+                y = item[k]
+                break
+    elif isinstance(item, (list, tuple)) and len(item) == 2:
+        y = item[1]
+    if isinstance(y, torch.Tensor) and y.numel() == 1:
+        y = y.item()
+    elif isinstance(y, np.ndarray) and y.size == 1:
+        y = y.item()
+    if isinstance(y, float) and y.is_integer():
+        y = int(y)
+    if isinstance(y, (bool, np.bool_)) or not isinstance(y, (int, np.integer, str)):
+        raise TypeError(
+            f"`slices='class'` needs `(x, y)` items with a scalar integer label y, got an item of type "
+            f"{type(item).__name__} with label {type(y).__name__}; pass `slices=lambda item: ...` returning "
+            "the item's group"
+        )
+    return y if isinstance(y, str) else int(y)
+
+
+def _slice_name(key: Hashable) -> str:
+    text = str(key)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "_"
+
+
+class MembershipInferenceMonitor(MemorisationCallback):
+    """Log the train/held-out loss gap and a loss-threshold membership-inference attack each epoch.
+
+    Two fixed probe sets are evaluated at the end of each ``every_n_epochs``-th training epoch,
+    in eval mode under ``torch.inference_mode()`` (train mode is restored afterwards): members
+    (training samples) and non-members (held-out samples). No change to the LightningModule is
+    needed when batches are ``(x, y)`` and ``module(x)`` returns logits.
+
+    Logged keys (every rank logs the same values; ``n`` counts exclude non-finite losses):
+
+    ========================================  =================================================
+    ``mem/gap/loss``                          mean non-member loss minus mean member loss
+    ``mem/gap/loss_ratio``                    mean non-member loss / max(mean member loss, 1e-6)
+    ``mem/gap/member_loss``                   mean member loss
+    ``mem/gap/nonmember_loss``                mean non-member loss
+    ``mem/mia/auc``                           ROC AUC, members positive, score ``-loss``
+    ``mem/mia/advantage``                     ``max(TPR - FPR)`` over thresholds
+    ``mem/mia/tpr@<x>%fpr``                   TPR at FPR ``<= x`` for each of ``fprs``
+    ``mem/mia/balanced_accuracy``             ``(1 + advantage) / 2``
+    ``mem/mia/n_members``, ``n_nonmembers``   finite probe losses used
+    ``mem/mia/nonfinite``                     NaN/inf probe losses excluded this evaluation
+    ``mem/mia/auc/<slice>``                   AUC per slice (``class_3``, ``group_a``) with
+                                              ``min_slice_size`` members and non-members
+    ``mem/mia_cal/*``                         the same attack keys for the calibrated score
+                                              (``calibrate=True``), plus per-slice AUC
+    ========================================  =================================================
+
+    The ratio is defined for non-negative losses (cross-entropy): 1 means no gap; the
+    denominator is clamped at ``1e-6`` so a model that drives member loss to 0 gives a large
+    finite number rather than a division by zero. Use ``mem/gap/loss`` for losses that can be
+    negative.
+
+    Calibrated attack (Watson et al. 2022): score = loss now minus the same sample's loss at the
+    first evaluation (the *reference*). At the reference evaluation itself every difference is
+    0, so the calibrated keys are logged as the chance values they are: AUC 0.5, advantage 0,
+    TPR 0 (balanced accuracy 0.5). They are logged rather than left out so that a
+    ``strict=True`` ``EarlyStopping`` on a ``mem/mia_cal/*`` key finds it from the first epoch.
+
+    Run directory (``<log_dir>/memcallbacks/membership/``, rank 0, rewritten each evaluation):
+    ``losses.npz`` (``epochs [E]``, ``member_losses [E, n]``, ``nonmember_losses [E, m]``,
+    float32, NaN kept; ``member_indices [n]`` into the training dataset or ``members``;
+    ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, key: value}]}``).
+    Tracker records: a ``RocCurve`` (``mem/mia/roc``, and ``mem/mia_cal/roc``) and one
+    ``Histogram`` each of member and non-member losses (``mem/mia/member_losses``,
+    ``mem/mia/nonmember_losses``); all aggregate.
+
+    Args:
+        members: training samples to probe (a map-style dataset or a DataLoader over one; an
+            :class:`~memcallbacks.IndexedDataset` is unwrapped). Default: a fixed random subset
+            of ``num_probe`` samples (seed ``seed``) of the dataset behind
+            ``trainer.train_dataloader``.
+        nonmembers: held-out samples, same item structure as ``members``. Default: the first
+            ``num_probe`` samples of the validation dataloader's dataset, resolved at the first
+            evaluation (the validation dataloader is requested from the Trainer's data source
+            when it is not loaded yet, e.g. with ``num_sanity_val_steps=0``).
+        num_probe: size of the default probe sets (default 1,000).
+        sample_loss_fn: ``(module, batch) -> Tensor[B]`` per-sample losses (``reduction='none'``);
+            default: cross-entropy of ``module(x)`` against ``y``.
+        every_n_epochs: evaluate after every this many training epochs.
+        fprs: false-positive rates in ``(0, 1)`` at which TPR is logged.
+        calibrate: also log the difficulty-calibrated attack (``mem/mia_cal/*``).
+        slices: ``None``; ``"class"`` (labels of ``(x, y)`` items, keys ``.../auc/class_<y>``); or
+            a function ``item -> hashable`` (keys ``.../auc/group_<key>``).
+        min_slice_size: a slice is logged only with at least this many members and non-members.
+        batch_size: batch size of the probe evaluation.
+        collate_fn: collate function for probe batches (default: PyTorch's default collate).
+        seed: seed of the default member subset.
+        run_dir: override the run directory root.
+        log_per_sample: accepted for symmetry; this monitor sends only aggregate records.
+
+    Raises:
+        ValueError: bad argument values (empty probes, ``every_n_epochs < 1``, FPRs outside
+            ``(0, 1)``, ``num_probe < 1``, ``min_slice_size < 1``).
+        TypeError: probes that are not map-style datasets, a ``slices`` that is neither
+            ``"class"`` nor callable.
+
+    Example:
+        >>> import pytorch_lightning as pl
+        >>> from memcallbacks import MembershipInferenceMonitor
+        >>> monitor = MembershipInferenceMonitor(num_probe=500, calibrate=True)
+        >>> trainer = pl.Trainer(callbacks=[monitor], max_epochs=3)  # doctest: +SKIP
+        >>> trainer.fit(model, train_loader, val_loader)  # doctest: +SKIP
+        >>> monitor.report.auc  # doctest: +SKIP
+        0.61
+    """
+
+    subdir = "membership"
+
+    def __init__(
+        self,
+        members: Any = None,
+        nonmembers: Any = None,
+        *,
+        num_probe: int = 1000,
+        sample_loss_fn: _probe.SampleLossFn | None = None,
+        every_n_epochs: int = 1,
+        fprs: Iterable[float] = (0.001, 0.01, 0.1),
+        calibrate: bool = False,
+        slices: str | Callable[[Any], Hashable] | None = None,
+        min_slice_size: int = 50,
+        batch_size: int = 256,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        seed: int = 0,
+        run_dir: Any = None,
+        log_per_sample: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
+        self._members_arg = _as_dataset("members", members)
+        self._nonmembers_arg = _as_dataset("nonmembers", nonmembers)
+        self.num_probe = _positive_int("num_probe", num_probe, "e.g. num_probe=1000")
+        self.sample_loss_fn = sample_loss_fn if sample_loss_fn is not None else _probe.default_sample_loss_fn
+        if not callable(self.sample_loss_fn):
+            raise TypeError(
+                f"`sample_loss_fn` must be callable (module, batch) -> Tensor[B], got {type(sample_loss_fn).__name__}"
+            )
+        self.fprs = _check_fprs(fprs)
+        self.calibrate = bool(calibrate)
+        if slices is not None and slices != "class" and not callable(slices):
+            raise TypeError(
+                f"`slices` must be None, 'class' or a function item -> hashable, got {slices!r}; "
+                "e.g. slices='class' for per-label AUCs"
+            )
+        self.slices = slices
+        self.min_slice_size = _positive_int("min_slice_size", min_slice_size, "e.g. min_slice_size=50")
+        self.batch_size = _positive_int("batch_size", batch_size, "e.g. batch_size=256")
+        self.collate_fn = collate_fn
+        self.seed = int(seed)
+        if self._members_arg is not None and self._nonmembers_arg is not None:
+            self._check_same_structure(self._members_arg, self._nonmembers_arg)
+
+        # resolved probes (lazily, at the first evaluation)
+        self._members: Subset[Any] | None = None
+        self._nonmembers: Subset[Any] | None = None
+        self._member_indices: np.ndarray | None = None
+        self._nonmember_indices: np.ndarray | None = None
+        self._member_slices: np.ndarray | None = None
+        self._nonmember_slices: np.ndarray | None = None
+        # history (kept across resume)
+        self._epochs: list[int] = []
+        self._member_history: list[np.ndarray] = []
+        self._nonmember_history: list[np.ndarray] = []
+        self._metrics_history: list[dict[str, float]] = []
+        self._ref_members: np.ndarray | None = None
+        self._ref_nonmembers: np.ndarray | None = None
+        self._warned_nonfinite = False
+        self._warned_few: set[str] = set()
+        self.report: MembershipReport | None = None
+        """The last aggregate :class:`MembershipReport` (``None`` before the first evaluation)."""
+        self.calibrated_report: MembershipReport | None = None
+        """The last calibrated report (``calibrate=True``)."""
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        self.last_eval_seconds: float = float("nan")
+        """Wall time of the last evaluation (forward passes, metrics, files, records)."""
+
+    # -- identity and state --------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        slices = (
+            self.slices
+            if self.slices is None or isinstance(self.slices, str)
+            else getattr(self.slices, "__qualname__", type(self.slices).__name__)
+        )
+        return self._generate_state_key(
+            num_probe=self.num_probe,
+            seed=self.seed,
+            calibrate=self.calibrate,
+            every_n_epochs=self.every_n_epochs,
+            slices=slices,
+            min_slice_size=self.min_slice_size,
+            run_dir=None if self._run_dir_arg is None else str(self._run_dir_arg),
+        )
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """One dict per evaluation: ``{"epoch": e, key: value, ...}`` (a copy)."""
+        return [dict(row) for row in self._metrics_history]
+
+    @property
+    def member_losses(self) -> np.ndarray:
+        """Member losses per evaluation, ``[E, n]`` float32 (NaN kept)."""
+        n = 0 if self._member_indices is None else len(self._member_indices)
+        return np.stack(self._member_history) if self._member_history else np.zeros((0, n), np.float32)
+
+    @property
+    def nonmember_losses(self) -> np.ndarray:
+        """Non-member losses per evaluation, ``[E, m]`` float32 (NaN kept)."""
+        m = 0 if self._nonmember_indices is None else len(self._nonmember_indices)
+        return np.stack(self._nonmember_history) if self._nonmember_history else np.zeros((0, m), np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        def t(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+        return {
+            **self.base_state(),
+            "member_indices": t(self._member_indices),
+            "nonmember_indices": t(self._nonmember_indices),
+            "epochs": list(self._epochs),
+            "member_losses": t(self.member_losses) if self._member_history else None,
+            "nonmember_losses": t(self.nonmember_losses) if self._nonmember_history else None,
+            "ref_members": t(self._ref_members),
+            "ref_nonmembers": t(self._ref_nonmembers),
+            "history": [dict(row) for row in self._metrics_history],
+            "warned_nonfinite": self._warned_nonfinite,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        def a(key: str, dtype: Any) -> np.ndarray | None:
+            v = state_dict.get(key)
+            return None if v is None else np.asarray(v.cpu().numpy() if hasattr(v, "cpu") else v, dtype=dtype)
+
+        self.load_base_state(state_dict)
+        self._member_indices = a("member_indices", np.int64)
+        self._nonmember_indices = a("nonmember_indices", np.int64)
+        self._epochs = [int(e) for e in state_dict.get("epochs", [])]
+        ml, nl = a("member_losses", np.float32), a("nonmember_losses", np.float32)
+        self._member_history = [] if ml is None else [row.copy() for row in ml]
+        self._nonmember_history = [] if nl is None else [row.copy() for row in nl]
+        self._ref_members = a("ref_members", np.float32)
+        self._ref_nonmembers = a("ref_nonmembers", np.float32)
+        self._metrics_history = [dict(row) for row in state_dict.get("history", [])]
+        self._warned_nonfinite = bool(state_dict.get("warned_nonfinite", False))
+        self._members = self._nonmembers = None  # re-resolved against the stored indices
+
+    # -- probe resolution ----------------------------------------------------------------
+    @staticmethod
+    def _first_item(ds: Dataset[Any]) -> Any:
+        return ds[0]
+
+    def _check_same_structure(self, members: Dataset[Any], nonmembers: Dataset[Any]) -> None:
+        a, b = _structure(self._first_item(members)), _structure(self._first_item(nonmembers))
+        if a != b:
+            raise ValueError(
+                "`members` and `nonmembers` must yield items of the same structure (they are batched and "
+                f"scored the same way), got members item {a} and nonmembers item {b}; wrap one of them so "
+                "both give e.g. `(x, y)` pairs"
+            )
+
+    def _resolve_members(self, trainer: pl.Trainer) -> Subset[Any]:
+        if self._members_arg is not None:
+            base = self._members_arg
+            if self._member_indices is None:
+                self._member_indices = np.arange(len(base), dtype=np.int64)  # type: ignore[arg-type]
+        else:
+            base = _probe.dataset_of(trainer.train_dataloader)  # type: ignore[assignment]
+            if base is None:
+                raise RuntimeError(
+                    "MembershipInferenceMonitor could not find the training dataset behind "
+                    "`trainer.train_dataloader`; pass the member probe yourself: "
+                    "`MembershipInferenceMonitor(members=train_dataset, nonmembers=held_out_dataset)`"
+                )
+            if not hasattr(base, "__len__") or len(base) == 0:  # type: ignore[arg-type]
+                raise ValueError(
+                    "the training dataset is empty or has no length; pass `members=` a map-style dataset"
+                )
+            if self._member_indices is None:
+                _, idx = _probe.random_subset(base, self.num_probe, seed=self.seed)
+                self._member_indices = idx.astype(np.int64)
+        self._check_indices("members", base, self._member_indices)
+        return Subset(base, self._member_indices.tolist())
+
+    def _validation_dataset(self, trainer: pl.Trainer) -> Dataset[Any] | None:
+        ds = _probe.dataset_of(getattr(trainer, "val_dataloaders", None))
+        if ds is not None:
+            return ds
+        # not loaded yet (num_sanity_val_steps=0, check_val_every_n_epoch > 1): ask the data source
+        source = None
+        try:
+            source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        except AttributeError:
+            pass
+        if source is not None:
+            try:
+                if source.instance is not None and source.is_defined():
+                    return _probe.dataset_of(source.dataloader())
+            except Exception as e:  # noqa: BLE001 - fall through to the datamodule and the error below
+                rank_zero_warn(
+                    f"MembershipInferenceMonitor: requesting the validation dataloader failed: {e!r}"
+                )
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and callable(getattr(dm, "val_dataloader", None)):
+            try:
+                return _probe.dataset_of(dm.val_dataloader())
+            except Exception:  # noqa: BLE001
+                return None
+        return None
+
+    def _resolve_nonmembers(self, trainer: pl.Trainer) -> Subset[Any]:
+        if self._nonmembers_arg is not None:
+            base = self._nonmembers_arg
+            if self._nonmember_indices is None:
+                self._nonmember_indices = np.arange(len(base), dtype=np.int64)  # type: ignore[arg-type]
+        else:
+            found = self._validation_dataset(trainer)
+            if found is None:
+                raise RuntimeError(
+                    "MembershipInferenceMonitor needs held-out (non-member) samples and the Trainer has no "
+                    "validation data. Pass them to the callback:\n"
+                    "    held_out = torch.utils.data.Subset(full_dataset, held_out_indices)\n"
+                    "    monitor = MembershipInferenceMonitor(nonmembers=held_out)\n"
+                    "    trainer = pl.Trainer(callbacks=[monitor])"
+                )
+            base = found
+            if len(base) == 0:  # type: ignore[arg-type]
+                raise ValueError("the validation dataset is empty; pass `nonmembers=` a held-out dataset")
+            if self._nonmember_indices is None:
+                n = min(self.num_probe, len(base))  # type: ignore[arg-type]
+                self._nonmember_indices = np.arange(n, dtype=np.int64)
+        self._check_indices("nonmembers", base, self._nonmember_indices)
+        return Subset(base, self._nonmember_indices.tolist())
+
+    @staticmethod
+    def _check_indices(name: str, base: Any, idx: np.ndarray) -> None:
+        if idx.size and int(idx.max()) >= len(base):
+            raise ValueError(
+                f"the stored `{name}` probe indices go up to {int(idx.max())} but the dataset has {len(base)} "
+                "samples; resume with the same data as the checkpointed run"
+            )
+
+    def _resolve(self, trainer: pl.Trainer) -> None:
+        if self._members is not None and self._nonmembers is not None:
+            return
+        members = self._resolve_members(trainer)
+        nonmembers = self._resolve_nonmembers(trainer)
+        self._check_same_structure(members, nonmembers)
+        if self.slices is not None:
+            fn: Callable[[Any], Hashable] = _class_of if self.slices == "class" else self.slices  # type: ignore[assignment]
+            prefix = "class_" if self.slices == "class" else "group_"
+            self._member_slices = np.array(
+                [prefix + _slice_name(fn(members[i])) for i in range(len(members))]
+            )
+            self._nonmember_slices = np.array(
+                [prefix + _slice_name(fn(nonmembers[i])) for i in range(len(nonmembers))]
+            )
+        self._members, self._nonmembers = members, nonmembers
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
+        assert self._members is not None and self._nonmembers is not None
+        n, m = len(self._members), len(self._nonmembers)
+        probe: Dataset[Any] = ConcatDataset([self._members, self._nonmembers])
+        total = n + m
+        world = _dist.world_size(trainer)
+        if world > 1:
+            # equal contiguous shards (the last padded with the final sample): every rank runs the
+            # same number of batches, and the gathered vector is in probe order
+            per_rank = -(-total // world)
+            rank = int(trainer.global_rank)
+            positions = [min(rank * per_rank + j, total - 1) for j in range(per_rank)]
+            probe = Subset(probe, positions)
+        losses, _ = _probe.evaluate_sample_losses(
+            pl_module,
+            probe,
+            self.sample_loss_fn,
+            batch_size=self.batch_size,
+            device=pl_module.device,
+            collate_fn=self.collate_fn,
+            trainer=trainer,
+        )
+        if world > 1:
+            losses = _dist.gather_concat(trainer, losses.to(pl_module.device)).cpu()[:total]
+        values = losses.numpy().astype(np.float32, copy=False)
+        return values[:n].copy(), values[n:].copy()
+
+    def _attack(
+        self, members: np.ndarray, nonmembers: np.ndarray, prefix: str, fprs: tuple[float, ...]
+    ) -> MembershipReport:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = membership_inference(members, nonmembers, fprs=fprs)
+        for w in caught:
+            text = str(w.message)
+            if prefix not in self._warned_few:
+                self._warned_few.add(prefix)
+                rank_zero_warn(f"MembershipInferenceMonitor ({prefix}): {text}", category=UserWarning)
+        return report
+
+    def _compute(
+        self, epoch: int, members: np.ndarray, nonmembers: np.ndarray
+    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        fin_m, fin_n = np.isfinite(members), np.isfinite(nonmembers)
+        nonfinite = int((~fin_m).sum() + (~fin_n).sum())
+        if nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"MembershipInferenceMonitor: {nonfinite} probe losses are NaN/inf at epoch {epoch} "
+                f"({int((~fin_m).sum())} members, {int((~fin_n).sum())} non-members); they are excluded from "
+                "the attack and counted in `mem/mia/nonfinite` (warned once)",
+                category=UserWarning,
+            )
+        m, nm = members[fin_m].astype(np.float64), nonmembers[fin_n].astype(np.float64)
+        metrics: dict[str, float] = {"mem/mia/nonfinite": float(nonfinite)}
+        if m.size == 0 or nm.size == 0:
+            metrics.update({"mem/mia/n_members": float(m.size), "mem/mia/n_nonmembers": float(nm.size)})
+            self.report = None
+            return metrics, m, nm
+        mean_m, mean_n = float(m.mean()), float(nm.mean())
+        metrics["mem/gap/loss"] = loss_gap(m, nm)
+        metrics["mem/gap/loss_ratio"] = mean_n / max(mean_m, RATIO_EPS)
+        metrics["mem/gap/member_loss"] = mean_m
+        metrics["mem/gap/nonmember_loss"] = mean_n
+        self.report = self._attack(m, nm, "mem/mia", self.fprs)
+        metrics.update(self.report.to_metrics("mem/mia"))
+        metrics.update(self._slice_aucs(members, nonmembers, "mem/mia"))
+
+        if self.calibrate:
+            assert self._ref_members is not None and self._ref_nonmembers is not None
+            dm = members.astype(np.float64) - self._ref_members
+            dn = nonmembers.astype(np.float64) - self._ref_nonmembers
+            fm, fn_ = np.isfinite(dm), np.isfinite(dn)
+            if fm.any() and fn_.any():
+                self.calibrated_report = self._attack(dm[fm], dn[fn_], "mem/mia_cal", self.fprs)
+                metrics.update(self.calibrated_report.to_metrics("mem/mia_cal"))
+                metrics.update(self._slice_aucs(dm, dn, "mem/mia_cal"))
+        return metrics, m, nm
+
+    def _slice_aucs(self, members: np.ndarray, nonmembers: np.ndarray, prefix: str) -> dict[str, float]:
+        if self._member_slices is None or self._nonmember_slices is None:
+            return {}
+        out: dict[str, float] = {}
+        fin_m, fin_n = np.isfinite(members), np.isfinite(nonmembers)
+        for key in sorted(set(self._member_slices.tolist()) & set(self._nonmember_slices.tolist())):
+            sm = members[(self._member_slices == key) & fin_m]
+            sn = nonmembers[(self._nonmember_slices == key) & fin_n]
+            if sm.size >= self.min_slice_size and sn.size >= self.min_slice_size:
+                out[f"{prefix}/auc/{key}"] = membership_inference(sm, sn, fprs=()).auc
+        return out
+
+    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.is_due(trainer):
+            return
+        start = time.perf_counter()
+        epoch = int(trainer.current_epoch)
+        self._resolve(trainer)
+        members, nonmembers = self._evaluate(trainer, pl_module)
+        if self.calibrate and self._ref_members is None:
+            self._ref_members, self._ref_nonmembers = members.copy(), nonmembers.copy()
+        metrics, finite_m, finite_n = self._compute(epoch, members, nonmembers)
+
+        self._epochs.append(epoch)
+        self._member_history.append(members)
+        self._nonmember_history.append(nonmembers)
+        self._metrics_history.append({"epoch": float(epoch), **metrics})
+        self.log_metrics(pl_module, metrics)
+        if trainer.is_global_zero:
+            self._save()
+            self._emit_records(trainer, epoch, finite_m, finite_n, members, nonmembers)
+        self.last_eval_seconds = time.perf_counter() - start
+
+    def _save(self) -> None:
+        """Write ``losses.npz`` and ``metrics.json`` in the background (one writer thread, in order).
+
+        The arrays are snapshotted here; the writer only serialises them (uncompressed ``.npz``:
+        float losses barely compress, and zlib cost grows with the epochs) and renames atomically
+        through :mod:`memcallbacks._io`. A write error surfaces at the next evaluation or at the
+        end of fit; :meth:`flush` waits for the pending write.
+        """
+        assert self._member_indices is not None and self._nonmember_indices is not None
+        arrays = {
+            "epochs": np.asarray(self._epochs, dtype=np.int64),
+            "member_losses": self.member_losses,
+            "nonmember_losses": self.nonmember_losses,
+            "member_indices": self._member_indices.copy(),
+            "nonmember_indices": self._nonmember_indices.copy(),
+        }
+        summary = {
+            "history": [dict(row) for row in self._metrics_history],
+            "fprs": list(self.fprs),
+            "calibrate": self.calibrate,
+            "n_members": len(self._member_indices),
+            "n_nonmembers": len(self._nonmember_indices),
+        }
+        folder = self.run_dir
+        self.flush()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memcallbacks-membership")
+        self._pending = self._writer.submit(_write_files, folder, arrays, summary)
+
+    def flush(self) -> None:
+        """Wait until the run directory holds the latest evaluation (re-raises a failed write)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _shutdown_writer(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._shutdown_writer()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        try:
+            self._shutdown_writer()
+        except Exception as e:  # noqa: BLE001 - the original exception matters more
+            rank_zero_warn(f"MembershipInferenceMonitor: writing the run directory failed: {e!r}")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._shutdown_writer()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_writer"] = None  # threads and futures do not pickle (ddp_spawn sends callbacks)
+        state["_pending"] = None
+        return state
+
+    def _emit_records(
+        self,
+        trainer: pl.Trainer,
+        epoch: int,
+        finite_m: np.ndarray,
+        finite_n: np.ndarray,
+        members: np.ndarray,
+        nonmembers: np.ndarray,
+    ) -> None:
+        if self.report is None:
+            return
+        from memcallbacks.metrics.membership import roc_curve
+
+        fpr, tpr, _ = roc_curve(finite_m, finite_n)
+        self.emit(trainer, trackers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="loss-threshold MIA"))
+        if self.calibrate and self.calibrated_report is not None and self._ref_members is not None:
+            dm, dn = members - self._ref_members, nonmembers - self._ref_nonmembers  # type: ignore[operator]
+            dm, dn = dm[np.isfinite(dm)], dn[np.isfinite(dn)]
+            fpr_c, tpr_c, _ = roc_curve(dm, dn)
+            self.emit(
+                trainer, trackers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA")
+            )
+        self.emit(trainer, trackers.Histogram("mem/mia/member_losses", finite_m, epoch))
+        self.emit(trainer, trackers.Histogram("mem/mia/nonmember_losses", finite_n, epoch))

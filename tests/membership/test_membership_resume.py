@@ -1,0 +1,73 @@
+"""Resuming from a checkpoint keeps probe indices, the calibration reference and the history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from _helpers import TinyClassifier, loaders, make_blobs, trainer
+from memcallbacks import MembershipInferenceMonitor
+from memcallbacks._io import load_json, load_npz
+
+
+def _run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> MembershipInferenceMonitor:
+    torch.manual_seed(0)
+    tl, vl = loaders(make_blobs(80, seed=0), make_blobs(50, seed=1), shuffle=False)
+    monitor = MembershipInferenceMonitor(
+        num_probe=40, calibrate=True, slices="class", min_slice_size=5, seed=7
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+    t = trainer(tmp, max_epochs=max_epochs, callbacks=[monitor, ckpt], enable_checkpointing=True)
+    t.fit(TinyClassifier(hidden=8), tl, vl, ckpt_path=ckpt_path)
+    return monitor
+
+
+@pytest.mark.slow
+def test_resume_gives_identical_numbers(tmp_path: Path) -> None:
+    straight = _run(tmp_path / "straight", 4)
+    _run(tmp_path / "first", 2)
+    ckpt = tmp_path / "first" / "ckpt" / "epoch=1.ckpt"
+    state = torch.load(ckpt, weights_only=True)  # plain tensors and primitives only
+    (key,) = [k for k in state["callbacks"] if k.startswith("MembershipInferenceMonitor")]
+    assert state["callbacks"][key]["epochs"] == [0, 1]
+    resumed = _run(tmp_path / "first", 4, ckpt_path=str(ckpt))
+
+    assert resumed.history == straight.history  # includes mem/mia_cal/* (reference from epoch 0)
+    assert len(resumed.history) == 4 and resumed.history[2]["mem/mia_cal/auc"] != 0.5
+    np.testing.assert_array_equal(resumed.member_losses, straight.member_losses)
+    np.testing.assert_array_equal(resumed.nonmember_losses, straight.nonmember_losses)
+    a, b = load_npz(resumed.run_dir / "losses.npz"), load_npz(straight.run_dir / "losses.npz")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert load_json(resumed.run_dir / "metrics.json") == load_json(straight.run_dir / "metrics.json")
+
+
+def test_state_dict_round_trip() -> None:
+    m = MembershipInferenceMonitor(calibrate=True)
+    m._member_indices = np.array([3, 1, 4])
+    m._nonmember_indices = np.array([0, 1])
+    m._epochs = [0]
+    m._member_history = [np.array([0.1, 0.2, 0.3], np.float32)]
+    m._nonmember_history = [np.array([0.5, np.nan], np.float32)]
+    m._ref_members, m._ref_nonmembers = m._member_history[0].copy(), m._nonmember_history[0].copy()
+    m._metrics_history = [{"epoch": 0.0, "mem/mia/auc": 1.0}]
+    state = m.state_dict()
+    buf = __import__("io").BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    other = MembershipInferenceMonitor(calibrate=True)
+    other.load_state_dict(loaded)
+    np.testing.assert_array_equal(other.member_losses, m.member_losses)
+    np.testing.assert_array_equal(other.nonmember_losses, m.nonmember_losses)
+    np.testing.assert_array_equal(other._ref_nonmembers, m._ref_nonmembers)
+    assert other.history == m.history and other._member_indices.tolist() == [3, 1, 4]
+    # an older/empty state loads with defaults
+    fresh = MembershipInferenceMonitor()
+    fresh.load_state_dict({})
+    assert fresh.history == [] and fresh.member_losses.shape == (0, 0)
