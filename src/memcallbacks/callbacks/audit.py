@@ -1,0 +1,481 @@
+"""One-run privacy audit: an empirical lower bound on the epsilon of the training run being watched.
+
+Implements the black-box audit of Steinke, Nasr and Jagielski, "Privacy Auditing with One (1)
+Training Run", NeurIPS 2023 (their Algorithm 1 with the analysis of Theorems 3.1 and 5.2, see
+:mod:`memcallbacks.metrics.audit`):
+
+1. ``m`` *audit canaries* are chosen before training: data points (a map-style dataset of ``m``
+   items) or token-sequence canaries (a :class:`~memcallbacks.data.canaries.CanarySet`).
+2. Each canary is included in the training set independently with probability 1/2, by a draw
+   from ``numpy.random.default_rng(seed)`` made when the monitor is built
+   (:attr:`PrivacyAuditMonitor.included`). The monitor hands out the included subset
+   (:meth:`PrivacyAuditMonitor.inject` / :meth:`PrivacyAuditMonitor.included_dataset`); the
+   excluded half is never trained on.
+3. At the end of every ``every_n_epochs``-th epoch every canary gets a membership score
+   (higher = "more likely trained on"): ``-loss`` for data points (the per-sample loss of
+   :func:`memcallbacks._probe.evaluate_sample_losses`, eval mode), ``-log-perplexity`` of the
+   secret for token canaries (:func:`memcallbacks.scoring.score_sequences`), or the
+   user's ``score_fn``.
+4. The auditor guesses "in" for the ``k_pos`` highest scores and "out" for the ``k_neg`` lowest
+   and abstains on the rest. ``k_pos`` and ``k_neg`` are fixed when the monitor is built
+   (DESIGN.md section 8): choosing the ``k`` that gives the largest bound after looking at the
+   scores inflates epsilon. Every evaluation is logged, but only one evaluation should be
+   *reported* as the audit result — normally the last one; taking the maximum over epochs is
+   the same multiple-testing mistake (use ``beta / number_of_evaluations`` if you must).
+5. From ``v`` correct out of ``r = k_pos + k_neg`` guesses, ``epsilon_lower_bound`` returns the
+   largest epsilon rejected at confidence ``1 - beta`` for the ``delta`` audited.
+
+Default ``k``: the paper's experiments guess on a small fraction of the canaries, in equal
+numbers "in" and "out", and show that abstaining on the rest raises the bound when only the
+extreme scores are informative; with too few guesses even a perfect attack proves little
+(``r`` all-correct guesses at ``delta = 0`` need ``2**-r < beta``, i.e. ``r >= 5`` at
+``beta = 0.05``). The default here, ``k_pos = k_neg = max(3, m // 10)`` (capped at ``m // 2``),
+follows that shape; pass explicit values chosen *before* training for an audit you report.
+
+The bound is a lower bound: a DP-SGD run with an accountant's epsilon of ``eps`` should give
+``epsilon_lb <= eps`` (with probability ``1 - beta``); a larger value means the privacy
+analysis or its implementation is wrong. A black-box audit of the last model is usually far
+below the accountant's value (the paper reports this too).
+
+Distributed runs: the canaries are few, so every rank scores all of them with its (identical)
+model replica and logs identical numbers; rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from memcallbacks import _io, _probe, trackers
+from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound
+
+__all__ = ["PrivacyAuditMonitor", "default_num_guesses"]
+
+ScoreFn = Callable[[pl.LightningModule, Any], Any]
+"""``score_fn(pl_module, canaries) -> array [m]``: membership score per canary, higher = "in"."""
+
+
+def default_num_guesses(m: int) -> int:
+    """Default ``k_pos`` (= ``k_neg``) for ``m`` canaries: ``max(3, m // 10)``, at most ``m // 2``.
+
+    Example:
+        >>> default_num_guesses(1000), default_num_guesses(40), default_num_guesses(4)
+        (100, 4, 2)
+    """
+    return max(1, min(max(3, m // 10), m // 2))
+
+
+def _is_canary_set(obj: Any) -> bool:
+    from memcallbacks.data.canaries import CanarySet
+
+    return isinstance(obj, CanarySet)
+
+
+def check_delta(value: Any) -> float:
+    """``delta`` as a float in ``[0, 1)``, or a ValueError naming the value received."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"`delta` must be a number in [0, 1), got {value!r}; e.g. delta=1e-5")
+    return float(value)
+
+
+def _check_beta(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"`beta` must be a significance level in (0, 1), got {value!r}; e.g. beta=0.05")
+    return float(value)
+
+
+def _check_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`seed` must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class _RepeatedItems(Dataset[Any]):
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+
+class PrivacyAuditMonitor(MemorisationCallback):
+    """One-run privacy audit (Steinke, Nasr and Jagielski, NeurIPS 2023) as a Lightning callback.
+
+    The user-side change: build the monitor before the DataLoader and train on
+    ``monitor.inject(train_dataset)`` — the training data plus the canaries drawn "in".
+
+    Logged keys (every evaluation, identical on every rank):
+
+    * ``mem/audit/epsilon_lb``: empirical lower bound on epsilon at confidence ``1 - beta``
+      for the ``delta`` given (Steinke et al. 2023, Thm. 3.1 / 5.2). 0 = nothing proved.
+    * ``mem/audit/correct``: number of correct guesses ``v``.
+    * ``mem/audit/guesses``: number of guesses ``r = k_pos + k_neg``.
+    * ``mem/audit/accuracy``: ``v / r``; 0.5 is chance.
+
+    Run directory (``<log_dir>/memcallbacks/audit/``): ``inclusion.npz`` (``included`` mask,
+    ``seed``), ``epoch_XXXX.npz`` per evaluation (``scores``, ``guesses``, ``included``) and
+    ``audit.json`` (settings and the history of counts and bounds).
+
+    Args:
+        canaries: the ``m >= 2`` audit canaries: a map-style dataset whose items the training
+            set can hold (scored by ``-sample_loss_fn``), or a
+            :class:`~memcallbacks.data.canaries.CanarySet` (scored by ``-log-perplexity`` of
+            each secret; build it with ``repetitions=(1,)`` and ``per_count=m``).
+        k_pos: number of "in" guesses (highest scores); default :func:`default_num_guesses`.
+        k_neg: number of "out" guesses (lowest scores); default :func:`default_num_guesses`.
+        delta: the delta of the (epsilon, delta)-DP guarantee audited, in ``[0, 1)``; use the
+            delta the accountant reports at.
+        beta: significance level in ``(0, 1)``: the bound holds with probability ``1 - beta``.
+        seed: seed of the inclusion draw.
+        included: an explicit inclusion mask (bool ``[m]``) instead of the seeded draw; only for
+            experiments that control inclusion themselves (the audit's guarantee needs
+            independent fair coins).
+        score_fn: ``(pl_module, canaries) -> array [m]``, higher = more likely trained on;
+            replaces the default score.
+        sample_loss_fn: per-sample loss of a batch of data-point canaries (default
+            cross-entropy, see :func:`memcallbacks._probe.default_sample_loss_fn`).
+        batch_size: evaluation batch size.
+        collate_fn: collate function for data-point canaries.
+        every_n_epochs: evaluate every this many epochs.
+        run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
+        log_per_sample: send the per-canary scores to trackers (a table); the run directory
+            always gets them.
+
+    Raises:
+        ValueError: ``m < 2``, ``k_pos + k_neg > m`` or ``< 1``, ``delta`` outside ``[0, 1)``,
+            ``beta`` outside ``(0, 1)``, or an ``included`` mask of the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> canaries = TensorDataset(torch.randn(100, 8), torch.randint(0, 3, (100,)))
+        >>> audit = PrivacyAuditMonitor(canaries, k_pos=10, k_neg=10, seed=0)
+        >>> int(audit.included.sum()), len(audit.included_dataset())
+        (44, 44)
+        >>> train_set = audit.inject(TensorDataset(torch.randn(500, 8), torch.randint(0, 3, (500,))))
+        >>> len(train_set)
+        544
+    """
+
+    subdir = "audit"
+
+    def __init__(
+        self,
+        canaries: Any,
+        *,
+        k_pos: int | None = None,
+        k_neg: int | None = None,
+        delta: float = 0.0,
+        beta: float = 0.05,
+        seed: int = 0,
+        included: Sequence[bool] | np.ndarray | torch.Tensor | None = None,
+        score_fn: ScoreFn | None = None,
+        sample_loss_fn: _probe.SampleLossFn = _probe.default_sample_loss_fn,
+        batch_size: int = 256,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        every_n_epochs: int = 1,
+        run_dir: Any = None,
+        log_per_sample: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
+        try:
+            m = len(canaries)
+        except TypeError as e:
+            raise TypeError(
+                f"`canaries` must be a map-style dataset or a CanarySet (something with len()), "
+                f"got {type(canaries).__name__}"
+            ) from e
+        if m < 2:
+            raise ValueError(
+                f"`canaries` must hold at least 2 audit canaries, got {m}; the audit needs many "
+                "(hundreds for a meaningful bound)"
+            )
+        self.canaries = canaries
+        self.is_token_canaries = _is_canary_set(canaries)
+        self.num_canaries = m
+        k_default = default_num_guesses(m)
+        self.k_pos = k_default if k_pos is None else _check_int(k_pos, "k_pos", 0)
+        self.k_neg = k_default if k_neg is None else _check_int(k_neg, "k_neg", 0)
+        if self.k_pos + self.k_neg > m or self.k_pos + self.k_neg < 1:
+            raise ValueError(
+                f"`k_pos` + `k_neg` must be between 1 and the number of canaries ({m}), got "
+                f"{self.k_pos} + {self.k_neg} = {self.k_pos + self.k_neg}; e.g. k_pos=k_neg={k_default}"
+            )
+        self.delta = check_delta(delta)
+        self.beta = _check_beta(beta)
+        self.seed = _check_seed(seed)
+        if included is None:
+            # one fair coin per canary, drawn before training and never looked at by the scorer
+            self._included = np.random.default_rng(self.seed).random(m) < 0.5
+        else:
+            mask = np.asarray(included.cpu() if isinstance(included, torch.Tensor) else included)
+            if mask.shape != (m,) or not (mask.dtype == np.bool_ or np.isin(mask, (0, 1)).all()):
+                raise ValueError(
+                    f"`included` must be a bool mask of shape ({m},) (one entry per canary), got "
+                    f"shape {mask.shape} and dtype {mask.dtype}"
+                )
+            self._included = mask.astype(bool)
+        self.score_fn = score_fn
+        self.sample_loss_fn = sample_loss_fn
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.collate_fn = collate_fn
+        self._history: list[dict[str, Any]] = []
+
+    # -- the user-side API ----------------------------------------------------------------
+    @property
+    def included(self) -> np.ndarray:
+        """Bool ``[m]``: whether each canary is in the training set (a copy)."""
+        return self._included.copy()
+
+    def included_indices(self) -> np.ndarray:
+        """Indices (into ``canaries``) of the canaries drawn "in", ascending."""
+        return np.flatnonzero(self._included)
+
+    def included_dataset(self, make_item: Callable[[Any], Any] | None = None) -> Dataset[Any]:
+        """The canaries to add to the training set.
+
+        Args:
+            make_item: for a ``CanarySet``, ``canary -> training item`` (default the canary's
+                text); each included canary appears ``canary.repetitions`` times. Ignored for
+                data-point canaries, whose included items are returned as a ``Subset``.
+
+        Returns:
+            A map-style dataset of the included canaries.
+        """
+        idx = self.included_indices().tolist()
+        if not self.is_token_canaries:
+            return Subset(self.canaries, idx)
+        make = make_item if make_item is not None else (lambda c: c.text)
+        items: list[Any] = []
+        for i in idx:
+            canary = self.canaries[i]
+            items.extend([make(canary)] * int(canary.repetitions))
+        return _RepeatedItems(items)
+
+    def inject(
+        self, dataset: Dataset[Any], make_item: Callable[[Any], Any] | None = None
+    ) -> ConcatDataset[Any]:
+        """``dataset`` followed by the included canaries: the dataset to train on.
+
+        Args:
+            dataset: the training dataset (wrap the result in ``IndexedDataset`` if other
+                monitors need sample ids).
+            make_item: see :meth:`included_dataset`.
+
+        Returns:
+            ``ConcatDataset([dataset, self.included_dataset(make_item)])``.
+        """
+        return ConcatDataset([dataset, self.included_dataset(make_item)])
+
+    @classmethod
+    def split(cls, dataset: Any, *, seed: int = 0, **kwargs: Any) -> tuple[PrivacyAuditMonitor, Dataset[Any]]:
+        """Use ``dataset`` itself as the audit canaries: returns the monitor and its included half.
+
+        For auditing a model trained on a dataset with no other data: train on the second
+        element (about half of ``dataset``, a coin per item).
+
+        Args:
+            dataset: map-style dataset of the ``m`` audit canaries.
+            seed: seed of the inclusion draw.
+            **kwargs: other arguments of :class:`PrivacyAuditMonitor`.
+
+        Returns:
+            ``(monitor, monitor.included_dataset())``.
+        """
+        monitor = cls(dataset, seed=seed, **kwargs)
+        return monitor, monitor.included_dataset()
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per evaluation: epoch, correct, guesses, accuracy, epsilon_lb (a copy)."""
+        return [dict(h) for h in self._history]
+
+    # -- scoring --------------------------------------------------------------------------
+    def compute_scores(self, pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> np.ndarray:
+        """Membership score of every canary (float64 ``[m]``, higher = more likely trained on)."""
+        if self.score_fn is not None:
+            raw = self.score_fn(pl_module, self.canaries)
+            if isinstance(raw, torch.Tensor):
+                raw = raw.detach().cpu().numpy()
+            scores = np.asarray(raw, dtype=np.float64)
+        elif self.is_token_canaries:
+            from memcallbacks import scoring
+
+            log_ppl = scoring.score_sequences(
+                pl_module,
+                [c.scored_ids for c in self.canaries],
+                [c.secret_start for c in self.canaries],
+                batch_size=self.batch_size,
+                progress=False,
+                desc="scoring audit canaries",
+            )
+            scores = -np.asarray(log_ppl, dtype=np.float64)
+        else:
+            losses, _ = _probe.evaluate_sample_losses(
+                pl_module,
+                self.canaries,
+                self.sample_loss_fn,
+                batch_size=self.batch_size,
+                collate_fn=self.collate_fn,
+                trainer=trainer,
+            )
+            scores = -losses.double().numpy()
+        if scores.shape != (self.num_canaries,):
+            raise ValueError(
+                f"the audit scores must have shape ({self.num_canaries},) (one per canary), got {scores.shape}; "
+                "check `score_fn`/`sample_loss_fn`"
+            )
+        if not np.isfinite(scores).all():
+            raise ValueError(
+                f"{int((~np.isfinite(scores)).sum())} audit scores are NaN/inf; the model's loss on the "
+                "canaries diverged or `score_fn` returned non-finite values"
+            )
+        return scores
+
+    def audit(self, scores: Any) -> dict[str, Any]:
+        """Guesses, counts and the epsilon lower bound for one vector of scores (no logging).
+
+        Args:
+            scores: membership scores ``[m]``, higher = more likely included.
+
+        Returns:
+            ``{"guesses": int8 [m], "correct": v, "guesses_made": r, "accuracy": v / r,
+            "epsilon_lb": float}``.
+        """
+        guesses = audit_guesses(scores, k_pos=self.k_pos, k_neg=self.k_neg)
+        v, r = count_correct(guesses, self._included)
+        eps = epsilon_lower_bound(v, r, num_canaries=self.num_canaries, delta=self.delta, beta=self.beta)
+        return {"guesses": guesses, "correct": v, "guesses_made": r, "accuracy": v / r, "epsilon_lb": eps}
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero:
+            _io.save_npz(self.run_dir / "inclusion.npz", included=self._included, seed=np.int64(self.seed))
+            self._save_json()
+
+    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.is_due(trainer):
+            return
+        epoch = int(trainer.current_epoch)
+        scores = self.compute_scores(pl_module, trainer)
+        result = self.audit(scores)
+        row = {
+            "epoch": epoch,
+            "correct": int(result["correct"]),
+            "guesses": int(result["guesses_made"]),
+            "accuracy": float(result["accuracy"]),
+            "epsilon_lb": float(result["epsilon_lb"]),
+        }
+        self._history = [h for h in self._history if h["epoch"] != epoch] + [row]
+        self.log_metrics(
+            pl_module,
+            {
+                "mem/audit/epsilon_lb": row["epsilon_lb"],
+                "mem/audit/correct": row["correct"],
+                "mem/audit/guesses": row["guesses"],
+                "mem/audit/accuracy": row["accuracy"],
+            },
+        )
+        if trainer.is_global_zero:
+            _io.save_npz(
+                self.run_dir / f"epoch_{epoch:04d}.npz",
+                scores=scores,
+                guesses=result["guesses"],
+                included=self._included,
+            )
+            self._save_json()
+        self.emit(trainer, trackers.Histogram(key="mem/audit/scores", values=scores, epoch=epoch))
+        if self.log_per_sample:
+            rows = [
+                [i, float(s), bool(inc), int(g)]
+                for i, (s, inc, g) in enumerate(zip(scores, self._included, result["guesses"]))
+            ]
+            self.emit(
+                trainer,
+                trackers.Table(
+                    key="mem/audit/canary_scores",
+                    columns=["canary", "score", "included", "guess"],
+                    rows=rows,
+                    epoch=epoch,
+                    per_sample=True,
+                ),
+            )
+
+    def _save_json(self) -> None:
+        _io.save_json(
+            self.run_dir / "audit.json",
+            {
+                "method": "Steinke, Nasr and Jagielski 2023, one-run audit",
+                "num_canaries": self.num_canaries,
+                "canary_kind": "token_sequences" if self.is_token_canaries else "data_points",
+                "num_included": int(self._included.sum()),
+                "k_pos": self.k_pos,
+                "k_neg": self.k_neg,
+                "delta": self.delta,
+                "beta": self.beta,
+                "seed": self.seed,
+                "history": self._history,
+            },
+        )
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            num_canaries=self.num_canaries, seed=self.seed, k_pos=self.k_pos, k_neg=self.k_neg
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self.base_state(),
+            "included": torch.from_numpy(self._included.copy()),
+            "history": [dict(h) for h in self._history],
+            "delta": self.delta,
+            "beta": self.beta,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history; refuse a checkpoint whose inclusion mask differs from this monitor's.
+
+        Raises:
+            ValueError: the checkpoint was trained with a different inclusion mask (the
+                training set built from this monitor would not match the audit's record).
+        """
+        saved = state_dict.get("included")
+        if saved is not None:
+            mask = np.asarray(saved.cpu().numpy() if hasattr(saved, "cpu") else saved, dtype=bool)
+            if mask.shape != self._included.shape or not np.array_equal(mask, self._included):
+                raise ValueError(
+                    "the checkpoint's audit inclusion mask differs from this PrivacyAuditMonitor's "
+                    f"({int(mask.sum())}/{mask.size} vs {int(self._included.sum())}/{self._included.size} "
+                    "included); rebuild the monitor with the run's `seed` (and canaries) before building "
+                    "the training set, or the audit is invalid"
+                )
+        self.load_base_state(state_dict)
+        self._history = [
+            {
+                "epoch": int(h["epoch"]),
+                "correct": int(h["correct"]),
+                "guesses": int(h["guesses"]),
+                "accuracy": float(h["accuracy"]),
+                "epsilon_lb": float(h["epsilon_lb"]),
+            }
+            for h in state_dict.get("history", [])
+        ]

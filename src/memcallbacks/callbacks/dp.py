@@ -1,0 +1,388 @@
+"""DP-SGD with Opacus in Lightning, and a callback that logs the accountant's epsilon.
+
+DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016) clips each
+per-sample gradient to ``max_grad_norm`` and adds Gaussian noise of standard deviation
+``noise_multiplier * max_grad_norm`` to their sum; with Poisson-sampled batches a privacy
+accountant turns the steps taken into an (epsilon, delta) guarantee. Opacus (Yousefpour et
+al. 2021, ``pip install memcallbacks[opacus]``) implements both.
+
+* :func:`make_private`: the Lightning pattern of Opacus' own example
+  (``examples/mnist_lightning.py``): inside ``configure_optimizers``, hand the module, its
+  optimizer and the Trainer's training DataLoader to ``PrivacyEngine.make_private`` and
+  return the DP optimizer. Lightning keeps calling the LightningModule itself; Opacus'
+  hooks on its layers record per-sample gradients. The DataLoader must already sample
+  Poisson-style (wrap it with ``opacus.data_loader.DPDataLoader.from_data_loader`` or the
+  datamodule with ``opacus.lightning.DPLightningDataModule``): Lightning iterates its own
+  loader, not the one ``make_private`` returns.
+* :class:`DPEpsilonLogger`: logs ``mem/dp/epsilon`` at a fixed ``delta`` each epoch.
+
+Monitors keep working on the DP model: they call ``pl_module(x)`` in eval mode without
+gradients, and Opacus' hooks record nothing then (they skip modules in eval mode and
+forwards without grad).
+
+Guards (DESIGN.md section 8): epsilon is read from a deep copy of the accountant, never the
+live one (the GDP accountant's ``get_epsilon`` once popped its history); an accountant that
+fails (e.g. PRV beyond epsilon ~10, "cannot compute epsilon") is warned about once and the
+epoch's value skipped; the accountant's name and the delta are logged and saved; a training
+DataLoader that does not sample Poisson-style (the accounting assumes it) is warned about.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+from memcallbacks import _io, _probe
+from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.callbacks.audit import check_delta
+
+__all__ = ["DPEpsilonLogger", "is_poisson_loader", "make_private"]
+
+_OPACUS_HINT = "DP-SGD needs Opacus: pip install 'memcallbacks[opacus]'"
+
+
+def _import_opacus() -> Any:
+    try:
+        import opacus
+    except ImportError as e:  # pragma: no cover - opacus is an optional extra
+        raise ImportError(_OPACUS_HINT) from e
+    return opacus
+
+
+def is_poisson_loader(loader: Any) -> bool:
+    """Whether every DataLoader in ``loader`` samples Poisson-style (Opacus' samplers).
+
+    True for ``opacus.data_loader.DPDataLoader`` and for loaders whose batch sampler is
+    Opacus' ``UniformWithReplacementSampler`` or ``DistributedUniformWithReplacementSampler``.
+    """
+    try:
+        from opacus.data_loader import DPDataLoader
+        from opacus.utils.uniform_sampler import (
+            DistributedUniformWithReplacementSampler,
+            UniformWithReplacementSampler,
+        )
+    except ImportError:  # pragma: no cover
+        return False
+    loaders = list(_probe._unwrap_loader(loader))
+    if not loaders:
+        return False
+    poisson_samplers = (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler)
+    return all(
+        isinstance(dl, DPDataLoader) or isinstance(getattr(dl, "batch_sampler", None), poisson_samplers)
+        for dl in loaders
+    )
+
+
+def make_private(
+    pl_module: pl.LightningModule,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    privacy_engine: Any = None,
+    accountant: str = "rdp",
+    poisson_sampling: bool = True,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Make a LightningModule train with DP-SGD; call it in ``configure_optimizers``.
+
+    Fetches the Trainer's training DataLoader, calls Opacus' ``PrivacyEngine.make_private``
+    on the module, optimizer and loader, stores the engine as ``pl_module.privacy_engine``
+    (where :class:`DPEpsilonLogger` finds it) and returns the DP optimizer. Calling it again
+    (a second ``fit``) removes the hooks of the previous call first.
+
+    Args:
+        pl_module: the LightningModule (attached to a Trainer: call from ``configure_optimizers``).
+        optimizer: its ordinary optimizer.
+        noise_multiplier: noise standard deviation relative to ``max_grad_norm``.
+        max_grad_norm: per-sample gradient clipping norm.
+        privacy_engine: an ``opacus.PrivacyEngine``; default ``pl_module.privacy_engine`` if
+            set, else a new one with ``accountant``.
+        accountant: ``"rdp"``, ``"gdp"`` or ``"prv"`` for a new engine.
+        poisson_sampling: the training DataLoader samples Poisson-style (checked). Pass
+            ``False`` to train on an ordinary loader anyway: the accountant's epsilon then
+            assumes a sampling that did not happen (a warning says so).
+        **kwargs: passed to ``PrivacyEngine.make_private`` (e.g. ``clipping``,
+            ``noise_generator``).
+
+    Returns:
+        The ``opacus.optimizers.DPOptimizer`` to return from ``configure_optimizers``.
+
+    Raises:
+        RuntimeError: the module is not attached to a Trainer.
+        ValueError: ``poisson_sampling=True`` but the training DataLoader is not Poisson.
+
+    Example:
+        >>> class Model(pl.LightningModule):  # doctest: +SKIP
+        ...     def configure_optimizers(self):
+        ...         opt = torch.optim.Adam(self.parameters(), lr=3e-3)
+        ...         return make_private(self, opt, noise_multiplier=1.0, max_grad_norm=1.0)
+        >>> loader = DPDataLoader.from_data_loader(DataLoader(train_set, batch_size=128))  # doctest: +SKIP
+    """
+    opacus = _import_opacus()
+    trainer = getattr(pl_module, "_trainer", None)
+    if trainer is None:
+        raise RuntimeError(
+            "make_private() needs the LightningModule attached to a Trainer; call it inside "
+            "configure_optimizers():\n"
+            "    def configure_optimizers(self):\n"
+            "        opt = torch.optim.Adam(self.parameters(), lr=1e-3)\n"
+            "        return make_private(self, opt, noise_multiplier=1.0, max_grad_norm=1.0)"
+        )
+    trainer.fit_loop.setup_data()
+    loader = trainer.train_dataloader
+    loaders = list(_probe._unwrap_loader(loader))
+    if len(loaders) != 1:
+        raise ValueError(
+            f"make_private() needs exactly one training DataLoader, found {len(loaders)}; "
+            "combine the datasets into one loader"
+        )
+    data_loader = loaders[0]
+    poisson = is_poisson_loader(data_loader)
+    if poisson_sampling and not poisson:
+        raise ValueError(
+            f"the training DataLoader ({type(data_loader).__name__}) does not sample Poisson-style, which "
+            "the privacy accounting assumes; wrap it: `DPDataLoader.from_data_loader(loader)` (from "
+            "opacus.data_loader) or the datamodule in `opacus.lightning.DPLightningDataModule`, or pass "
+            "poisson_sampling=False to accept a nominal epsilon"
+        )
+    if not poisson:
+        rank_zero_warn(
+            "make_private(poisson_sampling=False): the accountant's epsilon assumes Poisson sampling, "
+            "which this DataLoader does not do; treat the reported epsilon as nominal"
+        )
+    engine = privacy_engine if privacy_engine is not None else getattr(pl_module, "privacy_engine", None)
+    if engine is None:
+        engine = opacus.PrivacyEngine(accountant=accountant)
+    previous = pl_module.__dict__.get("_memcallbacks_dp_module")
+    if previous is not None:  # a second fit: the hooks of the first would double-count
+        if hasattr(previous, "_close"):
+            previous._close()
+        else:
+            previous.remove_hooks()
+    dp_module, dp_optimizer, _ = engine.make_private(
+        module=pl_module,
+        optimizer=optimizer,
+        data_loader=data_loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=poisson,
+        **kwargs,
+    )
+    # plain attributes (object.__setattr__): registering the wrapper as a submodule would nest the
+    # module in itself
+    object.__setattr__(pl_module, "_memcallbacks_dp_module", dp_module)
+    object.__setattr__(pl_module, "privacy_engine", engine)
+    return dp_optimizer  # type: ignore[no-any-return]
+
+
+def _accountant_of(obj: Any) -> Any:
+    """The accountant of a PrivacyEngine, or ``obj`` itself when it is an accountant."""
+    if obj is None:
+        return None
+    acc = getattr(obj, "accountant", None)
+    if acc is not None:
+        return acc
+    if callable(getattr(obj, "get_epsilon", None)) and hasattr(obj, "history"):
+        return obj
+    return None
+
+
+class DPEpsilonLogger(MemorisationCallback):
+    """Logs the privacy budget spent so far, epsilon at a fixed ``delta``, from an Opacus accountant.
+
+    The accountant comes from ``privacy_engine=`` (an ``opacus.PrivacyEngine`` or an
+    accountant), else from the LightningModule's ``privacy_engine`` attribute (set by
+    :func:`make_private`; set it yourself when you call Opacus directly). Epsilon is computed on
+    a deep copy of the accountant, so logging never changes what the accountant reports later.
+
+    Logged keys (every ``every_n_epochs``-th epoch, identical on every rank):
+
+    * ``mem/dp/epsilon``: epsilon of the (epsilon, delta)-DP guarantee after the steps taken
+      so far (Opacus accountant; RDP: Mironov 2017, GDP: Dong et al. 2019, PRV: Gopi et al.
+      2021). Lower is more private; skipped (not logged) for an epoch whose accountant fails.
+    * ``mem/dp/delta``: the ``delta`` used.
+
+    Run directory (``<log_dir>/memcallbacks/dp/dp.json``): accountant name, delta, whether
+    the training DataLoader sampled Poisson-style, and per epoch epsilon and steps.
+
+    Resume: the accountant's history (a list of ``(noise_multiplier, sample_rate, steps)``) is
+    saved in this callback's checkpoint state and restored into an empty accountant when
+    training resumes, so epsilon keeps counting the steps taken before the checkpoint.
+
+    Args:
+        delta: target delta in ``[0, 1)``; pick it below ``1 / len(train_set)``.
+        privacy_engine: an ``opacus.PrivacyEngine`` (or accountant); default
+            ``pl_module.privacy_engine``.
+        every_n_epochs: log every this many epochs.
+        run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
+        restore_accountant: restore the accountant's history from a checkpoint on resume.
+
+    Raises:
+        ValueError: ``delta`` outside ``[0, 1)``.
+        RuntimeError: at the start of training, when no accountant can be found.
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[DPEpsilonLogger(delta=1e-5)])  # doctest: +SKIP
+    """
+
+    subdir = "dp"
+
+    def __init__(
+        self,
+        delta: float = 1e-5,
+        *,
+        privacy_engine: Any = None,
+        every_n_epochs: int = 1,
+        run_dir: Any = None,
+        restore_accountant: bool = True,
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir)
+        self.delta = check_delta(delta)
+        self.privacy_engine = privacy_engine
+        self.restore_accountant = bool(restore_accountant)
+        self._history: list[dict[str, Any]] = []
+        self._accountant_state: dict[str, Any] | None = None
+        self._pending_accountant_state: dict[str, Any] | None = None
+        self._warned_failure = False
+        self.accountant_name: str | None = None
+        self.poisson: bool | None = None
+
+    # -- finding the accountant -----------------------------------------------------------
+    def find_accountant(self, pl_module: pl.LightningModule) -> Any:
+        """The accountant used: from ``privacy_engine=`` or ``pl_module.privacy_engine``.
+
+        Raises:
+            RuntimeError: none found (the message shows the lines to add).
+        """
+        acc = _accountant_of(self.privacy_engine)
+        if acc is None:
+            acc = _accountant_of(getattr(pl_module, "privacy_engine", None))
+        if acc is None:
+            raise RuntimeError(
+                "DPEpsilonLogger found no Opacus accountant: pass `privacy_engine=` or set "
+                f"`privacy_engine` on the {type(pl_module).__name__}. In configure_optimizers:\n"
+                "    from memcallbacks.callbacks.dp import make_private\n"
+                "    opt = torch.optim.Adam(self.parameters(), lr=1e-3)\n"
+                "    return make_private(self, opt, noise_multiplier=1.0, max_grad_norm=1.0)  "
+                "# sets self.privacy_engine\n"
+                "or, calling Opacus yourself: `self.privacy_engine = PrivacyEngine()` before make_private, "
+                "or DPEpsilonLogger(privacy_engine=engine)."
+            )
+        return acc
+
+    def read_epsilon(self, accountant: Any) -> float | None:
+        """Epsilon at ``self.delta`` from a deep copy of ``accountant``; ``None`` if it fails (warned once)."""
+        if len(accountant.history) == 0:
+            return 0.0  # no step taken: nothing spent
+        try:
+            eps = float(copy.deepcopy(accountant).get_epsilon(self.delta))
+            if math.isnan(eps):
+                raise ValueError("the accountant returned NaN")
+            return eps
+        except Exception as e:  # an accountant's own failure must not stop training
+            if not self._warned_failure:
+                self._warned_failure = True
+                rank_zero_warn(
+                    f"DPEpsilonLogger: the {self.accountant_name} accountant could not compute epsilon at "
+                    f"delta={self.delta:g} ({type(e).__name__}: {e}); mem/dp/epsilon is skipped for the epochs "
+                    "where it fails (the RDP accountant is the most robust)"
+                )
+            return None
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        accountant = self.find_accountant(pl_module)
+        self.accountant_name = str(accountant.mechanism())
+        pending = self._pending_accountant_state
+        if self.restore_accountant and pending is not None and len(accountant.history) == 0:
+            if pending.get("mechanism") == self.accountant_name and pending.get("history"):
+                accountant.history = [tuple(h) for h in pending["history"]]
+                rank_zero_info(
+                    f"DPEpsilonLogger: restored the {self.accountant_name} accountant's history "
+                    f"({len(accountant.history)} entries) from the checkpoint"
+                )
+            elif pending.get("history"):
+                rank_zero_warn(
+                    f"DPEpsilonLogger: the checkpoint's accountant is {pending.get('mechanism')!r}, this run's "
+                    f"is {self.accountant_name!r}; its history was not restored, so epsilon restarts from 0"
+                )
+        self._pending_accountant_state = None
+        self.poisson = is_poisson_loader(trainer.train_dataloader)
+        if not self.poisson:
+            rank_zero_warn(
+                "DPEpsilonLogger: the training DataLoader does not sample Poisson-style, but the "
+                f"{self.accountant_name} accountant's epsilon assumes it; wrap the loader with "
+                "opacus.data_loader.DPDataLoader.from_data_loader(loader) (or the datamodule with "
+                "opacus.lightning.DPLightningDataModule), or read mem/dp/epsilon as nominal"
+            )
+        rank_zero_info(
+            f"DPEpsilonLogger: epsilon from Opacus' {self.accountant_name} accountant at delta={self.delta:g}"
+        )
+        if trainer.is_global_zero:
+            self._save_json()
+
+    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        accountant = self.find_accountant(pl_module)
+        self.accountant_name = str(accountant.mechanism())
+        self._accountant_state = {
+            "mechanism": self.accountant_name,
+            "history": [[float(h[0]), float(h[1]), int(h[2])] for h in accountant.history],
+        }
+        if not self.is_due(trainer):
+            return
+        eps = self.read_epsilon(accountant)
+        if eps is None:
+            return
+        steps = int(sum(int(h[2]) for h in accountant.history))
+        epoch = int(trainer.current_epoch)
+        self._history = [h for h in self._history if h["epoch"] != epoch] + [
+            {"epoch": epoch, "epsilon": eps, "steps": steps}
+        ]
+        self.log_metrics(pl_module, {"mem/dp/epsilon": eps, "mem/dp/delta": self.delta})
+        if trainer.is_global_zero:
+            self._save_json()
+
+    def _save_json(self) -> None:
+        _io.save_json(
+            self.run_dir / "dp.json",
+            {
+                "accountant": self.accountant_name,
+                "delta": self.delta,
+                "poisson_sampling": self.poisson,
+                "history": self._history,
+            },
+        )
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per logged epoch: epoch, epsilon, steps (a copy)."""
+        return [dict(h) for h in self._history]
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(delta=self.delta, every_n_epochs=self.every_n_epochs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self.base_state(),
+            "history": [dict(h) for h in self._history],
+            "accountant": self._accountant_state,
+            "delta": self.delta,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.load_base_state(state_dict)
+        self._history = [
+            {"epoch": int(h["epoch"]), "epsilon": float(h["epsilon"]), "steps": int(h["steps"])}
+            for h in state_dict.get("history", [])
+        ]
+        acc = state_dict.get("accountant")
+        self._accountant_state = acc
+        self._pending_accountant_state = dict(acc) if acc else None
