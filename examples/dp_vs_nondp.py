@@ -38,23 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, DPEpsilonLogger, PrivacyAuditMonitor
-from memcallbacks.callbacks.dp import make_private
-from memcallbacks.toy import WindowLM, lm_loader, make_payment_corpus
-
-
-class DPWindowLM(WindowLM):
-    """:class:`WindowLM` trained with DP-SGD: the only change is ``configure_optimizers``."""
-
-    def __init__(self, vocab_size: int, *, noise_multiplier: float, max_grad_norm: float, lr: float) -> None:
-        super().__init__(vocab_size, lr=lr)
-        self.noise_multiplier = noise_multiplier
-        self.max_grad_norm = max_grad_norm
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
-        return make_private(
-            self, optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm
-        )
+from memcallbacks.toy import DPWindowLM, WindowLM, lm_loader, make_payment_corpus
 
 
 def _parser() -> argparse.ArgumentParser:

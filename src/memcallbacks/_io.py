@@ -105,7 +105,9 @@ def _plain_array(name: str, value: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
     if arr.dtype == object:
-        raise TypeError(f"`{name}` has dtype object, which would need pickle; convert it to a numeric or str array")
+        raise TypeError(
+            f"`{name}` has dtype object, which would need pickle; convert it to a numeric or str array"
+        )
     return arr
 
 

@@ -75,7 +75,9 @@ def _per_sample_ce(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
         correct = logits.argmax(dim=-1) == y
         return loss, correct
     if logits.dim() == 3 and y.dim() == 2:
-        tok = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none", ignore_index=-100)  # [B, T]
+        tok = F.cross_entropy(
+            logits.float().transpose(1, 2), y, reduction="none", ignore_index=-100
+        )  # [B, T]
         valid = y != -100
         n = valid.sum(dim=1).clamp_min(1)
         loss = (tok * valid).sum(dim=1) / n
@@ -184,8 +186,10 @@ def evaluate_sample_losses(
     if device is None:
         p = next(module.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    loader = dataset if isinstance(dataset, DataLoader) else DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn
+    loader = (
+        dataset
+        if isinstance(dataset, DataLoader)
+        else DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     )
     indexed = isinstance(getattr(loader, "dataset", None), IndexedDataset)
     was_training = module.training

@@ -35,6 +35,7 @@ from memcallbacks.data.indexed import IndexedDataset, split_index
 
 __all__ = [
     "CharLSTMLM",
+    "DPWindowLM",
     "TokenDataset",
     "WindowLM",
     "collate_tokens",
@@ -274,3 +275,33 @@ class WindowLM(_CharLM):
 
     def expand_state(self, state: Any, repeats: int | torch.Tensor) -> Any:
         return self._repeat(state, repeats, 0)
+
+
+class DPWindowLM(WindowLM):
+    """:class:`WindowLM` trained with DP-SGD (Opacus): the only change is ``configure_optimizers``.
+
+    Train it on a Poisson-sampling loader (``opacus.data_loader.DPDataLoader.from_data_loader``);
+    :func:`memcallbacks.callbacks.dp.make_private` wraps the module and optimizer and sets
+    ``self.privacy_engine`` for :class:`~memcallbacks.DPEpsilonLogger`.
+
+    Args:
+        vocab_size: number of token ids.
+        noise_multiplier: DP-SGD noise relative to ``max_grad_norm``.
+        max_grad_norm: per-sample gradient clipping norm.
+        lr: Adam learning rate.
+    """
+
+    def __init__(
+        self, vocab_size: int, *, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, lr: float = 3e-3
+    ) -> None:
+        super().__init__(vocab_size, lr=lr)
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        from memcallbacks.callbacks.dp import make_private
+
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        return make_private(
+            self, optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm
+        )

@@ -40,7 +40,9 @@ def logged_epochs(trainer: Any) -> dict[str, int]:
 
 def check_every_n_epochs(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`every_n_epochs` must be an integer >= 1, got {value!r}; use 1 to evaluate every epoch")
+        raise ValueError(
+            f"`every_n_epochs` must be an integer >= 1, got {value!r}; use 1 to evaluate every epoch"
+        )
     return value
 
 

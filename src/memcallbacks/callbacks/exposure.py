@@ -362,6 +362,13 @@ class CanaryExposureMonitor(MemorisationCallback):
             "log2_space_size": np.array(cs.log2_space_size),
             "method": np.array(self.resolved_method or self.method),
         }
+        if cs.injected_indices:  # where the canaries sit in the training set (for the report's data map)
+            arrays["injected_index"] = np.array(
+                [i for c in cs for i in cs.injected_indices.get(c.id, [])], dtype=np.int64
+            )
+            arrays["injected_canary"] = np.array(
+                [c.id for c in cs for _ in cs.injected_indices.get(c.id, [])], dtype=str
+            )
         if self.extraction:
             arrays["extracted"] = np.array(self._extracted, dtype=bool).reshape(-1, len(cs))
         if self._last_reference_scores is not None:

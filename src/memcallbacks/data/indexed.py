@@ -58,7 +58,9 @@ class IndexedDataset(Dataset[Any], Generic[T]):
         try:
             len(dataset)  # type: ignore[arg-type]
         except TypeError as e:
-            raise TypeError(f"`dataset` ({type(dataset).__name__}) has no __len__; IndexedDataset needs one") from e
+            raise TypeError(
+                f"`dataset` ({type(dataset).__name__}) has no __len__; IndexedDataset needs one"
+            ) from e
         self.dataset = dataset
 
     def __len__(self) -> int:
