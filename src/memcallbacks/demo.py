@@ -194,6 +194,10 @@ def run_demo(
     t_fit = time.perf_counter()
     trainer.fit(model, loader)
     fit_seconds = time.perf_counter() - t_fit
+    if "wandb" in loggers:
+        import wandb
+
+        wandb.finish()  # close the offline run so `wandb sync` sees a complete file
     cb_seconds = _callback_seconds(profiler)
 
     results: dict[str, Any] = {"run_dir": run_dir, "seconds": None, "callback_seconds": cb_seconds}
