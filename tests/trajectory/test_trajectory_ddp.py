@@ -1,0 +1,65 @@
+"""Two CPU processes (gloo): one gather per epoch, padding de-duplicated, identical numbers on every rank."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from _helpers import TinyClassifier, make_blobs, trainer
+from _traj_models import RankRecorder, per_sample_losses
+from memcallbacks import IndexedDataset, LossTrajectoryTracker
+
+N, BATCH, EPOCHS = 37, 4, 2  # 37 is not divisible by 2 * 4: DistributedSampler pads with a repeated index
+
+
+def _fit(tmp_path: Path, **kw) -> tuple[LossTrajectoryTracker, LossTrajectoryTracker, TinyClassifier]:
+    ds = make_blobs(N, seed=5)
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.0)  # the model stays fixed: every process and visit sees the same losses
+    step = LossTrajectoryTracker(run_dir=tmp_path / "run")
+    probe = LossTrajectoryTracker(
+        source="probe", probe_size=15, name="probe", run_dir=tmp_path / "run", probe_batch_size=4
+    )
+    loader = DataLoader(IndexedDataset(ds), batch_size=BATCH, shuffle=True)
+    trainer(tmp_path, max_epochs=EPOCHS, callbacks=[step, probe, RankRecorder(str(tmp_path))], **kw).fit(
+        model, loader
+    )
+    return step, probe, model
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
+    one_step, one_probe, model = _fit(tmp_path / "single")
+    _fit(tmp_path / "ddp", strategy="ddp_spawn", accelerator="cpu", devices=2)
+
+    run = tmp_path / "ddp" / "run"
+    ddp_losses = np.stack([np.load(run / "trajectory" / f"epoch_{j:04d}.npy") for j in range(EPOCHS)], axis=1)
+    assert not np.isnan(
+        ddp_losses
+    ).any()  # every index recorded in every epoch (coverage = the 1-process set)
+    np.testing.assert_allclose(ddp_losses, one_step.store.matrix(), rtol=2e-3)
+    np.testing.assert_allclose(
+        ddp_losses[:, 0], per_sample_losses(model, *make_blobs(N, seed=5).tensors), rtol=2e-3
+    )
+    ddp_probe = np.stack(
+        [np.load(run / "trajectory_probe" / f"epoch_{j:04d}.npy") for j in range(EPOCHS)], axis=1
+    )
+    np.testing.assert_allclose(ddp_probe, one_probe.store.matrix(), rtol=2e-3)  # shards gathered in order
+
+    with open(next((tmp_path / "ddp").rglob("metrics.csv"))) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("mem/traj/visited_frac")]
+    assert [float(r["mem/traj/visited_frac"]) for r in rows] == [
+        1.0
+    ] * EPOCHS  # padding counted once, not 38/37
+
+    # every rank logged the same numbers and holds the same statistics
+    r0, r1 = (np.load(tmp_path / "ddp" / f"rank{r}.npz") for r in (0, 1))
+    assert sorted(r0.files) == sorted(r1.files) and any(k.startswith("metric:mem/traj/") for k in r0.files)
+    for key in r0.files:
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+    assert r0["count:None"].tolist() == [EPOCHS] * N
