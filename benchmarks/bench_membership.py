@@ -1,6 +1,6 @@
 """Cost of MembershipInferenceMonitor on a CPU MLP.
 
-Two figures (see benchmarks/RESULTS_membership.md):
+Two figures (see benchmarks/RESULTS.md):
 
 1. per-evaluation cost: the monitor's whole epoch-end work (probe forward passes, metrics,
    ``losses.npz``/``metrics.json``, tracker records, ``log_dict``), read from

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_metrics.py [--repeats 5] [--write benchmarks/RESULTS_metrics.md]
+    python benchmarks/bench_metrics.py [--repeats 5] [--write metrics_section.md]   (paste into RESULTS.md)
 
 Measures, as the median of ``--repeats`` runs on the same data:
 
