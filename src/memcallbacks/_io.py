@@ -86,7 +86,8 @@ def load_npy(path: str | os.PathLike[str], *, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as e:
-        if "pickle" in str(e).lower():
+        # memory-mapped, numpy says "Python objects in dtype" instead of naming pickle
+        if "pickle" in str(e).lower() or "python objects" in str(e).lower():
             raise ValueError(
                 f"refusing to load {os.fspath(path)!r}: it contains pickled objects; "
                 "memcallbacks run directories hold plain arrays only"

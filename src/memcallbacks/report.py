@@ -82,8 +82,12 @@ def build_report(
 
     Raises:
         FileNotFoundError: ``run_dir`` holds no memcallbacks output.
+        ImportError: matplotlib (the ``report`` extra) is not installed.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("the report draws its figures with matplotlib: pip install 'memcallbacks[report]'") from e
 
     matplotlib.use("Agg", force=True)
 

@@ -37,7 +37,7 @@ def test_stop_on_exposure_restores_a_model_below_the_threshold(tmp_path: Path) -
     tok = CharTokenizer()
     cs = CanarySet("my pin is {secret}.", tok, length=3, repetitions=(10,), per_count=2, seed=0)  # |R| = 1000
     texts = cs.inject(make_payment_corpus(200, seed=0))
-    loader = lm_loader(texts, tok, batch_size=32, seed=0)
+    loader = lm_loader(texts, tok, batch_size=32)
     threshold = 9.5  # log2(1000) = 9.97: crossing means a secret is the top candidate
     monitor = CanaryExposureMonitor(cs, method="exact")
     stopper = LeakageEarlyStopping.exposure(bits=threshold, restore="best_safe")

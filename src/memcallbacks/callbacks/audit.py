@@ -54,6 +54,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from memcallbacks import _io, _probe, trackers
 from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.data.canaries import _ListDataset
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound
 
 __all__ = ["PrivacyAuditMonitor", "default_num_guesses"]
@@ -101,17 +102,6 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-class _RepeatedItems(Dataset[Any]):
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.items[i]
 
 
 class PrivacyAuditMonitor(MemorisationCallback):
@@ -266,7 +256,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
         for i in idx:
             canary = self.canaries[i]
             items.extend([make(canary)] * int(canary.repetitions))
-        return _RepeatedItems(items)
+        return _ListDataset(items)
 
     def inject(
         self, dataset: Dataset[Any], make_item: Callable[[Any], Any] | None = None

@@ -32,8 +32,6 @@ of fit or by :meth:`MembershipInferenceMonitor.flush`.
 
 from __future__ import annotations
 
-import io
-import math
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -49,7 +47,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from memcallbacks import _dist, _io, _probe, trackers
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.indexed import IndexedDataset
-from memcallbacks.metrics.membership import MembershipReport, loss_gap, membership_inference
+from memcallbacks.metrics.membership import MembershipReport, _check_fprs, loss_gap, membership_inference
 
 __all__ = ["MembershipInferenceMonitor"]
 
@@ -57,30 +55,8 @@ __all__ = ["MembershipInferenceMonitor"]
 RATIO_EPS = 1e-6
 
 
-def _check_fprs(fprs: Any) -> tuple[float, ...]:
-    if isinstance(fprs, (int, float)) and not isinstance(fprs, bool):
-        fprs = (fprs,)
-    try:
-        values = tuple(fprs)
-    except TypeError as e:
-        raise TypeError(f"`fprs` must be a sequence of false-positive rates in (0, 1), got {fprs!r}") from e
-    out = []
-    for x in values:
-        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
-            raise TypeError(f"`fprs` must hold numbers in (0, 1), got {x!r} in {values!r}")
-        if not 0.0 < float(x) < 1.0 or not math.isfinite(float(x)):
-            raise ValueError(
-                f"`fprs` must hold false-positive rates strictly between 0 and 1, got {x!r} in {values!r}; "
-                "e.g. fprs=(0.001, 0.01, 0.1)"
-            )
-        out.append(float(x))
-    return tuple(out)
-
-
 def _write_files(folder: Any, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    _io.atomic_write_bytes(folder / "losses.npz", buf.getvalue())
+    _io.save_npz(folder / "losses.npz", compress=False, **arrays)
     _io.save_json(folder / "metrics.json", summary)
 
 
