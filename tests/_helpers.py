@@ -62,7 +62,9 @@ class TinyClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def loaders(train: Any, val: Any = None, batch_size: int = 16, shuffle: bool = True) -> tuple[DataLoader, Any]:
+def loaders(
+    train: Any, val: Any = None, batch_size: int = 16, shuffle: bool = True
+) -> tuple[DataLoader, Any]:
     tl = DataLoader(IndexedDataset(train), batch_size=batch_size, shuffle=shuffle)
     vl = DataLoader(val, batch_size=batch_size) if val is not None else None
     return tl, vl

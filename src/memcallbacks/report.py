@@ -87,7 +87,9 @@ def build_report(
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("the report draws its figures with matplotlib: pip install 'memcallbacks[report]'") from e
+        raise ImportError(
+            "the report draws its figures with matplotlib: pip install 'memcallbacks[report]'"
+        ) from e
 
     matplotlib.use("Agg", force=True)
 

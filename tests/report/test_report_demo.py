@@ -21,7 +21,9 @@ FIGURES = {"exposure_vs_repetitions.png", "mia_roc.png", "gap_auc.png", "data_ma
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo")
-    result = run_demo(out=out, epochs=2, sentences=1500, loggers=("wandb", "csv"), stop_bits=None, audit_canaries=64)
+    result = run_demo(
+        out=out, epochs=2, sentences=1500, loggers=("wandb", "csv"), stop_bits=None, audit_canaries=64
+    )
     return out, result
 
 
@@ -47,7 +49,13 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     # W&B offline: read back the binary run log and find the mem/* scalars with the epoch axis
     rows = history_rows(wait_for_run_file(out / "wandb"))
     keys = set().union(*rows)
-    for key in ("mem/canary/exposure_max", "mem/mia/auc", "mem/traj/loss_mean", "mem/audit/epsilon_lb", "epoch"):
+    for key in (
+        "mem/canary/exposure_max",
+        "mem/mia/auc",
+        "mem/traj/loss_mean",
+        "mem/audit/epsilon_lb",
+        "epoch",
+    ):
         assert key in keys, key
     logged_auc = [r["mem/mia/auc"] for r in rows if "mem/mia/auc" in r]
     assert logged_auc[-1] == pytest.approx(result["mia_auc"], abs=1e-6)

@@ -63,6 +63,8 @@ from memcallbacks.scoring import (
 __all__ = ["CanaryExposureMonitor"]
 
 _METHODS = ("auto", "exact", "extrapolated")
+# strategies whose forward pass needs every rank (parameters sharded across ranks)
+_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 
 
 class CanaryExposureMonitor(MemorisationCallback):
@@ -317,7 +319,10 @@ class CanaryExposureMonitor(MemorisationCallback):
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.is_due(trainer):
             return
-        result = self.compute(pl_module) if trainer.is_global_zero else None
+        # FSDP/DeepSpeed shard the parameters: every forward is a collective, so every rank scores
+        # (rank 0's result is still the one broadcast); under DDP rank 0 alone scores
+        sharded = type(trainer.strategy).__name__ in _SHARDED_STRATEGIES
+        result = self.compute(pl_module) if trainer.is_global_zero or sharded else None
         result = broadcast_object(trainer, result)
         assert result is not None
         epoch = int(trainer.current_epoch)
