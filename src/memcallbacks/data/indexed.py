@@ -85,6 +85,9 @@ def split_index(batch: Any, *, missing_ok: bool = False) -> tuple[torch.Tensor |
         batch: a batch collated from IndexedDataset items: ``[index, items]`` or a dict with
             an ``"index"`` key.
         missing_ok: return ``(None, batch)`` instead of raising when ``batch`` carries no index.
+            The test is structural: an un-indexed pair ``(int tensor [B], items of length B)``
+            looks exactly like an indexed batch, so only use ``missing_ok`` where batches of
+            that shape cannot occur (or keep indexed and plain loaders apart).
 
     Returns:
         The ``int64`` index tensor ``[B]`` and the batch as the wrapped dataset would give it.
