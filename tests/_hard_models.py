@@ -17,8 +17,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
+from _helpers import EpochShuffleSampler
 from memcallbacks import _io
 from memcallbacks.data.indexed import IndexedDataset, split_index
 
@@ -44,23 +45,6 @@ def make_canaries() -> Any:
 def canary_tokens(cs: Any) -> torch.Tensor:
     rows = [list(c.token_ids) for c in cs for _ in range(c.repetitions)]
     return torch.tensor(rows, dtype=torch.long)
-
-
-class EpochSampler(Sampler[int]):
-    """A shuffle seeded by (seed, epoch): the same order in a resumed run (Lightning calls set_epoch)."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Any:
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 class HardModel(pl.LightningModule):
@@ -130,7 +114,7 @@ class Data:
         return DataLoader(
             ds,
             batch_size=batch_size,
-            sampler=EpochSampler(len(ds)) if sampler else None,
+            sampler=EpochShuffleSampler(len(ds)) if sampler else None,
             shuffle=False,
             drop_last=drop_last,
         )

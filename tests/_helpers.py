@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from memcallbacks.data.indexed import IndexedDataset, split_index
 
@@ -85,3 +85,20 @@ def trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
     )
     opts.update(kwargs)
     return pl.Trainer(**opts)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): the order survives a resume (Lightning calls set_epoch)."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Any:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())

@@ -9,27 +9,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Sampler
 
 from _helpers import TinyClassifier
 from memcallbacks.data.indexed import split_index
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch): the order survives a resume (Lightning calls set_epoch)."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Any:
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 class FaultyClassifier(TinyClassifier):
@@ -99,7 +81,6 @@ def per_sample_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
 
 
 __all__ = [
-    "EpochShuffleSampler",
     "FaultyClassifier",
     "NoCorrectClassifier",
     "RankRecorder",

@@ -10,8 +10,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from _helpers import TinyClassifier, make_blobs, trainer
-from _traj_models import EpochShuffleSampler
+from _helpers import EpochShuffleSampler, TinyClassifier, make_blobs, trainer
 from memcallbacks import IndexedDataset, LossTrajectoryTracker
 
 EPOCHS = 4
