@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``memcallbacks`` console script."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
         from memcallbacks.demo import run_demo
 
@@ -78,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "report":
-        from memcallbacks.report import build_report
+        from memcallbacks.report import build_report, find_run_dir
 
-        paths = build_report(args.run_dir, out=args.out)
+        try:
+            run_dir = find_run_dir(args.run_dir)
+        except FileNotFoundError as e:
+            parser.error(str(e))
+        paths = build_report(run_dir, out=args.out)
+        print(f"run directory:  {run_dir}")
         print(f"report written: {paths['html']}")
         print(f"summary:        {paths['markdown']}")
         return 0

@@ -47,18 +47,22 @@ class _Section:
 def find_run_dir(path: str | os.PathLike[str]) -> Path:
     """The memcallbacks run directory at or below ``path`` (a folder holding the callbacks' folders).
 
+    Below a parent of several runs (``lightning_logs/version_*``), the most recently written one.
+
     Raises:
-        FileNotFoundError: nothing the callbacks write was found there.
+        FileNotFoundError: ``path`` does not exist, or nothing the callbacks write was found there.
     """
     root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"`run_dir` {str(root)!r} does not exist")
     markers = ("trajectory", "membership", "canary", "audit", "dp", "stopping.json")
     if any((root / m).exists() for m in markers):
         return root
     if (root / "memcallbacks").is_dir():
         return find_run_dir(root / "memcallbacks")
-    for candidate in sorted(p for p in root.rglob("memcallbacks") if p.is_dir()):
-        if any((candidate / m).exists() for m in markers):
-            return candidate
+    runs = [p for p in root.rglob("memcallbacks") if p.is_dir() and any((p / m).exists() for m in markers)]
+    if runs:
+        return max(runs, key=lambda p: max(f.stat().st_mtime for f in p.rglob("*")))
     raise FileNotFoundError(
         f"`run_dir` {str(root)!r} holds no memcallbacks output (expected folders like trajectory/, "
         "membership/, canary/ or stopping.json); pass the folder the callbacks wrote, by default "

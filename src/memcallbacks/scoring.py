@@ -138,7 +138,15 @@ def log_perplexity(module: Any, token_ids: torch.Tensor, target_mask: torch.Tens
         >>> log_perplexity(Uniform(), ids, torch.tensor([[False, True, True]]))  # 2 * log 4
         tensor([2.7726])
     """
-    logits = _logits_of(module(token_ids), token_ids)
+    try:
+        out = module(token_ids)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise TypeError(
+            f"the default score_fn calls `module(token_ids)` with token ids [B, T]={tuple(token_ids.shape)} "
+            f"and expects logits [B, T, V]; the module raised {type(e).__name__}: {e}. Pass "
+            "`score_fn(module, token_ids, target_mask) -> Tensor[B]` for a model with another interface"
+        ) from e
+    logits = _logits_of(out, token_ids)
     cols = torch.nonzero(target_mask[:, 1:].any(0)).flatten()
     if cols.numel() == 0:
         return torch.zeros(token_ids.shape[0], device=token_ids.device)

@@ -337,7 +337,7 @@ def _render(record: LineSeries | RocCurve) -> Any:
     if isinstance(record, RocCurve):
         fpr, tpr = _roc_points(record)
         ax.plot(fpr, tpr, label="attack")
-        floor = max(1e-5, float(fpr[fpr > 0].min()) if np.any(fpr > 0) else 1e-5)
+        floor = min(0.5, max(1e-5, float(fpr[fpr > 0].min()) if np.any(fpr > 0) else 1e-5))
         ax.plot([floor, 1.0], [floor, 1.0], linestyle="--", color="grey", label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -254,6 +254,10 @@ class LeakageEarlyStopping(Callback):
             >>> LeakageEarlyStopping.exposure(bits=15).conditions[0].monitor
             'mem/canary/exposure_max'
         """
+        if statistic not in ("max", "mean"):
+            raise ValueError(
+                f"`statistic` can be max or mean (mem/canary/exposure_max, mem/canary/exposure_mean), got {statistic!r}"
+            )
         return cls(f"mem/canary/exposure_{statistic}", bits, "max", **kwargs)
 
     @classmethod
