@@ -13,7 +13,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ import numpy as np
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-__all__ = ["atomic_write_bytes", "save_npz", "save_npy", "save_json", "load_npz", "load_npy", "load_json"]
+__all__ = [
+    "BackgroundWriter",
+    "atomic_write_bytes",
+    "save_npz",
+    "save_npy",
+    "save_json",
+    "load_npz",
+    "load_npy",
+    "load_json",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -134,3 +144,39 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+class BackgroundWriter:
+    """One writer thread that takes run-directory writes off the training loop, in order.
+
+    At most one write is pending: :meth:`submit` first waits for the previous one (so memory
+    stays bounded and a failed write surfaces at the next submit), and :meth:`close` waits for
+    the last. Callers snapshot what they write before submitting; the writer only serialises.
+    Not picklable state: owners drop it in ``__getstate__`` (``ddp_spawn`` pickles callbacks).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[Any] | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.flush()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._pending = self._executor.submit(fn, *args, **kwargs)
+
+    def flush(self) -> None:
+        """Wait for the pending write; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Flush, then stop the thread."""
+        try:
+            self.flush()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None

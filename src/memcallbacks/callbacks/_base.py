@@ -20,8 +20,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 
-from memcallbacks import trackers
+from memcallbacks import _io, trackers
 
 __all__ = ["MemorisationCallback", "check_every_n_epochs", "logged_epochs"]
 
@@ -69,6 +70,7 @@ class MemorisationCallback(Callback):
         self.log_secrets = bool(log_secrets)
         self._run_dir: Path | None = self._run_dir_arg
         self._last_epoch_done = -1
+        self._writer: _io.BackgroundWriter | None = None
 
     # -- run directory -------------------------------------------------------------------
     @property
@@ -151,6 +153,46 @@ class MemorisationCallback(Callback):
     def emit(self, trainer: pl.Trainer, record: trackers.Record) -> None:
         """Send a rich record to the trackers, honouring this callback's privacy opt-ins."""
         trackers.emit(trainer, record, allow_per_sample=self.log_per_sample, allow_secrets=self.log_secrets)
+
+    # -- background writes ---------------------------------------------------------------
+    def write_in_background(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Run ``fn(*args, **kwargs)`` (a run-directory write of snapshotted data) off the training loop.
+
+        Writes run in order on one thread; :meth:`flush` waits for them, and fit end, teardown
+        and exceptions flush automatically.
+        """
+        if self._writer is None:
+            self._writer = _io.BackgroundWriter(f"memcallbacks-{self.subdir}")
+        self._writer.submit(fn, *args, **kwargs)
+
+    def flush(self) -> None:
+        """Wait until the run directory holds every write submitted so far (re-raises a failed write)."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_writer()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close_writer()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        try:
+            self._close_writer()
+        except Exception as e:  # noqa: BLE001 - the original exception matters more
+            rank_zero_warn(f"{type(self).__name__}: writing the run directory failed: {e!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_writer"] = None  # threads do not pickle (ddp_spawn sends the callbacks to workers)
+        return state
 
     # -- state ---------------------------------------------------------------------------
     def base_state(self) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -282,8 +281,6 @@ class MembershipInferenceMonitor(MemorisationCallback):
         """The last aggregate :class:`MembershipReport` (``None`` before the first evaluation)."""
         self.calibrated_report: MembershipReport | None = None
         """The last calibrated report (``calibrate=True``)."""
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
         self.last_eval_seconds: float = float("nan")
         """Wall time of the last evaluation (forward passes, metrics, files, records)."""
 
@@ -605,45 +602,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
             "n_members": len(self._member_indices),
             "n_nonmembers": len(self._nonmember_indices),
         }
-        folder = self.run_dir
-        self.flush()
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memcallbacks-membership")
-        self._pending = self._writer.submit(_write_files, folder, arrays, summary)
-
-    def flush(self) -> None:
-        """Wait until the run directory holds the latest evaluation (re-raises a failed write)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def _shutdown_writer(self) -> None:
-        try:
-            self.flush()
-        finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._shutdown_writer()
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        try:
-            self._shutdown_writer()
-        except Exception as e:  # noqa: BLE001 - the original exception matters more
-            rank_zero_warn(f"MembershipInferenceMonitor: writing the run directory failed: {e!r}")
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._shutdown_writer()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_writer"] = None  # threads and futures do not pickle (ddp_spawn sends callbacks)
-        state["_pending"] = None
-        return state
+        self.write_in_background(_write_files, self.run_dir, arrays, summary)
 
     def _emit_records(
         self,

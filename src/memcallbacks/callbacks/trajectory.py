@@ -53,6 +53,12 @@ _SOURCES = ("step", "probe")
 _LN2 = math.log(2.0)
 
 
+def _write_summary_files(folder: Any, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    # uncompressed: zlib on random float64 costs ~6 ms per 1,000 samples, every epoch
+    save_npz(folder / "statistics.npz", compress=False, **arrays)
+    save_json(folder / "meta.json", meta)
+
+
 class LossTrajectoryTracker(MemorisationCallback):
     """Record every sample's loss at every epoch; log training-dynamics and memorisation statistics.
 
@@ -558,26 +564,23 @@ class LossTrajectoryTracker(MemorisationCallback):
                 forgetting=stats.forgetting_events,
                 learned_epoch=stats.learned_epoch,
             )
-        # uncompressed: zlib on random float64 costs ~6 ms per 1,000 samples, every epoch
-        save_npz(self.run_dir / "statistics.npz", compress=False, **arrays)
-        save_json(
-            self.run_dir / "meta.json",
-            {
-                "format": 1,
-                "callback": "LossTrajectoryTracker",
-                "source": self.source,
-                "num_samples": self.store.num_samples,
-                "num_epochs": self.store.num_epochs,
-                "epochs": self.recorded_epochs,
-                "dtype": self.store.dtype.name,
-                "has_correct": bool(self.store.has_correct),
-                "on_disk": self.store.on_disk,
-                "memory_budget_bytes": self.memory_budget_bytes,
-                "keys": {"loss": self.loss_key, "index": self.index_key, "correct": self.correct_key},
-                "files": "epoch_XXXX.npy: column j of the [N, E] float matrix (NaN = not visited), "
-                "trainer epoch = epochs[j]; correct_XXXX.npy: bool; statistics.npz: per-sample statistics",
-            },
-        )
+        meta = {
+            "format": 1,
+            "callback": "LossTrajectoryTracker",
+            "source": self.source,
+            "num_samples": self.store.num_samples,
+            "num_epochs": self.store.num_epochs,
+            "epochs": list(self.recorded_epochs),
+            "dtype": self.store.dtype.name,
+            "has_correct": bool(self.store.has_correct),
+            "on_disk": self.store.on_disk,
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "keys": {"loss": self.loss_key, "index": self.index_key, "correct": self.correct_key},
+            "files": "epoch_XXXX.npy: column j of the [N, E] float matrix (NaN = not visited), "
+            "trainer epoch = epochs[j]; correct_XXXX.npy: bool; statistics.npz: per-sample statistics",
+        }
+        # derived from the epoch files (written synchronously by the store): off the training loop
+        self.write_in_background(_write_summary_files, self.run_dir, arrays, meta)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero or self.top_k == 0:
