@@ -190,6 +190,11 @@ class Canary:
         secret_start: position of the first secret token in ``token_ids``.
         secret_end: one past the last secret token.
         text: the full canary text (sensitive).
+
+    Example:
+        >>> canary = CanarySet("pin {secret}", CharTokenizer(), repetitions=(4,), per_count=1, seed=0)[0]
+        >>> canary
+        Canary(id='c00_r4', repetitions=4, secret_start=5, secret_end=11)
     """
 
     id: str

@@ -64,6 +64,11 @@ class TrajectoryStatistics:
         learned_epoch: first epoch index from which the sample is correct at every later
             visit; -1 if it never was or is incorrect at its last visit, int64; ``None``
             without correctness.
+
+    Example:
+        >>> stats = trajectory_statistics([[1.0, 3.0], [np.nan, 2.0]])
+        >>> stats.count, stats.mean, stats.std
+        (array([2, 1]), array([2., 2.]), array([1., 0.]))
     """
 
     count: NDArray[np.int64]

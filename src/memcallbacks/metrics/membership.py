@@ -52,6 +52,11 @@ class MembershipReport:
             ``loss <= threshold`` (``-inf`` when no threshold beats predicting nobody).
         n_members: number of member losses.
         n_nonmembers: number of non-member losses.
+
+    Example:
+        >>> report = membership_inference([0.1, 0.2, 0.9], [0.5, 1.0, 2.0], fprs=(0.5,))
+        >>> round(report.auc, 4), report.tpr_at_fpr, report.to_metrics()["mem/mia/auc"] == report.auc
+        (0.8889, {0.5: 1.0}, True)
     """
 
     auc: float
