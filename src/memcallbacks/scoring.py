@@ -18,6 +18,10 @@ Three ways to get scores, fastest last:
   :class:`IncrementalLM`. Candidates share leading characters, so the secret is expanded
   position by position, a trie: ``A + A**2 + ... + A**(L-1)`` model steps instead of
   ``A**L`` full sequences (for 6 digits, 111,110 steps instead of 10**6 sequences).
+* :func:`rank_best_first`: the exact rank of one secret without scoring the whole space,
+  by a best-first (Dijkstra, shortest-path) search over the same trie (Carlini et al.
+  2019, Sec. 8): only prefixes at least as likely as the secret are expanded, so a highly
+  exposed canary is ranked after a handful of model steps, whatever the space's size.
 
 All run in eval mode under ``torch.inference_mode()``, restore the module's train mode, and
 show a tqdm progress bar when a call takes more than a few seconds, on rank 0 and only
@@ -33,6 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,12 +45,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "BestFirstResult",
     "IncrementalLM",
     "ScoreFn",
     "beam_search",
     "is_incremental",
     "log_perplexity",
     "pad_sequences",
+    "rank_best_first",
     "score_sequences",
     "score_shared_prefix",
     "score_space_trie",
@@ -457,6 +464,259 @@ def score_space_trie(
     finally:
         bar.close()
     return torch.cat(chunks).numpy()
+
+
+# --------------------------------------------------------------------------------------
+# Best-first (shortest-path) rank of one secret
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BestFirstResult:
+    """Outcome of :func:`rank_best_first`.
+
+    Attributes:
+        rank: the exact rank of the secret among all ``space_size`` candidates (1 = the
+            model's favourite; ties count against the secret), or None when the expansion
+            budget ran out first.
+        lower_bound_rank: ``1 + #(other candidates found with log-perplexity <= the
+            secret's)``; equals ``rank`` when the search finished, a lower bound otherwise.
+        explored: trie nodes expanded (the root included); each but the root costs one
+            model step row.
+        canary_score: the secret's log-perplexity (natural log), as the search computed it.
+        space_size: ``alphabet ** length``.
+
+    Example:
+        >>> r = BestFirstResult(rank=None, lower_bound_rank=7, explored=100, canary_score=3.2, space_size=1000)
+        >>> r.exact, r.lower_bound_rank
+        (False, 7)
+    """
+
+    rank: int | None
+    lower_bound_rank: int
+    explored: int
+    canary_score: float
+    space_size: int
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``rank`` is known (the search finished within its budget)."""
+        return self.rank is not None
+
+
+def _check_logprobs(logp: torch.Tensor) -> None:
+    if bool((logp > 1e-3).any()):
+        raise ValueError(
+            "the module's init_state/step returned values > 0 where natural-log probabilities "
+            f"(log_softmax, all <= 0) are expected (max {float(logp.max()):.4g}); the best-first search "
+            "needs every token's NLL to be >= 0: return F.log_softmax(logits, -1)"
+        )
+
+
+def _best_first_space(canaries: Any, secret: Any) -> tuple[list[int], int]:
+    from memcallbacks.data.canaries import CanarySet  # local: canaries.py is the heavier module
+
+    if not isinstance(canaries, CanarySet):
+        raise TypeError(f"`canaries` must be a memcallbacks.CanarySet, got {type(canaries).__name__}")
+    fix = 'use method="exact" (trie, spaces up to max_exact) or method="extrapolated"'
+    if canaries.alphabet is None or canaries.length is None:
+        raise ValueError(
+            f"the best-first search needs an alphabet/length randomness space, got explicit `candidates` "
+            f"({canaries.space_size} strings); {fix}"
+        )
+    chars = canaries.char_token_ids()
+    if chars is None:
+        raise ValueError(
+            f"the best-first search needs every character of `alphabet`={canaries.alphabet!r} to encode to "
+            f"exactly one token (and secrets to encode character by character); the tokenizer does not; {fix}"
+        )
+    if canaries.space_size > 2**62:
+        raise ValueError(
+            f"the best-first search indexes candidates with int64, and the space has {canaries.space_size} "
+            '> 2**62 candidates; use a shorter `length` or method="extrapolated"'
+        )
+    alphabet, length = canaries.alphabet, canaries.length
+    if not isinstance(secret, str) or len(secret) != length or any(c not in alphabet for c in secret):
+        shown = f"a string of length {len(secret)}" if isinstance(secret, str) else type(secret).__name__
+        raise ValueError(
+            f"`secret` must be a string of {length} characters of `alphabet`={alphabet!r} (a candidate of "
+            f"the CanarySet's space), got {shown}"
+        )
+    if canaries.encode_secret(secret) != [chars[alphabet.index(c)] for c in secret]:
+        raise ValueError(
+            "`secret` does not encode character by character with this tokenizer, so its score would not "
+            f"be the trie's; {fix}"
+        )
+    return chars, length
+
+
+def rank_best_first(
+    module: Any,
+    canaries: Any,
+    secret: str,
+    *,
+    max_expansions: int = 100_000,
+    batch_size: int = 4096,
+) -> BestFirstResult:
+    """Exact rank of ``secret`` in its randomness space by best-first search (Dijkstra over the trie).
+
+    The Secret Sharer (Carlini et al., USENIX Security 2019, Sec. 8) ranks a canary without
+    scoring every candidate: the cost of a trie node (a prefix of the secret of ``d``
+    characters) is the summed NLL of those characters, which lower-bounds the
+    log-perplexity of all its completions because every NLL is >= 0. Nodes are expanded
+    cheapest first, up to ``batch_size`` at a time in batched :class:`IncrementalLM` steps,
+    and only while their cost does not exceed the secret's score ``s``. When nothing cheaper
+    than ``s`` is left, every candidate scoring ``<= s`` has been found and the rank
+    ``1 + #(other candidates with log-perplexity <= s)`` (ties against the secret, as in
+    :func:`memcallbacks.metrics.exposure.exposure_rank`) is exact. The score is the
+    log-perplexity of the secret's tokens only, as in :func:`score_space_trie` and
+    :class:`~memcallbacks.CanaryExposureMonitor`.
+
+    The work grows with the rank, not with the space: a canary of rank ``r`` needs roughly
+    ``r`` to ``r * length`` expansions, so the search suits highly exposed canaries; when
+    ``max_expansions`` runs out it returns ``rank=None`` and a lower bound on the rank.
+
+    Args:
+        module: an :class:`IncrementalLM` whose ``init_state``/``step`` return natural-log
+            probabilities (log_softmax).
+        canaries: the :class:`~memcallbacks.CanarySet` that defines the space (an
+            ``alphabet``/``length`` space whose characters are single tokens) and the prefix.
+        secret: the candidate to rank (usually a canary's secret).
+        max_expansions: most trie nodes expanded (the root included), >= 1.
+        batch_size: most nodes expanded per model step, >= 1.
+
+    Returns:
+        A :class:`BestFirstResult`.
+
+    Raises:
+        TypeError: ``module`` is not an :class:`IncrementalLM`; ``canaries`` is not a CanarySet.
+        ValueError: the space is given by ``candidates``, its characters are not single tokens
+            or it exceeds ``2**62`` candidates (use ``method="exact"`` or ``"extrapolated"``);
+            ``secret`` is not a candidate of the space; bad ``max_expansions``/``batch_size``;
+            the module returns values > 0 where log-probabilities are expected.
+
+    Example:
+        >>> from memcallbacks import CanarySet, CharTokenizer
+        >>> from memcallbacks.toy import WindowLM
+        >>> cs = CanarySet("pin {secret}", CharTokenizer(), alphabet="0123", length=4, per_count=1,
+        ...                repetitions=(1,), seed=0)
+        >>> result = rank_best_first(WindowLM(CharTokenizer().vocab_size), cs, cs[0].secret)
+        >>> result.exact, 1 <= result.rank <= 256
+        (True, True)
+    """
+    _require_incremental(module)
+    chars, length = _best_first_space(canaries, secret)
+    for name, value in (("max_expansions", max_expansions), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+    a = len(chars)
+    device = _device_of(module)
+    char_t = torch.as_tensor(chars, dtype=torch.long, device=device)
+    secret_index = int(canaries.candidate_index(secret))
+    with _evaluating(module):  # the secret's score, one row, as score_shared_prefix computes it
+        state, logp = _init(module, canaries.prefix_ids, device)
+        score0 = 0.0
+        for j, c in enumerate(secret):
+            _check_logprobs(logp)
+            token = chars[canaries.alphabet.index(c)]
+            score0 -= float(logp[0, token])
+            if j + 1 < length:
+                state, logp = module.step(state, torch.tensor([token], device=device))
+                logp = logp.float()
+    # expand a little past the score: the batched steps of the search round differently from the
+    # one-row pass above, and the secret's own leaf must be found to compare like with like
+    threshold = score0 + 1e-5 * max(1.0, abs(score0))
+
+    leaf_cost: list[np.ndarray] = []
+    leaf_path: list[np.ndarray] = []
+    states: dict[int, Any] = {}  # chunk id -> state of the nodes expanded together
+    pending: dict[int, int] = {}  # chunk id -> frontier entries still pointing at it
+    depth_of: dict[int, int] = {}  # chunk id -> depth (secret characters) of its nodes
+    rows_of: dict[int, int] = {}  # chunk id -> rows in its state
+    # the frontier: nodes not yet expanded, all with cost <= threshold (the others are never expanded)
+    f_cost = np.empty(0, dtype=np.float64)
+    f_chunk = np.empty(0, dtype=np.int64)
+    f_row = np.empty(0, dtype=np.int64)
+    f_char = np.empty(0, dtype=np.int64)
+    f_path = np.empty(0, dtype=np.int64)
+    next_id = 0
+
+    def add_children(cost: np.ndarray, logp: torch.Tensor, path: np.ndarray, depth: int, state: Any) -> None:
+        # the nodes (cost [m], path [m], `depth` characters) were just stepped: logp [m, V], state of m rows
+        nonlocal f_cost, f_chunk, f_row, f_char, f_path, next_id
+        child = cost[:, None] - logp[:, char_t].double().cpu().numpy()  # [m, A]
+        child_path = path[:, None] * a + np.arange(a, dtype=np.int64)
+        keep = child <= threshold
+        if depth + 1 == length:
+            leaf_cost.append(child[keep])
+            leaf_path.append(child_path[keep])
+            return
+        rows, cols = np.nonzero(keep)
+        if rows.size == 0:
+            return
+        cid, next_id = next_id, next_id + 1
+        states[cid], pending[cid], depth_of[cid], rows_of[cid] = state, int(rows.size), depth, len(cost)
+        f_cost = np.concatenate([f_cost, child[keep]])
+        f_chunk = np.concatenate([f_chunk, np.full(rows.size, cid, dtype=np.int64)])
+        f_row = np.concatenate([f_row, rows])
+        f_char = np.concatenate([f_char, cols])
+        f_path = np.concatenate([f_path, child_path[keep]])
+
+    explored = 1
+    with _evaluating(module):
+        state0, logp0 = _init(module, canaries.prefix_ids, device)
+        _check_logprobs(logp0)
+        add_children(np.zeros(1), logp0, np.zeros(1, dtype=np.int64), 0, state0)
+        while f_cost.size and explored < max_expansions:
+            k = min(int(batch_size), int(max_expansions) - explored, f_cost.size)
+            pick = np.argpartition(f_cost, k - 1)[:k] if k < f_cost.size else np.arange(f_cost.size)
+            pick = pick[np.lexsort((f_char[pick], f_row[pick], f_chunk[pick]))]  # rows in state order
+            p_cost, p_chunk, p_row, p_char, p_path = (
+                f_cost[pick],
+                f_chunk[pick],
+                f_row[pick],
+                f_char[pick],
+                f_path[pick],
+            )
+            rest = np.ones(f_cost.size, dtype=bool)
+            rest[pick] = False
+            f_cost, f_chunk, f_row, f_char, f_path = (
+                f_cost[rest],
+                f_chunk[rest],
+                f_row[rest],
+                f_char[rest],
+                f_path[rest],
+            )
+            bounds = np.flatnonzero(np.diff(p_chunk)) + 1
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, k]):
+                cid = int(p_chunk[lo])
+                counts = np.bincount(p_row[lo:hi], minlength=rows_of[cid])
+                state = states[cid]
+                if not (counts == 1).all():
+                    state = module.expand_state(
+                        state, torch.as_tensor(counts, dtype=torch.long, device=device)
+                    )
+                state, logp = module.step(state, char_t[torch.as_tensor(p_char[lo:hi], device=device)])
+                logp = logp.float()
+                _check_logprobs(logp)
+                explored += int(hi - lo)
+                depth = depth_of[cid] + 1  # the expanded nodes' depth
+                pending[cid] -= int(hi - lo)
+                if pending[cid] == 0:  # every child of this chunk is expanded: free its state
+                    del states[cid], pending[cid], depth_of[cid], rows_of[cid]
+                add_children(p_cost[lo:hi], logp, p_path[lo:hi], depth, state)
+
+    costs = np.concatenate(leaf_cost) if leaf_cost else np.empty(0)
+    paths = np.concatenate(leaf_path) if leaf_path else np.empty(0, dtype=np.int64)
+    own = paths == secret_index
+    score = float(costs[own][0]) if own.any() else score0
+    others = int(np.count_nonzero(~own & (costs <= score)))
+    done = f_cost.size == 0
+    return BestFirstResult(
+        rank=1 + others if done else None,
+        lower_bound_rank=1 + others,
+        explored=explored,
+        canary_score=score,
+        space_size=int(canaries.space_size),
+    )
 
 
 # --------------------------------------------------------------------------------------
