@@ -26,6 +26,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import _hard_models as H
+from _helpers import trainer
 from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
@@ -106,23 +107,11 @@ class BrokenTensorBoard(TensorBoardLogger):
 
 
 def fit(tmp: Path, callbacks: list[Any], fault: str = "", loader: Any = None, **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        default_root_dir=str(tmp),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    options.update(kwargs)
-    trainer = pl.Trainer(callbacks=callbacks, **options)
+    t = trainer(tmp, callbacks=callbacks, **{"logger": False, **kwargs})
     if loader is None:
         loader = DataLoader(IndexedDataset(DATA.train), batch_size=8)
-    trainer.fit(Classifier(fault), loader)
-    return trainer
+    t.fit(Classifier(fault), loader)
+    return t
 
 
 def tracker(tmp: Path, **kwargs: Any) -> LossTrajectoryTracker:
