@@ -138,7 +138,7 @@ def instrument(monitor: MembershipInferenceMonitor) -> dict[str, list[float]]:
     parts: dict[str, list[float]] = {}
     names = {
         "_evaluate": "probe forward passes",
-        "_compute": "metrics",
+        "_metrics": "metrics",
         "log_metrics": "log_dict (Lightning)",
         "_save": "run-dir snapshot + hand-off",
         "_emit_records": "tracker records",

@@ -4,7 +4,7 @@ sklearn's bundled digits (no download); 10% of the training labels are flipped t
 class with a fixed seed; a small MLP is trained with :class:`memcallbacks.LossTrajectoryTracker`.
 The memorisation score (mean per-sample loss over training; Pleiss et al. 2020, Swayamdipta
 et al. 2020) should rank the flipped samples above the clean ones: the script prints that
-AUROC (DESIGN.md section 7 measured 0.999 after 30 epochs) and writes a data map
+AUROC (0.999 measured after 30 epochs) and writes a data map
 (confidence vs variability, flipped samples highlighted) as a PNG.
 
 Run:

@@ -1,3 +1,13 @@
+"""Shared test set-up: quiet offline trackers, one thread, a fixed seed, and the fixtures below.
+
+Importable helpers (models and callbacks that ``ddp_spawn`` must unpickle in its workers, data
+builders, the W&B reader) live in the package ``tests/helpers``; this file puts ``tests/`` on
+``sys.path`` so that ``import helpers`` works in test modules, in spawned workers (which inherit
+``sys.path``) and, through the same line in each script, in ``tests/_hard_scripts``.
+"""
+
+from __future__ import annotations
+
 import os
 import sys
 import warnings
@@ -8,9 +18,11 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
-sys.path.insert(0, str(Path(__file__).parent))  # tests/_helpers.py importable, also in spawned workers
+sys.path.insert(0, str(Path(__file__).parent))  # the package tests/helpers, also in spawned workers
 
 import torch  # noqa: E402
+
+from helpers.callbacks import RankDump  # noqa: E402
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -21,3 +33,10 @@ warnings.filterwarnings("ignore", message=".*litmodels.*")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def rank_dump(tmp_path: Path) -> RankDump:
+    """A :class:`~helpers.callbacks.RankDump` writing to ``tmp_path / "ranks"``: add it to a DDP
+    Trainer's callbacks, then ``rank_dump.read()`` gives each rank's logged metrics and monitor state."""
+    return RankDump(tmp_path / "ranks")

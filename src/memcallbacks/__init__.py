@@ -39,9 +39,18 @@ _EXPORTS: dict[str, str] = {
     "LeakageEarlyStopping": "memcallbacks.callbacks.stopping",
     "LeakageCondition": "memcallbacks.callbacks.stopping",
     "DPEpsilonLogger": "memcallbacks.callbacks.dp",
+    "SequenceMemorisationMonitor": "memcallbacks.callbacks.sequence",
+    "ShadowScoreRecorder": "memcallbacks.callbacks.shadow",
+    "shadow_split": "memcallbacks.callbacks.shadow",
+    "pool_fingerprint": "memcallbacks.callbacks.shadow",
+    "run_attack": "memcallbacks.attack",
     # metrics (also importable from memcallbacks.metrics)
     "MembershipReport": "memcallbacks.metrics.membership",
+    "AttackReport": "memcallbacks.metrics.attacks",
+    "LossThresholdMIA": "memcallbacks.metrics.classes",
     "TrajectoryStatistics": "memcallbacks.metrics.dynamics",
+    # Hugging Face adapter (needs the hf extra when used)
+    "HFIncrementalLM": "memcallbacks.hf",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -65,10 +74,15 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     from memcallbacks.callbacks.dp import DPEpsilonLogger
     from memcallbacks.callbacks.exposure import CanaryExposureMonitor
     from memcallbacks.callbacks.membership import MembershipInferenceMonitor
+    from memcallbacks.attack import run_attack
+    from memcallbacks.callbacks.sequence import SequenceMemorisationMonitor
+    from memcallbacks.callbacks.shadow import ShadowScoreRecorder, pool_fingerprint, shadow_split
     from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping
     from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
     from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
     from memcallbacks.data.indexed import IndexedDataset, split_index
+    from memcallbacks.metrics.attacks import AttackReport
+    from memcallbacks.metrics.classes import LossThresholdMIA
     from memcallbacks.metrics.dynamics import TrajectoryStatistics
     from memcallbacks.metrics.membership import MembershipReport
     from memcallbacks.store import TrajectoryStore

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["gather_concat", "first_occurrence", "broadcast_object", "world_size"]
+__all__ = ["broadcast_object", "columns_by_index", "first_occurrence", "gather_concat", "world_size"]
 
 
 def world_size(trainer: Any) -> int:
+    """The Trainer's number of processes (1 without a Trainer or outside distributed runs)."""
     return int(getattr(trainer, "world_size", 1) or 1)
 
 
@@ -51,6 +52,49 @@ def first_occurrence(index: torch.Tensor) -> torch.Tensor:
     first = torch.full((uniq.numel(),), index.numel(), device=index.device, dtype=torch.long)
     first.scatter_reduce_(0, inverse, positions, reduce="amin")
     return torch.sort(first).values
+
+
+def columns_by_index(
+    index: torch.Tensor, values: torch.Tensor, *, size: int, fill: float = float("nan")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense per-sample columns from gathered ``(index, values)`` rows, one record per index.
+
+    The pure half of a distributed per-sample collection: rows gathered from every rank (in rank
+    order) may repeat an index (``DistributedSampler`` and sharded probes pad with repeated
+    samples); each index keeps its first record (:func:`first_occurrence`), placed at row
+    ``index`` of a ``[size, C]`` tensor; indices never seen hold ``fill``.
+
+    Args:
+        index: ``[K]`` integer sample indices in ``[0, size)``.
+        values: ``[K]`` or ``[K, C]`` values of each record.
+        size: the number of samples (rows of the result).
+        fill: the value of rows whose index never appears.
+
+    Returns:
+        ``(columns, present)``: ``[size, C]`` (or ``[size]`` for 1-D ``values``) in ``values``' dtype,
+        and a bool ``[size]`` mask of the indices that appeared.
+
+    Raises:
+        ValueError: an index outside ``[0, size)``, or ``index`` and ``values`` of different lengths.
+
+    Example:
+        >>> cols, present = columns_by_index(torch.tensor([2, 0, 2]), torch.tensor([5.0, 7.0, 9.0]), size=4)
+        >>> cols, present
+        (tensor([7., nan, 5., nan]), tensor([ True, False,  True, False]))
+    """
+    index = index.reshape(-1).long()
+    if values.shape[0] != index.numel():
+        raise ValueError(f"`index` has {index.numel()} entries but `values` has {values.shape[0]} rows")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+        raise ValueError(
+            f"sample indices must lie in [0, {size}), got values from {int(index.min())} to {int(index.max())}"
+        )
+    keep = first_occurrence(index)
+    columns = torch.full((size, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    columns[index[keep]] = values[keep]
+    present = torch.zeros(size, dtype=torch.bool, device=index.device)
+    present[index[keep]] = True
+    return columns, present
 
 
 def broadcast_object(trainer: Any, obj: Any, src: int = 0) -> Any:

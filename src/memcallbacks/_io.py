@@ -4,6 +4,11 @@ Every file is written to a temporary name in the same directory, flushed to disk
 renamed over its final name (``os.replace`` is atomic on POSIX and Windows), so a reader
 never sees a partial file under a final name. Loading never unpickles: ``.npz``/``.npy``
 are read with ``allow_pickle=False`` and JSON is plain JSON.
+
+Errors name the file: a write that fails (disk full, permissions) raises an ``OSError`` whose
+message and ``filename`` give the final path; a file that is empty, truncated or not of the
+expected format raises a ``ValueError`` that says which, and only a file that really holds
+pickled data is refused as "pickled objects".
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 import math
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,8 +46,11 @@ __all__ = [
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _named_os_error(e, path) from e
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode open() would
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -49,13 +59,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _named_os_error(e, path) from e
         raise
     return path
+
+
+def _named_os_error(error: OSError, path: Path) -> OSError:
+    """``error`` re-stated with the final file name (a failing ``write`` on a descriptor names none)."""
+    reason = error.strerror or str(error)
+    return type(error)(
+        error.errno,
+        f"{reason}; memcallbacks could not write this run-directory file (free disk space or fix the "
+        "folder's permissions, then resume from the last checkpoint)",
+        str(path),
+    )
 
 
 def save_npz(path: str | os.PathLike[str], *, compress: bool = True, **arrays: Any) -> Path:
@@ -79,36 +102,77 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_PICKLE_PROTOCOL_BYTE = b"\x80"
+
+
+def _refuse_pickle(path: str | os.PathLike[str], error: Exception | None = None) -> ValueError:
+    return ValueError(
+        f"refusing to load {os.fspath(path)!r}: it contains pickled objects, which can run code "
+        "when loaded; memcallbacks run directories hold plain arrays only"
+    )
+
+
+def _check_header(path: str | os.PathLike[str], magics: tuple[bytes, ...], kind: str) -> None:
+    """Raise a clear ValueError when ``path`` is empty, pickled, or not a ``kind`` file at all."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if any(head.startswith(m) for m in magics):
+        return
+    if not head:
+        raise ValueError(f"cannot load {os.fspath(path)!r}: the file is empty (a write was cut short?)")
+    if head.startswith(_PICKLE_PROTOCOL_BYTE):
+        raise _refuse_pickle(path)
+    raise ValueError(
+        f"cannot load {os.fspath(path)!r}: it is not a {kind} file (it starts with {head!r}); the file is "
+        "damaged or of another format: restore it or delete it"
+    )
+
+
+def _damaged(path: str | os.PathLike[str], kind: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"cannot load {os.fspath(path)!r}: the {kind} file is truncated or damaged ({error}); restore it "
+        "or delete it"
+    )
+
+
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` into memory, refusing pickled objects.
 
     Raises:
-        ValueError: the file holds pickled (object) data; memcallbacks never writes such files.
+        ValueError: the file holds pickled (object) data (memcallbacks never writes such
+            files), or it is empty, truncated or not an ``.npz``; the message names the file.
     """
+    _check_header(path, _ZIP_MAGICS, ".npz")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise ValueError(
-                f"refusing to load {os.fspath(path)!r}: it contains pickled objects, which can run code "
-                "when loaded; memcallbacks run directories hold plain arrays only"
-            ) from e
-        raise
+        if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
+            raise _refuse_pickle(path) from e
+        raise _damaged(path, ".npz", e) from e
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError, KeyError) as e:
+        raise _damaged(path, ".npz", e) from e
 
 
 def load_npy(path: str | os.PathLike[str], *, mmap: bool = False) -> np.ndarray:
-    """Load one ``.npy`` (optionally memory-mapped), refusing pickled objects."""
+    """Load one ``.npy`` (optionally memory-mapped), refusing pickled objects.
+
+    Raises:
+        ValueError: the file holds pickled (object) data, or it is empty, truncated or not a
+            ``.npy``; the message names the file.
+    """
+    _check_header(path, (_NPY_MAGIC,), ".npy")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as e:
         # memory-mapped, numpy says "Python objects in dtype" instead of naming pickle
         if "pickle" in str(e).lower() or "python objects" in str(e).lower():
-            raise ValueError(
-                f"refusing to load {os.fspath(path)!r}: it contains pickled objects; "
-                "memcallbacks run directories hold plain arrays only"
-            ) from e
-        raise
+            raise _refuse_pickle(path) from e
+        raise _damaged(path, ".npy", e) from e
+    except EOFError as e:
+        raise _damaged(path, ".npy", e) from e
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:
@@ -159,18 +223,29 @@ class BackgroundWriter:
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[Any] | None = None
+        self._label = ""
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.submit_as("", fn, *args, **kwargs)
+
+    def submit_as(self, label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """:meth:`submit`, with ``label`` (e.g. "MyMonitor, epoch 3") added to the message of a failure."""
         self.flush()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._label = label
         self._pending = self._executor.submit(fn, *args, **kwargs)
 
     def flush(self) -> None:
-        """Wait for the pending write; re-raise its error."""
+        """Wait for the pending write; re-raise its error (an ``OSError`` names the file and the label)."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.result()
+            try:
+                pending.result()
+            except OSError as e:
+                if not self._label:
+                    raise
+                raise type(e)(e.errno, f"{self._label}: {e.strerror or e}", e.filename) from e
 
     def close(self) -> None:
         """Flush, then stop the thread."""

@@ -13,10 +13,13 @@ loggers asked for); at the end the report is written from the run directory.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-__all__ = ["run_demo", "lm_sample_loss"]
+__all__ = ["DemoOutputError", "lm_sample_loss", "run_demo"]
 
 
 def lm_sample_loss(module: Any, batch: Any) -> torch.Tensor:
@@ -39,6 +42,84 @@ def lm_sample_loss(module: Any, batch: Any) -> torch.Tensor:
     return (nll * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+class DemoOutputError(ValueError):
+    """The demo's ``out`` folder cannot be used (a file, not writable, another tool's run)."""
+
+
+#: what the demo writes into ``out``; a second run removes these (and only these) first
+_DEMO_OUTPUTS = (
+    "memcallbacks",
+    "report",
+    "csv",
+    "wandb",
+    "tensorboard",
+    "mlflow.db",
+    "mlflow-artifacts",
+    "checkpoints",
+    "memcallbacks-demo",
+    "lightning_logs",
+    "fit-profile.txt",
+)
+_DEMO_MARKER = ".memcallbacks-demo"
+
+
+def _prepare_out(out: Path) -> list[str]:
+    """Create ``out``, or empty the demo's own outputs from an earlier demo run there; return what was removed."""
+    if out.exists() and not out.is_dir():
+        raise DemoOutputError(f"{str(out)!r} is a file; pass a folder (it is created if missing)")
+    removed: list[str] = []
+    if out.is_dir():
+        earlier_demo = (out / _DEMO_MARKER).exists() or (out / "fit-profile.txt").exists()
+        if not earlier_demo and (out / "memcallbacks").exists():
+            raise DemoOutputError(
+                f"{str(out)!r} holds a memcallbacks run directory that the demo did not write; pass another "
+                "folder (the demo replaces only its own earlier output)"
+            )
+        if earlier_demo:
+            for name in _DEMO_OUTPUTS:
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                    removed.append(name)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                    removed.append(name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / _DEMO_MARKER).write_text(
+            "written by `memcallbacks demo`; a new demo run replaces this folder's outputs\n"
+        )
+    except OSError as e:
+        raise DemoOutputError(f"cannot write {str(out)!r} ({e.strerror or e}); pass a writable folder") from e
+    return removed
+
+
+_CHATTY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "mlflow")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide Lightning's and MLflow's start-up chatter and tips, and notices about their own code.
+
+    The monitors' own warnings still show.
+    """
+    quiet = {n: logging.WARNING for n in _CHATTY_LOGGERS}
+    quiet["pytorch_lightning.loggers.mlflow"] = logging.ERROR  # "Experiment ... not found. Creating it."
+    levels = {n: logging.getLogger(n).level for n in quiet}
+    for n, level in quiet.items():
+        logging.getLogger(n).setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            # Lightning renames `mem/mia/tpr@1%fpr` to `mem/mia/tpr1fpr` for MLflow (see the README)
+            warnings.filterwarnings("ignore", message=".*MLFlow only allows.*")
+            yield
+    finally:
+        for n, level in levels.items():  # back to the caller's settings
+            logging.getLogger(n).setLevel(level)
+
+
 def _loggers(names: Sequence[str], out: Path) -> list[Any]:
     from pytorch_lightning import loggers as L
 
@@ -47,13 +128,19 @@ def _loggers(names: Sequence[str], out: Path) -> list[Any]:
         if name == "csv":
             result.append(L.CSVLogger(str(out), name="csv"))
         elif name == "wandb":
-            os.environ.setdefault("WANDB_MODE", "offline")
+            import wandb
+
             os.environ.setdefault("WANDB_SILENT", "true")
-            result.append(L.WandbLogger(project="memcallbacks-demo", save_dir=str(out), offline=True))
+            # the run is opened here (offline, no account) rather than by WandbLogger, whose default
+            # `anonymous` argument makes wandb print a deprecation warning
+            run = wandb.init(project="memcallbacks-demo", dir=str(out), mode="offline")
+            result.append(L.WandbLogger(experiment=run, save_dir=str(out)))
         elif name == "tensorboard":
             result.append(L.TensorBoardLogger(str(out), name="tensorboard"))
         elif name == "mlflow":
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            import mlflow  # noqa: F401 - configures its logger on import: quieten it afterwards
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
             result.append(
                 L.MLFlowLogger(
                     experiment_name="memcallbacks-demo",
@@ -91,23 +178,38 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train the demo model with every monitor; return the key numbers and paths.
 
+    ``out`` is created, or, if an earlier demo run wrote it, its demo outputs (run directory,
+    report, logger folders, checkpoints, profile) are removed first, so every run starts clean.
+
     Args:
-        out: output folder (loggers, run directory, report).
-        epochs: training epochs.
-        sentences: generated training sentences (plus 1,000 held out).
+        out: output folder (loggers, run directory with the report, checkpoints, profile).
+        epochs: training epochs (>= 1).
+        sentences: generated training sentences (>= 100; plus 1,000 held out).
         loggers: any of ``"wandb"`` (offline), ``"tensorboard"``, ``"mlflow"``, ``"csv"``.
         dp: train with DP-SGD (Opacus; noise 1.0, clip 1.0, Poisson batches) and log epsilon.
-        stop_bits: stop training once ``mem/canary/exposure_max`` exceeds this many bits.
+        stop_bits: stop training once ``mem/canary/exposure_max`` exceeds this many bits and
+            restore the last safe weights; ``None``: no early stopping.
         seed: seed of data, canaries and training.
-        report: write the HTML/Markdown report at the end.
+        report: write the HTML/Markdown report at the end (to ``<out>/memcallbacks/report``).
         audit_canaries: number of one-run-audit canaries (each included with probability 1/2).
         batch_size: training batch size.
 
     Returns:
-        A dict with ``run_dir``, ``report`` (paths), ``exposure_by_count``, ``mia_auc``,
-        ``audit_epsilon_lb``, ``dp_epsilon``, ``stopped_reason``, ``seconds`` and
-        ``callback_seconds``.
+        A dict with ``run_dir``, ``report`` (paths), ``exposure_epoch`` and ``exposure_by_count``
+        (the last evaluation), ``restored_epoch`` and ``kept_exposure_by_count`` (after a
+        rollback), ``mia_auc``, ``audit_epsilon_lb``, ``dp_epsilon``, ``stopped_reason``,
+        ``stopping``, ``seconds``, ``callback_seconds`` and ``logger_paths``.
+
+    Raises:
+        ValueError, TypeError: an argument out of range (named in the message).
+        DemoOutputError: ``out`` is a file, cannot be written, or holds a run the demo did not write.
+
+    Example:
+        >>> result = run_demo(out="/tmp/demo", epochs=1, sentences=500)  # doctest: +SKIP
+        >>> sorted(result["exposure_by_count"])  # doctest: +SKIP
+        [1, 2, 4, 8, 16, 32]
     """
+    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.profilers import SimpleProfiler
 
     from memcallbacks import (
@@ -119,6 +221,7 @@ def run_demo(
         MembershipInferenceMonitor,
         PrivacyAuditMonitor,
     )
+    from memcallbacks._validate import check_bool, check_choice, check_int, check_real, check_seed
     from memcallbacks.toy import (
         DPWindowLM,
         TokenDataset,
@@ -128,98 +231,182 @@ def run_demo(
         make_payment_corpus,
     )
 
-    if epochs < 1:
-        raise ValueError(f"`epochs` must be >= 1, got {epochs}")
-    if sentences < 100:
-        raise ValueError(f"`sentences` must be >= 100, got {sentences}")
+    epochs = check_int("epochs", epochs, minimum=1)
+    sentences = check_int("sentences", sentences, minimum=100)
+    loggers = tuple(
+        check_choice("loggers", name, ("wandb", "tensorboard", "mlflow", "csv")) for name in loggers
+    )
+    dp = check_bool("dp", dp)
+    stop_bits = (
+        None if stop_bits is None else check_real("stop_bits", stop_bits, hint="or None for no stopping")
+    )
+    seed = check_seed("seed", seed)
+    report = check_bool("report", report)
+    audit_canaries = check_int("audit_canaries", audit_canaries, minimum=2)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    removed = _prepare_out(out)
+    if removed:
+        print(f"memcallbacks demo: replaced the earlier demo run in {out} ({', '.join(removed)})")
     run_dir = out / "memcallbacks"
-    pl.seed_everything(seed, workers=True, verbose=False)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
     t0 = time.perf_counter()
-    tok = CharTokenizer()
-    corpus = make_payment_corpus(sentences + 1000, seed=seed)
-    train_texts, heldout_texts = corpus[:sentences], corpus[sentences:]
-    canaries = CanarySet("my pin is {secret}.", tok, repetitions=(1, 2, 4, 8, 16, 32), per_count=2, seed=seed)
-    audit_set = CanarySet(
-        "my code is {secret}.", tok, repetitions=(1,), per_count=audit_canaries, seed=seed + 1
-    )
-    audit = PrivacyAuditMonitor(audit_set, seed=seed, delta=1e-5 if dp else 0.0, run_dir=run_dir)
-    texts: Any = audit.inject(canaries.inject(train_texts))
+    with _quiet():
+        pl.seed_everything(seed, workers=True, verbose=False)
+        tok = CharTokenizer()
+        corpus = make_payment_corpus(sentences + 1000, seed=seed)
+        train_texts, heldout_texts = corpus[:sentences], corpus[sentences:]
+        canaries = CanarySet(
+            "my pin is {secret}.", tok, repetitions=(1, 2, 4, 8, 16, 32), per_count=2, seed=seed
+        )
+        audit_set = CanarySet(
+            "my code is {secret}.", tok, repetitions=(1,), per_count=audit_canaries, seed=seed + 1
+        )
+        audit = PrivacyAuditMonitor(audit_set, seed=seed, delta=1e-5 if dp else 0.0, run_dir=run_dir)
+        texts: Any = audit.inject(canaries.inject(train_texts))
 
-    loader: Any = lm_loader(texts, tok, batch_size=batch_size, shuffle=True)
-    if dp:
-        from opacus.data_loader import DPDataLoader
+        loader: Any = lm_loader(texts, tok, batch_size=batch_size, shuffle=True)
+        if dp:
+            from opacus.data_loader import DPDataLoader
 
-        # Poisson sampling, which the accountant assumes
-        loader = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed))
-        model: pl.LightningModule = DPWindowLM(tok.vocab_size, noise_multiplier=1.0, max_grad_norm=1.0)
-    else:
-        model = WindowLM(tok.vocab_size)
+            # Poisson sampling, which the accountant assumes
+            loader = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed))
+            model: pl.LightningModule = DPWindowLM(tok.vocab_size, noise_multiplier=1.0, max_grad_norm=1.0)
+        else:
+            model = WindowLM(tok.vocab_size)
 
-    exposure = CanaryExposureMonitor(canaries, method="extrapolated", num_references=5000, run_dir=run_dir)
-    members = TokenDataset(train_texts[:1000], tok)
-    nonmembers = TokenDataset(heldout_texts, tok)
-    callbacks: list[Any] = [
-        LossTrajectoryTracker(source="step", correct_key=None, run_dir=run_dir),
-        MembershipInferenceMonitor(
+        exposure = CanaryExposureMonitor(
+            canaries, method="extrapolated", num_references=5000, run_dir=run_dir
+        )
+        members = TokenDataset(train_texts[:1000], tok)
+        nonmembers = TokenDataset(heldout_texts, tok)
+        mia = MembershipInferenceMonitor(
             members, nonmembers, sample_loss_fn=lm_sample_loss, collate_fn=collate_tokens, run_dir=run_dir
-        ),
-        exposure,
-        audit,
-    ]
-    if dp:
-        from memcallbacks import DPEpsilonLogger
+        )
+        callbacks: list[Any] = [
+            LossTrajectoryTracker(source="step", correct_key=None, run_dir=run_dir),
+            mia,
+            exposure,
+            audit,
+        ]
+        dp_logger = None
+        if dp:
+            from memcallbacks import DPEpsilonLogger
 
-        callbacks.append(DPEpsilonLogger(delta=1e-5, run_dir=run_dir))
-    stopper = None
-    if stop_bits is not None:
-        stopper = LeakageEarlyStopping.exposure(bits=stop_bits, restore="best_safe", run_dir=run_dir)
-        callbacks.append(stopper)
+            dp_logger = DPEpsilonLogger(delta=1e-5, run_dir=run_dir)
+            callbacks.append(dp_logger)
+        stopper = None
+        if stop_bits is not None:
+            stopper = LeakageEarlyStopping.exposure(bits=stop_bits, restore="best_safe", run_dir=run_dir)
+            callbacks.append(stopper)
+        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints")))
 
-    profiler = SimpleProfiler(dirpath=str(out), filename="profile")
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=_loggers(loggers, out),
-        callbacks=callbacks,
-        default_root_dir=str(out),
-        profiler=profiler,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-    )
-    t_fit = time.perf_counter()
-    trainer.fit(model, loader)
-    fit_seconds = time.perf_counter() - t_fit
-    if "wandb" in loggers:
-        import wandb
+        profiler = SimpleProfiler(dirpath=str(out), filename="profile")  # writes fit-profile.txt
+        logger_objects = _loggers(loggers, out)
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=logger_objects,
+            callbacks=callbacks,
+            default_root_dir=str(out),
+            profiler=profiler,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            log_every_n_steps=10,
+        )
+        t_fit = time.perf_counter()
+        trainer.fit(model, loader)
+        fit_seconds = time.perf_counter() - t_fit
+        if "wandb" in loggers:
+            import wandb
 
-        wandb.finish()  # close the offline run so `wandb sync` sees a complete file
+            wandb.finish()  # close the offline run so `wandb sync` sees a complete file
     cb_seconds = _callback_seconds(profiler)
 
-    results: dict[str, Any] = {"run_dir": run_dir, "seconds": None, "callback_seconds": cb_seconds}
-    hist = exposure.history
-    if len(hist["exposure"]):
-        reps, last = hist["repetitions"], hist["exposure"][-1]
-        results["exposure_by_count"] = {int(r): float(np.mean(last[reps == r])) for r in np.unique(reps)}
-    mia = callbacks[1]
+    results: dict[str, Any] = {
+        "run_dir": run_dir,
+        "seconds": None,
+        "callback_seconds": cb_seconds,
+        "logger_paths": _logger_paths(logger_objects, out),
+        "checkpoints": sorted(str(p) for p in (out / "checkpoints").glob("*.ckpt")),
+        "profile": out / "fit-profile.txt",
+    }
+    results.update(_numbers(run_dir))
     results["mia_auc"] = float(mia.report.auc) if mia.report is not None else float("nan")
-    results["audit_epsilon_lb"] = float(audit.history[-1]["epsilon_lb"]) if audit.history else float("nan")
     results["dp_epsilon"] = (
-        float(callbacks[4].history[-1]["epsilon"]) if dp and callbacks[4].history else None
+        float(dp_logger.history[-1]["epsilon"]) if dp_logger is not None and dp_logger.history else None
     )
+    results["stop_bits"] = stop_bits
     results["stopped_reason"] = stopper.reason if stopper is not None else None
+    results["restored_epoch"] = _restored(stopper)
+    if results["restored_epoch"] is not None:
+        results.update(_numbers(run_dir, epoch=results["restored_epoch"], prefix="kept_"))
 
     if report:
         from memcallbacks.report import build_report
 
-        results["report"] = build_report(run_dir, out=out / "report")
+        results["report"] = build_report(run_dir)
     results["seconds"] = time.perf_counter() - t0
     _print_summary(results, loggers, out, fit_seconds)
     return results
+
+
+def _restored(stopper: Any) -> int | None:
+    if stopper is None or stopper.stopped_epoch is None or stopper.restore != "best_safe":
+        return None
+    reason = stopper.reason or ""
+    return stopper.best_safe_epoch if "restored the weights" in reason else None
+
+
+def _numbers(run_dir: Path, epoch: int | None = None, prefix: str = "") -> dict[str, Any]:
+    """Exposure by insertion count and the audit bound, read back from the run directory.
+
+    The last evaluation, or the one at ``epoch``; keys get ``prefix``.
+    """
+    from memcallbacks._rundir import RunDirectory
+
+    run = RunDirectory(run_dir)
+    out: dict[str, Any] = {}
+    exp = run.exposure()
+    if exp is not None and exp.exposure.size:
+        epochs = exp.epochs.tolist()
+        row = -1 if epoch is None else (epochs.index(epoch) if epoch in epochs else None)
+        if row is not None:
+            out[f"{prefix}exposure_epoch"] = int(epochs[row])
+            out[f"{prefix}exposure_by_count"] = exp.mean_by_repetition(row)
+            out[f"{prefix}canaries_per_count"] = {
+                int(r): int((exp.repetitions == r).sum()) for r in out[f"{prefix}exposure_by_count"]
+            }
+    if epoch is None:
+        audit = run.audit()
+        hist = audit.history if audit is not None else []
+        value = hist[-1].get("epsilon_lb") if hist else None
+        out["audit_epsilon_lb"] = float("nan") if value is None else float(value)  # null = NaN, never 0
+        out["audit_epoch"] = int(hist[-1]["epoch"]) if hist else None
+    return out
+
+
+def _logger_paths(logger_objects: Sequence[Any], out: Path) -> dict[str, str]:
+    """How to open each logger's output."""
+    paths: dict[str, str] = {}
+    for lg in logger_objects:
+        kind = type(lg).__name__
+        if kind == "CSVLogger":
+            paths["csv"] = str(Path(lg.log_dir) / "metrics.csv")
+        elif kind == "TensorBoardLogger":
+            paths["tensorboard"] = f"tensorboard --logdir {out / 'tensorboard'}"
+        elif kind == "MLFlowLogger":
+            paths["mlflow"] = f"mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}"
+        elif kind == "WandbLogger":
+            runs = sorted((out / "wandb").glob("offline-run-*"))
+            if runs:
+                paths["wandb"] = f"wandb sync {runs[-1]}"
+    return paths
+
+
+def _by_count(values: dict[int, float]) -> str:
+    return "  ".join(f"x{k}: {v:5.1f}" for k, v in values.items())
 
 
 def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, fit_seconds: float) -> None:
@@ -228,14 +415,34 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
     print("memcallbacks demo: results")
     print("=" * 72)
     if "exposure_by_count" in results:
-        print("canary exposure (bits, mean of 2 canaries) by times inserted:")
-        print("  " + "  ".join(f"x{k}: {v:5.1f}" for k, v in results["exposure_by_count"].items()))
+        per = sorted(set(results["canaries_per_count"].values()))
+        print(
+            f"canary exposure (bits, mean of {'/'.join(map(str, per))} canaries) by times inserted, "
+            f"measured after epoch {results['exposure_epoch']} (the last evaluation):"
+        )
+        print("  " + _by_count(results["exposure_by_count"]))
+    if results.get("kept_exposure_by_count") is not None:
+        print(
+            f"weights kept: those of epoch {results['restored_epoch']} (restored by early stopping); "
+            "their exposure, measured after that epoch:"
+        )
+        print("  " + _by_count(results["kept_exposure_by_count"]))
     print(f"membership-inference AUC (1,000 members vs 1,000 held out): {results['mia_auc']:.3f}")
-    print(f"one-run audit epsilon lower bound (95%): {results['audit_epsilon_lb']:.3f}")
+    print(
+        f"one-run audit epsilon lower bound (95% confidence, after epoch {results.get('audit_epoch')}): "
+        f"{results['audit_epsilon_lb']:.3f}"
+    )
     if results.get("dp_epsilon") is not None:
         print(f"DP-SGD epsilon (accountant, delta 1e-5): {results['dp_epsilon']:.3f}")
-    if results.get("stopped_reason"):
+    if results.get("stop_bits") is None:
+        print("early stopping: off (a negative --stop-bits)")
+    elif results.get("stopped_reason"):
         print(f"early stopping: {results['stopped_reason']}")
+    else:
+        print(
+            f"early stopping: did not fire (mem/canary/exposure_max never exceeded {results['stop_bits']:g} bits); "
+            "the model is the last epoch's"
+        )
     print(f"\ntime: {results['seconds']:.1f} s in all, {fit_seconds:.1f} s in Trainer.fit; in the monitors:")
     for name, sec in sorted(results["callback_seconds"].items(), key=lambda kv: -kv[1]):
         if sec >= 0.01:
@@ -244,7 +451,14 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
     if "report" in results:
         print(f"report:        {results['report']['html']}")
         print(f"summary:       {results['report']['markdown']}")
-    if "wandb" in loggers:
-        runs = sorted((out / "wandb").glob("offline-run-*"))
-        if runs:
-            print(f"W&B offline run: {runs[-1]}\n  upload it with: wandb sync {runs[-1]}")
+    print(f"checkpoints:   {out / 'checkpoints'}")
+    print(f"profile:       {results['profile']}")
+    paths = results["logger_paths"]
+    if "csv" in paths:
+        print(f"CSV metrics:   {paths['csv']}")
+    if "wandb" in paths:
+        print(f"W&B offline run, upload it with: {paths['wandb']}")
+    if "tensorboard" in paths:
+        print(f"TensorBoard:   {paths['tensorboard']}   (then open http://localhost:6006)")
+    if "mlflow" in paths:
+        print(f"MLflow:        {paths['mlflow']}   (then open http://localhost:5000)")

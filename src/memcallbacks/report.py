@@ -1,17 +1,23 @@
 """Offline report: PNG figures, one self-contained HTML page and a Markdown summary.
 
-Reads only the run directory the callbacks wrote (no model, no tracker): the
-``trajectory/``, ``membership/``, ``canary/``, ``audit/`` and ``dp/`` folders and
-``stopping.json``, whichever exist. Figures (matplotlib, Agg backend):
+Reads only the run directory the callbacks wrote (no model, no tracker), through the readers of
+:mod:`memcallbacks._rundir`: the ``trajectory/``, ``membership/``, ``canary/``, ``audit/`` and
+``dp/`` folders and ``stopping.json``, whichever exist. The numbers are the ones the callbacks
+wrote (logged AUCs, gaps, bounds); what is drawn but not stored (the ROC curve, the mean exposure
+per insertion count) comes from the same functions the callbacks call. Figures (matplotlib, Agg
+backend):
 
 - the data map (Swayamdipta et al. 2020): mean loss vs variability per training sample,
-  coloured by forgetting events (Toneva et al. 2019) when correctness was recorded, canaries
-  and the most memorised samples marked;
+  coloured by forgetting events (Toneva et al. 2019) when correctness was recorded, the training
+  copies of the canaries and the most memorised samples marked;
 - exposure vs repetition count, one line per evaluated epoch (Carlini et al. 2019);
-- the ROC of the loss-threshold membership attack on log-log axes with TPR at 0.1% and 1%
-  FPR marked (Carlini et al. 2022);
+- the ROC of the loss-threshold membership attack on log-log axes with TPR at the logged FPRs
+  marked (Carlini et al. 2022);
 - loss gap and attack AUC over epochs;
 - epsilon over epochs: DP-SGD accountant and the one-run audit lower bound (Steinke et al. 2023).
+
+The report goes to ``<run_dir>/report`` unless ``out`` is given, whichever folder was passed
+(the run directory or a folder above it, such as the demo's ``--out``).
 
 Example:
     >>> paths = build_report("lightning_logs/version_0/memcallbacks")  # doctest: +SKIP
@@ -27,14 +33,29 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from memcallbacks import _io
+from memcallbacks._rundir import (
+    MEMBERSHIP,
+    REPORT,
+    SEQUENCE,
+    TRAJECTORY,
+    AuditFiles,
+    DPFiles,
+    ExposureFiles,
+    RunDirectory,
+    RunDirectoryError,
+    as_number,
+    find_run_dir,
+    mean_by_repetition,
+)
 
-__all__ = ["build_report", "find_run_dir"]
+__all__ = ["build_report", "find_run_dir", "report_dir"]
 
 
 @dataclass
@@ -42,50 +63,56 @@ class _Section:
     title: str
     lines: list[str] = field(default_factory=list)  # Markdown bullet lines (plain text)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    problems: list[str] = field(default_factory=list)  # unreadable files, for the caller
 
 
-def find_run_dir(path: str | os.PathLike[str]) -> Path:
-    """The memcallbacks run directory at or below ``path`` (a folder holding the callbacks' folders).
+def report_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Where :func:`build_report` writes by default: ``<run directory>/report``.
 
-    Below a parent of several runs (``lightning_logs/version_*``), the most recently written one.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist, or nothing the callbacks write was found there.
+    ``run_dir`` may be the run directory or a folder above it (see :func:`find_run_dir`).
     """
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"`run_dir` {str(root)!r} does not exist")
-    markers = ("trajectory", "membership", "canary", "audit", "dp", "stopping.json")
-    if any((root / m).exists() for m in markers):
-        return root
-    if (root / "memcallbacks").is_dir():
-        return find_run_dir(root / "memcallbacks")
-    runs = [p for p in root.rglob("memcallbacks") if p.is_dir() and any((p / m).exists() for m in markers)]
-    if runs:
-        return max(runs, key=lambda p: max(f.stat().st_mtime for f in p.rglob("*")))
-    raise FileNotFoundError(
-        f"`run_dir` {str(root)!r} holds no memcallbacks output (expected folders like trajectory/, "
-        "membership/, canary/ or stopping.json); pass the folder the callbacks wrote, by default "
-        "<trainer.log_dir>/memcallbacks"
-    )
+    return find_run_dir(run_dir) / REPORT
+
+
+def _prepare_out(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"`out` {str(out)!r} is a file; pass a folder for the report (it is created)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"cannot write the report to {str(out)!r} ({e.strerror or e}); pass `out` (`--out` on the command "
+            "line) a writable folder"
+        ) from e
+    return out
 
 
 def build_report(
     run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None
-) -> dict[str, Path]:
+) -> dict[str, Any]:
     """Write the figures, ``report.html`` (figures embedded) and ``summary.md`` for a run directory.
+
+    A file that cannot be read does not stop the report: its section says which file and why,
+    and the message is returned under ``"problems"``.
 
     Args:
         run_dir: the folder the callbacks wrote (default ``<trainer.log_dir>/memcallbacks``), or
-            a parent of it.
-        out: output folder; default ``<run_dir>/report``.
+            a folder above it (the demo's output folder, ``lightning_logs``).
+        out: output folder; default ``<run directory>/report``.
 
     Returns:
-        Paths: ``{"html": ..., "markdown": ..., "figures": [...]}`` (figures as a list of paths
-        is under the key ``"figure:<name>"`` too).
+        ``{"html": Path, "markdown": Path, "figures": [Path, ...], "problems": [str, ...],
+        "run_dir": Path}``.
 
     Raises:
         FileNotFoundError: ``run_dir`` holds no memcallbacks output.
+        NotADirectoryError: ``run_dir`` or ``out`` is a file.
+        PermissionError: the output folder cannot be written (pass ``out``).
         ImportError: matplotlib (the ``report`` extra) is not installed.
     """
     try:
@@ -98,39 +125,55 @@ def build_report(
     matplotlib.use("Agg", force=True)
 
     root = find_run_dir(run_dir)
-    out_dir = Path(out) if out is not None else root / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _prepare_out(Path(out) if out is not None else root / REPORT)
+    run = RunDirectory(root)
     sections: list[_Section] = []
-    builders: list[Callable[[Path, Path], _Section | None]] = [
-        _stopping_section,
-        _canary_section,
-        _membership_section,
-        _trajectory_section,
-        _privacy_section,
+    problems: list[str] = []
+    builders: list[tuple[str, Callable[[RunDirectory, Path], _Section | None]]] = [
+        ("Early-stopping decision", _stopping_section),
+        ("Canary exposure (Secret Sharer)", _canary_section),
     ]
-    for build in builders:
+    for sub in run.folders(MEMBERSHIP) or [MEMBERSHIP]:
+        builders.append(
+            (_titled("Membership inference (loss threshold)", sub), partial(_membership_section, subdir=sub))
+        )
+    for sub in run.folders(SEQUENCE):
+        builders.append(
+            (_titled("Sequence memorisation (language models)", sub), partial(_sequence_section, subdir=sub))
+        )
+    for sub in run.folders(TRAJECTORY) or [TRAJECTORY]:
+        builders.append(
+            (
+                _titled("Per-sample loss trajectories (data map)", sub),
+                partial(_trajectory_section, subdir=sub),
+            )
+        )
+    builders.append(("Privacy: DP-SGD epsilon and the one-run audit", _privacy_section))
+    for title, build in builders:
         try:
-            section = build(root, out_dir)
-        except Exception as e:  # one broken file must not hide the rest of the report
-            section = _Section(build.__name__.strip("_").replace("_section", "").title())
-            section.lines.append(f"could not be drawn: {type(e).__name__}: {e}")
+            section = build(run, out_dir)
+        except RunDirectoryError as e:  # one broken file must not hide the rest of the report
+            section = _Section(title, [f"could not be drawn: {e}"])
+            problems.append(f"{title}: {e}")
+        except Exception as e:  # noqa: BLE001 - same: report the section as missing, keep the others
+            section = _Section(title, [f"could not be drawn: {type(e).__name__}: {e}"])
+            problems.append(f"{title}: {type(e).__name__}: {e}")
         if section is not None:
             sections.append(section)
+            problems += [f"{section.title}: {p}" for p in section.problems]
     if not sections:
         sections.append(_Section("Nothing recorded", ["the run directory holds no evaluations yet"]))
 
-    md = _markdown(root, sections)
-    md_path = _io.atomic_write_bytes(out_dir / "summary.md", md.encode())
+    md_path = _io.atomic_write_bytes(out_dir / "summary.md", _markdown(root, sections).encode())
     html_path = _io.atomic_write_bytes(out_dir / "report.html", _html(root, out_dir, sections).encode())
-    result: dict[str, Any] = {"html": html_path, "markdown": md_path, "figures": []}
-    for s in sections:
-        for name, _ in s.figures:
-            result["figures"].append(out_dir / name)
-    return result
+    figures = [out_dir / name for s in sections for name, _ in s.figures]
+    return {"html": html_path, "markdown": md_path, "figures": figures, "problems": problems, "run_dir": root}
 
 
-# -- sections ------------------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------
 def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:  # how the run directory's JSON writes NaN/inf
+        return "n/a"
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -152,245 +195,397 @@ def _save(fig: Any, out_dir: Path, name: str) -> str:
     return name
 
 
-def _stopping_section(root: Path, out_dir: Path) -> _Section | None:
-    path = root / "stopping.json"
-    if not path.exists():
+def _named(subdir: str) -> str:
+    """``""`` for a callback's default folder, ``"_x"`` for ``<folder>_x`` (a callback given ``name="x"``)."""
+    return "" if "_" not in subdir else "_" + subdir.split("_", 1)[1]
+
+
+def _titled(title: str, subdir: str) -> str:
+    return title if not _named(subdir) else f"{title}, `{subdir}`"
+
+
+def _integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def _restored_epoch(run: RunDirectory) -> int | None:
+    try:
+        stop = run.stopping()
+    except RunDirectoryError:
         return None
-    info = _io.load_json(path)
+    return None if stop is None else stop.restored_epoch
+
+
+# -- sections ----------------------------------------------------------------------------------
+def _stopping_section(run: RunDirectory, out_dir: Path) -> _Section | None:
+    stop = run.stopping()
+    if stop is None:
+        return None
+    info = stop.info
     s = _Section("Early-stopping decision")
-    reason = info.get("reason")
-    if info.get("stopped", reason is not None) and reason:
-        s.lines.append(f"**stopped** at epoch {info.get('stopped_epoch')}: {reason}")
+    if stop.stopped:
+        s.lines.append(f"**stopped** at epoch {info.get('stopped_epoch')}: {info.get('reason')}")
     else:
-        s.lines.append("training was not stopped: no leakage threshold was crossed")
-    if info.get("restored_epoch") is not None:
+        last = info.get("last_epoch")
         s.lines.append(
-            f"weights restored from epoch {info['restored_epoch']} (last evaluation below every threshold)"
+            "early stopping did not fire: no leakage threshold was crossed"
+            + (f" (last epoch checked: {last})" if last is not None else "")
         )
-    conditions = info.get("conditions")
-    if conditions:
-        for c in conditions:
-            if isinstance(c, dict):
-                s.lines.append(
-                    f"condition: `{c.get('monitor')}` {'>' if c.get('mode', 'max') == 'max' else '<'} "
-                    f"{c.get('threshold')} (patience {c.get('patience', 1)})"
-                )
+    if stop.restored_epoch is not None:
+        s.lines.append(
+            f"weights restored from epoch {stop.restored_epoch} (the last evaluation below every threshold): "
+            "the model left in memory at the end of fit holds that epoch's weights"
+        )
+    for c in info.get("conditions") or []:
+        if isinstance(c, dict):
+            s.lines.append(
+                f"condition: `{c.get('monitor')}` {'>' if c.get('mode', 'max') == 'max' else '<'} "
+                f"{c.get('threshold')} (patience {c.get('patience') or 1})"
+            )
     return s
 
 
-def _canary_section(root: Path, out_dir: Path) -> _Section | None:
-    path = root / "canary" / "exposure.npz"
-    if not path.exists():
+def _canary_section(run: RunDirectory, out_dir: Path) -> _Section | None:
+    exp = run.exposure()
+    if exp is None:
         return None
     import matplotlib.pyplot as plt
 
-    d = _io.load_npz(path)
-    epochs, reps, exposure = d["epochs"], d["repetitions"], d["exposure"]
-    cap = float(d["log2_space_size"]) if "log2_space_size" in d else float("nan")
-    method = str(d["method"]) if "method" in d else "?"
-    counts = np.unique(reps)
+    epochs, reps, exposure = exp.epochs, exp.repetitions, exp.exposure
+    cap = exp.log2_space_size
+    counts = sorted(set(reps.tolist()))
     s = _Section("Canary exposure (Secret Sharer)")
     s.lines.append(
-        f"{len(reps)} canaries, method {method}, randomness space {_fmt(cap, 1)} bits; "
+        f"{len(reps)} canaries, method {exp.method}, randomness space {_fmt(cap, 1)} bits; "
         f"evaluated at epochs {', '.join(str(int(e)) for e in epochs)}"
     )
-    if exposure.size:
-        last = exposure[-1]
-        per = ", ".join(f"x{int(c)}: {_fmt(np.nanmean(last[reps == c]), 1)}" for c in counts)
-        s.lines.append(f"mean exposure (bits) by insertion count at the last evaluation: {per}")
-        s.lines.append(f"largest exposure: {_fmt(np.nanmax(last), 1)} bits")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        cmap = plt.get_cmap("viridis")
-        for i, (e, row) in enumerate(zip(epochs, exposure)):
-            means = [np.nanmean(row[reps == c]) for c in counts]
-            ax.plot(
-                counts, means, marker="o", color=cmap(i / max(1, len(epochs) - 1)), label=f"epoch {int(e)}"
-            )
-        if math.isfinite(cap):
-            ax.axhline(cap, color="grey", ls="--", lw=1, label=f"max log2|R| = {cap:.1f}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(counts, [str(int(c)) for c in counts])
-        ax.set_xlabel("times the canary was inserted")
-        ax.set_ylabel("mean exposure (bits)")
-        ax.set_title("Exposure vs repetition count")
-        ax.legend(fontsize=8)
-        s.figures.append(
-            (_save(fig, out_dir, "exposure_vs_repetitions.png"), "Exposure vs repetition count per epoch")
-        )
-    return s
-
-
-def _membership_section(root: Path, out_dir: Path) -> _Section | None:
-    mdir = root / "membership"
-    if not (mdir / "losses.npz").exists():
-        return None
-    import matplotlib.pyplot as plt
-
-    from memcallbacks.metrics.membership import membership_inference, roc_curve
-
-    d = _io.load_npz(mdir / "losses.npz")
-    members, nonmembers = d["member_losses"], d["nonmember_losses"]
-    s = _Section("Membership inference (loss threshold)")
-    if members.size == 0:
+    if not exposure.size:
         s.lines.append("no evaluation recorded yet")
         return s
-    m, n = members[-1], nonmembers[-1]
-    m, n = m[np.isfinite(m)], n[np.isfinite(n)]
-    rep = membership_inference(m, n, fprs=(0.001, 0.01))
+    per = ", ".join(f"x{k}: {_fmt(v, 1)}" for k, v in exp.mean_by_repetition(-1).items())
     s.lines.append(
-        f"last evaluation (epoch {int(d['epochs'][-1])}): AUC {_fmt(rep.auc)}, advantage {_fmt(rep.advantage)}, "
-        f"TPR@0.1%FPR {_fmt(rep.tpr_at_fpr[0.001])}, TPR@1%FPR {_fmt(rep.tpr_at_fpr[0.01])} "
-        f"({rep.n_members} members, {rep.n_nonmembers} non-members: FPR 0.1% allows "
-        f"{int(rep.n_nonmembers * 0.001)} false positive(s), so TPR there is "
-        f"{'coarse' if rep.n_nonmembers < 10_000 else 'resolved'})"
+        f"mean exposure (bits) by insertion count at the last evaluation (epoch {int(epochs[-1])}): {per}"
     )
-    fpr, tpr, _ = roc_curve(m, n)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    floor = 1.0 / max(len(n), 1) / 2
-    ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=f"attack (AUC {rep.auc:.3f})")
-    grid = np.logspace(math.log10(floor), 0, 50)
-    ax.plot(grid, grid, color="grey", ls="--", lw=1, label="chance")
-    for x in (0.001, 0.01):
-        ax.plot([x], [max(rep.tpr_at_fpr[x], floor)], "o", label=f"TPR@{x:.1%} FPR = {rep.tpr_at_fpr[x]:.3f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title("Membership-inference ROC (log-log)")
-    ax.legend(fontsize=8, loc="lower right")
-    s.figures.append(
-        (_save(fig, out_dir, "mia_roc.png"), "ROC of the loss-threshold attack, last evaluation")
-    )
+    s.lines.append(f"largest exposure at epoch {int(epochs[-1])}: {_fmt(np.max(exposure[-1]), 1)} bits")
+    restored = _restored_epoch(run)
+    if restored is not None and restored in epochs.tolist():
+        row = epochs.tolist().index(restored)
+        kept = ", ".join(f"x{k}: {_fmt(v, 1)}" for k, v in exp.mean_by_repetition(row).items())
+        s.lines.append(f"weights kept (restored from epoch {restored}) measured at that epoch: {kept}")
 
-    epochs = d["epochs"]
-    gaps, aucs = [], []
-    for mm, nn_ in zip(members, nonmembers):
-        mm, nn_ = mm[np.isfinite(mm)], nn_[np.isfinite(nn_)]
-        gaps.append(float(nn_.mean() - mm.mean()) if mm.size and nn_.size else float("nan"))
-        aucs.append(membership_inference(mm, nn_, fprs=(0.01,)).auc if mm.size and nn_.size else float("nan"))
-    fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(epochs, gaps, marker="o", color="tab:blue", label="loss gap")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("held-out minus member loss", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, aucs, marker="s", color="tab:red", label="AUC")
-    ax2.axhline(0.5, color="tab:red", ls=":", lw=1)
-    ax2.set_ylabel("attack AUC", color="tab:red")
-    ax1.set_title("Loss gap and membership AUC over training")
-    s.figures.append((_save(fig, out_dir, "gap_auc.png"), "Train/held-out loss gap and attack AUC per epoch"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    for i, e in enumerate(epochs):
+        means = mean_by_repetition(exposure[i], reps)
+        label = f"epoch {int(e)}" + (" (weights kept)" if restored is not None and int(e) == restored else "")
+        ax.plot(
+            counts,
+            [means[c] for c in counts],
+            marker="o",
+            color=cmap(i / max(1, len(epochs) - 1)),
+            label=label,
+        )
+    if math.isfinite(cap):
+        ax.axhline(cap, color="grey", ls="--", lw=1, label=f"maximum: log2|R| = {cap:.1f} bits")
+    ax.axhline(0.0, color="black", ls=":", lw=1, label="chance: 0 bits (not memorised)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(int(c)) for c in counts])
+    ax.minorticks_off()
+    ax.set_xlabel("times the canary was inserted")
+    ax.set_ylabel("mean exposure (bits)")
+    ax.set_title("Exposure vs repetition count")
+    ax.legend(fontsize=8)
+    s.figures.append(
+        (_save(fig, out_dir, "exposure_vs_repetitions.png"), "Exposure vs repetition count per epoch")
+    )
     return s
 
 
-def _trajectory_section(root: Path, out_dir: Path) -> _Section | None:
-    tdir = root / "trajectory"
-    if not (tdir / "statistics.npz").exists():
+def _tpr_keys(row: dict[str, Any], prefix: str = "mem/mia/tpr@") -> list[tuple[float, str]]:
+    """``(fpr, key)`` for the ``mem/mia/tpr@<x>%fpr`` keys the monitor logged, by FPR."""
+    out = []
+    for key in row:
+        if key.startswith(prefix) and key.endswith("%fpr"):
+            try:
+                out.append((float(key[len(prefix) : -len("%fpr")]) / 100.0, key))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def _membership_section(run: RunDirectory, out_dir: Path, subdir: str = MEMBERSHIP) -> _Section | None:
+    mem = run.membership(subdir)
+    if mem is None:
         return None
     import matplotlib.pyplot as plt
 
-    d = _io.load_npz(tdir / "statistics.npz")
-    seen = d["count"] > 0
-    s = _Section("Per-sample loss trajectories (data map)")
+    from memcallbacks import trackers
+    from memcallbacks.metrics.membership import roc_curve
+
+    s = _Section(_titled("Membership inference (loss threshold)", subdir))
+    tag = _named(subdir)
+    if not mem.history or mem.member_losses.size == 0:
+        s.lines.append("no evaluation recorded yet")
+        return s
+    last = mem.history[-1]
+    epoch = int(mem.epochs[-1])
+    auc = as_number(last.get("mem/mia/auc"))
+    n_non = int(last.get("mem/mia/n_nonmembers") or mem.summary.get("n_nonmembers") or 0)
+    n_mem = int(last.get("mem/mia/n_members") or mem.summary.get("n_members") or 0)
+    tprs = _tpr_keys(last)
+    low = min((f for f, _ in tprs), default=0.001)
     s.lines.append(
-        f"{int(seen.sum())} of {len(seen)} samples recorded over {len(d['epochs'])} epochs; "
-        f"mean loss {_fmt(np.nanmean(d['mean'][seen]))}"
+        f"last evaluation (epoch {epoch}): AUC {_fmt(auc)}, advantage {_fmt(last.get('mem/mia/advantage'))}, "
+        + ", ".join(f"TPR@{f:.1%}FPR {_fmt(last.get(k))}".replace(".0%", "%") for f, k in tprs)
+        + f" ({n_mem} members, {n_non} non-members: FPR {low:.1%} allows {int(n_non * low)} false positive(s), "
+        f"so TPR there is {'coarse' if n_non * low < 10 else 'resolved'})"
     )
-    fig, ax = plt.subplots(figsize=(6, 5))
-    x, y = d["variability"][seen], d["mean"][seen]
-    colour = d["forgetting"][seen] if "forgetting" in d else None
-    if colour is not None:
-        sc = ax.scatter(x, y, s=4, c=colour, cmap="viridis", alpha=0.5, lw=0)
+    if "mem/mia_cal/auc" in last:
+        s.lines.append(
+            f"difficulty-calibrated attack (Watson et al. 2022): AUC {_fmt(last.get('mem/mia_cal/auc'))}"
+        )
+
+    m, n = mem.member_losses[-1], mem.nonmember_losses[-1]
+    m, n = m[np.isfinite(m)], n[np.isfinite(n)]
+    if m.size and n.size:
+        fpr, tpr, _ = roc_curve(m, n)
+        # the trackers' own drawing (TensorBoard, MLflow): one picture of the ROC everywhere
+        fig = trackers._render(
+            trackers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="Membership-inference ROC")
+        )
+        ax = fig.axes[0]
+        floor = ax.get_xlim()[0]
+        ax.lines[0].set_label(f"attack (AUC {_fmt(auc)})")
+        ax.lines[1].set_label("chance (random guess: TPR = FPR)")
+        for f, k in tprs:
+            value = as_number(last.get(k))
+            if f >= floor and math.isfinite(value):
+                ax.plot([f], [max(value, ax.get_ylim()[0])], "o", label=f"TPR@{f:.1%} FPR = {value:.3f}")
+        ax.legend(fontsize=8, loc="lower right")
+        s.figures.append(
+            (
+                _save(fig, out_dir, f"mia_roc{tag}.png"),
+                f"ROC of the loss-threshold attack, epoch {epoch} (log-log)",
+            )
+        )
+
+    epochs = mem.epochs
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    h1 = ax1.plot(
+        epochs, mem.metric("mem/gap/loss"), marker="o", color="tab:blue", label="loss gap (left axis)"
+    )
+    ax1.set_ylabel("held-out minus member loss", color="tab:blue")
+    _integer_epochs(ax1)
+    ax2 = ax1.twinx()
+    h2 = ax2.plot(
+        epochs, mem.metric("mem/mia/auc"), marker="s", color="tab:red", label="attack AUC (right axis)"
+    )
+    h3 = [ax2.axhline(0.5, color="tab:red", ls=":", lw=1, label="chance: AUC 0.5")]
+    ax2.set_ylabel("attack AUC", color="tab:red")
+    ax1.legend(handles=h1 + h2 + h3, fontsize=8, loc="best")
+    ax1.set_title("Loss gap and membership AUC over training")
+    s.figures.append(
+        (_save(fig, out_dir, f"gap_auc{tag}.png"), "Train/held-out loss gap and attack AUC per epoch")
+    )
+    return s
+
+
+def _trajectory_section(run: RunDirectory, out_dir: Path, subdir: str = TRAJECTORY) -> _Section | None:
+    traj = run.trajectory(subdir)
+    if traj is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    from memcallbacks.metrics.dynamics import top_k
+
+    d = traj.statistics
+    seen = traj.seen
+    s = _Section(_titled("Per-sample loss trajectories (data map)", subdir))
+    s.lines.append(
+        f"{int(seen.sum())} of {len(seen)} samples recorded over {len(traj.epochs)} epochs; "
+        f"mean loss {_fmt(np.mean(d['mean'][seen]) if seen.any() else float('nan'))}"
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    x, y = d["variability"], d["mean"]
+    if "forgetting" in d:
+        sc = ax.scatter(x[seen], y[seen], s=4, c=d["forgetting"][seen], cmap="viridis", alpha=0.5, lw=0)
         fig.colorbar(sc, ax=ax, label="forgetting events")
     else:
-        ax.scatter(x, y, s=4, color="tab:blue", alpha=0.5, lw=0)
-    score = d["score"] if "score" in d else d["mean"]
-    ids = d["sample_ids"] if "sample_ids" in d else np.arange(len(seen))
+        ax.scatter(x[seen], y[seen], s=4, color="tab:blue", alpha=0.5, lw=0, label="training samples")
+    # the ranking the tracker itself uses for its most-memorised table
+    score = np.where(seen, d["score"] if "score" in d else d["mean"], np.nan)
     k = max(1, min(50, int(seen.sum()) // 100))
-    order = np.argsort(-np.where(seen & np.isfinite(score), score, -np.inf))[:k]
+    order = top_k(score, k, tiebreak=d["variability"])
     ax.scatter(
-        d["variability"][order],
-        d["mean"][order],
-        s=22,
-        facecolors="none",
-        edgecolors="red",
-        label=f"top {k} by memorisation score",
+        x[order], y[order], s=22, facecolors="none", edgecolors="red", label=f"top {k} by memorisation score"
     )
-    canary_file = root / "canary" / "exposure.npz"
-    if canary_file.exists():
-        c = _io.load_npz(canary_file)
-        if "injected_index" in c:
-            pos = np.nonzero(np.isin(ids, c["injected_index"]))[0]
-            pos = pos[seen[pos]]
-            if pos.size:
-                ax.scatter(
-                    d["variability"][pos],
-                    d["mean"][pos],
-                    marker="*",
-                    s=60,
-                    color="orange",
-                    edgecolors="black",
-                    lw=0.5,
-                    label="canaries",
-                )
+    try:
+        exp = run.exposure()
+    except RunDirectoryError:
+        exp = None
+    if exp is not None:
+        _canary_stars(ax, s, exp, traj.sample_ids, seen, x, y)
     ax.set_xlabel("variability (std of p(gold) = exp(-loss) over epochs)")
     ax.set_ylabel("mean loss over epochs")
     ax.set_title("Data map")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     s.figures.append(
-        (_save(fig, out_dir, "data_map.png"), "Data map: mean loss vs variability per training sample")
+        (
+            _save(fig, out_dir, f"data_map{_named(subdir)}.png"),
+            "Data map: mean loss vs variability per training sample",
+        )
     )
     if "forgetting" in d:
-        s.lines.append(f"mean forgetting events per sample: {_fmt(np.nanmean(d['forgetting'][seen]))}")
+        s.lines.append(
+            f"mean forgetting events per sample: {_fmt(np.mean(d['forgetting'][seen]) if seen.any() else 0)}"
+        )
     return s
 
 
-def _privacy_section(root: Path, out_dir: Path) -> _Section | None:
-    dp_file, audit_file = root / "dp" / "dp.json", root / "audit" / "audit.json"
-    if not dp_file.exists() and not audit_file.exists():
+def _canary_stars(
+    ax: Any, s: _Section, exp: ExposureFiles, ids: np.ndarray, seen: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> None:
+    """Mark the training copies of each canary, one colour per insertion count."""
+    a = exp.arrays
+    if "injected_index" not in a or "injected_canary" not in a:
+        return
+    import matplotlib.pyplot as plt
+
+    reps_of = dict(zip(a["canary_ids"].tolist(), exp.repetitions.tolist())) if "canary_ids" in a else {}
+    copy_reps = np.array([reps_of.get(c, -1) for c in a["injected_canary"].tolist()], dtype=np.int64)
+    position = {int(v): i for i, v in enumerate(ids.tolist())}
+    pos = np.array([position.get(int(i), -1) for i in a["injected_index"].tolist()], dtype=np.int64)
+    ok = pos >= 0
+    ok[ok] = seen[pos[ok]]
+    if not ok.any():
+        return
+    counts = sorted(set(copy_reps[ok].tolist()))
+    cmap = plt.get_cmap("autumn")
+    for j, r in enumerate(counts):
+        sel = pos[ok & (copy_reps == r)]
+        n_canaries = sum(1 for v in reps_of.values() if v == r)
+        ax.scatter(
+            x[sel],
+            y[sel],
+            marker="*",
+            s=60,
+            color=cmap(j / max(1, len(counts) - 1)),
+            edgecolors="black",
+            lw=0.5,
+            label=f"canary copies, inserted x{r} ({n_canaries} canaries, {sel.size} copies)",
+        )
+    s.lines.append(
+        f"stars: the {int(ok.sum())} training copies of the {len(reps_of)} canaries (each canary appears once "
+        "per insertion), coloured by how many times their canary was inserted; a canary inserted more "
+        "often is learned sooner (lower mean loss)"
+    )
+
+
+def _sequence_section(run: RunDirectory, out_dir: Path, subdir: str = SEQUENCE) -> _Section | None:
+    seq = run.sequence(subdir)
+    if seq is None:
+        return None
+    s = _Section(_titled("Sequence memorisation (language models)", subdir))
+    if not seq.history:
+        s.lines.append("no evaluation recorded yet")
+        return s
+    last = seq.history[-1]
+    s.lines.append(
+        f"last evaluation (epoch {int(as_number(last.get('epoch')))}): exact extraction of the "
+        f"{seq.summary.get('suffix_len')}-token suffix from a {seq.summary.get('prefix_len')}-token prefix "
+        f"(Carlini et al. 2023): members {_fmt(last.get('mem/extract/exact_rate'))}, non-members "
+        f"{_fmt(last.get('mem/extract/exact_rate_nonmember'))}; token match {_fmt(last.get('mem/extract/token_match'))}"
+    )
+    aucs = [
+        f"{score} {_fmt(last.get(f'mem/mia_lm/auc/{score}'))}"
+        for score in ("loss", "min_k", "zlib")
+        if f"mem/mia_lm/auc/{score}" in last
+    ]
+    if aucs:
+        s.lines.append(
+            "membership-inference AUC by score (loss: Yeom et al. 2018; min_k: Shi et al. 2024; zlib: "
+            f"Carlini et al. 2021): {', '.join(aucs)}"
+        )
+    return s
+
+
+def _privacy_section(run: RunDirectory, out_dir: Path) -> _Section | None:
+    dp, audit = _read_or_note(run.dp), _read_or_note(run.audit)
+    if dp is None and audit is None:
         return None
     import matplotlib.pyplot as plt
 
     s = _Section("Privacy: DP-SGD epsilon and the one-run audit")
+    for value in (dp, audit):
+        if isinstance(value, RunDirectoryError):
+            s.lines.append(f"could not be drawn: {value}")
+            s.problems.append(str(value))
     fig, ax = plt.subplots(figsize=(6, 4))
-    if dp_file.exists():
-        dp = _io.load_json(dp_file)
-        hist = dp.get("history", [])
-        if hist:
-            ax.plot(
-                [h["epoch"] for h in hist],
-                [h["epsilon"] if h["epsilon"] is not None else np.nan for h in hist],
-                marker="o",
-                label=f"DP-SGD epsilon ({dp.get('accountant')}, delta={dp.get('delta')})",
+    drawn = False
+    if isinstance(dp, DPFiles) and dp.history:
+        delta, acc = dp.summary.get("delta"), dp.summary.get("accountant")
+        ax.plot(
+            [h["epoch"] for h in dp.history],
+            dp.epsilon,
+            marker="o",
+            label=f"DP-SGD epsilon, an upper bound ({acc}, delta={delta})",
+        )
+        s.lines.append(
+            f"DP-SGD epsilon after epoch {dp.history[-1]['epoch']}: {_fmt(dp.epsilon[-1])} at delta {delta} "
+            f"({acc} accountant; a guarantee: epsilon is at most this)"
+        )
+        drawn = True
+    if isinstance(audit, AuditFiles) and audit.history:
+        eps = audit.epsilon_lb()
+        conf = audit.confidence
+        ax.plot(
+            [h["epoch"] for h in audit.history],
+            eps,
+            marker="s",
+            label=f"audit: epsilon lower bound at {conf:.0%} confidence ({audit.summary.get('num_canaries')} canaries)",
+        )
+        last = audit.history[-1]
+        s.lines.append(
+            f"one-run audit after epoch {last['epoch']}: epsilon >= {_fmt(last.get('epsilon_lb'))} with confidence "
+            f"{conf:.0%} ({last.get('correct')} of {last.get('guesses')} guesses right)"
+        )
+        if np.any(eps == 0.0):
+            note = (
+                f"0 = nothing proved: the audit's guesses were not accurate enough to exclude any epsilon > 0 at "
+                f"{conf:.0%} confidence. It is a lower bound, not an estimate: the true epsilon can be larger"
             )
-            s.lines.append(
-                f"DP-SGD epsilon after epoch {hist[-1]['epoch']}: {_fmt(hist[-1]['epsilon'])} "
-                f"at delta {dp.get('delta')} ({dp.get('accountant')} accountant)"
-            )
-    if audit_file.exists():
-        au = _io.load_json(audit_file)
-        hist = au.get("history", [])
-        if hist:
-            ax.plot(
-                [h["epoch"] for h in hist],
-                [h["epsilon_lb"] for h in hist],
-                marker="s",
-                label=f"audit lower bound ({au.get('num_canaries')} canaries, beta={au.get('beta')})",
-            )
-            last = hist[-1]
-            s.lines.append(
-                f"one-run audit after epoch {last['epoch']}: epsilon >= {_fmt(last['epsilon_lb'])} with confidence "
-                f"{1 - float(au.get('beta', 0.05)):.0%} ({last.get('correct')} of {last.get('guesses')} guesses right)"
-            )
-    ax.set_xlabel("epoch")
+            s.lines.append(note)
+            ax.text(
+                0.02, 0.97, "audit at 0: nothing proved at\n" f"{conf:.0%} confidence (a bound, not an estimate)",
+                transform=ax.transAxes, va="top", fontsize=7, color="tab:orange",
+            )  # fmt: skip
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        s.lines.append("no evaluation recorded yet")
+        return s
+    _integer_epochs(ax)
     ax.set_ylabel("epsilon")
+    ax.set_ylim(bottom=0)
     ax.set_title("Privacy loss over training")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     s.figures.append(
         (
             _save(fig, out_dir, "epsilon.png"),
-            "Epsilon over epochs: accountant (upper) and audit (lower bound)",
+            "Epsilon over epochs: the accountant's guarantee (upper bound) and the audit's lower bound",
         )
     )
     return s
+
+
+def _read_or_note(reader: Callable[[], Any]) -> Any:
+    try:
+        return reader()
+    except RunDirectoryError as e:
+        return e
 
 
 # -- rendering ------------------------------------------------------------------------------

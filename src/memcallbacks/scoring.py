@@ -2,8 +2,8 @@
 
 The score of a candidate secret ``s`` after a prefix ``p`` is its log-perplexity, the sum
 of the negative log-likelihoods (natural log) of the secret's tokens given everything
-before them (Carlini et al., "The Secret Sharer", USENIX Security 2019, Sec. 4; DESIGN.md
-section 3). Lower means more likely. Exposure (:mod:`memcallbacks.metrics.exposure`) ranks
+before them (Carlini et al., "The Secret Sharer", USENIX Security 2019, Sec. 4;
+docs/canaries.md). Lower means more likely. Exposure (:mod:`memcallbacks.metrics.exposure`) ranks
 a canary's score among other candidates' scores.
 
 Three ways to get scores, fastest last:
@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from memcallbacks._validate import check_int
+
 __all__ = [
     "BestFirstResult",
     "IncrementalLM",
@@ -53,6 +55,7 @@ __all__ = [
     "log_perplexity",
     "pad_sequences",
     "rank_best_first",
+    "ranks_best_first",
     "score_sequences",
     "score_shared_prefix",
     "score_space_trie",
@@ -483,6 +486,7 @@ class BestFirstResult:
             model step row.
         canary_score: the secret's log-perplexity (natural log), as the search computed it.
         space_size: ``alphabet ** length``.
+        nonfinite: NaN/inf costs met (a diverged model); when > 0 no rank is exact.
 
     Example:
         >>> r = BestFirstResult(rank=None, lower_bound_rank=7, explored=100, canary_score=3.2, space_size=1000)
@@ -495,6 +499,7 @@ class BestFirstResult:
     explored: int
     canary_score: float
     space_size: int
+    nonfinite: int = 0
 
     @property
     def exact(self) -> bool:
@@ -602,28 +607,84 @@ def rank_best_first(
         >>> result.exact, 1 <= result.rank <= 256
         (True, True)
     """
+    return ranks_best_first(module, canaries, [secret], max_expansions=max_expansions, batch_size=batch_size)[
+        0
+    ]
+
+
+def ranks_best_first(
+    module: Any,
+    canaries: Any,
+    secrets: Sequence[str],
+    *,
+    max_expansions: int = 100_000,
+    batch_size: int = 4096,
+) -> list[BestFirstResult]:
+    """Exact ranks of several secrets from one best-first search sharing its expansion budget.
+
+    The search of :func:`rank_best_first`, run once for all secrets in order of their scores:
+    it expands the nodes within the most exposed unfinished secret's score until none is
+    left (that secret's rank is then exact, exactly when its own search would have
+    finished), then moves on to the next, reusing every node already expanded. Within the
+    shared ``max_expansions`` budget it therefore ranks exactly what separate searches of
+    the most exposed secrets would, without repeating their work. The others
+    get ``rank=None`` and a lower bound. ``explored`` is the shared search's count.
+
+    A non-finite log-probability (a diverged model) makes every result inexact (it could
+    hide candidates); the results then carry the count in ``nonfinite``.
+
+    Args:
+        module: an :class:`IncrementalLM` returning natural-log probabilities.
+        canaries: the :class:`~memcallbacks.CanarySet` that defines the space and the prefix.
+        secrets: candidates of the space to rank (usually the canaries' secrets).
+        max_expansions: most trie nodes expanded in all (the root included), >= 1.
+        batch_size: most nodes expanded per model step, >= 1.
+
+    Returns:
+        One :class:`BestFirstResult` per secret, in order.
+
+    Raises:
+        Same as :func:`rank_best_first`.
+
+    Example:
+        >>> from memcallbacks import CanarySet, CharTokenizer
+        >>> from memcallbacks.toy import WindowLM
+        >>> cs = CanarySet("pin {secret}", CharTokenizer(), alphabet="0123", length=4, per_count=2,
+        ...                repetitions=(1,), seed=0)
+        >>> results = ranks_best_first(WindowLM(CharTokenizer().vocab_size), cs, cs.secrets)
+        >>> [r.exact for r in results]
+        [True, True]
+    """
     _require_incremental(module)
-    chars, length = _best_first_space(canaries, secret)
-    for name, value in (("max_expansions", max_expansions), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+    if isinstance(secrets, str) or not isinstance(secrets, Sequence) or not secrets:
+        raise ValueError(f"`secrets` must be a non-empty sequence of candidate strings, got {secrets!r}")
+    chars, length = _best_first_space(canaries, secrets[0])
+    for secret in secrets[1:]:
+        _best_first_space(canaries, secret)
+    max_expansions = check_int("max_expansions", max_expansions, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     a = len(chars)
     device = _device_of(module)
     char_t = torch.as_tensor(chars, dtype=torch.long, device=device)
-    secret_index = int(canaries.candidate_index(secret))
-    with _evaluating(module):  # the secret's score, one row, as score_shared_prefix computes it
-        state, logp = _init(module, canaries.prefix_ids, device)
-        score0 = 0.0
-        for j, c in enumerate(secret):
-            _check_logprobs(logp)
-            token = chars[canaries.alphabet.index(c)]
-            score0 -= float(logp[0, token])
-            if j + 1 < length:
-                state, logp = module.step(state, torch.tensor([token], device=device))
-                logp = logp.float()
-    # expand a little past the score: the batched steps of the search round differently from the
-    # one-row pass above, and the secret's own leaf must be found to compare like with like
-    threshold = score0 + 1e-5 * max(1.0, abs(score0))
+    secret_index = np.array([int(canaries.candidate_index(s)) for s in secrets], dtype=np.int64)
+    alphabet = canaries.alphabet
+    with _evaluating(module):  # the secrets' scores, one row each, as score_shared_prefix computes them
+        score0 = np.zeros(len(secrets))
+        for i, secret in enumerate(secrets):
+            state, logp = _init(module, canaries.prefix_ids, device)
+            for j, c in enumerate(secret):
+                _check_logprobs(logp)
+                token = chars[alphabet.index(c)]
+                score0[i] -= float(logp[0, token])
+                if j + 1 < length:
+                    state, logp = module.step(state, torch.tensor([token], device=device))
+                    logp = logp.float()
+    # expand a little past each score: the batched steps of the search round differently from the
+    # one-row pass above, and a secret's own leaf must be found to compare like with like
+    thresholds = score0 + 1e-5 * np.maximum(1.0, np.abs(score0))
+    finite = np.isfinite(thresholds)
+    threshold = float(thresholds[finite].max()) if finite.any() else -np.inf
+    nonfinite = int(np.count_nonzero(~finite))
 
     leaf_cost: list[np.ndarray] = []
     leaf_path: list[np.ndarray] = []
@@ -641,8 +702,9 @@ def rank_best_first(
 
     def add_children(cost: np.ndarray, logp: torch.Tensor, path: np.ndarray, depth: int, state: Any) -> None:
         # the nodes (cost [m], path [m], `depth` characters) were just stepped: logp [m, V], state of m rows
-        nonlocal f_cost, f_chunk, f_row, f_char, f_path, next_id
+        nonlocal f_cost, f_chunk, f_row, f_char, f_path, next_id, nonfinite
         child = cost[:, None] - logp[:, char_t].double().cpu().numpy()  # [m, A]
+        nonfinite += int(np.count_nonzero(~np.isfinite(child)))
         child_path = path[:, None] * a + np.arange(a, dtype=np.int64)
         keep = child <= threshold
         if depth + 1 == length:
@@ -665,9 +727,18 @@ def rank_best_first(
         state0, logp0 = _init(module, canaries.prefix_ids, device)
         _check_logprobs(logp0)
         add_children(np.zeros(1), logp0, np.zeros(1, dtype=np.int64), 0, state0)
+        levels = np.sort(thresholds[finite])
+        level = 0
         while f_cost.size and explored < max_expansions:
-            k = min(int(batch_size), int(max_expansions) - explored, f_cost.size)
-            pick = np.argpartition(f_cost, k - 1)[:k] if k < f_cost.size else np.arange(f_cost.size)
+            # finish the secrets in order of score: expand only nodes within the next unfinished one's
+            # threshold, so the budget goes to the most exposed secrets first, as separate searches would
+            while level < levels.size and not (f_cost <= levels[level]).any():
+                level += 1
+            if level == levels.size:
+                break
+            eligible = np.flatnonzero(f_cost <= levels[level])
+            k = min(batch_size, max_expansions - explored, eligible.size)
+            pick = eligible[np.argpartition(f_cost[eligible], k - 1)[:k]] if k < eligible.size else eligible
             pick = pick[np.lexsort((f_char[pick], f_row[pick], f_chunk[pick]))]  # rows in state order
             p_cost, p_chunk, p_row, p_char, p_path = (
                 f_cost[pick],
@@ -706,17 +777,25 @@ def rank_best_first(
 
     costs = np.concatenate(leaf_cost) if leaf_cost else np.empty(0)
     paths = np.concatenate(leaf_path) if leaf_path else np.empty(0, dtype=np.int64)
-    own = paths == secret_index
-    score = float(costs[own][0]) if own.any() else score0
-    others = int(np.count_nonzero(~own & (costs <= score)))
-    done = f_cost.size == 0
-    return BestFirstResult(
-        rank=1 + others if done else None,
-        lower_bound_rank=1 + others,
-        explored=explored,
-        canary_score=score,
-        space_size=int(canaries.space_size),
-    )
+    cheapest_left = float(f_cost.min()) if f_cost.size else np.inf
+    results = []
+    for i in range(len(secrets)):
+        own = paths == secret_index[i]
+        score = float(costs[own][0]) if own.any() else float(score0[i])
+        others = int(np.count_nonzero(~own & (costs <= score)))
+        # every node cheaper than this secret's threshold is expanded: its rank is complete
+        done = nonfinite == 0 and bool(finite[i]) and cheapest_left > thresholds[i]
+        results.append(
+            BestFirstResult(
+                rank=1 + others if done else None,
+                lower_bound_rank=1 + others,
+                explored=explored,
+                canary_score=score,
+                space_size=int(canaries.space_size),
+                nonfinite=nonfinite,
+            )
+        )
+    return results
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """TrajectoryStore: an ``[N, E]`` per-sample loss matrix that grows one epoch at a time.
 
 Column ``j`` holds every sample's loss at the ``j``-th recorded epoch, NaN where the sample
-was not visited (DESIGN.md sections 2 and 5). Values are kept as float16 by default (two bytes
+was not visited (docs/trajectory.md). Values are kept as float16 by default (two bytes
 per sample-epoch; float32 opt-in); an optional boolean correctness matrix sits beside it.
 
 **Memory and disk.** With a ``directory``, each finished epoch is written there as
@@ -43,13 +43,21 @@ import numpy as np
 import torch
 
 from memcallbacks._io import load_npy, save_npy
+from memcallbacks._validate import check_bool, check_int, check_path
 from memcallbacks.metrics.dynamics import TrajectoryAccumulator, TrajectoryStatistics
 
-__all__ = ["TrajectoryStore", "DEFAULT_MEMORY_BUDGET_BYTES"]
+__all__ = ["TrajectoryStore", "DEFAULT_MEMORY_BUDGET_BYTES", "check_memory_budget"]
 
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 _EPOCH_RE = re.compile(r"^(epoch|correct)_(\d{4,})\.npy$")
 _DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def check_memory_budget(value: Any) -> int:
+    """``memory_budget_bytes``: an integer number of bytes >= 0."""
+    return check_int(
+        "memory_budget_bytes", value, minimum=0, hint="pass a number of bytes, e.g. 256 * 2**20 (256 MiB)"
+    )
 
 
 def _check_dtype(dtype: Any) -> np.dtype[Any]:
@@ -104,17 +112,16 @@ class TrajectoryStore:
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         keep_epochs: bool = True,
     ) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
-            raise ValueError(f"`num_samples` must be an integer >= 0, got {num_samples!r}")
-        if isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, (int, np.integer)):
-            raise ValueError(f"`memory_budget_bytes` must be an integer, got {memory_budget_bytes!r}")
-        if memory_budget_bytes < 0:
-            raise ValueError(f"`memory_budget_bytes` must be >= 0, got {memory_budget_bytes}")
-        self.num_samples = int(num_samples)
+        self.num_samples = check_int(
+            "num_samples", num_samples, minimum=0, hint="pass the number of samples N"
+        )
         self.dtype: np.dtype[Any] = _check_dtype(dtype)
-        self.memory_budget_bytes = int(memory_budget_bytes)
-        self.keep_epochs = bool(keep_epochs)
-        self.directory: Path | None = None if directory is None else Path(directory)
+        self.memory_budget_bytes = check_memory_budget(memory_budget_bytes)
+        self.keep_epochs = check_bool("keep_epochs", keep_epochs)
+        self.directory: Path | None = check_path("directory", directory)
+        #: finite losses beyond the dtype's range (stored clipped to it): at the last append, and in all
+        self.clipped_last_epoch = 0
+        self.clipped_total = 0
         self.has_correct: bool | None = None
         self.num_epochs = 0
         self._losses: list[np.ndarray] = []  # in-memory copies while under budget
@@ -150,8 +157,10 @@ class TrajectoryStore:
     def append(self, losses: Any, correct: Any = None) -> int:
         """Add one epoch: ``losses`` ``[N]`` (NaN = not visited), optional ``correct`` ``[N]`` bool.
 
-        Non-finite losses (inf, NaN) are stored as NaN, i.e. as not visited; finite losses beyond
-        the dtype's range are clipped to it (float16 saturates at 65504).
+        Non-finite losses (inf, NaN) are stored as NaN, i.e. as not visited. Finite losses beyond
+        the dtype's range are clipped to it (float16 saturates at 65504), counted in
+        ``clipped_last_epoch`` / ``clipped_total`` and warned about once per store (pass
+        ``dtype="float32"`` to keep them).
 
         Args:
             losses: ``[N]`` float array or tensor.
@@ -201,6 +210,18 @@ class TrajectoryStore:
             )
         array = np.where(np.isfinite(array), array, np.nan)
         info = np.finfo(self.dtype)
+        with np.errstate(invalid="ignore"):
+            clipped = int(np.count_nonzero(np.abs(array) > float(info.max)))
+        self.clipped_last_epoch = clipped
+        if clipped:
+            if self.clipped_total == 0:
+                warnings.warn(
+                    f"TrajectoryStore: {clipped} finite loss(es) exceed the {self.dtype.name} range "
+                    f"(|loss| > {float(info.max):g}) and are stored clipped to it; pass dtype='float32' to keep "
+                    "them (counted in `clipped_total`; LossTrajectoryTracker logs mem/traj/clipped)",
+                    stacklevel=3,
+                )
+            self.clipped_total += clipped
         return np.clip(array, float(info.min), float(info.max)).astype(self.dtype)
 
     def _as_correct(self, correct: Any) -> np.ndarray:

@@ -9,7 +9,7 @@ generated (:func:`make_payment_corpus`).
 * :class:`CharLSTMLM`: embedding 64, one LSTM layer of 256, linear head.
 * :class:`WindowLM`: predicts the next character from the previous 12 through
   ``nn.Embedding`` and ``nn.Linear`` only (one hidden layer), the model Opacus DP-SGD
-  trains quickly on CPU (DESIGN.md section 7).
+  trains quickly on CPU (docs/dp.md).
 
 Both map token ids ``[B, T]`` to logits ``[B, T, V]`` and implement
 :class:`memcallbacks.scoring.IncrementalLM`, so exact exposure over 10**6 secrets uses the

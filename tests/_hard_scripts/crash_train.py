@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: _hard_models
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the package helpers
 
 import torch  # noqa: E402
 
@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 import pytorch_lightning as pl  # noqa: E402
 
-import _hard_models as H  # noqa: E402
+from helpers import every_monitor as H  # noqa: E402
 
 
 def freeze(marker: str, what: str) -> None:

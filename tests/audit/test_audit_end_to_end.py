@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import PrivacyAuditMonitor
 
 

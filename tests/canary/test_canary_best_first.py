@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _canary_models import NaiveOnlyLM, tiny_window_lm
+from helpers.language_models import NaiveOnlyLM, tiny_window_lm
 from memcallbacks import CanarySet, CharTokenizer
 from memcallbacks.scoring import BestFirstResult, rank_best_first, score_space_trie
 from memcallbacks.toy import CharLSTMLM, WindowLM

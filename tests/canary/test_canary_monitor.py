@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 
 import memcallbacks.trackers as trackers_module
-from _canary_models import DumpMetrics, NaiveOnlyLM, PooledLM, PositionalLM, ShortContextLM, tiny_window_lm
-from _helpers import trainer as make_trainer
+from helpers.language_models import NaiveOnlyLM, PooledLM, PositionalLM, ShortContextLM, tiny_window_lm
+from helpers.training import trainer as make_trainer
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer
 from memcallbacks._io import load_npz
 from memcallbacks.metrics.exposure import exposure_extrapolated
@@ -85,7 +85,8 @@ def test_exact_exposure_matches_brute_force(tmp_path, model_fn) -> None:
     saved = load_npz(monitor.run_dir / "exposure.npz")
     assert saved["exposure"].shape == (2, 4) and saved["epochs"].tolist() == [0, 1]
     assert saved["canary_ids"].tolist() == cs.ids and saved["repetitions"].tolist() == [1, 1, 8, 8]
-    assert str(saved["method"]) == "exact"
+    assert str(saved["method"]) in ("exact_trie", "exact_list")  # the trie needs an IncrementalLM
+    assert saved["rank_exact"].all() and np.isnan(saved["reference_rank"]).all()
     assert not (monitor.run_dir / "secrets.json").exists()
     assert not any(
         str(v) in cs.secrets for arr in saved.values() if arr.dtype.kind == "U" for v in arr.ravel()
@@ -100,7 +101,7 @@ def test_extrapolated_matches_independent_fit_and_references_fixed(tmp_path, mon
     )
     cs = canaries(length=6)
     model = tiny_window_lm(TOK.vocab_size)
-    monitor = CanaryExposureMonitor(cs, method="auto", num_references=300, max_exact=1000)
+    monitor = CanaryExposureMonitor(cs, method="extrapolated", num_references=300, max_exact=1000)
     trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[monitor])
     trainer.fit(model, loader(cs))
     assert monitor.resolved_method == "extrapolated"
@@ -143,10 +144,13 @@ def test_extraction_counts_emitted_secret() -> None:
         cs, method="extrapolated", num_references=200, extraction=True, beam_width=1
     )
     result = monitor.compute(model)
-    assert result["extracted"].tolist() == [False, True]
-    assert result["exposure"][1] == pytest.approx(math.log2(10**6))  # capped
-    assert result["saturated"] == 1 and result["rank"][1] == 1
-    assert monitor._metrics(result)["mem/canary/extracted"] == 1.0
+    extracted = monitor._extract(model)
+    assert extracted.tolist() == [False, True]
+    assert result.exposure[1] == pytest.approx(math.log2(10**6))  # capped
+    assert result.saturated == 1 and result.reference_rank[1] == 1
+    assert result.rank[1] == 1 and not result.rank_exact[1]  # 1 is only a lower bound: extrapolated
+    metrics = monitor._metrics(result, extracted)
+    assert metrics["mem/canary/extracted"] == 1.0 and metrics["mem/canary/reference_rank_min"] == 1.0
 
 
 def test_resume_gives_identical_numbers(tmp_path) -> None:
@@ -206,16 +210,19 @@ def test_bad_models_and_arguments(tmp_path) -> None:
 
 
 @pytest.mark.ddp
-def test_ddp_all_ranks_log_the_same(tmp_path) -> None:
+def test_ddp_all_ranks_log_the_same(tmp_path, rank_dump) -> None:
     cs = canaries()
     monitor = CanaryExposureMonitor(cs, method="exact")
-    dump = DumpMetrics(str(tmp_path / "dump"))
     trainer = make_trainer(
-        tmp_path, max_epochs=1, strategy="ddp_spawn", accelerator="cpu", devices=2, callbacks=[monitor, dump]
+        tmp_path,
+        max_epochs=1,
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        callbacks=[monitor, rank_dump],
     )
     trainer.fit(tiny_window_lm(TOK.vocab_size), loader(cs))
-    r0 = json.loads((tmp_path / "dump" / "rank0.json").read_text())
-    r1 = json.loads((tmp_path / "dump" / "rank1.json").read_text())
+    r0, r1 = (rank["metrics"] for rank in rank_dump.read())
     assert "mem/canary/exposure_max" in r0 and r0 == r1
     saved = load_npz(next((tmp_path).rglob("exposure.npz")))
     assert saved["exposure"].shape == (1, 4)
@@ -225,7 +232,9 @@ def test_ddp_all_ranks_log_the_same(tmp_path) -> None:
 def test_auto_picks_exact_for_incremental_model() -> None:
     cs = canaries(length=6)
     monitor = CanaryExposureMonitor(cs)
-    assert monitor._resolve_method(tiny_window_lm(TOK.vocab_size)) == "exact"
+    assert monitor._resolve_method(tiny_window_lm(TOK.vocab_size)) == "exact_trie"
     assert monitor._resolve_method(NaiveOnlyLM(TOK.vocab_size)) == "extrapolated"
+    beyond = CanaryExposureMonitor(cs, max_exact=1000)  # the trie is too big: best-first + extrapolation
+    assert beyond._resolve_method(tiny_window_lm(TOK.vocab_size)) == "hybrid"
     small = CanaryExposureMonitor(canaries(length=3), score_fn=lambda m, i, k: torch.zeros(i.shape[0]))
-    assert small._resolve_method(pl.LightningModule()) == "exact"  # 1000 <= 10,000 references
+    assert small._resolve_method(pl.LightningModule()) == "exact_list"  # 1000 <= 10,000 references

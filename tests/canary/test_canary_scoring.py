@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _canary_models import NaiveOnlyLM, PooledLM
+from helpers.language_models import NaiveOnlyLM, PooledLM
 from memcallbacks import CanarySet, CharTokenizer
 from memcallbacks.scoring import (
     IncrementalLM,

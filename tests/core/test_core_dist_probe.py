@@ -1,17 +1,24 @@
-"""Single-process parts of the distributed helpers and the probe evaluator."""
+"""The distributed helpers and the probe evaluator (single process, and one real 2-process DDP run)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from memcallbacks import IndexedDataset
-from memcallbacks._dist import first_occurrence
+from memcallbacks._dist import columns_by_index, first_occurrence
 from memcallbacks._probe import (
     default_sample_loss_and_correct_fn,
     default_sample_loss_fn,
     evaluate_sample_losses,
+    evaluate_sharded,
     random_subset,
+    shard_positions,
 )
 
 
@@ -71,3 +78,131 @@ def test_random_subset_is_seeded_and_sorted():
     assert ia.tolist() == ib.tolist() and sorted(ia.tolist()) == ia.tolist() and len(a) == 10
     _, all_idx = random_subset(ds, 1000, seed=3)
     assert all_idx.tolist() == list(range(100))
+
+
+@pytest.mark.parametrize(("n", "world"), [(1, 2), (5, 2), (91, 2), (10, 3), (2, 4), (12, 4)])
+def test_shards_are_contiguous_equal_and_cover_every_position(n: int, world: int) -> None:
+    shards = [shard_positions(n, world, r) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # every rank runs as many batches
+    flat = np.concatenate(shards)
+    assert sorted(set(flat.tolist())) == list(range(n))
+    assert (np.diff(flat) >= 0).all() and (flat[n:] == n - 1).all()  # in order, padding repeats the last
+    assert shard_positions(0, 2, 1).size == 0
+
+
+@pytest.mark.parametrize(("n", "world"), [(7, 2), (10, 3), (3, 4)])
+def test_gathered_shards_rebuild_the_vector_in_dataset_order(n: int, world: int) -> None:
+    # what evaluate_sharded does after the all-gather, with each rank's rows simulated
+    truth = torch.arange(n, dtype=torch.float64) * 1.5 + 2.0
+    rows = [
+        torch.stack([torch.as_tensor(p, dtype=torch.float64), truth[torch.as_tensor(p)]], dim=1)
+        for p in (shard_positions(n, world, r) for r in range(world))
+    ]
+    gathered = torch.cat(rows)
+    cols, present = columns_by_index(gathered[:, 0].long(), gathered[:, 1:], size=n)
+    torch.testing.assert_close(cols[:, 0], truth)
+    assert present.all()
+
+
+def test_columns_by_index_keeps_first_record_and_fills_the_rest() -> None:
+    index = torch.tensor([3, 1, 3, 0])
+    values = torch.tensor([[1.0, 10.0], [2.0, 20.0], [9.0, 90.0], [4.0, 40.0]])
+    cols, present = columns_by_index(index, values, size=5, fill=-1.0)
+    assert cols.tolist() == [[4.0, 40.0], [2.0, 20.0], [-1.0, -1.0], [1.0, 10.0], [-1.0, -1.0]]
+    assert present.tolist() == [True, True, False, True, False]
+    with pytest.raises(ValueError, match=r"sample indices must lie in \[0, 5\)"):
+        columns_by_index(torch.tensor([5]), torch.tensor([1.0]), size=5)
+    with pytest.raises(ValueError, match="rows"):
+        columns_by_index(torch.tensor([0, 1]), torch.tensor([1.0]), size=5)
+
+
+def test_evaluate_sharded_on_one_process_is_the_plain_evaluation() -> None:
+    net = torch.nn.Linear(3, 2)
+    ds = TensorDataset(torch.randn(9, 3), torch.randint(0, 2, (9,)))
+    a, ca = evaluate_sharded(None, net, ds, default_sample_loss_and_correct_fn, batch_size=4)
+    b, cb = evaluate_sample_losses(net, ds, default_sample_loss_and_correct_fn, batch_size=4)
+    torch.testing.assert_close(a, b)
+    assert ca is not None and cb is not None and ca.tolist() == cb.tolist()
+
+
+def test_probe_evaluation_switches_autocast_off() -> None:
+    # a probe evaluated inside an active bf16 autocast region gives the float32 numbers
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
+    ds = TensorDataset(torch.randn(32, 16), torch.randint(0, 5, (32,)))
+    float32, _ = evaluate_sample_losses(net, ds, batch_size=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast, _ = evaluate_sample_losses(net, ds, batch_size=8)
+        bf16 = F.cross_entropy(net(ds.tensors[0]).float(), ds.tensors[1], reduction="none").detach()
+    torch.testing.assert_close(under_autocast, float32, rtol=0, atol=0)
+    assert not torch.allclose(bf16, float32, rtol=0, atol=1e-6)  # autocast would have changed them
+
+
+_DDP_SCRIPT = """
+import sys
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from memcallbacks._probe import default_sample_loss_and_correct_fn, evaluate_sample_losses, evaluate_sharded
+
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Probe(pl.Callback):
+    def __init__(self, ds, out):
+        self.ds, self.out = ds, out
+
+    def on_train_end(self, trainer, pl_module):
+        loss, correct = evaluate_sharded(trainer, pl_module, self.ds, default_sample_loss_and_correct_fn, batch_size=3)
+        plain, plain_correct = evaluate_sample_losses(pl_module, self.ds, default_sample_loss_and_correct_fn)
+        np.savez(f"{self.out}/rank{trainer.global_rank}.npz", loss=loss.numpy(), correct=correct.numpy(),
+                 plain=plain.numpy(), plain_correct=plain_correct.numpy())
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(11, 4, generator=g), torch.randint(0, 3, (11,), generator=g))
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Probe(ds, out)])
+    trainer.fit(Net(), DataLoader(ds, batch_size=4))
+"""
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_evaluate_sharded_under_real_ddp_gives_every_rank_the_full_vectors(tmp_path: Path) -> None:
+    script = tmp_path / "sharded.py"
+    script.write_text(_DDP_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
+    for r in ranks:  # 11 samples, shards of 6 (rank 1 padded): the padding is gone, order kept
+        assert r["loss"].shape == (11,) and r["correct"].dtype == bool
+        np.testing.assert_allclose(r["loss"], r["plain"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(r["correct"], r["plain_correct"])
+    np.testing.assert_array_equal(ranks[0]["loss"], ranks[1]["loss"])

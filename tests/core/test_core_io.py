@@ -49,3 +49,112 @@ def test_pickle_bearing_files_are_refused(tmp_path):
     np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickled"):
         _io.load_npz(tmp_path / "evil.npz")
+
+
+# -- clear errors for damaged files (issue 13) -----------------------------------------------
+def _npy_bytes(array):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_truncated_npy_names_the_file_and_says_truncated(tmp_path):
+    data = _npy_bytes(np.arange(1000.0))
+    for name, cut in (("body.npy", 500), ("header.npy", 50)):
+        (tmp_path / name).write_bytes(data[:cut])
+        for mmap in (False, True):
+            with pytest.raises(
+                ValueError, match=f"cannot load '.*{name}': the .npy file is truncated or damaged"
+            ):
+                _io.load_npy(tmp_path / name, mmap=mmap)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npy': the file is empty"):
+        _io.load_npy(tmp_path / "empty.npy")
+
+
+def test_garbage_npy_is_not_called_a_pickle(tmp_path):
+    (tmp_path / "garbage.npy").write_bytes(b"hello, this is not an array" * 4)
+    with pytest.raises(ValueError, match="garbage.npy': it is not a .npy file") as info:
+        _io.load_npy(tmp_path / "garbage.npy")
+    assert "pickle" not in str(info.value)
+    (tmp_path / "garbage.npz").write_bytes(b"hello, this is not an archive" * 4)
+    with pytest.raises(ValueError, match="garbage.npz': it is not a .npz file"):
+        _io.load_npz(tmp_path / "garbage.npz")
+
+
+def test_truncated_npz_names_the_file(tmp_path):
+    path = _io.save_npz(tmp_path / "t.npz", x=np.arange(1000.0))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="t.npz': the .npz file is truncated or damaged"):
+        _io.load_npz(path)
+
+
+_FULL_DISK = r"""
+import resource, signal, sys
+import numpy as np
+from memcallbacks import _io
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the limit makes write() fail with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+{body}
+"""
+
+
+def _run_with_small_file_limit(body, tmp_path):
+    import subprocess
+    import sys
+
+    code = _FULL_DISK.replace("{body}", body)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+
+
+def test_a_failed_write_names_the_file(tmp_path):
+    body = """
+try:
+    _io.save_npy(sys.argv[1] + "/big.npy", np.zeros(100_000))
+except OSError as e:
+    print("ERR", e.errno, e.filename, e)
+"""
+    out = _run_with_small_file_limit(body, tmp_path)
+    assert "ERR 27" in out.stdout, out.stderr  # EFBIG, as ENOSPC would be: an OSError from write()
+    assert (
+        f"{tmp_path}/big.npy" in out.stdout and "File too large; memcallbacks could not write" in out.stdout
+    )
+    assert not list(tmp_path.glob(".big.npy*"))  # the temporary file is gone
+
+
+def test_a_failed_background_write_raises_in_its_epoch_naming_the_file(tmp_path):
+    body = """
+import pytorch_lightning as pl, torch
+from torch.utils.data import DataLoader, TensorDataset
+from memcallbacks.callbacks._base import MemorisationCallback
+
+class Growing(MemorisationCallback):
+    subdir = "growing"
+    def on_memorisation_epoch_end(self, trainer, pl_module):
+        n = 1_000 if trainer.current_epoch == 0 else 100_000  # epoch 1 writes 800 kB: over the limit
+        self.write_in_background(_io.save_npy, self.run_dir / f"epoch_{trainer.current_epoch}.npy", np.zeros(n))
+
+class Model(pl.LightningModule):
+    def __init__(self):
+        super().__init__(); self.net = torch.nn.Linear(4, 1)
+    def training_step(self, batch, i):
+        return self.net(batch[0]).pow(2).mean()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+t = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=sys.argv[1], callbacks=[Growing()])
+try:
+    t.fit(Model(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4))
+except OSError as e:
+    print("ERR at epoch", t.current_epoch, "|", e)
+"""
+    out = _run_with_small_file_limit(body, tmp_path)
+    assert "ERR at epoch 1 |" in out.stdout, out.stdout + out.stderr  # raised in the epoch of the write
+    assert "Growing, epoch 1: File too large; memcallbacks could not write" in out.stdout
+    assert "memcallbacks/growing/epoch_1.npy" in out.stdout

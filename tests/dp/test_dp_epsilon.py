@@ -17,7 +17,9 @@ from opacus.data_loader import DPDataLoader
 from scipy import optimize, stats
 from torch.utils.data import DataLoader
 
-from _helpers import TinyClassifier, make_blobs, trainer
+from helpers.data import make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import DPEpsilonLogger, PrivacyAuditMonitor
 from memcallbacks._io import load_json
 from memcallbacks._probe import evaluate_sample_losses
@@ -146,7 +148,8 @@ def test_no_accountant_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delta", [1.0, -0.1, float("nan"), "1e-5"])
 def test_bad_delta(delta: Any) -> None:
-    with pytest.raises(ValueError, match="`delta` must be a number in \\[0, 1\\)"):
+    error = TypeError if isinstance(delta, str) else ValueError
+    with pytest.raises(error, match=f"`delta` must be a finite number in \\[0.0, 1.0\\), got {delta!r}"):
         DPEpsilonLogger(delta=delta)
 
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-import _hard_models as H
-from _helpers import trainer
+from helpers import every_monitor as H
+from helpers.training import trainer
 from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
@@ -235,7 +235,7 @@ RAISES: list[Any] = [
         "unknown_source",
         lambda tmp: LossTrajectoryTracker(source="epoch"),
         ValueError,
-        r"`source` must be 'step' or 'probe'",
+        r"`source` can be 'step', 'probe', got 'epoch'",
     ),
     (
         "loss_key_is_scaled_loss",
@@ -276,7 +276,7 @@ RAISES: list[Any] = [
     (
         "num_probe_float",
         lambda tmp: MembershipInferenceMonitor(num_probe=0.5),
-        ValueError,
+        TypeError,
         r"`num_probe` must be an integer >= 1.*num_probe=1000",
     ),
     (
@@ -504,7 +504,7 @@ import torch, pytorch_lightning as pl
 from torch.utils.data import DataLoader
 import memcallbacks
 from memcallbacks import IndexedDataset, LossTrajectoryTracker, MembershipInferenceMonitor, DPEpsilonLogger
-import _hard_models as H
+from helpers import every_monitor as H
 d = H.Data()
 cbs = [LossTrajectoryTracker(run_dir={str(tmp_path)!r}), MembershipInferenceMonitor(nonmembers=d.val, num_probe=8, run_dir={str(tmp_path)!r})]
 t = pl.Trainer(max_epochs=1, callbacks=cbs, logger=pl.loggers.CSVLogger({str(tmp_path)!r}), enable_checkpointing=False,

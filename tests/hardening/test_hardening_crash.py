@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 
-import _hard_models as H
+from helpers import every_monitor as H
 
 SCRIPT = Path(__file__).resolve().parents[1] / "_hard_scripts" / "crash_train.py"
 

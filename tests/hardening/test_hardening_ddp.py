@@ -13,7 +13,6 @@ averaging). Trajectories must cover every visited index exactly once per epoch; 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 import pytorch_lightning as pl
 from torch.utils.data import DistributedSampler
 
-import _hard_models as H
+from helpers import every_monitor as H
 
 BATCH = 4
 EPOCHS = 2
@@ -30,7 +29,7 @@ EPOCHS = 2
 
 def _fit(folder: Path, data: H.Data, drop_last: bool, **trainer_kwargs: Any) -> None:
     folder.mkdir(parents=True)
-    callbacks = [*H.build_callbacks(folder / "run", data), H.DumpRank(str(folder))]
+    callbacks = [*H.build_callbacks(folder / "run", data), H.RankDump(folder)]
     trainer = pl.Trainer(
         default_root_dir=str(folder),
         max_epochs=EPOCHS,
@@ -45,11 +44,6 @@ def _fit(folder: Path, data: H.Data, drop_last: bool, **trainer_kwargs: Any) -> 
     loader = data.train_loader(batch_size=BATCH, drop_last=drop_last, sampler=False)
     pl.seed_everything(0)
     trainer.fit(H.HardModel(lr=0.0), loader, data.val_loader())
-
-
-def _load(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
 
 
 def _expected_visited(n: int, drop_last: bool, epoch: int) -> np.ndarray:
@@ -78,11 +72,11 @@ def test_ddp_two_processes_match_one_process_for_every_callback(tmp_path: Path, 
     _fit(tmp_path / "one", data, drop_last, accelerator="cpu", devices=1)
     _fit(tmp_path / "ddp", data, drop_last, accelerator="cpu", devices=2, strategy="ddp_spawn")
 
-    one = _load(tmp_path / "one" / "rank0.npz")
-    r0, r1 = _load(tmp_path / "ddp" / "rank0.npz"), _load(tmp_path / "ddp" / "rank1.npz")
+    (one,) = H.RankDump(tmp_path / "one").read()
+    r0, r1 = H.RankDump(tmp_path / "ddp").read()
 
     # every rank logged the same numbers and holds the same monitor state
-    m0, m1 = json.loads(str(r0["metrics"])), json.loads(str(r1["metrics"]))
+    m0, m1 = r0["metrics"], r1["metrics"]
     assert m0 == m1
     for key in ("mia/member_losses", "mia/nonmember_losses", "canary/exposure", "canary/rank",
                 "audit/history", "dp/history", "stop/state", "traj/stat/count", "traj/stat/mean"):  # fmt: skip
@@ -109,7 +103,7 @@ def test_ddp_two_processes_match_one_process_for_every_callback(tmp_path: Path, 
     np.testing.assert_allclose(r0["canary/exposure"], one["canary/exposure"], rtol=1e-9)
     assert H.same(r0["canary/rank"], one["canary/rank"])
     assert H.same(r0["audit/history"], one["audit/history"])
-    m_one = json.loads(str(one["metrics"]))
+    m_one = one["metrics"]
     for key, value in m_one.items():
         if key.startswith(("mem/mia", "mem/gap", "mem/canary", "mem/audit")):
             assert m0[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

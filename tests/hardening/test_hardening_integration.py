@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import _hard_models as H
+from helpers import every_monitor as H
 from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
@@ -129,14 +129,36 @@ trainer:
 """
 
 
-def test_every_callback_is_configurable_from_lightning_cli_yaml(tmp_path: Path) -> None:
-    from pytorch_lightning.cli import LightningCLI
+_CALLBACK_NAMES = (
+    "LossTrajectoryTracker",
+    "MembershipInferenceMonitor",
+    "CanaryExposureMonitor",
+    "PrivacyAuditMonitor",
+    "DPEpsilonLogger",
+    "LeakageEarlyStopping",
+)
 
+
+@pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])
+def test_every_callback_is_configurable_from_lightning_cli_yaml(tmp_path: Path, namespace: str) -> None:
+    """``pytorch_lightning.cli`` takes ``memcallbacks.X``; ``lightning.pytorch.cli`` takes ``memcallbacks.lightning.X``."""
+    LightningCLI = importlib.import_module(f"{namespace}.cli").LightningCLI
+    callback_base = importlib.import_module(namespace).Callback
+    config_text = CONFIG
+    if namespace == "lightning.pytorch":
+        for name in _CALLBACK_NAMES:
+            config_text = config_text.replace(
+                f"class_path: memcallbacks.{name}", f"class_path: memcallbacks.lightning.{name}"
+            )
+        assert config_text.count("memcallbacks.lightning.") == len(_CALLBACK_NAMES)
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
-    cli = LightningCLI(H.HardModel, run=False, args=args, save_config_callback=None)
+    model_class = H.HardModel if namespace == "pytorch_lightning" else _lightning_hard_model()
+    cli = LightningCLI(model_class, run=False, args=args, save_config_callback=None)
     by_type = {type(cb).__name__: cb for cb in cli.trainer.callbacks}
+    for name in _CALLBACK_NAMES:
+        assert isinstance(by_type[name], callback_base), name
 
     tracker = by_type["LossTrajectoryTracker"]
     assert isinstance(tracker, LossTrajectoryTracker)
@@ -172,11 +194,23 @@ def test_every_callback_is_configurable_from_lightning_cli_yaml(tmp_path: Path) 
 
     # and the configured callbacks train
     data = H.Data()
+    if namespace == "lightning.pytorch":
+        # one implementation: the lightning classes are subclasses of memcallbacks' own, same state keys
+        assert type(stop).__mro__[1] is LeakageEarlyStopping
+        assert stop.state_key == LeakageEarlyStopping(conditions=stop.conditions).state_key
+        return  # (run=False) the fit below is the same code under the other namespace
     cli.trainer.fit_loop.max_epochs = 1
     cli.trainer.fit(cli.model, data.train_loader(), data.val_loader())
     assert np.isfinite(float(cli.trainer.callback_metrics["mem/canary/exposure_max"]))
     assert float(cli.trainer.callback_metrics["mem/audit/guesses"]) == 7.0
     assert (tmp_path / "memcallbacks" / "membership" / "losses.npz").is_file()  # under default_root_dir
+
+
+def _lightning_hard_model() -> type:
+    """The test model as a ``lightning.pytorch.LightningModule`` (same code, the other namespace)."""
+    import lightning.pytorch as L
+
+    return type("HardModel", (H.HardModel, L.LightningModule), {"__module__": H.HardModel.__module__})
 
 
 def test_run_directory_files_get_the_usual_permissions(tmp_path: Path) -> None:

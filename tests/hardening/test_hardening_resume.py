@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-import _hard_models as H
+from helpers import every_monitor as H
 
 EPOCHS = 3
 

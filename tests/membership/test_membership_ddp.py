@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
-from _mia_models import DumpCallbackMetrics
+from helpers.callbacks import RankDump
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor
 from memcallbacks._io import load_npz
 
@@ -26,17 +26,17 @@ def test_ddp_ranks_agree_and_match_single_process(tmp_path: Path) -> None:
         num_probe=51, calibrate=True, batch_size=16, run_dir=tmp_path / "ddp"
     )
     model = TinyClassifier(hidden=8)
+    dump = RankDump(tmp_path / "ranks", weights=True)
     t = trainer(
         tmp_path,
         max_epochs=2,
         strategy="ddp_spawn",
         devices=2,
-        callbacks=[monitor, DumpCallbackMetrics(str(tmp_path))],
+        callbacks=[monitor, dump],
     )
     t.fit(model, tl, vl)
 
-    rank0 = json.loads((tmp_path / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    rank0, rank1 = (rank["metrics"] for rank in dump.read())
     mem_keys = sorted(k for k in rank0 if k.startswith("mem/"))
     assert "mem/mia/auc" in mem_keys and "mem/mia_cal/auc" in mem_keys
     assert {k: rank0[k] for k in mem_keys} == {k: rank1[k] for k in mem_keys}  # bitwise identical
@@ -49,7 +49,7 @@ def test_ddp_ranks_agree_and_match_single_process(tmp_path: Path) -> None:
 
     # one process, same probes, the final DDP weights (lr=0: the weights do not move)
     single_model = TinyClassifier(hidden=8, lr=0.0)
-    single_model.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    single_model.load_state_dict(dump.saved_weights())
     single = MembershipInferenceMonitor(num_probe=51, batch_size=16, run_dir=tmp_path / "single")
     s = trainer(tmp_path / "one", max_epochs=1, callbacks=[single])
     s.fit(single_model, *loaders(train, val))

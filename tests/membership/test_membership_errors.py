@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import TensorDataset
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor
 from memcallbacks._io import load_npz
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])
 def test_every_n_epochs_must_be_positive(value: Any) -> None:
-    with pytest.raises(ValueError, match=r"`every_n_epochs` must be an integer >= 1, got"):
+    with pytest.raises((TypeError, ValueError), match=r"`every_n_epochs` must be an integer >= 1, got"):
         MembershipInferenceMonitor(every_n_epochs=value)
 
 
@@ -138,3 +140,132 @@ def test_nan_losses_counted_excluded_and_warned_once(tmp_path: Path) -> None:
         labels = np.r_[np.ones(m.size), np.zeros(n.size)]
         assert row["mem/mia/auc"] == pytest.approx(roc_auc_score(labels, -np.r_[m, n]), abs=1e-12)
     assert np.isnan(saved["member_losses"]).sum() > 0  # the raw numbers keep the NaN
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "pattern"),
+    [
+        (
+            {"seed": -1},
+            ValueError,
+            r"`seed` must be an integer in \[0, .*got -1 \(int\); pass a non-negative",
+        ),
+        ({"seed": "a"}, TypeError, r"`seed` must be an integer .*got 'a' \(str\)"),
+        ({"seed": 1.0}, TypeError, r"`seed` must be an integer"),
+        ({"calibrate": "no"}, TypeError, r"`calibrate` must be True or False, got 'no'"),
+        ({"log_per_sample": "false"}, TypeError, r"`log_per_sample` must be True or False"),
+        ({"num_probe": True}, TypeError, r"`num_probe` must be an integer >= 1, got True"),
+        ({"name": "a/b"}, ValueError, r"`name` must be None or a non-empty string"),
+        ({"collate_fn": 3}, TypeError, r"`collate_fn` must be None or a function"),
+    ],
+)
+def test_bad_arguments_name_the_argument_and_the_fix(kw: dict[str, Any], error: type, pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        MembershipInferenceMonitor(**kw)
+
+
+def test_numpy_integers_are_integers() -> None:
+    m = MembershipInferenceMonitor(seed=np.int64(3), num_probe=np.int32(10))
+    assert m.seed == 3 and m.num_probe == 10 and type(m.seed) is int
+
+
+def test_heldout_set_with_another_feature_shape_is_named() -> None:
+    with pytest.raises(
+        ValueError, match=r"the held-out set \(`nonmembers`, the non-members\) yields tensors of shape"
+    ):
+        MembershipInferenceMonitor(members=make_blobs(10, dim=8), nonmembers=make_blobs(10, dim=5))
+
+
+def test_validation_set_with_another_feature_shape_is_named(tmp_path: Path) -> None:
+    tl, vl = loaders(make_blobs(24, dim=8), make_blobs(12, dim=5, seed=1))
+
+    class NoVal(TinyClassifier):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            return None
+
+    t = trainer(tmp_path, max_epochs=1, callbacks=[MembershipInferenceMonitor()], limit_val_batches=0)
+    with pytest.raises(ValueError, match=r"the held-out set \(the validation dataset, the non-members\)"):
+        t.fit(NoVal(), tl, vl)
+
+
+def test_heldout_labels_out_of_range_are_named(tmp_path: Path) -> None:
+    train, held = make_blobs(24, classes=3), make_blobs(12, classes=3, seed=1)
+    bad = TensorDataset(held.tensors[0], held.tensors[1] + 5)  # labels 5..7 for a 3-class model
+    tl, _ = loaders(train)
+    monitor = MembershipInferenceMonitor(nonmembers=bad)
+    with pytest.raises(
+        ValueError, match=r"held-out set \(`nonmembers`.*\) cannot be scored .*0 <= y < number of logits"
+    ):
+        trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(TinyClassifier(), tl)
+
+
+def nan_from_second_epoch(module: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    loss = F.cross_entropy(module(x), y, reduction="none")
+    return loss * float("nan") if module.trainer.current_epoch >= 1 else loss
+
+
+def test_all_nan_probe_losses_log_nan_never_a_safe_value_and_training_goes_on(tmp_path: Path) -> None:
+    tl, vl = loaders(make_blobs(48, seed=0), make_blobs(40, seed=1))
+    monitor = MembershipInferenceMonitor(sample_loss_fn=nan_from_second_epoch, calibrate=True, fprs=(0.1,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = trainer(tmp_path, max_epochs=3, callbacks=[monitor])
+        t.fit(TinyClassifier(), tl, vl)
+    assert t.current_epoch == 3  # training was not ended
+    assert len([w for w in caught if "NaN/inf" in str(w.message)]) == 1
+    first, *later = monitor.history
+    assert 0.0 <= first["mem/mia/auc"] <= 1.0
+    for row in later:
+        assert row["mem/mia/nonfinite"] == 48 + 40
+        assert row["mem/mia/n_members"] == 0 and row["mem/mia/n_nonmembers"] == 0
+        for key in (
+            "mem/mia/auc",
+            "mem/mia/advantage",
+            "mem/mia/tpr@10%fpr",
+            "mem/mia/balanced_accuracy",
+            "mem/gap/loss",
+            "mem/gap/loss_ratio",
+            "mem/mia_cal/auc",
+            "mem/mia_cal/tpr@10%fpr",
+        ):
+            assert np.isnan(row[key]), key
+    assert np.isnan(float(t.callback_metrics["mem/mia/auc"]))  # not the stale epoch-0 value
+    assert monitor.report is None
+
+
+def _unvisited_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "have not been visited by training" in str(w.message)]
+
+
+def test_members_never_trained_on_are_counted_and_warned_once(tmp_path: Path) -> None:
+    train, val = make_blobs(96, seed=0), make_blobs(40, seed=1)
+    tl, vl = loaders(train, val, shuffle=False)  # sequential: the loop sees samples 0..31 every epoch
+    monitor = MembershipInferenceMonitor(num_probe=40, seed=3, fprs=(0.1,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[monitor]).fit(
+            TinyClassifier(), tl, vl
+        )
+    idx = np.sort(np.random.default_rng(3).choice(96, size=40, replace=False))
+    expected = int((idx >= 32).sum())
+    assert expected > 0
+    (message,) = _unvisited_warnings(caught)
+    assert message.startswith(f"MembershipInferenceMonitor: {expected} of the 40 member probes")
+    assert "`limit_train_batches` or `max_steps`" in message and "`members=`" in message
+
+
+def test_max_steps_mid_epoch_warns_with_an_estimate_and_full_epochs_do_not(tmp_path: Path) -> None:
+    train, val = make_blobs(96, seed=0), make_blobs(40, seed=1)
+    tl, vl = loaders(train, val, shuffle=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = MembershipInferenceMonitor(num_probe=40, fprs=(0.1,))
+        trainer(tmp_path / "a", max_epochs=3, max_steps=2, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
+    (message,) = _unvisited_warnings(caught)
+    assert "about 27 (expected, the loader shuffles) of the 40" in message  # 40 * (1 - 2/6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = MembershipInferenceMonitor(num_probe=40, fprs=(0.1,))
+        trainer(tmp_path / "b", max_epochs=2, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
+    assert _unvisited_warnings(caught) == []

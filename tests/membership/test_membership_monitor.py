@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
-from _mia_models import BlobsDataModule
+from helpers.data import BlobsDataModule, loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor, trackers
 from memcallbacks._io import load_json, load_npz
 
@@ -193,6 +194,7 @@ def test_class_slices_and_group_function(tmp_path: Path) -> None:
         slices=lambda item: "even" if int(item[1]) % 2 == 0 else "odd",
         min_slice_size=1,
         run_dir=tmp_path / "g",
+        name="grouped",
     )
     trainer(tmp_path, max_epochs=1, callbacks=[monitor, grouped]).fit(TinyClassifier(), tl, vl)
     saved = load_npz(monitor.run_dir / "losses.npz")
@@ -251,3 +253,53 @@ def test_records_roc_and_histograms(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     member_hist = [r for r in hists if r.key == "mem/mia/member_losses"][-1]
     np.testing.assert_array_equal(np.sort(member_hist.values), np.sort(saved["member_losses"][1]))
+
+
+@pytest.mark.slow
+def test_bf16_mixed_run_measures_probes_in_float32(tmp_path: Path) -> None:
+    train, val = make_blobs(64, seed=0), make_blobs(40, seed=1)
+    tl, vl = loaders(train, val)
+    monitor = MembershipInferenceMonitor(num_probe=32, fprs=(0.1,))
+    model = TinyClassifier(hidden=32)
+    trainer(tmp_path, max_epochs=2, precision="bf16-mixed", callbacks=[monitor]).fit(model, tl, vl)
+
+    idx = monitor._member_indices
+    assert idx is not None
+    float32 = _manual_losses(model, train, idx)  # the same final weights, plain float32
+    np.testing.assert_allclose(monitor.member_losses[-1], float32, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        monitor.nonmember_losses[-1], _manual_losses(model, val, np.arange(32)), rtol=1e-6
+    )
+    # what autocast would have measured differs by far more than that tolerance
+    x = torch.stack([train[int(i)][0] for i in idx])
+    y = torch.stack([train[int(i)][1] for i in idx])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = F.cross_entropy(model(x).float(), y, reduction="none").numpy()
+    assert np.abs(bf16 - float32).max() > 1e-4
+
+
+def test_every_logged_key_is_spelled_in_the_callback() -> None:
+    import inspect
+
+    import memcallbacks.callbacks.membership as module
+
+    source = inspect.getsource(module)
+    rng = np.random.default_rng(0)
+    members, nonmembers = (
+        rng.gamma(1.0, size=60).astype(np.float32),
+        rng.gamma(2.0, size=60).astype(np.float32),
+    )
+    monitor = MembershipInferenceMonitor(calibrate=True, slices="class", min_slice_size=5, fprs=(0.01, 0.1))
+    monitor._ref_members, monitor._ref_nonmembers = members + 0.5, nonmembers + 0.1
+    monitor._member_slices = monitor._nonmember_slices = np.array(["class_0", "class_1"] * 30)
+    keys = monitor._metrics(0, members, nonmembers)
+    assert "mem/mia_cal/auc/class_1" in keys and "mem/mia/tpr@1%fpr" in keys
+    templated = {  # keys built from an argument: a literal prefix in an f-string
+        "mem/mia/tpr@": 'f"mem/mia/tpr@{',
+        "mem/mia_cal/tpr@": 'f"mem/mia_cal/tpr@{',
+        "mem/mia/auc/": 'f"mem/mia/auc/{',
+        "mem/mia_cal/auc/": 'f"mem/mia_cal/auc/{',
+    }
+    for key in keys:
+        prefix = next((p for p in templated if key.startswith(p)), None)
+        assert (f'"{key}"' in source) if prefix is None else (templated[prefix] in source), key

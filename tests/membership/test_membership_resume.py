@@ -9,7 +9,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor
 from memcallbacks._io import load_json, load_npz
 
@@ -71,3 +73,49 @@ def test_state_dict_round_trip() -> None:
     fresh = MembershipInferenceMonitor()
     fresh.load_state_dict({})
     assert fresh.history == [] and fresh.member_losses.shape == (0, 0)
+
+
+def _fit(
+    tmp: Path, monitor: MembershipInferenceMonitor, max_epochs: int, ckpt_path: str | None = None
+) -> None:
+    torch.manual_seed(0)
+    tl, vl = loaders(make_blobs(48, seed=0), make_blobs(30, seed=1), shuffle=False)
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+    t = trainer(tmp, max_epochs=max_epochs, callbacks=[monitor, ckpt], enable_checkpointing=True)
+    t.fit(TinyClassifier(hidden=8), tl, vl, ckpt_path=ckpt_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("changed", "pattern"),
+    [
+        ({"seed": 8}, r"`seed`=7, this callback has `seed`=8"),
+        ({"num_probe": 20}, r"`num_probe`=24, this callback has `num_probe`=20"),
+        ({"calibrate": False}, r"`calibrate`=True, this callback has `calibrate`=False"),
+    ],
+)
+def test_resume_with_a_changed_measured_argument_raises_naming_both_values(
+    tmp_path: Path, changed: dict[str, object], pattern: str
+) -> None:
+    args: dict[str, object] = {"num_probe": 24, "seed": 7, "calibrate": True}
+    _fit(tmp_path, MembershipInferenceMonitor(**args), 1)  # type: ignore[arg-type]
+    other = MembershipInferenceMonitor(**{**args, **changed})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=pattern):
+        _fit(tmp_path, other, 2, ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
+
+
+@pytest.mark.slow
+def test_resume_with_another_run_dir_and_schedule_keeps_the_history(tmp_path: Path) -> None:
+    first = MembershipInferenceMonitor(num_probe=24, seed=7, run_dir=tmp_path / "a")
+    _fit(tmp_path, first, 2)
+    moved = MembershipInferenceMonitor(num_probe=24, seed=7, run_dir=tmp_path / "b", every_n_epochs=2)
+    assert moved.state_key == first.state_key  # when/where arguments stay out of the key
+    _fit(tmp_path, moved, 4, ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert [row["epoch"] for row in moved.history] == [0.0, 1.0, 3.0]  # 2 skipped: every 2nd epoch now
+    assert moved.history[:2] == first.history
+    saved = load_npz(tmp_path / "b" / "membership" / "losses.npz")
+    assert saved["epochs"].tolist() == [0, 1, 3]
+    np.testing.assert_array_equal(saved["member_losses"][:2], first.member_losses)
+    np.testing.assert_array_equal(
+        saved["member_indices"], load_npz(first.run_dir / "losses.npz")["member_indices"]
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 
@@ -12,7 +13,12 @@ import pytest
 
 import memcallbacks.metrics as metrics
 
-MODULES = ["exposure", "membership", "dynamics", "audit"]
+# discovered, so a new metrics module is checked without editing this file
+MODULES = sorted(m.name for m in pkgutil.iter_modules(metrics.__path__) if not m.name.startswith("_"))
+
+
+def test_discovery_finds_the_metric_modules() -> None:
+    assert {"exposure", "membership", "dynamics", "audit"} <= set(MODULES), MODULES
 
 
 def test_importing_metrics_does_not_import_lightning() -> None:

@@ -113,7 +113,9 @@ def test_epsilon_monotone_in_num_correct(r: int, data: st.DataObject) -> None:
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.1, 1.5])
 def test_beta_outside_open_interval(beta: float) -> None:
-    with pytest.raises(ValueError, match=r"`beta` must be a significance level in \(0, 1\), got"):
+    with pytest.raises(
+        ValueError, match=r"`beta` must be a finite number in \(0.0, 1.0\), got .*significance level"
+    ):
         epsilon_lower_bound(9, 10, beta=beta)
 
 
@@ -122,15 +124,15 @@ def test_count_validation() -> None:
         epsilon_lower_bound(11, 10)
     with pytest.raises(ValueError, match=r"`num_guesses` must be <= `num_canaries` \(5\), got 10"):
         epsilon_lower_bound(9, 10, num_canaries=5)
-    with pytest.raises(ValueError, match="`num_correct` must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="`num_correct` must be an integer >= 0, got -1"):
         epsilon_lower_bound(-1, 10)
-    with pytest.raises(TypeError, match="`num_guesses` must be an int, got 10.0"):
+    with pytest.raises(TypeError, match="`num_guesses` must be an integer >= 0, got 10.0"):
         epsilon_lower_bound(9, 10.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`num_canaries` is required when `delta` > 0"):
         epsilon_lower_bound(9, 10, delta=1e-5)
-    with pytest.raises(ValueError, match=r"`delta` must be a number in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"`delta` must be a finite number in \[0.0, 1.0\], got 2"):
         epsilon_lower_bound(9, 10, num_canaries=20, delta=2)
-    with pytest.raises(ValueError, match="`epsilon` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="`epsilon` must be a finite number in \\[0.0, inf\\), got -1.0"):
         p_value_audit(9, 10, epsilon=-1.0)
     assert epsilon_lower_bound(np.int64(9), np.int64(10)) > 0  # numpy ints are ints
 
@@ -157,7 +159,7 @@ def test_audit_guesses_edges() -> None:
         audit_guesses(scores, k_pos=2, k_neg=2)
     with pytest.raises(ValueError, match="`scores` must be finite"):
         audit_guesses([1.0, np.nan], k_pos=1, k_neg=0)
-    with pytest.raises(TypeError, match="`k_neg` must be an int"):
+    with pytest.raises(TypeError, match="`k_neg` must be an integer >= 0, got None"):
         audit_guesses(scores, k_pos=1, k_neg=None)  # type: ignore[arg-type]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from memcallbacks.metrics import (
     memorisation_score,
     top_k,
     trajectory_statistics,
+    unlearned_fraction,
 )
 
 NAN = np.nan
@@ -189,9 +191,9 @@ def test_accumulator_bad_input() -> None:
     acc.update([0.1, 0.2, 0.3], [True, False, True])
     with pytest.raises(ValueError, match="`epoch_correct` was given at earlier updates but is None now"):
         acc.update([0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="`num_samples` must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="`num_samples` must be an integer >= 0, got -1"):
         TrajectoryAccumulator(-1)
-    with pytest.raises(TypeError, match="`num_samples` must be an int"):
+    with pytest.raises(TypeError, match="`num_samples` must be an integer >= 0"):
         TrajectoryAccumulator(3.0)  # type: ignore[arg-type]
 
 
@@ -241,11 +243,67 @@ def test_top_k_order_nan_last_and_tiebreak() -> None:
     np.testing.assert_array_equal(top_k(torch.tensor(scores), 2), [2, 4])
     assert top_k(scores, 0).tolist() == [] and len(top_k(scores, 100)) == 5
     assert top_k(np.array([np.inf, 1.0, -np.inf]), 3).tolist() == [0, 1, 2]
-    with pytest.raises(ValueError, match="`k` must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="`k` must be an integer >= 0, got -1"):
         top_k(scores, -1)
-    with pytest.raises(TypeError, match="`k` must be an int"):
+    with pytest.raises(TypeError, match="`k` must be an integer >= 0"):
         top_k(scores, 2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`tiebreak` must have the shape of `scores`"):
         top_k(scores, 2, tiebreak=[1.0])
     with pytest.raises(ValueError, match="`scores` must be 1-D"):
         top_k(np.ones((2, 2)), 1)
+
+
+def test_memorisation_scores_by_hand() -> None:
+    losses = np.array([[2.0, 0.5, 1.0], [np.nan, 3.0, 2.5], [np.nan] * 3, [1.0, np.nan, 0.2]])
+    stats = trajectory_statistics(losses)
+    np.testing.assert_array_equal(stats.first, [2.0, 3.0, np.nan, 1.0])
+    np.testing.assert_allclose(memorisation_score(stats), [3.5 / 3, 2.75, np.nan, 0.6])
+    np.testing.assert_allclose(memorisation_score(stats, by="mean_loss"), memorisation_score(stats))
+    np.testing.assert_allclose(memorisation_score(stats, by="min_loss"), [-0.5, -2.5, np.nan, -0.2])
+    np.testing.assert_allclose(memorisation_score(stats, by="low_loss"), [-1.0, -2.5, np.nan, -0.2])
+    np.testing.assert_allclose(memorisation_score(stats, by="loss_drop"), [1.0, 0.5, np.nan, 0.8])
+    assert top_k(memorisation_score(stats, by="min_loss"), 4).tolist() == [3, 0, 1, 2]  # unvisited last
+    with pytest.raises(
+        ValueError, match="`by` can be 'mean_loss', 'min_loss', 'low_loss', 'loss_drop', got 'x'"
+    ):
+        memorisation_score(stats, by="x")
+    legacy = TrajectoryStatistics(**{**stats.__dict__, "first": None})
+    with pytest.raises(ValueError, match="first-visit loss"):
+        memorisation_score(legacy, by="loss_drop")
+
+
+def test_first_visit_survives_state_dict_and_older_states() -> None:
+    acc = TrajectoryAccumulator(3)
+    acc.update([np.nan, 2.0, 1.0])
+    acc.update([4.0, 1.0, np.nan])
+    state = acc.state_dict()
+    again = TrajectoryAccumulator(3)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.compute().first, [4.0, 2.0, 1.0])
+    old = {k: v for k, v in state.items() if k != "first"}  # saved before `first` existed
+    older = TrajectoryAccumulator(3)
+    older.load_state_dict(old)
+    assert np.isnan(older.compute().first).all()
+    np.testing.assert_array_equal(older.compute().mean, acc.compute().mean)
+
+
+@pytest.mark.parametrize(
+    ("losses", "correct", "expected"),
+    [
+        # without correctness: exp(-last) < 1/2  <=>  last > ln 2; NaN last = not learned; unvisited ignored
+        ([[0.1, 0.6], [0.1, 0.7], [np.nan, np.nan], [3.0, 0.2]], None, 1 / 3),
+        ([[0.1, 0.69314], [0.1, 0.69316]], None, 0.5),
+        # with correctness: learned_epoch == -1 (incorrect at the last visit, or never correct)
+        ([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], [[True, True], [True, False], [False, False]], 2 / 3),
+        ([[np.nan], [np.nan]], None, float("nan")),
+    ],
+)
+def test_unlearned_fraction(losses: Any, correct: Any, expected: float) -> None:
+    stats = trajectory_statistics(
+        np.array(losses, dtype=float), None if correct is None else np.array(correct)
+    )
+    got = unlearned_fraction(stats)
+    if np.isnan(expected):
+        assert np.isnan(got)
+    else:
+        assert got == pytest.approx(expected)

@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from memcallbacks.metrics import (
+    ExposureResult,
     SkewNormalFit,
     exposure_exact,
     exposure_extrapolated,
     exposure_from_rank,
+    exposure_from_references,
     exposure_rank,
+    exposure_rank_in_space,
     exposure_saturated,
     fit_skewnorm,
 )
@@ -79,7 +82,7 @@ def test_ties_count_against_the_canary() -> None:
 
 
 def test_model_scoring_every_candidate_alike_has_zero_exposure() -> None:
-    # DESIGN.md Sec. 3: a collapsed model must not show maximum exposure
+    # ties count against the canary: a collapsed model must not show maximum exposure
     refs = np.full(1000, 7.25)
     np.testing.assert_array_equal(exposure_exact([7.25, 7.25], refs), [0.0, 0.0])
 
@@ -281,3 +284,64 @@ def test_fit_skewnorm_bad_input() -> None:
         SkewNormalFit(a=0.0, loc=0.0, scale=0.0)
     with pytest.raises(ValueError, match="`a` must be a finite number"):
         SkewNormalFit(a=float("nan"), loc=0.0, scale=1.0)
+
+
+# ---------------------------------------------------------------- ranks in the space, reports
+def test_rank_above_space_size_raises() -> None:
+    # 5 candidates cannot rank a secret 5th in a space of 3: this once returned -0.74 bits
+    with pytest.raises(ValueError, match=r"`rank` must be <= `space_size`.*got rank 5"):
+        exposure_from_rank(5, 3)
+    assert exposure_from_rank(3, 3) == 0.0
+
+
+def test_rank_in_space_counts_ties_and_itself() -> None:
+    space = np.array([3.0, 1.0, 2.0, 2.0, 5.0])
+    # by hand: 1.0 -> only itself; 2.0 -> 1.0 and both 2.0s; 5.0 -> everything
+    assert exposure_rank_in_space([1.0, 2.0, 5.0], space).tolist() == [1, 3, 5]
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 30, size=400).astype(np.float64)
+    picks = scores[:25]
+    brute = [int(np.sum(scores <= c)) for c in picks]
+    assert exposure_rank_in_space(picks, scores).tolist() == brute
+    # the same tie rule as the reference rank: rank in space == rank among the others
+    others = np.delete(scores, 0)
+    assert exposure_rank_in_space(scores[:1], scores)[0] == exposure_rank(scores[:1], others)[0]
+    with pytest.raises(ValueError, match="must include the canaries' own secrets"):
+        exposure_rank_in_space([0.5], space)
+
+
+def test_degenerate_references_follow_the_tie_rule() -> None:
+    refs = np.full(50, 4.0)
+    got = exposure_from_references([4.0, 9.0, 1.0], refs, space_size=1024)
+    np.testing.assert_array_equal(got, [0.0, 0.0, 10.0])
+
+
+def test_references_report_equals_capped_extrapolation_and_respects_bounds() -> None:
+    rng = np.random.default_rng(0)
+    refs = rng.normal(50.0, 3.0, size=500)
+    canaries = np.array([20.0, 45.0, 50.0])
+    plain = exposure_extrapolated(canaries, refs, space_size=10**6)
+    np.testing.assert_allclose(exposure_from_references(canaries, refs, space_size=10**6), plain)
+    # a proven lower bound of 1024 on the first canary's rank caps it at log2(10**6 / 1024)
+    bounded = exposure_from_references(
+        canaries, refs, space_size=10**6, rank_lower_bound=[1024.0, np.nan, 1.0]
+    )
+    assert bounded[0] == pytest.approx(math.log2(10**6) - 10.0)
+    np.testing.assert_allclose(bounded[1:], plain[1:])
+
+
+def test_non_finite_scores_report_nan_never_a_safe_value() -> None:
+    refs = np.linspace(1.0, 9.0, 50)
+    got = exposure_from_references([np.nan, 2.0, np.inf], refs, space_size=1000)
+    assert np.isnan(got[0]) and np.isnan(got[2]) and np.isfinite(got[1])
+    diverged = exposure_from_references([2.0, 3.0], np.r_[refs, np.nan], space_size=1000)
+    assert np.isnan(diverged).all()
+    result = ExposureResult(
+        exposure=np.array([np.nan, 3.0]),
+        rank=np.array([np.nan, 4.0]),
+        rank_exact=np.array([False, True]),
+        log_perplexity=np.array([np.nan, 1.0]),
+        space_size=1000,
+        method="extrapolated",
+    )
+    assert math.isnan(result.rank_min) and result.saturated == 0

@@ -13,6 +13,14 @@ from sklearn import metrics as skm
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from memcallbacks.metrics import MembershipReport, loss_gap, membership_inference, roc_curve
+from memcallbacks.metrics.membership import (
+    LOSS_RATIO_EPS,
+    calibrated_losses,
+    check_fprs,
+    format_fpr,
+    loss_ratio,
+    slice_aucs,
+)
 
 # small hand-worked inputs trip the (tested) resolution warning; keep the output quiet
 pytestmark = pytest.mark.filterwarnings("ignore:membership_inference. only:UserWarning")
@@ -212,3 +220,66 @@ def test_fprs_outside_open_unit_interval(fprs: tuple[float, ...]) -> None:
 def test_fprs_type() -> None:
     with pytest.raises(TypeError, match="`fprs`"):
         membership_inference([0.1], [0.2], fprs=("0.1",))  # type: ignore[arg-type]
+
+
+# -- pure pieces the monitor logs: loss ratio, calibrated scores, slice AUCs -------------------
+
+
+def test_loss_ratio_hand_computed_and_clamped() -> None:
+    # (2 + 4) / 2 = 3 over (0.5 + 1.5) / 2 = 1
+    assert loss_ratio([0.5, 1.5], [2.0, 4.0]) == 3.0
+    assert loss_ratio(torch.tensor([1.0, 1.0]), np.array([1.0])) == 1.0  # no gap
+    assert loss_ratio([0.0, 0.0], [2.0]) == 2.0 / LOSS_RATIO_EPS  # clamped, finite
+    assert loss_ratio([0.0], [2.0], eps=0.5) == 4.0
+    with pytest.raises(ValueError, match="`eps`"):
+        loss_ratio([1.0], [1.0], eps=0.0)
+    with pytest.raises(ValueError, match="`member_losses` must be finite"):
+        loss_ratio([np.nan], [1.0])
+
+
+def test_calibrated_losses_subtract_the_reference_and_mark_nonfinite() -> None:
+    out = calibrated_losses([0.5, 0.2, np.nan, np.inf], [1.0, 0.1, 0.3, 0.3])
+    np.testing.assert_array_equal(out[:2], [0.5 - 1.0, 0.2 - 0.1])
+    assert np.isnan(out[2:]).all()
+    assert calibrated_losses(np.zeros(0), np.zeros(0)).shape == (0,)
+    with pytest.raises(ValueError, match="one reference loss per sample"):
+        calibrated_losses([1.0, 2.0], [1.0])
+
+
+def test_calibrated_attack_equals_sklearn_on_the_differences() -> None:
+    rng = np.random.default_rng(5)
+    ref_m, ref_n = rng.gamma(2.0, size=80), rng.gamma(2.0, size=70)
+    now_m, now_n = ref_m - rng.uniform(0.0, 1.0, 80), ref_n - rng.uniform(0.0, 0.6, 70)
+    dm, dn = calibrated_losses(now_m, ref_m), calibrated_losses(now_n, ref_n)
+    auc, _, _ = _sklearn(now_m - ref_m, now_n - ref_n)
+    assert membership_inference(dm, dn, fprs=()).auc == pytest.approx(auc, abs=1e-12)
+
+
+def test_slice_aucs_match_sklearn_per_slice_and_skip_small_or_nonfinite() -> None:
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(0.0, 1.0, 60), rng.normal(0.5, 1.0, 50)
+    ms = np.array(["a", "b", "c"])[rng.integers(0, 3, 60)]
+    ns = np.array(["a", "b", "d"])[rng.integers(0, 3, 50)]
+    m[0], n[0] = np.nan, np.inf  # left out, not fatal
+    got = slice_aucs(m, n, member_slices=ms, nonmember_slices=ns, min_size=5)
+    assert sorted(got) == ["a", "b"]  # c and d are in one set only
+    for key in ("a", "b"):
+        sm, sn = m[(ms == key) & np.isfinite(m)], n[(ns == key) & np.isfinite(n)]
+        assert got[key] == pytest.approx(_sklearn(sm, sn)[0], abs=1e-12)
+    big = int(min(((ms == "a") & np.isfinite(m)).sum(), ((ns == "a") & np.isfinite(n)).sum()))
+    assert "a" not in slice_aucs(m, n, member_slices=ms, nonmember_slices=ns, min_size=big + 1)
+    with pytest.raises(ValueError, match="one name per loss"):
+        slice_aucs(m, n, member_slices=ms[:3], nonmember_slices=ns)
+    with pytest.raises(ValueError, match="`min_size`"):
+        slice_aucs(m, n, member_slices=ms, nonmember_slices=ns, min_size=0)
+
+
+def test_check_fprs_and_format_fpr() -> None:
+    assert check_fprs(0.01) == (0.01,)
+    assert check_fprs(np.array([0.001, 0.1])) == (0.001, 0.1)
+    for bad in ((0.0,), (1.0,), (float("nan"),)):
+        with pytest.raises(ValueError, match=r"`fprs` must hold false-positive rates in \(0, 1\)"):
+            check_fprs(bad)
+    with pytest.raises(TypeError, match="`fprs`"):
+        check_fprs((True,))
+    assert [format_fpr(x) for x in (0.001, 0.01, 0.1, 0.25)] == ["0.1%", "1%", "10%", "25%"]

@@ -2,41 +2,59 @@
 
 from __future__ import annotations
 
-import re
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from _wandb_reader import history_rows, wait_for_run_file
+from helpers.wandb_reader import history_rows, wait_for_run_file
 from memcallbacks import _io
-from memcallbacks.demo import run_demo
-from memcallbacks.report import build_report, find_run_dir
+from memcallbacks.report import find_run_dir
 
 FIGURES = {"exposure_vs_repetitions.png", "mia_roc.png", "gap_auc.png", "data_map.png", "epsilon.png"}
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The console script, as a user runs it (everything it prints, from every library, captured)."""
     out = tmp_path_factory.mktemp("demo")
-    result = run_demo(
-        out=out, epochs=2, sentences=1500, loggers=("wandb", "csv"), stop_bits=None, audit_canaries=64
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memcallbacks",
+            "demo",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--sentences",
+            "1500",
+        ]
+        + ["--stop-bits", "50"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "WANDB_MODE": "offline"},
     )
-    return out, result
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
 def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
-    out, result = demo_run
+    out, printed = demo_run
     run_dir = out / "memcallbacks"
     for sub in ("trajectory", "membership", "canary", "audit"):
         assert (run_dir / sub).is_dir(), sub
     # the report: every figure written, embedded in the HTML and linked from the Markdown
-    html = (out / "report" / "report.html").read_text()
-    md = (out / "report" / "summary.md").read_text()
-    written = {p.name for p in (out / "report").glob("*.png")}
+    report = run_dir / "report"  # where `memcallbacks report` writes too
+    assert f"report:        {report / 'report.html'}" in printed
+    html = (report / "report.html").read_text()
+    md = (report / "summary.md").read_text()
+    written = {p.name for p in report.glob("*.png")}
     assert FIGURES <= written
     for name in written:
         assert f"id='{name}'" in html and f"({name})" in md
@@ -44,8 +62,8 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     # the numbers in the summary are the monitors' own
     exposure = _io.load_npz(run_dir / "canary" / "exposure.npz")
     reps, last = exposure["repetitions"], exposure["exposure"][-1]
-    assert result["exposure_by_count"][32] == pytest.approx(float(last[reps == 32].mean()))
-    assert f"x32: {last[reps == 32].mean():.1f}" in md
+    assert f"x32: {last[reps == 32].mean():5.1f}" in printed and f"x32: {last[reps == 32].mean():.1f}" in md
+    assert "(epoch 1): x1:" in md
     # W&B offline: read back the binary run log and find the mem/* scalars with the epoch axis
     rows = history_rows(wait_for_run_file(out / "wandb"))
     keys = set().union(*rows)
@@ -58,9 +76,23 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     ):
         assert key in keys, key
     logged_auc = [r["mem/mia/auc"] for r in rows if "mem/mia/auc" in r]
-    assert logged_auc[-1] == pytest.approx(result["mia_auc"], abs=1e-6)
+    written = _io.load_json(run_dir / "membership" / "metrics.json")["history"][-1]["mem/mia/auc"]
+    assert logged_auc[-1] == pytest.approx(written, abs=1e-6)
+    assert f"membership-inference AUC (1,000 members vs 1,000 held out): {written:.3f}" in printed
     # privacy by default: no per-sample table and no secret went to W&B
     assert not any(k.startswith("mem/traj/most_memorised") or k == "mem/canary/canaries" for k in keys)
+
+
+@pytest.mark.slow
+def test_demo_output_is_quiet_and_says_where_things_come_from(demo_run):
+    out, printed = demo_run
+    for noise in ("Tip:", "anonymous", "GPU available", "it/s", "LeafSpec", "removed"):
+        assert noise not in printed, noise
+    assert "measured after epoch 1 (the last evaluation)" in printed
+    assert "early stopping: did not fire (mem/canary/exposure_max never exceeded 50 bits)" in printed
+    assert f"CSV metrics:   {out / 'csv' / 'version_0' / 'metrics.csv'}" in printed
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file() and (out / "fit-profile.txt").is_file()
+    assert [p.name.split("-")[0] for p in (out / "checkpoints").glob("*.ckpt")] == ["epoch=1"]
 
 
 @pytest.mark.slow
@@ -77,35 +109,3 @@ def test_report_cli_rebuilds_from_the_run_dir_alone(demo_run, tmp_path):
     assert "report written" in proc.stdout
     assert FIGURES <= {p.name for p in target.glob("*.png")}
     assert find_run_dir(out) == out / "memcallbacks"
-
-
-def test_report_of_an_empty_folder_says_what_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run_dir"):
-        build_report(tmp_path)
-
-
-def test_report_survives_a_broken_section(tmp_path):
-    run = tmp_path / "memcallbacks"
-    (run / "canary").mkdir(parents=True)
-    (run / "canary" / "exposure.npz").write_bytes(b"not an npz")
-    _io.save_json(run / "stopping.json", {"stopped": True, "stopped_epoch": 3, "reason": "Leakage: x > 1"})
-    paths = build_report(run)
-    md = paths["markdown"].read_text()
-    assert "stopped** at epoch 3" in md and "could not be drawn" in md
-
-
-def test_report_membership_numbers_match_sklearn(tmp_path):
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    members, nonmembers = rng.gamma(2.0, 0.5, (2, 300)), rng.gamma(2.0, 0.6, (2, 400))
-    run = tmp_path / "memcallbacks"
-    _io.save_npz(
-        run / "membership" / "losses.npz",
-        epochs=np.array([0, 1]),
-        member_losses=members,
-        nonmember_losses=nonmembers,
-    )
-    md = build_report(run)["markdown"].read_text()
-    auc = roc_auc_score(np.r_[np.ones(300), np.zeros(400)], -np.r_[members[1], nonmembers[1]])
-    assert re.search(rf"AUC {auc:.3f}", md)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import trainer
+from helpers.training import trainer
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, LeakageEarlyStopping
 from memcallbacks.metrics.exposure import exposure_rank
 from memcallbacks.scoring import score_sequences

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
-from _track_models import RecordEmitter
+from helpers.callbacks import RecordEmitter
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import trackers
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from _helpers import TinyClassifier, loaders, make_blobs, trainer
-from _track_models import RecordEmitter
-from _wandb_reader import history_rows, read_records, wait_for_run_file
+from helpers.callbacks import RecordEmitter
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
+from helpers.wandb_reader import history_rows, read_records, wait_for_run_file
 from memcallbacks import trackers
 
 

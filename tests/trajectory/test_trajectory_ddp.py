@@ -10,8 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from _helpers import TinyClassifier, make_blobs, trainer
-from _traj_models import RankRecorder, per_sample_losses
+from helpers.callbacks import RankDump
+from helpers.data import make_blobs
+from helpers.models import TinyClassifier, per_sample_losses
+from helpers.state import same
+from helpers.training import trainer
 from memcallbacks import IndexedDataset, LossTrajectoryTracker
 
 N, BATCH, EPOCHS = 37, 4, 2  # 37 is not divisible by 2 * 4: DistributedSampler pads with a repeated index
@@ -26,7 +29,7 @@ def _fit(tmp_path: Path, **kw) -> tuple[LossTrajectoryTracker, LossTrajectoryTra
         source="probe", probe_size=15, name="probe", run_dir=tmp_path / "run", probe_batch_size=4
     )
     loader = DataLoader(IndexedDataset(ds), batch_size=BATCH, shuffle=True)
-    trainer(tmp_path, max_epochs=EPOCHS, callbacks=[step, probe, RankRecorder(str(tmp_path))], **kw).fit(
+    trainer(tmp_path, max_epochs=EPOCHS, callbacks=[step, probe, RankDump(tmp_path / "ranks")], **kw).fit(
         model, loader
     )
     return step, probe, model
@@ -58,8 +61,10 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     ] * EPOCHS  # padding counted once, not 38/37
 
     # every rank logged the same numbers and holds the same statistics
-    r0, r1 = (np.load(tmp_path / "ddp" / f"rank{r}.npz") for r in (0, 1))
-    assert sorted(r0.files) == sorted(r1.files) and any(k.startswith("metric:mem/traj/") for k in r0.files)
-    for key in r0.files:
-        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
-    assert r0["count:None"].tolist() == [EPOCHS] * N
+    r0, r1 = RankDump(tmp_path / "ddp" / "ranks").read()
+    assert any(k.startswith("mem/traj/") for k in r0["metrics"]) and r0["metrics"] == r1["metrics"]
+    statistics = sorted(k for k in r1 if k.startswith(("traj/stat/", "traj[probe]/stat/")))
+    assert len(statistics) == 14
+    for key in statistics:
+        assert same(r0[key], r1[key]), key
+    assert r0["traj/stat/count"].tolist() == [EPOCHS] * N

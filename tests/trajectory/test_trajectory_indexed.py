@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 from memcallbacks import IndexedDataset, split_index
 
@@ -94,3 +97,45 @@ def test_split_index_without_index() -> None:
     assert index is None and same is batch
     index, same = split_index({"x": torch.zeros(2)}, missing_ok=True)
     assert index is None
+
+
+class _DictItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.full((2,), float(i)), "y": torch.tensor(i % 3)}
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dict", "subset", "list"])
+def test_getitems_batches_equal_per_item_batches(kind: str) -> None:
+    """Batch-level fetching gives the DataLoader exactly what per-item fetching gives (default collate)."""
+    base: Any = {
+        "tensor": TensorDataset(torch.arange(20.0).view(10, 2), torch.arange(10) % 3),
+        "dict": _DictItems(),
+        "subset": torch.utils.data.Subset(
+            TensorDataset(torch.arange(20.0).view(10, 2)), [9, 3, 5, 0, 1, 2, 4, 6, 7, 8]
+        ),
+        "list": [(float(i), i) for i in range(10)],
+    }[kind]
+    ds = IndexedDataset(base)
+    order = [7, 2, 9, 0, 5]
+    if kind == "list":
+        assert ds.__getitems__(order) == [ds[i] for i in order]
+    batched = next(iter(DataLoader(ds, batch_size=5, sampler=order)))
+    per_item = default_collate([ds[i] for i in order])
+    assert split_index(batched)[0].tolist() == order
+    torch.testing.assert_close(batched, per_item)
+    if kind == "dict":
+        assert set(batched) == {"index", "x", "y"}
+
+
+def test_getitems_keeps_custom_collate_working() -> None:
+    from memcallbacks.toy import collate_tokens
+
+    items = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    ds = IndexedDataset(items)
+    index, ids = split_index(next(iter(DataLoader(ds, batch_size=2, collate_fn=collate_tokens))))
+    assert index.tolist() == [0, 1] and ids.tolist() == [[1, 2, 3], [4, 5, 0]]
+    with pytest.raises(KeyError, match="already have an 'index' key"):
+        IndexedDataset([{"index": 1}]).__getitems__([0])

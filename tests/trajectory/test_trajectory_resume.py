@@ -10,7 +10,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from _helpers import EpochShuffleSampler, TinyClassifier, make_blobs, trainer
+from helpers.data import EpochShuffleSampler, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
 from memcallbacks import IndexedDataset, LossTrajectoryTracker
 
 EPOCHS = 4

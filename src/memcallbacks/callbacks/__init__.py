@@ -17,6 +17,8 @@ _MODULES = {
     "LeakageEarlyStopping": "stopping",
     "LeakageCondition": "stopping",
     "DPEpsilonLogger": "dp",
+    "SequenceMemorisationMonitor": "sequence",
+    "ShadowScoreRecorder": "shadow",
     "MemorisationCallback": "_base",
 }
 

@@ -18,7 +18,7 @@ Training Run", NeurIPS 2023 (their Algorithm 1 with the analysis of Theorems 3.1
    user's ``score_fn``.
 4. The auditor guesses "in" for the ``k_pos`` highest scores and "out" for the ``k_neg`` lowest
    and abstains on the rest. ``k_pos`` and ``k_neg`` are fixed when the monitor is built
-   (DESIGN.md section 8): choosing the ``k`` that gives the largest bound after looking at the
+   (docs/audit.md): choosing the ``k`` that gives the largest bound after looking at the
    scores inflates epsilon. Every evaluation is logged, but only one evaluation should be
    *reported* as the audit result — normally the last one; taking the maximum over epochs is
    the same multiple-testing mistake (use ``beta / number_of_evaluations`` if you must).
@@ -39,20 +39,32 @@ below the accountant's value (the paper reports this too).
 
 Distributed runs: the canaries are few, so every rank scores all of them with its (identical)
 model replica and logs identical numbers; rank 0 writes the run directory.
+
+A diverged model: canaries whose score is NaN or infinite are counted
+(``mem/audit/nonfinite``) and warned about once; that evaluation's ``epsilon_lb``, ``correct``
+and ``accuracy`` are NaN (never a safe-looking 0), and training goes on unless a stop
+condition asks otherwise (``LeakageEarlyStopping(check_finite=True)`` stops on NaN).
+
+Resume: ``seed``, the number of canaries, ``k_pos``, ``k_neg`` and the inclusion mask define
+what is measured and must match the checkpoint (a ``ValueError`` names the argument and both
+values); ``every_n_epochs`` and ``run_dir`` may change. The run directory is written at
+evaluations only, so a resume that stops before its first evaluation leaves ``audit.json`` as
+it was.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from memcallbacks import _io, _probe, trackers
+from memcallbacks import _probe, _rundir, trackers
+from memcallbacks._validate import check_int, check_real, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.canaries import _ListDataset
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound
@@ -80,28 +92,65 @@ def _is_canary_set(obj: Any) -> bool:
 
 
 def check_delta(value: Any) -> float:
-    """``delta`` as a float in ``[0, 1)``, or a ValueError naming the value received."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"`delta` must be a number in [0, 1), got {value!r}; e.g. delta=1e-5")
-    return float(value)
+    """``delta`` as a float in ``[0, 1)``, or an error naming the value received."""
+    return check_real("delta", value, minimum=0.0, maximum=1.0, max_inclusive=False, hint="e.g. delta=1e-5")
 
 
-def _check_beta(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"`beta` must be a significance level in (0, 1), got {value!r}; e.g. beta=0.05")
-    return float(value)
-
-
-def _check_seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"`seed` must be an integer, got {value!r}")
-    return int(value)
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _validate_init(
+    canaries: Any, k_pos: Any, k_neg: Any, delta: Any, beta: Any, seed: Any, included: Any, batch_size: Any
+) -> dict[str, Any]:
+    """Check the arguments of :class:`PrivacyAuditMonitor`; return the checked values and the mask."""
+    try:
+        m = len(canaries)
+    except TypeError as e:
+        raise TypeError(
+            f"`canaries` must be a map-style dataset or a CanarySet (something with len()), "
+            f"got {type(canaries).__name__}"
+        ) from e
+    if m < 2:
+        raise ValueError(
+            f"`canaries` must hold at least 2 audit canaries, got {m}; the audit needs many "
+            "(hundreds for a meaningful bound)"
+        )
+    k_default = default_num_guesses(m)
+    hint = f"e.g. k_pos=k_neg={k_default}, fixed before training"
+    k_pos = k_default if k_pos is None else check_int("k_pos", k_pos, minimum=0, hint=hint)
+    k_neg = k_default if k_neg is None else check_int("k_neg", k_neg, minimum=0, hint=hint)
+    if k_pos + k_neg > m or k_pos + k_neg < 1:
+        raise ValueError(
+            f"`k_pos` + `k_neg` must be between 1 and the number of canaries ({m}), got "
+            f"{k_pos} + {k_neg} = {k_pos + k_neg}; {hint}"
+        )
+    seed = check_seed("seed", seed)
+    if included is None:
+        # one fair coin per canary, drawn before training and never looked at by the scorer
+        mask = np.random.default_rng(seed).random(m) < 0.5
+    else:
+        raw = np.asarray(included.cpu() if isinstance(included, torch.Tensor) else included)
+        if raw.shape != (m,) or not (raw.dtype == np.bool_ or np.isin(raw, (0, 1)).all()):
+            raise ValueError(
+                f"`included` must be a bool mask of shape ({m},) (one entry per canary), got "
+                f"shape {raw.shape} and dtype {raw.dtype}"
+            )
+        mask = raw.astype(bool)
+    return {
+        "num_canaries": m,
+        "k_pos": k_pos,
+        "k_neg": k_neg,
+        "delta": check_delta(delta),
+        "beta": check_real(
+            "beta",
+            beta,
+            minimum=0.0,
+            maximum=1.0,
+            min_inclusive=False,
+            max_inclusive=False,
+            hint="a significance level, e.g. beta=0.05",
+        ),  # fmt: skip
+        "seed": seed,
+        "included": mask,
+        "batch_size": check_int("batch_size", batch_size, minimum=1),
+    }
 
 
 class PrivacyAuditMonitor(MemorisationCallback):
@@ -184,48 +233,23 @@ class PrivacyAuditMonitor(MemorisationCallback):
         log_per_sample: bool = False,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
-        try:
-            m = len(canaries)
-        except TypeError as e:
-            raise TypeError(
-                f"`canaries` must be a map-style dataset or a CanarySet (something with len()), "
-                f"got {type(canaries).__name__}"
-            ) from e
-        if m < 2:
-            raise ValueError(
-                f"`canaries` must hold at least 2 audit canaries, got {m}; the audit needs many "
-                "(hundreds for a meaningful bound)"
-            )
+        checked = _validate_init(canaries, k_pos, k_neg, delta, beta, seed, included, batch_size)
         self.canaries = canaries
         self.is_token_canaries = _is_canary_set(canaries)
-        self.num_canaries = m
-        k_default = default_num_guesses(m)
-        self.k_pos = k_default if k_pos is None else _check_int(k_pos, "k_pos", 0)
-        self.k_neg = k_default if k_neg is None else _check_int(k_neg, "k_neg", 0)
-        if self.k_pos + self.k_neg > m or self.k_pos + self.k_neg < 1:
-            raise ValueError(
-                f"`k_pos` + `k_neg` must be between 1 and the number of canaries ({m}), got "
-                f"{self.k_pos} + {self.k_neg} = {self.k_pos + self.k_neg}; e.g. k_pos=k_neg={k_default}"
-            )
-        self.delta = check_delta(delta)
-        self.beta = _check_beta(beta)
-        self.seed = _check_seed(seed)
-        if included is None:
-            # one fair coin per canary, drawn before training and never looked at by the scorer
-            self._included = np.random.default_rng(self.seed).random(m) < 0.5
-        else:
-            mask = np.asarray(included.cpu() if isinstance(included, torch.Tensor) else included)
-            if mask.shape != (m,) or not (mask.dtype == np.bool_ or np.isin(mask, (0, 1)).all()):
-                raise ValueError(
-                    f"`included` must be a bool mask of shape ({m},) (one entry per canary), got "
-                    f"shape {mask.shape} and dtype {mask.dtype}"
-                )
-            self._included = mask.astype(bool)
+        self.num_canaries: int = checked["num_canaries"]
+        self.k_pos: int = checked["k_pos"]
+        self.k_neg: int = checked["k_neg"]
+        self.delta: float = checked["delta"]
+        self.beta: float = checked["beta"]
+        self.seed: int = checked["seed"]
+        self._included: np.ndarray = checked["included"]
         self.score_fn = score_fn
         self.sample_loss_fn = sample_loss_fn
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.batch_size: int = checked["batch_size"]
         self.collate_fn = collate_fn
         self._history: list[dict[str, Any]] = []
+        self._inclusion_written = False
+        self._warned_nonfinite = False
 
     # -- the user-side API ----------------------------------------------------------------
     @property
@@ -317,24 +341,27 @@ class PrivacyAuditMonitor(MemorisationCallback):
             )
             scores = -np.asarray(log_ppl, dtype=np.float64)
         else:
-            losses, _ = _probe.evaluate_sample_losses(
-                pl_module,
-                self.canaries,
-                self.sample_loss_fn,
-                batch_size=self.batch_size,
-                collate_fn=self.collate_fn,
-                trainer=trainer,
-            )
+            try:
+                losses, _ = _probe.evaluate_sample_losses(
+                    pl_module,
+                    self.canaries,
+                    self.sample_loss_fn,
+                    batch_size=self.batch_size,
+                    collate_fn=self.collate_fn,
+                    trainer=trainer,
+                )
+            except (RuntimeError, IndexError) as e:  # shape or label-range mismatch inside the model
+                raise ValueError(
+                    f"PrivacyAuditMonitor could not score its {self.num_canaries} audit canaries with the model "
+                    f"({type(e).__name__}: {e}). The canaries must be items the training set could hold: the "
+                    f"same feature shape and label range as the training data (first canary: "
+                    f"{_describe_item(self.canaries[0])}); or pass `sample_loss_fn`/`score_fn`"
+                ) from e
             scores = -losses.double().numpy()
         if scores.shape != (self.num_canaries,):
             raise ValueError(
                 f"the audit scores must have shape ({self.num_canaries},) (one per canary), got {scores.shape}; "
                 "check `score_fn`/`sample_loss_fn`"
-            )
-        if not np.isfinite(scores).all():
-            raise ValueError(
-                f"{int((~np.isfinite(scores)).sum())} audit scores are NaN/inf; the model's loss on the "
-                "canaries diverged or `score_fn` returned non-finite values"
             )
         return scores
 
@@ -346,51 +373,81 @@ class PrivacyAuditMonitor(MemorisationCallback):
 
         Returns:
             ``{"guesses": int8 [m], "correct": v, "guesses_made": r, "accuracy": v / r,
-            "epsilon_lb": float}``.
+            "epsilon_lb": float, "nonfinite": int}``. When a score is NaN or infinite, no
+            guess is made (``guesses`` all 0) and ``correct``, ``accuracy`` and ``epsilon_lb``
+            are NaN: a diverged model proves nothing either way.
         """
-        guesses = audit_guesses(scores, k_pos=self.k_pos, k_neg=self.k_neg)
+        values = np.asarray(scores, dtype=np.float64)
+        nonfinite = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if nonfinite:
+            r = self.k_pos + self.k_neg
+            nan = float("nan")
+            return {
+                "guesses": np.zeros(values.shape, dtype=np.int8),
+                "correct": nan,
+                "guesses_made": r,
+                "accuracy": nan,
+                "epsilon_lb": nan,
+                "nonfinite": nonfinite,
+            }
+        guesses = audit_guesses(values, k_pos=self.k_pos, k_neg=self.k_neg)
         v, r = count_correct(guesses, self._included)
         eps = epsilon_lower_bound(v, r, num_canaries=self.num_canaries, delta=self.delta, beta=self.beta)
-        return {"guesses": guesses, "correct": v, "guesses_made": r, "accuracy": v / r, "epsilon_lb": eps}
+        return {
+            "guesses": guesses,
+            "correct": v,
+            "guesses_made": r,
+            "accuracy": v / r,
+            "epsilon_lb": eps,
+            "nonfinite": 0,
+        }
 
     # -- Lightning hooks ------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit" and trainer.is_global_zero:
-            _io.save_npz(self.run_dir / "inclusion.npz", included=self._included, seed=np.int64(self.seed))
-            self._save_json()
-
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.is_due(trainer):
             return
         epoch = int(trainer.current_epoch)
         scores = self.compute_scores(pl_module, trainer)
         result = self.audit(scores)
-        row = {
+        nonfinite = int(result["nonfinite"])
+        if nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"PrivacyAuditMonitor: {nonfinite} of {self.num_canaries} audit scores are NaN or infinite at "
+                f"epoch {epoch} (the model diverged, or `score_fn` returned non-finite values); that "
+                "evaluation's mem/audit/epsilon_lb, correct and accuracy are NaN, counted in "
+                "mem/audit/nonfinite (warned once)"
+            )
+        correct = float(result["correct"])
+        row: dict[str, Any] = {
             "epoch": epoch,
-            "correct": int(result["correct"]),
+            "correct": int(correct) if np.isfinite(correct) else None,
             "guesses": int(result["guesses_made"]),
             "accuracy": float(result["accuracy"]),
             "epsilon_lb": float(result["epsilon_lb"]),
+            "nonfinite": nonfinite,
         }
         self._history = [h for h in self._history if h["epoch"] != epoch] + [row]
         self.log_metrics(
             pl_module,
             {
                 "mem/audit/epsilon_lb": row["epsilon_lb"],
-                "mem/audit/correct": row["correct"],
+                "mem/audit/correct": correct,
                 "mem/audit/guesses": row["guesses"],
                 "mem/audit/accuracy": row["accuracy"],
+                "mem/audit/nonfinite": nonfinite,
             },
         )
         if trainer.is_global_zero:
-            _io.save_npz(
-                self.run_dir / f"epoch_{epoch:04d}.npz",
-                scores=scores,
-                guesses=result["guesses"],
-                included=self._included,
+            self.write_in_background(
+                _write_evaluation,
+                self.run_dir,
+                epoch,
+                None if self._inclusion_written else (self._included.copy(), self.seed),
+                {"scores": scores, "guesses": result["guesses"], "included": self._included.copy()},
+                self._summary(),
             )
-            self._save_json()
+            self._inclusion_written = True
         self.emit(trainer, trackers.Histogram(key="mem/audit/scores", values=scores, epoch=epoch))
         if self.log_per_sample:
             rows = [
@@ -408,29 +465,28 @@ class PrivacyAuditMonitor(MemorisationCallback):
                 ),
             )
 
-    def _save_json(self) -> None:
-        _io.save_json(
-            self.run_dir / "audit.json",
-            {
-                "method": "Steinke, Nasr and Jagielski 2023, one-run audit",
-                "num_canaries": self.num_canaries,
-                "canary_kind": "token_sequences" if self.is_token_canaries else "data_points",
-                "num_included": int(self._included.sum()),
-                "k_pos": self.k_pos,
-                "k_neg": self.k_neg,
-                "delta": self.delta,
-                "beta": self.beta,
-                "seed": self.seed,
-                "history": self._history,
-            },
-        )
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "method": "Steinke, Nasr and Jagielski 2023, one-run audit",
+            "num_canaries": self.num_canaries,
+            "canary_kind": "token_sequences" if self.is_token_canaries else "data_points",
+            "num_included": int(self._included.sum()),
+            "k_pos": self.k_pos,
+            "k_neg": self.k_neg,
+            "delta": self.delta,
+            "beta": self.beta,
+            "seed": self.seed,
+            "history": [dict(h) for h in self._history],
+        }
 
     # -- state ----------------------------------------------------------------------------
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            num_canaries=self.num_canaries, seed=self.seed, k_pos=self.k_pos, k_neg=self.k_neg
-        )
+    def _measured_args(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "num_canaries": self.num_canaries,
+            "k_pos": self.k_pos,
+            "k_neg": self.k_neg,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -442,30 +498,62 @@ class PrivacyAuditMonitor(MemorisationCallback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the history; refuse a checkpoint whose inclusion mask differs from this monitor's.
+        """Restore the history; refuse a checkpoint measured with other canaries, seed, k or inclusion.
 
         Raises:
-            ValueError: the checkpoint was trained with a different inclusion mask (the
-                training set built from this monitor would not match the audit's record).
+            ValueError: ``seed``, the number of canaries, ``k_pos`` or ``k_neg`` differ from the
+                checkpoint's (named with both values), or the inclusion mask does (the training set
+                built from this monitor would not match the audit's record).
         """
+        self.load_base_state(state_dict)
         saved = state_dict.get("included")
         if saved is not None:
             mask = np.asarray(saved.cpu().numpy() if hasattr(saved, "cpu") else saved, dtype=bool)
             if mask.shape != self._included.shape or not np.array_equal(mask, self._included):
-                raise ValueError(
-                    "the checkpoint's audit inclusion mask differs from this PrivacyAuditMonitor's "
-                    f"({int(mask.sum())}/{mask.size} vs {int(self._included.sum())}/{self._included.size} "
-                    "included); rebuild the monitor with the run's `seed` (and canaries) before building "
-                    "the training set, or the audit is invalid"
+                differ = (
+                    np.flatnonzero(mask != self._included)[:5].tolist()
+                    if mask.shape == self._included.shape
+                    else "shapes differ"
                 )
-        self.load_base_state(state_dict)
-        self._history = [
-            {
-                "epoch": int(h["epoch"]),
-                "correct": int(h["correct"]),
-                "guesses": int(h["guesses"]),
-                "accuracy": float(h["accuracy"]),
-                "epsilon_lb": float(h["epsilon_lb"]),
-            }
-            for h in state_dict.get("history", [])
-        ]
+                raise ValueError(
+                    "PrivacyAuditMonitor: the checkpoint's audit inclusion mask differs from this monitor's "
+                    f"({int(mask.sum())}/{mask.size} vs {int(self._included.sum())}/{self._included.size} "
+                    f"included; first differing canaries: {differ}); rebuild the monitor with the run's "
+                    "`seed`, canaries and `included` before building the training set, or the audit is invalid"
+                )
+        self._history = [_row_from_state(h) for h in state_dict.get("history", [])]
+
+
+def _row_from_state(h: dict[str, Any]) -> dict[str, Any]:
+    correct = h.get("correct")
+    return {
+        "epoch": int(h["epoch"]),
+        "correct": None if correct is None or not np.isfinite(float(correct)) else int(correct),
+        "guesses": int(h["guesses"]),
+        "accuracy": _float(h.get("accuracy")),
+        "epsilon_lb": _float(h.get("epsilon_lb")),
+        "nonfinite": int(h.get("nonfinite", 0)),
+    }
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _write_evaluation(
+    folder: Any,
+    epoch: int,
+    inclusion: tuple[np.ndarray, int] | None,
+    arrays: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """One evaluation's files: ``inclusion.npz`` (first evaluation of a process), ``epoch_XXXX.npz``, ``audit.json``."""
+    if inclusion is not None:
+        _rundir.write_audit_inclusion(folder, inclusion[0], inclusion[1])
+    _rundir.write_audit_epoch(folder, epoch, **arrays)
+    _rundir.write_audit_summary(folder, summary)
+
+
+def _describe_item(item: Any) -> str:
+    parts = item if isinstance(item, (list, tuple)) else [item]
+    return ", ".join(f"{type(p).__name__}{tuple(p.shape) if hasattr(p, 'shape') else ''}" for p in parts)

@@ -20,7 +20,7 @@ Monitors keep working on the DP model: they call ``pl_module(x)`` in eval mode w
 gradients, and Opacus' hooks record nothing then (they skip modules in eval mode and
 forwards without grad).
 
-Guards (DESIGN.md section 8): epsilon is read from a deep copy of the accountant, never the
+Guards (docs/architecture.md, "Known pitfalls"): epsilon is read from a deep copy of the accountant, never the
 live one (the GDP accountant's ``get_epsilon`` once popped its history); an accountant that
 fails (e.g. PRV beyond epsilon ~10, "cannot compute epsilon") is warned about once and the
 epoch's value skipped; the accountant's name and the delta are logged and saved; a training
@@ -37,7 +37,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from memcallbacks import _io, _probe
+from memcallbacks import _compat, _probe, _rundir
+from memcallbacks._validate import check_bool, check_choice, check_real
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.callbacks.audit import check_delta
 
@@ -124,8 +125,14 @@ def make_private(
         ...         return make_private(self, opt, noise_multiplier=1.0, max_grad_norm=1.0)
         >>> loader = DPDataLoader.from_data_loader(DataLoader(train_set, batch_size=128))  # doctest: +SKIP
     """
+    noise_multiplier = check_real("noise_multiplier", noise_multiplier, minimum=0.0, hint="e.g. 1.0")
+    max_grad_norm = check_real(
+        "max_grad_norm", max_grad_norm, minimum=0.0, min_inclusive=False, hint="e.g. 1.0"
+    )
+    check_choice("accountant", accountant, ("rdp", "gdp", "prv"))
+    poisson_sampling = check_bool("poisson_sampling", poisson_sampling)
     opacus = _import_opacus()
-    trainer = getattr(pl_module, "_trainer", None)
+    trainer = _compat.trainer_of(pl_module)
     if trainer is None:
         raise RuntimeError(
             "make_private() needs the LightningModule attached to a Trainer; call it inside "
@@ -214,6 +221,8 @@ class DPEpsilonLogger(MemorisationCallback):
     Resume: the accountant's history (a list of ``(noise_multiplier, sample_rate, steps)``) is
     saved in this callback's checkpoint state and restored into an empty accountant when
     training resumes, so epsilon keeps counting the steps taken before the checkpoint.
+    ``delta`` defines what is measured and must match the checkpoint (else a ``ValueError``
+    names both values); ``every_n_epochs`` and ``run_dir`` may change.
 
     Args:
         delta: target delta in ``[0, 1)``; pick it below ``1 / len(train_set)``.
@@ -245,7 +254,7 @@ class DPEpsilonLogger(MemorisationCallback):
         super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir)
         self.delta = check_delta(delta)
         self.privacy_engine = privacy_engine
-        self.restore_accountant = bool(restore_accountant)
+        self.restore_accountant = check_bool("restore_accountant", restore_accountant)
         self._history: list[dict[str, Any]] = []
         self._accountant_state: dict[str, Any] | None = None
         self._pending_accountant_state: dict[str, Any] | None = None
@@ -349,8 +358,8 @@ class DPEpsilonLogger(MemorisationCallback):
             self._save_json()
 
     def _save_json(self) -> None:
-        _io.save_json(
-            self.run_dir / "dp.json",
+        _rundir.write_dp(
+            self.run_dir,
             {
                 "accountant": self.accountant_name,
                 "delta": self.delta,
@@ -365,9 +374,8 @@ class DPEpsilonLogger(MemorisationCallback):
         return [dict(h) for h in self._history]
 
     # -- state ----------------------------------------------------------------------------
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(delta=self.delta, every_n_epochs=self.every_n_epochs)
+    def _measured_args(self) -> dict[str, Any]:
+        return {"delta": self.delta}
 
     def state_dict(self) -> dict[str, Any]:
         return {

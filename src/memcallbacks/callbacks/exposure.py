@@ -5,66 +5,115 @@ Unintended Memorization in Neural Networks", USENIX Security 2019. Canaries with
 secrets (:class:`~memcallbacks.CanarySet`) are inserted into the training data a few times
 each; every ``every_n_epochs`` this callback scores each canary's secret against other
 candidates of the randomness space ``R`` and logs its exposure in bits
-(``log2|R| - log2 rank``, DESIGN.md section 3), exact or extrapolated.
+(``log2|R| - log2 rank``, docs/canaries.md), exact or extrapolated.
 
-Logged keys (every rank logs the same value):
+Logged keys (every rank logs the same value; NaN when a score was not finite, never a
+value that reads as safe):
 
-=====================================  ==========================================================
-``mem/canary/exposure_max``            largest exposure over the canaries (bits, 0..log2|R|)
-``mem/canary/exposure_mean``           mean exposure over the canaries
-``mem/canary/exposure_mean/r{count}``  mean exposure of the canaries inserted ``count`` times
-``mem/canary/rank_min``                best rank of a canary (1 = the model's favourite candidate);
-                                       among all of R (exact) or among the references (extrapolated)
-``mem/canary/saturated``               canaries at the cap ``log2|R|``
-``mem/canary/extracted``               canaries whose secret greedy/beam decoding emits
-                                       (``extraction=True`` only)
-=====================================  ==========================================================
+=======================================  ==========================================================
+``mem/canary/exposure_max``              largest exposure over the canaries (bits, 0..log2|R|)
+``mem/canary/exposure_mean``             mean exposure over the canaries
+``mem/canary/exposure_mean/r{count}``    mean exposure of the canaries inserted ``count`` times
+``mem/canary/rank_min``                  best rank of a canary in R (1 = the model's favourite
+                                         candidate): exact, or a proven lower bound where no
+                                         exact rank was found (``rank_exact`` counts the exact)
+``mem/canary/rank_exact``                canaries whose rank in R is exact
+``mem/canary/reference_rank_min``        best rank among the sampled references (1..references+1;
+                                         methods with references only)
+``mem/canary/saturated``                 canaries at the cap ``log2|R|``
+``mem/canary/nonfinite``                 NaN/inf scores met in this evaluation (a diverged model)
+``mem/canary/extracted``                 canaries whose secret greedy/beam decoding emits
+                                         (``extraction=True`` only)
+=======================================  ==========================================================
 
 Files (``<run_dir>/canary/``, rank 0): ``exposure.npz`` with ``epochs [E]``,
-``canary_ids [C]``, ``repetitions [C]``, ``exposure``/``rank``/``log_perplexity`` ``[E, C]``
-(``extracted [E, C]`` with extraction), ``space_size``, ``method`` and the last evaluation's
-``reference_scores``. Secrets are not written there: they are regenerated from the
-CanarySet's seed; ``secrets.json`` (id -> secret) is written only with ``log_secrets=True``.
-The checkpoint (``state_dict``) does hold the secrets and references, so a resumed run
-scores the same candidates.
+``canary_ids [C]``, ``repetitions [C]``, ``exposure``/``log_perplexity`` ``[E, C]``,
+``rank [E, C]`` (float64: rank in R, exact where ``rank_exact [E, C]``, else a lower bound;
+NaN for a non-finite score), ``reference_rank [E, C]`` (NaN without references),
+``nonfinite [E]`` (``extracted [E, C]`` with extraction), ``space_size``, ``method`` and the
+last evaluation's ``reference_scores``. Secrets are not written there: they are regenerated
+from the CanarySet's seed; ``secrets.json`` (id -> secret) is written only with
+``log_secrets=True``. The checkpoint (``state_dict``) does hold the secrets and references,
+so a resumed run scores the same candidates.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import hashlib
+import json
 import numbers
-import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 
 from memcallbacks import _io, trackers
 from memcallbacks._dist import broadcast_object
+from memcallbacks._validate import check_bool, check_choice, check_int, check_optional_bool, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.canaries import CanarySet
-from memcallbacks.metrics.exposure import (
-    exposure_extrapolated,
-    exposure_from_rank,
-    exposure_rank,
-    exposure_saturated,
-    fit_skewnorm,
+from memcallbacks.exposure_strategies import (
+    EXPOSURE_STRATEGIES,
+    ExposureConfig,
+    resolve_exposure_method,
+    score_candidates,
 )
-from memcallbacks.scoring import (
-    ScoreFn,
-    beam_search,
-    is_incremental,
-    score_sequences,
-    score_shared_prefix,
-    score_space_trie,
-)
+from memcallbacks.metrics.exposure import ExposureResult
+from memcallbacks.scoring import ScoreFn, beam_search, is_incremental
 
 __all__ = ["CanaryExposureMonitor"]
 
-_METHODS = ("auto", "exact", "extrapolated")
 # strategies whose forward pass needs every rank (parameters sharded across ranks)
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+_HISTORY_KEYS = ("exposure", "rank", "log_perplexity", "reference_rank")
+
+
+def _methods() -> tuple[str, ...]:
+    return ("auto", "exact", *EXPOSURE_STRATEGIES)
+
+
+def _validate_init(
+    canaries: Any,
+    method: Any,
+    num_references: Any,
+    max_exact: Any,
+    max_expansions: Any,
+    reference_seed: Any,
+    score_fn: Any,
+    batch_size: Any,
+    extraction: Any,
+    beam_width: Any,
+    progress: Any,
+    name: Any,
+) -> None:
+    if not isinstance(canaries, CanarySet):
+        raise TypeError(f"`canaries` must be a memcallbacks.CanarySet, got {type(canaries).__name__}")
+    check_choice("method", method, _methods())
+    for arg, value in (
+        ("num_references", num_references),
+        ("max_exact", max_exact),
+        ("max_expansions", max_expansions),
+        ("batch_size", batch_size),
+        ("beam_width", beam_width),
+    ):
+        check_int(arg, value, minimum=1)
+    if reference_seed is not None:
+        check_seed("reference_seed", reference_seed)
+    if score_fn is not None and not callable(score_fn):
+        raise TypeError(
+            f"`score_fn` must be callable (module, token_ids, target_mask) -> Tensor[B], got {score_fn!r}"
+        )
+    check_bool("extraction", extraction)
+    check_optional_bool("progress", progress)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"`name` must be a string or None, got {name!r}; pass e.g. name='digits'")
+    if method in ("exact", "exact_list", "exact_trie") and canaries.space_size > max_exact:
+        raise ValueError(
+            f"method={method!r} scores all {canaries.space_size} candidates, more than `max_exact`={max_exact}; "
+            "use method='extrapolated' (or raise `max_exact`)"
+        )
 
 
 class CanaryExposureMonitor(MemorisationCallback):
@@ -74,18 +123,33 @@ class CanaryExposureMonitor(MemorisationCallback):
     training texts with ``canaries.inject(texts)``, and pass it here. The module must map
     token ids ``[B, T]`` to logits ``[B, T, V]`` (or return ``.logits``), or you pass
     ``score_fn``. A module implementing :class:`memcallbacks.scoring.IncrementalLM` gets the
-    shared-prefix fast paths (a trie over the whole space for exact exposure).
+    shared-prefix fast paths (a trie over the whole space for exact exposure, and exact
+    ranks of exposed canaries by best-first search beyond ``max_exact``).
+
+    Every candidate is scored as it is tokenised inside the canary text, so a subword
+    tokenizer (byte-level BPE) is handled (see :meth:`CanarySet.candidate_sequences`). The
+    methods are the strategies of :mod:`memcallbacks.exposure_strategies`.
+
+    A diverged model (NaN/inf scores) logs NaN exposure and rank, counts the scores in
+    ``mem/canary/nonfinite`` and warns once; training is not stopped here (use
+    ``LeakageEarlyStopping``'s finiteness check for that).
 
     Args:
         canaries: the inserted :class:`~memcallbacks.CanarySet`.
         method: ``"exact"`` ranks each canary among every candidate of the space (allowed
-            when ``|R| <= max_exact``); ``"extrapolated"`` fits a skew-normal to the scores
-            of ``num_references`` candidates sampled once at setup (Sec. 4.3) and caps the
-            result at ``log2|R|``; ``"auto"`` is exact when the space is no larger than the
-            references would be, or when the module is incremental and ``|R| <= max_exact``,
-            else extrapolated.
+            when ``|R| <= max_exact``; the trie when the module is incremental and characters
+            are single tokens, else the list); ``"extrapolated"`` fits a skew-normal to the
+            scores of ``num_references`` candidates sampled once at setup (Sec. 4.3), capped
+            at ``log2|R|`` and at what the references prove; ``"hybrid"`` adds a budgeted
+            best-first search that gives the exposed canaries their exact rank (Sec. 8);
+            ``"auto"`` is exact when the space is no larger than the references would be or
+            the trie applies with ``|R| <= max_exact``, else hybrid when the module is
+            incremental with single-token characters, else extrapolated. Any name registered
+            in ``EXPOSURE_STRATEGIES`` (``"exact_list"``, ``"exact_trie"``) is accepted too.
         num_references: sampled candidates for the extrapolation (default 10,000).
         max_exact: the largest space scored exactly (default 10**6).
+        max_expansions: best-first node-expansion budget per evaluation, shared by the canaries
+            (default 100,000; see :func:`memcallbacks.scoring.ranks_best_first`).
         reference_seed: seed of the reference draw (default ``canaries.seed + 1``).
         score_fn: ``score_fn(module, token_ids [B, T], target_mask [B, T]) -> Tensor[B]``,
             the log-perplexity of the masked (secret) tokens; disables the fast paths.
@@ -99,14 +163,21 @@ class CanaryExposureMonitor(MemorisationCallback):
         log_secrets: include the secrets in the table sent to trackers and write
             ``secrets.json`` to the run directory.
         progress: progress bar while scoring (None: when slow and stdout is a terminal).
+        name: tells two monitors in one Trainer apart (their checkpoint states); needed only
+            when you use two (e.g. two formats).
+
+    Resume: the canaries (format, seed, secrets), ``method``, ``num_references`` and
+    ``reference_seed`` define what is measured and must match the checkpoint (else a
+    ValueError names the argument and both values); ``every_n_epochs`` and ``run_dir`` may
+    change and the history carries over.
 
     Raises:
-        ValueError: bad ``method``, ``num_references``, ``max_exact``, ``batch_size`` or
-            ``beam_width``; ``method="exact"`` on a space above ``max_exact``; at fit start,
-            a canary longer than the module's ``max_len`` or a format whose prefix encodes
-            to no token.
-        TypeError: ``canaries`` is not a CanarySet; at fit start, the module's output is not
-            ``[B, T, V]`` logits and no ``score_fn`` was given.
+        ValueError: bad ``method``, ``num_references``, ``max_exact``, ``max_expansions``,
+            ``batch_size``, ``beam_width`` or ``reference_seed``; ``method="exact"`` on a space
+            above ``max_exact``; at fit start, a canary longer than the module's ``max_len`` or
+            a format whose prefix encodes to no token.
+        TypeError: ``canaries`` is not a CanarySet, a flag is not a bool; at fit start, the
+            module's output is not ``[B, T, V]`` logits and no ``score_fn`` was given.
 
     Example:
         >>> from memcallbacks import CanarySet, CharTokenizer
@@ -124,6 +195,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         method: str = "auto",
         num_references: int = 10_000,
         max_exact: int = 1_000_000,
+        max_expansions: int = 100_000,
         reference_seed: int | None = None,
         score_fn: ScoreFn | None = None,
         batch_size: int = 1024,
@@ -134,6 +206,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         log_per_sample: bool = False,
         log_secrets: bool = False,
         progress: bool | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -141,52 +214,67 @@ class CanaryExposureMonitor(MemorisationCallback):
             log_per_sample=log_per_sample,
             log_secrets=log_secrets,
         )
-        if not isinstance(canaries, CanarySet):
-            raise TypeError(f"`canaries` must be a memcallbacks.CanarySet, got {type(canaries).__name__}")
-        if method not in _METHODS:
-            raise ValueError(f"`method` can be {', '.join(_METHODS)}, got {method!r}")
-        for name, value in (
-            ("num_references", num_references),
-            ("max_exact", max_exact),
-            ("batch_size", batch_size),
-            ("beam_width", beam_width),
-        ):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
-        if score_fn is not None and not callable(score_fn):
-            raise TypeError(
-                f"`score_fn` must be callable (module, token_ids, target_mask) -> Tensor[B], got {score_fn!r}"
-            )
-        if method == "exact" and canaries.space_size > max_exact:
-            raise ValueError(
-                f"method='exact' scores all {canaries.space_size} candidates, more than `max_exact`={max_exact}; "
-                "use method='extrapolated' (or raise `max_exact`)"
-            )
+        _validate_init(
+            canaries, method, num_references, max_exact, max_expansions, reference_seed, score_fn,
+            batch_size, extraction, beam_width, progress, name,
+        )  # fmt: skip
         self.canaries = canaries
         self.method = method
+        self.name = name
         self.num_references = int(num_references)
-        self.max_exact = int(max_exact)
         self.reference_seed = canaries.seed + 1 if reference_seed is None else int(reference_seed)
-        self.score_fn = score_fn
-        self.batch_size = int(batch_size)
         self.extraction = bool(extraction)
         self.beam_width = int(beam_width)
-        self.progress = progress
+        self.config = ExposureConfig(
+            score_fn=score_fn,
+            batch_size=int(batch_size),
+            max_exact=int(max_exact),
+            max_expansions=int(max_expansions),
+            progress=progress,
+        )
         self.resolved_method: str | None = None
         self._references: list[str] | None = None
         self._epochs: list[int] = []
-        self._history: dict[str, list[list[float]]] = {"exposure": [], "rank": [], "log_perplexity": []}
+        self._history: dict[str, list[list[float]]] = {k: [] for k in _HISTORY_KEYS}
+        self._rank_exact: list[list[bool]] = []
+        self._nonfinite: list[int] = []
         self._extracted: list[list[bool]] = []
         self._last_reference_scores: np.ndarray | None = None
+        self._warned_nonfinite = False
+
+    # kept as attributes for backwards compatibility
+    @property
+    def score_fn(self) -> ScoreFn | None:
+        return self.config.score_fn
 
     @property
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            format=self.canaries.format,
-            seed=self.canaries.seed,
-            method=self.method,
-            space=self.canaries.space_size,
-        )
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def max_exact(self) -> int:
+        return self.config.max_exact
+
+    @property
+    def progress(self) -> bool | None:
+        return self.config.progress
+
+    # -- identity (resume contract) --------------------------------------------------------
+    def _state_key_args(self) -> dict[str, Any]:
+        return {} if self.name is None else {"name": self.name}
+
+    def _measured_args(self) -> dict[str, Any]:
+        cs = self.canaries
+        digest = hashlib.sha256(json.dumps(cs.secrets).encode()).hexdigest()[:16]
+        return {
+            "canary_format": cs.format,
+            "canary_seed": cs.seed,
+            "space_size": int(cs.space_size),
+            "method": self.method,
+            "num_references": self.num_references,
+            "reference_seed": self.reference_seed,
+            "secrets_digest": digest,  # the secrets themselves never go into a message
+        }
 
     # -- setup ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -205,111 +293,45 @@ class CanaryExposureMonitor(MemorisationCallback):
                     f"(`max_len`={int(max_len)}); shorten the format or the secret"
                 )
         # fails early, with a hint to pass score_fn, when the module's output is not [B, T, V]
-        self._score_list(pl_module, [c.secret for c in cs], progress=False)
+        score_candidates(pl_module, cs, cs.secrets, dataclasses.replace(self.config, progress=False))
         if self.extraction and not is_incremental(pl_module):
             try:  # decoding needs [B, T, V] logits: check now rather than after an epoch
                 beam_search(pl_module, cs.prefix_ids, 1, width=1)
             except TypeError as e:
                 raise TypeError(f"`extraction=True` decodes from the module's logits: {e}") from None
         self.resolved_method = self._resolve_method(pl_module)
-        if self.resolved_method == "extrapolated" and self._references is None:
+        if EXPOSURE_STRATEGIES[self.resolved_method].needs_references and self._references is None:
             self._references = cs.sample_references(self.num_references, seed=self.reference_seed)
 
-    def _trie_ok(self, pl_module: Any) -> bool:
-        return (
-            self.score_fn is None and is_incremental(pl_module) and self.canaries.char_token_ids() is not None
+    def _resolve_method(self, pl_module: Any) -> str:
+        return resolve_exposure_method(
+            self.method, pl_module, self.canaries, self.config, num_references=self.num_references
         )
 
-    def _resolve_method(self, pl_module: Any) -> str:
-        if self.method != "auto":
-            return self.method
-        space = self.canaries.space_size
-        if space <= self.num_references + len(self.canaries):
-            return "exact"
-        if space <= self.max_exact and self._trie_ok(pl_module):
-            return "exact"
-        return "extrapolated"
-
     # -- scoring -------------------------------------------------------------------------
-    def _score_list(self, module: Any, secrets: Sequence[str], *, progress: bool | None) -> np.ndarray:
-        cs = self.canaries
-        secret_ids = [cs.encode_secret(s) for s in secrets]
-        prefix = cs.prefix_ids
-        if self.score_fn is None and is_incremental(module) and len({len(s) for s in secret_ids}) == 1:
-            return score_shared_prefix(
-                module,
-                prefix,
-                np.array(secret_ids, dtype=np.int64),
-                batch_size=max(self.batch_size, 4096),
-                progress=progress,
-            )
-        return score_sequences(
-            module, [prefix + s for s in secret_ids], len(prefix), score_fn=self.score_fn,
-            batch_size=self.batch_size, progress=progress,
-        )  # fmt: skip
-
-    def compute(self, pl_module: Any) -> dict[str, Any]:
-        """Scores the canaries now and returns per-canary arrays (exposure, rank, log_perplexity).
+    def compute(self, pl_module: Any) -> ExposureResult:
+        """Scores the canaries now and returns an :class:`~memcallbacks.metrics.ExposureResult`.
 
         Usable outside a Trainer (after ``on_fit_start`` or with ``method`` not ``"auto"``).
         """
-        cs = self.canaries
         method = self.resolved_method or self._resolve_method(pl_module)
-        space = cs.space_size
-        reference_scores: np.ndarray
-        if method == "exact":
-            chars = cs.char_token_ids()
-            if self._trie_ok(pl_module) and chars is not None:
-                all_scores = score_space_trie(
-                    pl_module,
-                    cs.prefix_ids,
-                    chars,
-                    cs.length or 0,
-                    batch_size=max(self.batch_size, 16384),
-                    progress=self.progress,
-                )
-            else:
-                all_scores = self._score_list(
-                    pl_module, cs.enumerate_candidates(self.max_exact), progress=self.progress
-                )
-            canary_scores = all_scores[cs.candidate_index_array()]
-            # rank among all of R, ties against the canary: #(candidates <= score), itself included
-            rank = np.searchsorted(np.sort(all_scores), canary_scores, side="right").astype(np.int64)
-            exposure = np.asarray(exposure_from_rank(rank, space), dtype=np.float64).reshape(-1)
-            reference_scores = all_scores
-        else:
-            if self._references is None:
-                self._references = cs.sample_references(self.num_references, seed=self.reference_seed)
-            scores = self._score_list(pl_module, [*cs.secrets, *self._references], progress=self.progress)
-            canary_scores, reference_scores = scores[: len(cs)], scores[len(cs) :]
-            rank = exposure_rank(canary_scores, reference_scores)
-            if np.ptp(reference_scores) == 0:  # every candidate alike: nothing memorised
-                exposure = np.where(canary_scores < reference_scores[0], math.log2(space), 0.0)
-            else:
-                exposure = exposure_extrapolated(
-                    canary_scores, fit=fit_skewnorm(reference_scores), space_size=space
-                )
-        out: dict[str, Any] = {
-            "exposure": np.asarray(exposure, dtype=np.float64),
-            "rank": np.asarray(rank, dtype=np.int64),
-            "log_perplexity": np.asarray(canary_scores, dtype=np.float64),
-            "saturated": exposure_saturated(exposure, space),
-            "method": method,
-        }
-        if method != "exact" or space <= 100_000:
-            out["reference_scores"] = np.asarray(reference_scores, dtype=np.float32)
-        if self.extraction:
-            out["extracted"] = self._extract(pl_module)
-        return out
+        strategy = EXPOSURE_STRATEGIES[method]
+        if strategy.needs_references and self._references is None:
+            self._references = self.canaries.sample_references(self.num_references, seed=self.reference_seed)
+        return strategy.compute(pl_module, self.canaries, self.config, self._references)
 
     def _extract(self, module: Any) -> np.ndarray:
         cs = self.canaries
         found = np.zeros(len(cs), dtype=bool)
-        by_length: dict[int, list[int]] = {}
+        # decode from the tokens before each secret's span, as the training text has them (subword
+        # tokenizers may merge the prefix's end into the secret), for as many tokens as the span holds
+        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for i, c in enumerate(cs):
-            by_length.setdefault(c.secret_end - c.secret_start, []).append(i)
-        for steps, members in by_length.items():
-            beams = set(beam_search(module, cs.prefix_ids, steps, width=self.beam_width))
+            groups.setdefault(
+                (tuple(c.token_ids[: c.secret_start]), c.secret_end - c.secret_start), []
+            ).append(i)
+        for (context, steps), members in groups.items():
+            beams = set(beam_search(module, list(context), steps, width=self.beam_width))
             for i in members:
                 c = cs[i]
                 found[i] = tuple(c.token_ids[c.secret_start : c.secret_end]) in beams
@@ -322,47 +344,83 @@ class CanaryExposureMonitor(MemorisationCallback):
         # FSDP/DeepSpeed shard the parameters: every forward is a collective, so every rank scores
         # (rank 0's result is still the one broadcast); under DDP rank 0 alone scores
         sharded = type(trainer.strategy).__name__ in _SHARDED_STRATEGIES
-        result = self.compute(pl_module) if trainer.is_global_zero or sharded else None
-        result = broadcast_object(trainer, result)
-        assert result is not None
+        payload = None
+        if trainer.is_global_zero or sharded:
+            payload = (self.compute(pl_module), self._extract(pl_module) if self.extraction else None)
+        payload = broadcast_object(trainer, payload)
+        assert payload is not None
+        result, extracted = payload
         epoch = int(trainer.current_epoch)
-        self._epochs.append(epoch)
-        for key in self._history:
-            self._history[key].append([float(v) for v in result[key]])
-        if self.extraction:
-            self._extracted.append([bool(v) for v in result["extracted"]])
-        self._last_reference_scores = result.get("reference_scores")
-        self.log_metrics(pl_module, self._metrics(result))
+        self._record(epoch, result, extracted)
+        if result.nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"CanaryExposureMonitor: {result.nonfinite} canary/candidate scores are NaN or infinite at epoch "
+                f"{epoch} (a diverged model?); exposure and rank are logged as NaN and counted in "
+                "mem/canary/nonfinite (warned once)"
+            )
+        self.log_metrics(pl_module, self._metrics(result, extracted))
         if trainer.is_global_zero:
-            self._save()
+            self.write_in_background(_io.save_npz, self.run_dir / "exposure.npz", **self._arrays())
+            if self.log_secrets:
+                secrets = {c.id: c.secret for c in self.canaries}
+                self.write_in_background(_io.save_json, self.run_dir / "secrets.json", secrets)
         self._emit_records(trainer, epoch)
 
-    def _metrics(self, result: dict[str, Any]) -> dict[str, float]:
-        exposure = result["exposure"]
+    def _record(self, epoch: int, result: ExposureResult, extracted: np.ndarray | None) -> None:
+        n = len(self.canaries)
+        self._epochs.append(epoch)
+        ref_rank = result.reference_rank if result.reference_rank is not None else np.full(n, np.nan)
+        for key, values in (
+            ("exposure", result.exposure),
+            ("rank", result.rank),
+            ("log_perplexity", result.log_perplexity),
+            ("reference_rank", ref_rank),
+        ):
+            self._history[key].append([float(v) for v in values])
+        self._rank_exact.append([bool(v) for v in result.rank_exact])
+        self._nonfinite.append(int(result.nonfinite))
+        if extracted is not None:
+            self._extracted.append([bool(v) for v in extracted])
+        if result.reference_scores is not None:
+            self._last_reference_scores = np.asarray(result.reference_scores, dtype=np.float32)
+
+    def _metrics(self, result: ExposureResult, extracted: np.ndarray | None = None) -> dict[str, float]:
+        exposure = result.exposure
         reps = np.array([c.repetitions for c in self.canaries])
         metrics = {
-            "mem/canary/exposure_max": float(exposure.max()),
-            "mem/canary/exposure_mean": float(exposure.mean()),
-            "mem/canary/rank_min": float(result["rank"].min()),
-            "mem/canary/saturated": float(result["saturated"]),
+            "mem/canary/exposure_max": float(np.max(exposure)),  # NaN when any canary is NaN
+            "mem/canary/exposure_mean": float(np.mean(exposure)),
+            "mem/canary/rank_min": result.rank_min,
+            "mem/canary/rank_exact": float(np.count_nonzero(result.rank_exact)),
+            "mem/canary/saturated": float(result.saturated),
+            "mem/canary/nonfinite": float(result.nonfinite),
         }
+        if result.reference_rank is not None:
+            metrics["mem/canary/reference_rank_min"] = float(np.min(result.reference_rank))
         for r in sorted(set(reps.tolist())):
-            metrics[f"mem/canary/exposure_mean/r{r}"] = float(exposure[reps == r].mean())
-        if self.extraction:
-            metrics["mem/canary/extracted"] = float(np.count_nonzero(result["extracted"]))
+            metrics[f"mem/canary/exposure_mean/r{r}"] = float(np.mean(exposure[reps == r]))
+        if extracted is not None:
+            metrics["mem/canary/extracted"] = float(np.count_nonzero(extracted))
         return metrics
 
     def _arrays(self) -> dict[str, Any]:
         cs = self.canaries
+        n = len(cs)
+
+        def matrix(key: str) -> np.ndarray:
+            return np.array(self._history[key], dtype=np.float64).reshape(-1, n)
+
         arrays: dict[str, Any] = {
             "epochs": np.array(self._epochs, dtype=np.int64),
             "canary_ids": np.array(cs.ids, dtype=str),
             "repetitions": np.array([c.repetitions for c in cs], dtype=np.int64),
-            "exposure": np.array(self._history["exposure"], dtype=np.float64).reshape(-1, len(cs)),
-            "rank": np.array(self._history["rank"], dtype=np.int64).reshape(-1, len(cs)),
-            "log_perplexity": np.array(self._history["log_perplexity"], dtype=np.float64).reshape(
-                -1, len(cs)
-            ),
+            "exposure": matrix("exposure"),
+            "rank": matrix("rank"),
+            "rank_exact": np.array(self._rank_exact, dtype=bool).reshape(-1, n),
+            "reference_rank": matrix("reference_rank"),
+            "log_perplexity": matrix("log_perplexity"),
+            "nonfinite": np.array(self._nonfinite, dtype=np.int64),
             "space_size": np.array(float(cs.space_size)),
             "log2_space_size": np.array(cs.log2_space_size),
             "method": np.array(self.resolved_method or self.method),
@@ -375,15 +433,10 @@ class CanaryExposureMonitor(MemorisationCallback):
                 [c.id for c in cs for _ in cs.injected_indices.get(c.id, [])], dtype=str
             )
         if self.extraction:
-            arrays["extracted"] = np.array(self._extracted, dtype=bool).reshape(-1, len(cs))
+            arrays["extracted"] = np.array(self._extracted, dtype=bool).reshape(-1, n)
         if self._last_reference_scores is not None:
             arrays["reference_scores"] = np.asarray(self._last_reference_scores, dtype=np.float32)
         return arrays
-
-    def _save(self) -> None:
-        _io.save_npz(self.run_dir / "exposure.npz", **self._arrays())
-        if self.log_secrets:
-            _io.save_json(self.run_dir / "secrets.json", {c.id: c.secret for c in self.canaries})
 
     def _emit_records(self, trainer: pl.Trainer, epoch: int) -> None:
         cs = self.canaries
@@ -405,7 +458,7 @@ class CanaryExposureMonitor(MemorisationCallback):
                 yname="exposure (bits)",
             ),
         )
-        columns = ["canary", "repetitions", "exposure", "rank", "log_perplexity"]
+        columns = ["canary", "repetitions", "exposure", "rank", "rank_exact", "log_perplexity"]
         if self.extraction:
             columns.append("extracted")
         if self.log_secrets:
@@ -416,7 +469,8 @@ class CanaryExposureMonitor(MemorisationCallback):
                 c.id,
                 c.repetitions,
                 self._history["exposure"][-1][i],
-                int(self._history["rank"][-1][i]),
+                self._history["rank"][-1][i],
+                self._rank_exact[-1][i],
                 self._history["log_perplexity"][-1][i],
             ]
             if self.extraction:
@@ -444,44 +498,54 @@ class CanaryExposureMonitor(MemorisationCallback):
 
     @property
     def references(self) -> list[str] | None:
-        """The sampled reference candidates (extrapolated method), fixed at setup."""
+        """The sampled reference candidates (methods with references), fixed at setup."""
         return None if self._references is None else list(self._references)
 
     def state_dict(self) -> dict[str, Any]:
+        ref_scores = self._last_reference_scores
         return {
             **self.base_state(),
             "canaries": self.canaries.state_dict(),
             "references": None if self._references is None else list(self._references),
             "resolved_method": self.resolved_method,
             "epochs": list(self._epochs),
-            "exposure": [list(r) for r in self._history["exposure"]],
-            "rank": [list(r) for r in self._history["rank"]],
-            "log_perplexity": [list(r) for r in self._history["log_perplexity"]],
+            **{key: [list(r) for r in self._history[key]] for key in _HISTORY_KEYS},
+            "rank_exact": [list(r) for r in self._rank_exact],
+            "nonfinite": list(self._nonfinite),
             "extracted": [list(r) for r in self._extracted],
             "reference_scores": None
-            if self._last_reference_scores is None
-            else [float(v) for v in np.asarray(self._last_reference_scores).tolist()]
-            if self._last_reference_scores.size <= 100_000
-            else None,
+            if ref_scores is None or ref_scores.size > 100_000
+            else [float(v) for v in ref_scores.tolist()],
+            "warned_nonfinite": self._warned_nonfinite,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.load_base_state(state_dict)
+        self.load_base_state(state_dict)  # raises when a measured argument differs
         saved = state_dict.get("canaries")
         if saved is not None:
-            if list(saved.get("secrets", [])) != self.canaries.secrets:
-                warnings.warn(
+            if list(saved.get("secrets", [])) != self.canaries.secrets:  # a checkpoint without "measured"
+                raise ValueError(
                     "CanaryExposureMonitor: the checkpoint's canaries differ from the CanarySet passed in "
-                    "(another seed or format?); scoring the checkpoint's canaries",
-                    stacklevel=2,
+                    f"(checkpoint seed {saved.get('seed')!r}, this one {self.canaries.seed!r}; format "
+                    f"{saved.get('format')!r} vs {self.canaries.format!r}); pass the CanarySet the run was "
+                    "started with, or start a new run (no `ckpt_path`)"
                 )
             self.canaries.load_state_dict(saved)
         refs = state_dict.get("references")
         self._references = None if refs is None else [str(r) for r in refs]
-        self.resolved_method = state_dict.get("resolved_method", self.resolved_method)
+        saved_method = state_dict.get("resolved_method")
+        if saved_method in EXPOSURE_STRATEGIES:  # older checkpoints said "exact": resolved again at fit start
+            self.resolved_method = saved_method
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
-        for key in self._history:
-            self._history[key] = [[float(v) for v in row] for row in state_dict.get(key, [])]
+        n_epochs = len(self._epochs)
+        n = len(self.canaries)
+        for key in _HISTORY_KEYS:
+            rows = state_dict.get(key) or [[float("nan")] * n for _ in range(n_epochs)]
+            self._history[key] = [[float(v) for v in row] for row in rows]
+        default_exact = [[self.resolved_method in ("exact_list", "exact_trie", "exact")] * n] * n_epochs
+        self._rank_exact = [[bool(v) for v in row] for row in state_dict.get("rank_exact", default_exact)]
+        self._nonfinite = [int(v) for v in state_dict.get("nonfinite", [0] * n_epochs)]
         self._extracted = [[bool(v) for v in row] for row in state_dict.get("extracted", [])]
         ref_scores = state_dict.get("reference_scores")
         self._last_reference_scores = None if ref_scores is None else np.asarray(ref_scores, dtype=np.float32)
+        self._warned_nonfinite = bool(state_dict.get("warned_nonfinite", False))

@@ -1,9 +1,9 @@
 """Membership-inference monitor: the train/held-out loss gap and a loss-threshold attack, per epoch.
 
 At the end of every ``every_n_epochs``-th training epoch the monitor evaluates two fixed probe
-sets in eval mode (DESIGN.md section 2, "probe evaluation"): *members*, a seeded random subset
+sets in eval mode (docs/architecture.md, "Data flow"): *members*, a seeded random subset
 of the training data, and *non-members*, held-out samples. From their per-sample losses it
-computes (with :mod:`memcallbacks.metrics.membership`):
+computes (with :mod:`memcallbacks.metrics.membership`; this module only collects, names and logs):
 
 * the loss gap, mean held-out loss minus mean member loss, and their ratio;
 * the loss-threshold membership-inference attack of Yeom, Giacomelli, Fredrikson and Jha,
@@ -21,13 +21,18 @@ non-members; with ``m = 1,000`` non-members, TPR at 0.1% FPR rests on a single s
 probe sizes are logged (``mem/mia/n_members``, ``mem/mia/n_nonmembers``) so a reader can
 judge this; ``metrics.membership_inference`` warns when ``m < 1/x``.
 
-Distributed runs: the probes are split across ranks (contiguous shards of equal length, the
-last padded by repeating the final sample, no ``DistributedSampler``), each rank evaluates its
-shard, one all-gather reassembles the vectors in probe order, and every rank computes the
-metrics from the same numbers, so every rank logs identical values (``EarlyStopping`` sees the
-same value everywhere). Rank 0 writes the run directory and the tracker records; the files are
-written by a background thread (atomic renames through :mod:`memcallbacks._io`), flushed at the end
-of fit or by :meth:`MembershipInferenceMonitor.flush`.
+Precision: probes are evaluated with autocast switched off (:func:`memcallbacks._probe.full_precision`),
+so under ``precision="bf16-mixed"`` or ``"16-mixed"`` the losses are those of a float32 evaluation
+of the same weights, like every other memcallbacks measurement.
+
+Distributed runs: :func:`memcallbacks._probe.evaluate_sharded` splits the probes across ranks
+(contiguous shards of equal length, the last padded by repeating the final sample, no
+``DistributedSampler``), each rank evaluates its shard, one all-gather reassembles the vectors
+in probe order, and every rank computes the metrics from the same numbers, so every rank logs
+identical values (``EarlyStopping`` sees the same value everywhere). Rank 0 writes the run
+directory and the tracker records; the files are written by a background thread (atomic renames
+through :mod:`memcallbacks._io`), flushed at the end of fit or by
+:meth:`MembershipInferenceMonitor.flush`.
 """
 
 from __future__ import annotations
@@ -41,64 +46,31 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from memcallbacks import _dist, _io, _probe, trackers
+from memcallbacks import _compat, _io, _probe, trackers
+from memcallbacks._validate import check_bool, check_int, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
-from memcallbacks.data.indexed import IndexedDataset
-from memcallbacks.metrics.membership import MembershipReport, _check_fprs, loss_gap, membership_inference
+from memcallbacks.metrics.membership import (
+    MembershipReport,
+    calibrated_losses,
+    check_fprs,
+    format_fpr,
+    loss_gap,
+    loss_ratio,
+    membership_inference,
+    roc_curve,
+    slice_aucs,
+)
 
 __all__ = ["MembershipInferenceMonitor"]
 
-#: the denominator of ``mem/gap/loss_ratio`` is at least this (guards division by ~0)
-RATIO_EPS = 1e-6
+NAN = float("nan")
 
 
 def _write_files(folder: Any, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
     _io.save_npz(folder / "losses.npz", compress=False, **arrays)
     _io.save_json(folder / "metrics.json", summary)
-
-
-def _positive_int(name: str, value: Any, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}; {hint}")
-    return int(value)
-
-
-def _as_dataset(name: str, value: Any) -> Dataset[Any] | None:
-    if value is None:
-        return None
-    if isinstance(value, DataLoader):
-        value = value.dataset
-    if isinstance(value, IndexedDataset):
-        value = value.dataset
-    if not hasattr(value, "__getitem__") or not hasattr(value, "__len__"):
-        raise TypeError(
-            f"`{name}` must be a map-style dataset (with __len__ and __getitem__) or a DataLoader over one, "
-            f"got {type(value).__name__}"
-        )
-    if len(value) == 0:
-        raise ValueError(f"`{name}` is empty (0 samples); pass a dataset with at least one sample")
-    return value  # type: ignore[no-any-return]
-
-
-def _structure(item: Any) -> Any:
-    """A comparable description of an item's container structure (not its sizes)."""
-    if isinstance(item, torch.Tensor):
-        return ("tensor", str(item.dtype), item.dim())
-    if isinstance(item, np.ndarray):
-        return ("ndarray", str(item.dtype), item.ndim)
-    if isinstance(item, Mapping):
-        return ("dict", tuple((str(k), _structure(item[k])) for k in sorted(item, key=str)))
-    if isinstance(item, (list, tuple)):
-        return ("seq", tuple(_structure(v) for v in item))
-    if isinstance(item, (bool, np.bool_)):
-        return "bool"
-    if isinstance(item, (int, np.integer)):
-        return "int"
-    if isinstance(item, (float, np.floating)):
-        return "float"
-    return type(item).__name__
 
 
 def _class_of(item: Any) -> Hashable:
@@ -131,13 +103,106 @@ def _slice_name(key: Hashable) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "_"
 
 
+def _unvisited_members(trainer: Any, member_indices: np.ndarray) -> tuple[float, bool] | None:
+    """How many default members the training loop has not visited yet: ``(count, exact)`` or ``None``.
+
+    Cheap (no per-step hook): from the batches an epoch runs (``trainer.num_training_batches``,
+    lowered by ``limit_train_batches``), a ``max_steps`` that cut the current epoch short, and
+    the loader's sampler. A sequential sampler visits the same first ``k * batch_size`` samples
+    every epoch, so the count is exact; a shuffling one visits a random share, and the count is
+    the expectation ``n * prod(1 - k_e / K)`` over the epochs so far. ``None`` when every batch
+    ran or the loader/sampler is not one of these.
+    """
+    loader = getattr(trainer, "train_dataloader", None)
+    if not isinstance(loader, DataLoader):
+        return None
+    try:
+        total = len(loader)
+    except TypeError:
+        return None
+    limit = trainer.num_training_batches
+    if total == 0 or not isinstance(limit, (int, float)) or not np.isfinite(limit):
+        return None
+    k = int(min(limit, total))
+    done = int(trainer.current_epoch)
+    per_epoch = [k] * done
+    this = k
+    max_steps = getattr(trainer, "max_steps", -1)
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        batches = int(trainer.global_step) * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        this = max(0, min(k, batches - done * k))
+    per_epoch.append(this)
+    if min(per_epoch) >= total:
+        return None
+    sampler = loader.sampler
+    if isinstance(sampler, SequentialSampler):
+        batch_size = loader.batch_size or -(-len(sampler) // total)
+        visited = max(per_epoch) * batch_size
+        return float((member_indices >= visited).sum()), True
+    if isinstance(sampler, RandomSampler) or getattr(sampler, "shuffle", False) is True:
+        share_unvisited = float(np.prod([1.0 - c / total for c in per_epoch]))
+        return len(member_indices) * share_unvisited, False
+    return None
+
+
+def _validate_init(
+    *,
+    num_probe: Any,
+    sample_loss_fn: Any,
+    fprs: Any,
+    calibrate: Any,
+    slices: Any,
+    min_slice_size: Any,
+    batch_size: Any,
+    collate_fn: Any,
+    seed: Any,
+    name: Any,
+) -> dict[str, Any]:
+    """Every argument check of :class:`MembershipInferenceMonitor`; returns the normalised values."""
+    loss_fn = sample_loss_fn if sample_loss_fn is not None else _probe.default_sample_loss_fn
+    if not callable(loss_fn):
+        raise TypeError(
+            f"`sample_loss_fn` must be callable (module, batch) -> Tensor[B], got {type(sample_loss_fn).__name__}"
+        )
+    if slices is not None and slices != "class" and not callable(slices):
+        raise TypeError(
+            f"`slices` must be None, 'class' or a function item -> hashable, got {slices!r}; "
+            "e.g. slices='class' for per-label AUCs"
+        )
+    if collate_fn is not None and not callable(collate_fn):
+        raise TypeError(
+            f"`collate_fn` must be None or a function list[item] -> batch, got {type(collate_fn).__name__}"
+        )
+    if name is not None and (
+        not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name)
+    ):
+        raise ValueError(
+            f"`name` must be None or a non-empty string of letters, digits, '-', '_' or '.', got {name!r}; "
+            "e.g. name='calibrated' (it names the run-directory folder and the checkpoint state)"
+        )
+    return {
+        "name": name,
+        "num_probe": check_int("num_probe", num_probe, minimum=1, hint="e.g. num_probe=1000"),
+        "sample_loss_fn": loss_fn,
+        "fprs": check_fprs(fprs),
+        "calibrate": check_bool("calibrate", calibrate),
+        "slices": slices,
+        "min_slice_size": check_int(
+            "min_slice_size", min_slice_size, minimum=1, hint="e.g. min_slice_size=50"
+        ),
+        "batch_size": check_int("batch_size", batch_size, minimum=1, hint="e.g. batch_size=256"),
+        "collate_fn": collate_fn,
+        "seed": check_seed("seed", seed),
+    }
+
+
 class MembershipInferenceMonitor(MemorisationCallback):
     """Log the train/held-out loss gap and a loss-threshold membership-inference attack each epoch.
 
     Two fixed probe sets are evaluated at the end of each ``every_n_epochs``-th training epoch,
-    in eval mode under ``torch.inference_mode()`` (train mode is restored afterwards): members
-    (training samples) and non-members (held-out samples). No change to the LightningModule is
-    needed when batches are ``(x, y)`` and ``module(x)`` returns logits.
+    in eval mode under ``torch.inference_mode()`` with autocast off (train mode is restored
+    afterwards): members (training samples) and non-members (held-out samples). No change to the
+    LightningModule is needed when batches are ``(x, y)`` and ``module(x)`` returns logits.
 
     Logged keys (every rank logs the same values; ``n`` counts exclude non-finite losses):
 
@@ -158,6 +223,11 @@ class MembershipInferenceMonitor(MemorisationCallback):
                                               (``calibrate=True``), plus per-slice AUC
     ========================================  =================================================
 
+    Non-finite losses (a diverged model, an overflow) are counted in ``mem/mia/nonfinite``,
+    warned about once, kept as NaN in ``losses.npz`` and left out of the attack; when a probe
+    set has no finite loss left, every ``mem/gap/*`` and ``mem/mia/*`` value of that evaluation
+    is NaN (never a chance-looking 0.5 or a stale value), and training goes on.
+
     The ratio is defined for non-negative losses (cross-entropy): 1 means no gap; the
     denominator is clamped at ``1e-6`` so a model that drives member loss to 0 gives a large
     finite number rather than a division by zero. Use ``mem/gap/loss`` for losses that can be
@@ -176,6 +246,12 @@ class MembershipInferenceMonitor(MemorisationCallback):
     Tracker records: a ``RocCurve`` (``mem/mia/roc``, and ``mem/mia_cal/roc``) and one
     ``Histogram`` each of member and non-member losses (``mem/mia/member_losses``,
     ``mem/mia/nonmember_losses``); all aggregate.
+
+    Resuming from a checkpoint: the probe indices, the calibration reference and the history are
+    restored. ``seed``, ``num_probe``, ``calibrate`` and the probe sets (``members``/``nonmembers``
+    given or not, and their sizes) define what is measured and must match the checkpoint (a
+    ``ValueError`` names the argument and both values); ``every_n_epochs``, ``run_dir``, ``fprs``,
+    ``slices`` and ``batch_size`` may change, and the history carries over.
 
     Args:
         members: training samples to probe (a map-style dataset or a DataLoader over one; an
@@ -197,15 +273,19 @@ class MembershipInferenceMonitor(MemorisationCallback):
         min_slice_size: a slice is logged only with at least this many members and non-members.
         batch_size: batch size of the probe evaluation.
         collate_fn: collate function for probe batches (default: PyTorch's default collate).
-        seed: seed of the default member subset.
+        seed: seed of the default member subset (an integer >= 0).
         run_dir: override the run directory root.
         log_per_sample: accepted for symmetry; this monitor sends only aggregate records.
+        name: tells two monitors in one Trainer apart (each needs its own): it names the
+            checkpoint state and the run-directory folder (``membership_<name>``). The logged keys
+            stay the same, so give the second monitor its own logger or compare it via ``history``.
 
     Raises:
         ValueError: bad argument values (empty probes, ``every_n_epochs < 1``, FPRs outside
-            ``(0, 1)``, ``num_probe < 1``, ``min_slice_size < 1``).
+            ``(0, 1)``, ``num_probe < 1``, ``min_slice_size < 1``, ``seed < 0``), probes whose
+            items differ in structure or (with the default collate) feature shape.
         TypeError: probes that are not map-style datasets, a ``slices`` that is neither
-            ``"class"`` nor callable.
+            ``"class"`` nor callable, a non-integer ``seed``/``num_probe``, a non-bool ``calibrate``.
 
     Example:
         >>> import pytorch_lightning as pl
@@ -236,28 +316,34 @@ class MembershipInferenceMonitor(MemorisationCallback):
         seed: int = 0,
         run_dir: Any = None,
         log_per_sample: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
-        self._members_arg = _as_dataset("members", members)
-        self._nonmembers_arg = _as_dataset("nonmembers", nonmembers)
-        self.num_probe = _positive_int("num_probe", num_probe, "e.g. num_probe=1000")
-        self.sample_loss_fn = sample_loss_fn if sample_loss_fn is not None else _probe.default_sample_loss_fn
-        if not callable(self.sample_loss_fn):
-            raise TypeError(
-                f"`sample_loss_fn` must be callable (module, batch) -> Tensor[B], got {type(sample_loss_fn).__name__}"
-            )
-        self.fprs = _check_fprs(fprs)
-        self.calibrate = bool(calibrate)
-        if slices is not None and slices != "class" and not callable(slices):
-            raise TypeError(
-                f"`slices` must be None, 'class' or a function item -> hashable, got {slices!r}; "
-                "e.g. slices='class' for per-label AUCs"
-            )
-        self.slices = slices
-        self.min_slice_size = _positive_int("min_slice_size", min_slice_size, "e.g. min_slice_size=50")
-        self.batch_size = _positive_int("batch_size", batch_size, "e.g. batch_size=256")
-        self.collate_fn = collate_fn
-        self.seed = int(seed)
+        args = _validate_init(
+            num_probe=num_probe,
+            sample_loss_fn=sample_loss_fn,
+            fprs=fprs,
+            calibrate=calibrate,
+            slices=slices,
+            min_slice_size=min_slice_size,
+            batch_size=batch_size,
+            collate_fn=collate_fn,
+            seed=seed,
+            name=name,
+        )
+        self.name: str | None = args["name"]
+        self.subdir = "membership" if self.name is None else f"membership_{self.name}"
+        self.num_probe: int = args["num_probe"]
+        self.sample_loss_fn: _probe.SampleLossFn = args["sample_loss_fn"]
+        self.fprs: tuple[float, ...] = args["fprs"]
+        self.calibrate: bool = args["calibrate"]
+        self.slices: str | Callable[[Any], Hashable] | None = args["slices"]
+        self.min_slice_size: int = args["min_slice_size"]
+        self.batch_size: int = args["batch_size"]
+        self.collate_fn: Callable[[list[Any]], Any] | None = args["collate_fn"]
+        self.seed: int = args["seed"]
+        self._members_arg = _probe.as_probe_dataset("members", members)
+        self._nonmembers_arg = _probe.as_probe_dataset("nonmembers", nonmembers)
         if self._members_arg is not None and self._nonmembers_arg is not None:
             self._check_same_structure(self._members_arg, self._nonmembers_arg)
 
@@ -277,30 +363,37 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self._ref_nonmembers: np.ndarray | None = None
         self._warned_nonfinite = False
         self._warned_few: set[str] = set()
+        self._warned_unvisited = False
+        # finite scores of the last evaluation, for the tracker records
+        self._last_scores: dict[str, np.ndarray] = {}
         self.report: MembershipReport | None = None
-        """The last aggregate :class:`MembershipReport` (``None`` before the first evaluation)."""
+        """The last aggregate :class:`MembershipReport` (``None`` before the first evaluation or when
+        a probe set had no finite loss)."""
         self.calibrated_report: MembershipReport | None = None
         """The last calibrated report (``calibrate=True``)."""
         self.last_eval_seconds: float = float("nan")
         """Wall time of the last evaluation (forward passes, metrics, files, records)."""
 
     # -- identity and state --------------------------------------------------------------
-    @property
-    def state_key(self) -> str:
-        slices = (
-            self.slices
-            if self.slices is None or isinstance(self.slices, str)
-            else getattr(self.slices, "__qualname__", type(self.slices).__name__)
-        )
-        return self._generate_state_key(
-            num_probe=self.num_probe,
-            seed=self.seed,
-            calibrate=self.calibrate,
-            every_n_epochs=self.every_n_epochs,
-            slices=slices,
-            min_slice_size=self.min_slice_size,
-            run_dir=None if self._run_dir_arg is None else str(self._run_dir_arg),
-        )
+    def _state_key_args(self) -> dict[str, Any]:
+        """Two monitors in one Trainer are told apart by ``name`` only."""
+        return {} if self.name is None else {"name": self.name}
+
+    def _measured_args(self) -> dict[str, Any]:
+        """What this monitor measures: checked against the checkpoint on resume."""
+        measured: dict[str, Any] = {"calibrate": self.calibrate}
+        if self._members_arg is None:
+            measured["members"] = "a random subset of the training data"
+            measured["seed"] = self.seed
+            measured["num_probe"] = self.num_probe
+        else:
+            measured["members"] = f"a dataset of {len(self._members_arg)} samples"  # type: ignore[arg-type]
+        if self._nonmembers_arg is None:
+            measured["nonmembers"] = "the validation data"
+            measured["num_probe"] = self.num_probe
+        else:
+            measured["nonmembers"] = f"a dataset of {len(self._nonmembers_arg)} samples"  # type: ignore[arg-type]
+        return measured
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -360,13 +453,24 @@ class MembershipInferenceMonitor(MemorisationCallback):
         return ds[0]
 
     def _check_same_structure(self, members: Dataset[Any], nonmembers: Dataset[Any]) -> None:
-        a, b = _structure(self._first_item(members)), _structure(self._first_item(nonmembers))
+        first_m, first_n = self._first_item(members), self._first_item(nonmembers)
+        a, b = _probe.item_structure(first_m), _probe.item_structure(first_n)
         if a != b:
             raise ValueError(
                 "`members` and `nonmembers` must yield items of the same structure (they are batched and "
                 f"scored the same way), got members item {a} and nonmembers item {b}; wrap one of them so "
                 "both give e.g. `(x, y)` pairs"
             )
+        if self.collate_fn is None:  # the default collate stacks members and non-members in one batch
+            shapes_m, shapes_n = _probe.item_shapes(first_m), _probe.item_shapes(first_n)
+            if shapes_m != shapes_n:
+                source = "`nonmembers`" if self._nonmembers_arg is not None else "the validation dataset"
+                raise ValueError(
+                    f"the held-out set ({source}, the non-members) yields tensors of shape "
+                    f"{shapes_n} but the members yield {shapes_m}; both are scored by the same model, so "
+                    "pass held-out samples with the members' feature shape (or a `collate_fn` that pads "
+                    "items of different lengths)"
+                )
 
     def _resolve_members(self, trainer: pl.Trainer) -> Subset[Any]:
         if self._members_arg is not None:
@@ -396,19 +500,12 @@ class MembershipInferenceMonitor(MemorisationCallback):
         if ds is not None:
             return ds
         # not loaded yet (num_sanity_val_steps=0, check_val_every_n_epoch > 1): ask the data source
-        source = None
         try:
-            source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        except AttributeError:
-            pass
-        if source is not None:
-            try:
-                if source.instance is not None and source.is_defined():
-                    return _probe.dataset_of(source.dataloader())
-            except Exception as e:  # noqa: BLE001 - fall through to the datamodule and the error below
-                rank_zero_warn(
-                    f"MembershipInferenceMonitor: requesting the validation dataloader failed: {e!r}"
-                )
+            source = _compat.val_data_source(trainer)
+            if source is not None and source.instance is not None and source.is_defined():
+                return _probe.dataset_of(source.dataloader())
+        except Exception as e:  # noqa: BLE001 - fall through to the datamodule and the error below
+            rank_zero_warn(f"MembershipInferenceMonitor: requesting the validation dataloader failed: {e!r}")
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and callable(getattr(dm, "val_dataloader", None)):
             try:
@@ -469,94 +566,142 @@ class MembershipInferenceMonitor(MemorisationCallback):
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
         assert self._members is not None and self._nonmembers is not None
-        n, m = len(self._members), len(self._nonmembers)
+        n = len(self._members)
         probe: Dataset[Any] = ConcatDataset([self._members, self._nonmembers])
-        total = n + m
-        world = _dist.world_size(trainer)
-        if world > 1:
-            # equal contiguous shards (the last padded with the final sample): every rank runs the
-            # same number of batches, and the gathered vector is in probe order
-            per_rank = -(-total // world)
-            rank = int(trainer.global_rank)
-            positions = [min(rank * per_rank + j, total - 1) for j in range(per_rank)]
-            probe = Subset(probe, positions)
-        losses, _ = _probe.evaluate_sample_losses(
-            pl_module,
-            probe,
-            self.sample_loss_fn,
-            batch_size=self.batch_size,
-            device=pl_module.device,
-            collate_fn=self.collate_fn,
-            trainer=trainer,
-        )
-        if world > 1:
-            losses = _dist.gather_concat(trainer, losses.to(pl_module.device)).cpu()[:total]
+        try:
+            losses, _ = _probe.evaluate_sharded(
+                trainer,
+                pl_module,
+                probe,
+                self.sample_loss_fn,
+                batch_size=self.batch_size,
+                collate_fn=self.collate_fn,
+                device=pl_module.device,
+            )
+        except Exception as e:
+            self._diagnose(pl_module, e)
+            raise
         values = losses.numpy().astype(np.float32, copy=False)
         return values[:n].copy(), values[n:].copy()
 
-    def _attack(
-        self, members: np.ndarray, nonmembers: np.ndarray, prefix: str, fprs: tuple[float, ...]
-    ) -> MembershipReport:
+    def _diagnose(self, pl_module: pl.LightningModule, error: Exception) -> None:
+        """After a failed evaluation: if the members evaluate alone, blame the held-out set by name."""
+        assert self._members is not None
+        try:
+            _probe.evaluate_sample_losses(
+                pl_module,
+                self._members,
+                self.sample_loss_fn,
+                batch_size=self.batch_size,
+                collate_fn=self.collate_fn,
+                device=pl_module.device,
+            )
+        except Exception:  # noqa: BLE001 - the members fail too: the original error says it best
+            return
+        source = "`nonmembers`" if self._nonmembers_arg is not None else "the validation dataset"
+        raise ValueError(
+            f"MembershipInferenceMonitor: the held-out set ({source}, the non-members) cannot be scored by "
+            f"the model, while the members can: {type(error).__name__}: {error}. HINT: non-members must look "
+            "like the members: the same feature shape, and labels that are class indices the model "
+            "predicts (0 <= y < number of logits)"
+        ) from error
+
+    def _attack(self, members: np.ndarray, nonmembers: np.ndarray, prefix: str) -> MembershipReport:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = membership_inference(members, nonmembers, fprs=fprs)
+            report = membership_inference(members, nonmembers, fprs=self.fprs)
         for w in caught:
-            text = str(w.message)
             if prefix not in self._warned_few:
                 self._warned_few.add(prefix)
-                rank_zero_warn(f"MembershipInferenceMonitor ({prefix}): {text}", category=UserWarning)
+                rank_zero_warn(f"MembershipInferenceMonitor ({prefix}): {w.message}", category=UserWarning)
         return report
 
-    def _compute(
-        self, epoch: int, members: np.ndarray, nonmembers: np.ndarray
-    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        fin_m, fin_n = np.isfinite(members), np.isfinite(nonmembers)
-        nonfinite = int((~fin_m).sum() + (~fin_n).sum())
-        if nonfinite and not self._warned_nonfinite:
+    def _warn_unvisited(self, trainer: pl.Trainer) -> None:
+        if self._warned_unvisited or self._members_arg is not None or self._member_indices is None:
+            return
+        found = _unvisited_members(trainer, self._member_indices)
+        if found is None or found[0] < 1.0:
+            return
+        self._warned_unvisited = True
+        count, exact = found
+        n = len(self._member_indices)
+        amount = f"{int(count)}" if exact else f"about {count:.0f} (expected, the loader shuffles)"
+        rank_zero_warn(
+            f"MembershipInferenceMonitor: {amount} of the {n} member probes have not been visited by training "
+            f"by epoch {trainer.current_epoch} (the loop ran {trainer.num_training_batches} of "
+            f"{len(trainer.train_dataloader)} batches an epoch: `limit_train_batches` or `max_steps`); "  # type: ignore[arg-type]
+            "they still count as members, which pulls the attack towards chance. Pass `members=` the "
+            "samples actually trained on (warned once)",
+            category=UserWarning,
+        )
+
+    def _warn_nonfinite(self, epoch: int, members: np.ndarray, nonmembers: np.ndarray) -> int:
+        bad_m, bad_n = int((~np.isfinite(members)).sum()), int((~np.isfinite(nonmembers)).sum())
+        if (bad_m or bad_n) and not self._warned_nonfinite:
             self._warned_nonfinite = True
             rank_zero_warn(
-                f"MembershipInferenceMonitor: {nonfinite} probe losses are NaN/inf at epoch {epoch} "
-                f"({int((~fin_m).sum())} members, {int((~fin_n).sum())} non-members); they are excluded from "
-                "the attack and counted in `mem/mia/nonfinite` (warned once)",
+                f"MembershipInferenceMonitor: {bad_m + bad_n} probe losses are NaN/inf at epoch {epoch} "
+                f"({bad_m} members, {bad_n} non-members); they are excluded from the attack and counted in "
+                "`mem/mia/nonfinite`; an evaluation with no finite member or non-member loss logs NaN for "
+                "every mem/gap and mem/mia value (warned once)",
                 category=UserWarning,
             )
-        m, nm = members[fin_m].astype(np.float64), nonmembers[fin_n].astype(np.float64)
-        metrics: dict[str, float] = {"mem/mia/nonfinite": float(nonfinite)}
-        if m.size == 0 or nm.size == 0:
-            metrics.update({"mem/mia/n_members": float(m.size), "mem/mia/n_nonmembers": float(nm.size)})
-            self.report = None
-            return metrics, m, nm
-        mean_m, mean_n = float(m.mean()), float(nm.mean())
-        metrics["mem/gap/loss"] = loss_gap(m, nm)
-        metrics["mem/gap/loss_ratio"] = mean_n / max(mean_m, RATIO_EPS)
-        metrics["mem/gap/member_loss"] = mean_m
-        metrics["mem/gap/nonmember_loss"] = mean_n
-        self.report = self._attack(m, nm, "mem/mia", self.fprs)
-        metrics.update(self.report.to_metrics("mem/mia"))
-        metrics.update(self._slice_aucs(members, nonmembers, "mem/mia"))
+        return bad_m + bad_n
 
-        if self.calibrate:
-            assert self._ref_members is not None and self._ref_nonmembers is not None
-            dm = members.astype(np.float64) - self._ref_members
-            dn = nonmembers.astype(np.float64) - self._ref_nonmembers
-            fm, fn_ = np.isfinite(dm), np.isfinite(dn)
-            if fm.any() and fn_.any():
-                self.calibrated_report = self._attack(dm[fm], dn[fn_], "mem/mia_cal", self.fprs)
-                metrics.update(self.calibrated_report.to_metrics("mem/mia_cal"))
-                metrics.update(self._slice_aucs(dm, dn, "mem/mia_cal"))
-        return metrics, m, nm
+    def _metrics(self, epoch: int, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, float]:
+        """Every key this monitor logs, spelled out; the numbers come from ``metrics.membership``."""
+        nonfinite = self._warn_nonfinite(epoch, members, nonmembers)
+        m = members[np.isfinite(members)].astype(np.float64)
+        nm = nonmembers[np.isfinite(nonmembers)].astype(np.float64)
+        self._last_scores = {"members": m, "nonmembers": nm}
+        ok = m.size > 0 and nm.size > 0
+        r = self.report = self._attack(m, nm, "mem/mia") if ok else None
+        metrics: dict[str, float] = {
+            "mem/mia/nonfinite": float(nonfinite),
+            "mem/gap/loss": loss_gap(m, nm) if ok else NAN,
+            "mem/gap/loss_ratio": loss_ratio(m, nm) if ok else NAN,
+            "mem/gap/member_loss": float(m.mean()) if ok else NAN,
+            "mem/gap/nonmember_loss": float(nm.mean()) if ok else NAN,
+            "mem/mia/auc": r.auc if r else NAN,
+            "mem/mia/advantage": r.advantage if r else NAN,
+        }
+        for fpr in self.fprs:
+            metrics[f"mem/mia/tpr@{format_fpr(fpr)}fpr"] = r.tpr_at_fpr[fpr] if r else NAN
+        metrics["mem/mia/balanced_accuracy"] = r.balanced_accuracy if r else NAN
+        metrics["mem/mia/n_members"] = float(m.size)
+        metrics["mem/mia/n_nonmembers"] = float(nm.size)
+        for name, auc in self._slice_aucs(members, nonmembers).items():
+            metrics[f"mem/mia/auc/{name}"] = auc
+        if not self.calibrate:
+            return metrics
 
-    def _slice_aucs(self, members: np.ndarray, nonmembers: np.ndarray, prefix: str) -> dict[str, float]:
+        assert self._ref_members is not None and self._ref_nonmembers is not None
+        dm_all = calibrated_losses(members, self._ref_members)
+        dn_all = calibrated_losses(nonmembers, self._ref_nonmembers)
+        dm, dn = dm_all[np.isfinite(dm_all)], dn_all[np.isfinite(dn_all)]
+        self._last_scores.update(cal_members=dm, cal_nonmembers=dn)
+        c = self.calibrated_report = self._attack(dm, dn, "mem/mia_cal") if dm.size and dn.size else None
+        metrics["mem/mia_cal/auc"] = c.auc if c else NAN
+        metrics["mem/mia_cal/advantage"] = c.advantage if c else NAN
+        for fpr in self.fprs:
+            metrics[f"mem/mia_cal/tpr@{format_fpr(fpr)}fpr"] = c.tpr_at_fpr[fpr] if c else NAN
+        metrics["mem/mia_cal/balanced_accuracy"] = c.balanced_accuracy if c else NAN
+        metrics["mem/mia_cal/n_members"] = float(dm.size)
+        metrics["mem/mia_cal/n_nonmembers"] = float(dn.size)
+        for name, auc in self._slice_aucs(dm_all, dn_all).items():
+            metrics[f"mem/mia_cal/auc/{name}"] = auc
+        return metrics
+
+    def _slice_aucs(self, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, float]:
         if self._member_slices is None or self._nonmember_slices is None:
             return {}
-        out: dict[str, float] = {}
-        fin_m, fin_n = np.isfinite(members), np.isfinite(nonmembers)
-        for key in sorted(set(self._member_slices.tolist()) & set(self._nonmember_slices.tolist())):
-            sm = members[(self._member_slices == key) & fin_m]
-            sn = nonmembers[(self._nonmember_slices == key) & fin_n]
-            if sm.size >= self.min_slice_size and sn.size >= self.min_slice_size:
-                out[f"{prefix}/auc/{key}"] = membership_inference(sm, sn, fprs=()).auc
-        return out
+        return slice_aucs(
+            members,
+            nonmembers,
+            member_slices=self._member_slices,
+            nonmember_slices=self._nonmember_slices,
+            min_size=self.min_slice_size,
+        )
 
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.is_due(trainer):
@@ -565,9 +710,10 @@ class MembershipInferenceMonitor(MemorisationCallback):
         epoch = int(trainer.current_epoch)
         self._resolve(trainer)
         members, nonmembers = self._evaluate(trainer, pl_module)
+        self._warn_unvisited(trainer)
         if self.calibrate and self._ref_members is None:
             self._ref_members, self._ref_nonmembers = members.copy(), nonmembers.copy()
-        metrics, finite_m, finite_n = self._compute(epoch, members, nonmembers)
+        metrics = self._metrics(epoch, members, nonmembers)
 
         self._epochs.append(epoch)
         self._member_history.append(members)
@@ -576,7 +722,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.log_metrics(pl_module, metrics)
         if trainer.is_global_zero:
             self._save()
-            self._emit_records(trainer, epoch, finite_m, finite_n, members, nonmembers)
+            self._emit_records(trainer, epoch)
         self.last_eval_seconds = time.perf_counter() - start
 
     def _save(self) -> None:
@@ -604,27 +750,16 @@ class MembershipInferenceMonitor(MemorisationCallback):
         }
         self.write_in_background(_write_files, self.run_dir, arrays, summary)
 
-    def _emit_records(
-        self,
-        trainer: pl.Trainer,
-        epoch: int,
-        finite_m: np.ndarray,
-        finite_n: np.ndarray,
-        members: np.ndarray,
-        nonmembers: np.ndarray,
-    ) -> None:
+    def _emit_records(self, trainer: pl.Trainer, epoch: int) -> None:
         if self.report is None:
             return
-        from memcallbacks.metrics.membership import roc_curve
-
-        fpr, tpr, _ = roc_curve(finite_m, finite_n)
+        m, nm = self._last_scores["members"], self._last_scores["nonmembers"]
+        fpr, tpr, _ = roc_curve(m, nm)
         self.emit(trainer, trackers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="loss-threshold MIA"))
-        if self.calibrate and self.calibrated_report is not None and self._ref_members is not None:
-            dm, dn = members - self._ref_members, nonmembers - self._ref_nonmembers  # type: ignore[operator]
-            dm, dn = dm[np.isfinite(dm)], dn[np.isfinite(dn)]
-            fpr_c, tpr_c, _ = roc_curve(dm, dn)
+        if self.calibrate and self.calibrated_report is not None:
+            fpr_c, tpr_c, _ = roc_curve(self._last_scores["cal_members"], self._last_scores["cal_nonmembers"])
             self.emit(
                 trainer, trackers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA")
             )
-        self.emit(trainer, trackers.Histogram("mem/mia/member_losses", finite_m, epoch))
-        self.emit(trainer, trackers.Histogram("mem/mia/nonmember_losses", finite_n, epoch))
+        self.emit(trainer, trackers.Histogram("mem/mia/member_losses", m, epoch))
+        self.emit(trainer, trackers.Histogram("mem/mia/nonmember_losses", nm, epoch))

@@ -18,6 +18,12 @@ mode="min")`` (which also stops when a ``mem/*`` value rises above ``x``):
   the last one measured below every threshold), a reason in ``stopping.json`` and an alert
   on the trackers.
 
+Resuming a run this callback stopped stops again at once (the stop is part of the checkpoint
+state, like Lightning's ``EarlyStopping``); pass ``continue_after_stop=True`` to train on.
+Thresholds, patience, ``min_epochs`` and ``run_dir`` may change between the run and its
+resume (the counters carry over); the monitored keys (and ``name``) identify the callback's
+checkpoint state.
+
 Freshness, precisely: a key is fresh at epoch ``e`` when, during epoch ``e``, it was logged
 through :meth:`MemorisationCallback.log_metrics` (every memcallbacks monitor does; recorded
 per Trainer by :func:`memcallbacks.callbacks._base.logged_epochs`) or, for keys logged
@@ -27,7 +33,6 @@ since the running loop's last reset (Lightning's result collection for the curre
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -39,24 +44,27 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from memcallbacks import _io, trackers
-from memcallbacks.callbacks._base import MemorisationCallback, logged_epochs
+from memcallbacks import _compat, _io, _rundir, trackers
+from memcallbacks._validate import check_bool, check_choice, check_int, check_path, check_real
+from memcallbacks.callbacks._base import (
+    MemorisationCallback,
+    logged_epochs,
+    resolve_run_root,
+    warn_fast_dev_run,
+)
 
 __all__ = ["LeakageCondition", "LeakageEarlyStopping"]
 
 _log = logging.getLogger(__name__)
 _MODES = ("max", "min")
 _RESTORE = (None, "best_safe")
+BEST_SAFE_FILE = "stopping_best_safe.safetensors"
 
 
 def _check_patience(value: Any, name: str = "patience") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be an integer >= 1 (fresh evaluations past the threshold), got {value!r}"
-        )
-    return value
+    return check_int(name, value, minimum=1, hint="the number of fresh evaluations past the threshold")
 
 
 @dataclass(frozen=True)
@@ -89,19 +97,21 @@ class LeakageCondition:
             raise ValueError(
                 f"`monitor` must be a non-empty logged key such as 'mem/mia/auc', got {self.monitor!r}"
             )
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise TypeError(f"`threshold` for {self.monitor!r} must be a number, got {self.threshold!r}")
-        if math.isnan(self.threshold):
+        threshold = check_real(
+            "threshold",
+            self.threshold,
+            allow_nan=True,
+            allow_inf=True,
+            hint=f"the limit for {self.monitor!r}",
+        )
+        if math.isnan(threshold):
             raise ValueError(
                 f"`threshold` for {self.monitor!r} must not be NaN; give the value that must not be crossed"
             )
-        object.__setattr__(self, "threshold", float(self.threshold))
-        if self.mode not in _MODES:
-            raise ValueError(
-                f"`mode` can be max (stop when the value rises above the threshold) or min, got {self.mode!r}"
-            )
+        object.__setattr__(self, "threshold", threshold)
+        check_choice("mode", self.mode, _MODES)
         if self.patience is not None:
-            _check_patience(self.patience)
+            object.__setattr__(self, "patience", _check_patience(self.patience))
 
     def crossed(self, value: float) -> bool:
         """Whether ``value`` is past the threshold (NaN is never past it)."""
@@ -125,6 +135,8 @@ def _as_condition(item: Any, patience: int) -> LeakageCondition:
         try:
             cond = LeakageCondition(**item)
         except TypeError as e:
+            if "unexpected keyword" not in str(e) and "missing" not in str(e):
+                raise
             raise TypeError(
                 f"a condition dict takes the keys monitor, threshold, mode, patience; got {sorted(item)} ({e})"
             ) from e
@@ -137,11 +149,52 @@ def _as_condition(item: Any, patience: int) -> LeakageCondition:
     return cond
 
 
+def _validate_init(
+    monitor: Any,
+    threshold: Any,
+    mode: Any,
+    patience: Any,
+    conditions: Any,
+    min_epochs: Any,
+    restore: Any,
+    name: Any,
+) -> tuple[tuple[LeakageCondition, ...], int, int]:
+    """Check the arguments of :class:`LeakageEarlyStopping`; return (conditions, patience, min_epochs)."""
+    patience = _check_patience(patience)
+    conds: list[LeakageCondition] = []
+    if monitor is not None or threshold is not None:
+        if monitor is None or threshold is None:
+            raise ValueError(
+                f"give both `monitor` and `threshold` (got monitor={monitor!r}, threshold={threshold!r}), "
+                "or use `conditions=[...]`"
+            )
+        conds.append(LeakageCondition(monitor, threshold, mode, patience))
+    else:
+        check_choice("mode", mode, _MODES)
+    if conditions is not None:
+        if isinstance(conditions, (str, Mapping, LeakageCondition)):
+            conditions = [conditions]
+        conds.extend(_as_condition(c, patience) for c in conditions)
+    if not conds:
+        raise ValueError(
+            "LeakageEarlyStopping needs a condition: `LeakageEarlyStopping('mem/canary/exposure_max', 15.0)` "
+            "or `conditions=[LeakageCondition(...), ...]`, or a preset such as `LeakageEarlyStopping.exposure(bits=15)`"
+        )
+    if len({c.monitor for c in conds}) != len(conds):
+        raise ValueError(f"each key may appear in one condition only, got {[c.monitor for c in conds]}")
+    min_epochs = check_int("min_epochs", min_epochs, minimum=0, hint="0 allows a stop after the first epoch")
+    check_choice("restore", restore, _RESTORE)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"`name` must be a non-empty string or None, got {name!r}")
+    return tuple(conds), patience, min_epochs
+
+
 class LeakageEarlyStopping(Callback):
     """Stop training when a memorisation metric crosses a threshold.
 
-    Decides once per epoch, after the memcallbacks monitors (it moves itself behind them in
-    ``trainer.callbacks`` at setup), using only values logged this epoch. The decision is
+    Decides once per epoch, after every memcallbacks monitor has done the epoch's work (each
+    monitor notifies it; the order of ``callbacks=[...]`` does not matter), using only values
+    logged this epoch. The decision is
     reduced across ranks (any rank past the threshold stops every rank). On stopping it sets
     ``trainer.should_stop``, logs a warning line, sends a :class:`~memcallbacks.trackers.Alert`
     to the trackers, stores :attr:`stopped_epoch` and :attr:`reason`, and writes
@@ -161,15 +214,21 @@ class LeakageEarlyStopping(Callback):
             with ``False`` NaN values are ignored.
         restore: ``"best_safe"`` loads, when stopping, the weights of the last evaluation at which
             every monitored key was fresh and below its threshold (a CPU copy kept in memory).
-        save_best_safe: also write those weights to ``<run_dir>/stopping_best_safe.pt`` so they
-            survive a resume (loaded with ``torch.load(weights_only=True)``).
+        save_best_safe: also write those weights to ``<run_dir>/stopping_best_safe.safetensors``
+            (safetensors format: tensors only, no pickle) so they survive a resume.
         strict: raise when a monitored key is still missing once every memcallbacks monitor has
             had its first evaluation; with ``False``, warn once.
         run_dir: folder for ``stopping.json`` (default ``<trainer.log_dir>/memcallbacks``).
+        continue_after_stop: when resuming from a checkpoint of a run this callback stopped,
+            train on (the counters restart at 0) instead of stopping again at once.
+        name: tells two stoppers on the same keys apart in one Trainer (their checkpoint states).
+
+    Under ``Trainer(fast_dev_run=...)`` it does nothing (as Lightning's ``EarlyStopping``).
 
     Raises:
         ValueError: no condition, NaN threshold, unknown ``mode`` or ``restore``, ``patience`` < 1,
             negative ``min_epochs``.
+        TypeError: a bool argument that is not a bool, a threshold that is not a number.
         RuntimeError: (during training, ``strict=True``) a monitored key is never logged.
 
     Example:
@@ -195,41 +254,20 @@ class LeakageEarlyStopping(Callback):
         save_best_safe: bool = False,
         strict: bool = True,
         run_dir: str | os.PathLike[str] | None = None,
+        continue_after_stop: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__()
-        self.patience = _check_patience(patience)
-        conds: list[LeakageCondition] = []
-        if monitor is not None or threshold is not None:
-            if monitor is None or threshold is None:
-                raise ValueError(
-                    f"give both `monitor` and `threshold` (got monitor={monitor!r}, threshold={threshold!r}), "
-                    "or use `conditions=[...]`"
-                )
-            conds.append(LeakageCondition(monitor, threshold, mode, self.patience))
-        elif mode not in _MODES:
-            raise ValueError(f"`mode` can be max or min, got {mode!r}")
-        if conditions is not None:
-            if isinstance(conditions, (str, Mapping, LeakageCondition)):
-                conditions = [conditions]  # type: ignore[list-item]
-            conds.extend(_as_condition(c, self.patience) for c in conditions)
-        if not conds:
-            raise ValueError(
-                "LeakageEarlyStopping needs a condition: `LeakageEarlyStopping('mem/canary/exposure_max', 15.0)` "
-                "or `conditions=[LeakageCondition(...), ...]`, or a preset such as `LeakageEarlyStopping.exposure(bits=15)`"
-            )
-        if len({c.monitor for c in conds}) != len(conds):
-            raise ValueError(f"each key may appear in one condition only, got {[c.monitor for c in conds]}")
-        if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 0:
-            raise ValueError(f"`min_epochs` must be an integer >= 0, got {min_epochs!r}")
-        if restore not in _RESTORE:
-            raise ValueError(f"`restore` can be None or 'best_safe', got {restore!r}")
-        self.conditions: tuple[LeakageCondition, ...] = tuple(conds)
-        self.min_epochs = min_epochs
-        self.check_finite = bool(check_finite)
+        self.conditions, self.patience, self.min_epochs = _validate_init(
+            monitor, threshold, mode, patience, conditions, min_epochs, restore, name
+        )
+        self.check_finite = check_bool("check_finite", check_finite)
         self.restore = restore
-        self.save_best_safe = bool(save_best_safe)
-        self.strict = bool(strict)
-        self._run_dir_arg = None if run_dir is None else Path(run_dir)
+        self.save_best_safe = check_bool("save_best_safe", save_best_safe)
+        self.strict = check_bool("strict", strict)
+        self.continue_after_stop = check_bool("continue_after_stop", continue_after_stop)
+        self.name = name
+        self._run_dir_arg = check_path("run_dir", run_dir)
         self._root: Path | None = self._run_dir_arg
 
         # state (see state_dict)
@@ -244,6 +282,8 @@ class LeakageEarlyStopping(Callback):
         self._best_safe_file: str | None = None  # where save_best_safe wrote them (kept across resume)
         self._first_fit_epoch = 0
         self._warned_missing = False
+        self._restored_stop = False  # the checkpoint loaded holds a stop
+        self._skip_run = False  # fast_dev_run
 
     # -- presets -------------------------------------------------------------------------------
     @classmethod
@@ -294,9 +334,15 @@ class LeakageEarlyStopping(Callback):
     # -- Lightning plumbing ----------------------------------------------------------------------
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            conditions=[(c.monitor, c.mode, c.threshold) for c in self.conditions]
-        )
+        """Built from the monitored keys (and ``name``): thresholds and patience may change on resume."""
+        key = self.__dict__.get("_state_key_cache")
+        if key is None:
+            args: dict[str, Any] = {"monitors": sorted(c.monitor for c in self.conditions)}
+            if self.name is not None:
+                args["name"] = self.name
+            key = self._generate_state_key(**args)
+            self.__dict__["_state_key_cache"] = key
+        return key
 
     @property
     def stopping_path(self) -> Path:
@@ -305,56 +351,105 @@ class LeakageEarlyStopping(Callback):
             raise RuntimeError(
                 "LeakageEarlyStopping.stopping_path is known once the Trainer has called setup()"
             )
-        return self._root / "stopping.json"
+        return self._root / _rundir.STOPPING_FILE
 
     @property
     def best_safe_path(self) -> Path:
+        """``<run_dir>/stopping_best_safe.safetensors`` (known after setup)."""
         if self._root is None:
             raise RuntimeError(
                 "LeakageEarlyStopping.best_safe_path is known once the Trainer has called setup()"
             )
-        return self._root / "stopping_best_safe.pt"
+        return self._root / BEST_SAFE_FILE
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._skip_run = bool(getattr(trainer, "fast_dev_run", False))
         if stage != "fit":
             return
-        if self._run_dir_arg is None:
-            log_dir = trainer.log_dir  # a collective under DDP: every rank calls it
-            self._root = Path(log_dir if log_dir is not None else trainer.default_root_dir) / "memcallbacks"
-        self._move_after_monitors(trainer)
-
-    def _move_after_monitors(self, trainer: pl.Trainer) -> None:
-        """Place this callback right after the last memcallbacks monitor (assigns a new list: safe mid-hook)."""
-        callbacks: list[Any] = list(trainer.callbacks)  # type: ignore[attr-defined]
-        last = max(
-            (i for i, cb in enumerate(callbacks) if _is_monitor(cb)),
-            default=-1,
-        )
-        mine = callbacks.index(self) if self in callbacks else -1
-        if mine == -1 or mine > last:
+        if self._skip_run:
+            warn_fast_dev_run(type(self).__name__)
             return
-        callbacks.pop(mine)
-        callbacks.insert(last, self)  # `last` shifted left by one after the pop
-        trainer.callbacks = callbacks  # type: ignore[attr-defined]
+        twins = [cb for cb in trainer.callbacks if cb is not self and cb.state_key == self.state_key]  # type: ignore[attr-defined]
+        if twins:
+            raise ValueError(
+                f"two LeakageEarlyStopping callbacks in one Trainer share the state key {self.state_key!r} "
+                "(they monitor the same keys): give each a distinct `name=`, or merge them into one with "
+                "`conditions=[...]`"
+            )
+        self._root = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._skip_run:
+            return
         self._first_fit_epoch = trainer.current_epoch
+        if not self._restored_stop:
+            return
+        self._restored_stop = False
+        if self.continue_after_stop:
+            rank_zero_info(
+                f"LeakageEarlyStopping: the checkpoint's run was stopped at epoch {self.stopped_epoch} "
+                f"({self.reason}); continue_after_stop=True: training continues with the counters at 0"
+            )
+            self.stopped_epoch = None
+            self.reason = None
+            self.counters = dict.fromkeys(self.counters, 0)
+            return
+        trainer.should_stop = True
+        rank_zero_warn(
+            f"LeakageEarlyStopping: this run was stopped at epoch {self.stopped_epoch} ({self.reason}); "
+            "resuming it stops again at once, before any training step. Pass "
+            "`LeakageEarlyStopping(..., continue_after_stop=True)` to train on (or start a new run)"
+        )
+
+    def _monitors_done(self, trainer: pl.Trainer) -> bool:
+        """Whether every memcallbacks monitor of the Trainer has done this epoch's work."""
+        epoch = trainer.current_epoch
+        return all(
+            cb.last_epoch_done == epoch
+            for cb in trainer.callbacks  # type: ignore[attr-defined]
+            if isinstance(cb, MemorisationCallback) and not cb.__dict__.get("_skip_run")
+        )
+
+    def _in_fit(self, trainer: pl.Trainer) -> bool:
+        return not (self._skip_run or trainer.sanity_checking or trainer.state.fn != "fit")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Decide at the validation that closes a training epoch, but only once every memcallbacks
-        # monitor has done this epoch's work (they run at this moment or at train-epoch end).
-        if (
-            trainer.sanity_checking
-            or trainer.state.fn != "fit"
-            or not trainer.fit_loop.epoch_loop._is_training_done
-        ):
-            return
-        monitors = [cb for cb in trainer.callbacks if isinstance(cb, MemorisationCallback)]  # type: ignore[attr-defined]
-        if all(cb._last_epoch_done == trainer.current_epoch for cb in monitors):
+        # Decide at the validation that closes a training epoch, once every monitor has done the epoch
+        if self._in_fit(trainer) and _compat.is_training_done(trainer) and self._monitors_done(trainer):
             self._decide_once(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._decide_once(trainer, pl_module)
+        if self._in_fit(trainer) and self._monitors_done(trainer):
+            self._decide_once(trainer, pl_module)
+
+    def after_monitor_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called by each memcallbacks monitor when it has done an epoch's work: decide after the last."""
+        if self._in_fit(trainer) and self._monitors_done(trainer):
+            self._decide_once(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (
+            self._skip_run
+            or self.stopped_epoch is not None
+            or not trainer.is_global_zero
+            or self._root is None
+        ):
+            return
+        # a run that was not stopped says so (stopping.json exists either way)
+        _rundir.write_stopping(
+            self._root,
+            {
+                "stopped": False,
+                "stopped_epoch": None,
+                "reason": None,
+                "values": dict(self.last_values),
+                "conditions": [asdict(c) for c in self.conditions],
+                "restore": self.restore,
+                "restored_epoch": None,
+                "min_epochs": self.min_epochs,
+                "last_epoch": int(trainer.current_epoch) - 1,
+            },
+        )
 
     # -- decision ----------------------------------------------------------------------------------
     def _decide_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -436,9 +531,12 @@ class LeakageEarlyStopping(Callback):
         }
         self.best_safe_epoch = epoch
         if self.save_best_safe and trainer.is_global_zero:
-            buffer = io.BytesIO()
-            torch.save(self._best_safe_weights, buffer)
-            _io.atomic_write_bytes(self.best_safe_path, buffer.getvalue())
+            from safetensors.torch import save as safetensors_save
+
+            _io.atomic_write_bytes(
+                self.best_safe_path,
+                safetensors_save({k: v.contiguous() for k, v in self._best_safe_weights.items()}),
+            )
         if self.save_best_safe:
             self._best_safe_file = str(self.best_safe_path)
 
@@ -462,9 +560,7 @@ class LeakageEarlyStopping(Callback):
         if self.restore == "best_safe":
             weights = self._best_safe_weights
             if weights is None and self.best_safe_epoch is not None and self._best_safe_file is not None:
-                path = Path(self._best_safe_file)
-                if path.exists():
-                    weights = torch.load(path, map_location="cpu", weights_only=True)
+                weights = _load_best_safe(Path(self._best_safe_file))
             if weights is None:
                 rank_zero_warn(
                     f"LeakageEarlyStopping(restore='best_safe'): no evaluation below every threshold was seen "
@@ -488,9 +584,10 @@ class LeakageEarlyStopping(Callback):
                 ),
             )
             if self._root is not None:
-                _io.save_json(
-                    self.stopping_path,
+                _rundir.write_stopping(
+                    self._root,
                     {
+                        "stopped": True,
                         "stopped_epoch": epoch,
                         "reason": self.reason,
                         "values": dict(self.last_values),
@@ -520,6 +617,7 @@ class LeakageEarlyStopping(Callback):
         self.last_values = {str(k): float(v) for k, v in state_dict.get("last_values", {}).items()}
         self.seen = set(state_dict.get("seen", []))
         self.stopped_epoch = state_dict.get("stopped_epoch")
+        self._restored_stop = self.stopped_epoch is not None
         self.reason = state_dict.get("reason")
         self.best_safe_epoch = state_dict.get("best_safe_epoch")
         self._last_epoch_decided = int(state_dict.get("last_epoch_decided", -1))
@@ -527,22 +625,23 @@ class LeakageEarlyStopping(Callback):
         self._best_safe_weights = None  # on disk (save_best_safe=True) or lost with the old process
 
 
-def _is_monitor(callback: Any) -> bool:
-    if isinstance(callback, LeakageEarlyStopping):
-        return False
-    return isinstance(callback, MemorisationCallback) or type(callback).__module__.startswith(
-        "memcallbacks.callbacks"
-    )
+def _load_best_safe(path: Path) -> dict[str, torch.Tensor] | None:
+    """The safe weights written by ``save_best_safe=True`` (``None`` if the file is gone).
+
+    A ``.pt`` file from an older memcallbacks is read with ``torch.load(weights_only=True)``.
+    """
+    if not path.exists():
+        return None
+    if path.suffix == ".pt":
+        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
 
 
 def _fresh_keys(trainer: pl.Trainer) -> set[str]:
     """Keys logged during the current epoch (see the module docstring)."""
     epoch = trainer.current_epoch
     fresh = {k for k, e in logged_epochs(trainer).items() if e == epoch}
-    try:  # keys logged another way: Lightning's result collection of the running loop (reset each epoch)
-        results = trainer._results
-        if results is not None:
-            fresh.update(str(v.meta.name) for _, v in results.valid_items() if hasattr(v, "meta"))
-    except Exception:  # noqa: BLE001 - private API; the registry above covers memcallbacks monitors
-        pass
+    fresh.update(_compat.keys_logged_this_epoch(trainer))  # keys logged another way (self.log)
     return fresh

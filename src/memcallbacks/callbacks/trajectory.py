@@ -1,29 +1,34 @@
 """LossTrajectoryTracker: every sample's loss at every epoch, and the statistics built on them.
 
-Records per-sample loss trajectories during training (DESIGN.md section 2) into a
+Records per-sample loss trajectories during training (docs/architecture.md, "Data flow") into a
 :class:`~memcallbacks.store.TrajectoryStore` and logs the training-dynamics statistics of
 :mod:`memcallbacks.metrics.dynamics`: Dataset Cartography's confidence and variability
 (Swayamdipta et al., EMNLP 2020), forgetting events (Toneva et al., ICLR 2019), and the
-memorisation score :func:`memcallbacks.metrics.memorisation_score` (mean loss over training,
-the area under the loss curve; cf. Pleiss et al., NeurIPS 2020), which ranks mislabelled and
-atypical samples -- the ones a model has to memorise -- first.
+memorisation scores of :func:`memcallbacks.metrics.memorisation_score`: by default the mean
+loss over training (the area under the loss curve; cf. Pleiss et al., NeurIPS 2020), which
+ranks mislabelled and atypical samples -- the ones a classifier has to memorise -- first; for
+language models, where a memorised sequence has a *low* loss, the lowest loss a sample reached
+(or its drop from the first visit, a calibrated loss, Watson et al., ICLR 2022).
 
 Two sources of per-sample losses:
 
 * ``source="step"`` (default, no extra forward pass): the losses *at visit time*, read from
   the dict that ``training_step`` returns (``sample_loss``, ``sample_index`` and optionally
-  ``sample_correct``). Per step the callback only appends detached tensors on their device;
-  once per epoch it concatenates them, gathers them across ranks (one collective), drops the
-  duplicates of ``DistributedSampler`` padding, validates them, and records the epoch.
+  ``sample_correct``). The outputs of the first steps of an epoch are checked in full; after
+  that a step costs one append of the detached tensors, on their device. Once per epoch the
+  callback checks their shapes, concatenates them, gathers them across ranks (one collective),
+  drops the duplicates of ``DistributedSampler`` padding, and records the epoch. A mid-epoch
+  checkpoint holds the partial epoch; resuming from it restores those losses and records the
+  rest of the epoch on top.
 * ``source="probe"``: a fixed probe set (given, or a seeded random subset of the training
   data) evaluated in eval mode every ``every_n_epochs`` with ``sample_loss_fn``; in DDP each
-  rank evaluates a shard and the shards are gathered.
+  rank evaluates a shard and the shards are gathered (:func:`memcallbacks._probe.evaluate_sharded`).
 """
 
 from __future__ import annotations
 
-import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,32 +36,115 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import Dataset, IterableDataset, Subset
+from torch.utils.data import Dataset, IterableDataset
 
 from memcallbacks import trackers
-from memcallbacks._dist import first_occurrence, gather_concat, world_size
+from memcallbacks._dist import gather_concat, world_size
 from memcallbacks._io import save_json, save_npz
 from memcallbacks._probe import (
     dataset_of,
     default_sample_loss_and_correct_fn,
-    evaluate_sample_losses,
+    evaluate_sharded,
     random_subset,
 )
+from memcallbacks._validate import check_choice, check_int, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.indexed import IndexedDataset
-from memcallbacks.metrics.dynamics import TrajectoryStatistics, memorisation_score, top_k
-from memcallbacks.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore
+from memcallbacks.metrics.dynamics import (
+    MEMORISATION_SCORES,
+    TrajectoryStatistics,
+    memorisation_score,
+    top_k,
+    unlearned_fraction,
+)
+from memcallbacks.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
 
 __all__ = ["LossTrajectoryTracker"]
 
 _SOURCES = ("step", "probe")
-_LN2 = math.log(2.0)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# the outputs of this many steps per epoch are checked in full; later steps cost one append
+_CHECKED_STEPS = 2
+
+_Step = tuple[Any, Any, Any]  # (sample losses [B], sample indices [B], correctness [B] or None)
 
 
 def _write_summary_files(folder: Any, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     # uncompressed: zlib on random float64 costs ~6 ms per 1,000 samples, every epoch
     save_npz(folder / "statistics.npz", compress=False, **arrays)
     save_json(folder / "meta.json", meta)
+
+
+def _check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise TypeError(
+            f"`{name}` must be a non-empty string (a key of the dict training_step returns), got {value!r}"
+            + ("; or None" if optional else "")
+        )
+    return value
+
+
+def _validate_init(
+    *,
+    source: Any,
+    num_samples: Any,
+    loss_key: Any,
+    index_key: Any,
+    correct_key: Any,
+    probe_dataset: Any,
+    probe_size: Any,
+    probe_seed: Any,
+    sample_loss_fn: Any,
+    probe_batch_size: Any,
+    probe_collate_fn: Any,
+    memory_budget_bytes: Any,
+    top_k: Any,
+    score: Any,
+    name: Any,
+) -> None:
+    """Every argument check of :class:`LossTrajectoryTracker` (the dtype is checked by the store)."""
+    check_choice("source", source, _SOURCES)
+    if num_samples is not None:
+        check_int("num_samples", num_samples, minimum=1, hint="or None to use the training dataset's length")
+    _check_key("loss_key", loss_key)
+    _check_key("index_key", index_key)
+    _check_key("correct_key", correct_key, optional=True)
+    if loss_key == "loss":
+        raise ValueError(
+            "`loss_key` must not be 'loss': Lightning rescales `loss` under gradient accumulation and it "
+            "is a batch mean; return per-sample losses under their own key, e.g. "
+            "'sample_loss': per_sample.detach()"
+        )
+    if len({loss_key, index_key, correct_key} - {None}) < 2 + (correct_key is not None):
+        raise ValueError(
+            f"`loss_key`, `index_key` and `correct_key` must differ, got {loss_key!r}, {index_key!r}, "
+            f"{correct_key!r}"
+        )
+    check_int("probe_size", probe_size, minimum=1, hint="the size of the random probe subset")
+    check_seed("probe_seed", probe_seed)
+    check_int("probe_batch_size", probe_batch_size, minimum=1)
+    check_memory_budget(memory_budget_bytes)
+    check_int("top_k", top_k, minimum=0, hint="use 0 to emit no table at fit end")
+    check_choice("score", score, MEMORISATION_SCORES)
+    for arg, fn in (("sample_loss_fn", sample_loss_fn), ("probe_collate_fn", probe_collate_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"`{arg}` must be a callable or None, got {fn!r}")
+    if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
+        raise ValueError(f"`name` must be letters, digits, '-' or '_', got {name!r}")
+    if source == "step" and (probe_dataset is not None or sample_loss_fn is not None):
+        raise ValueError(
+            "`probe_dataset`/`sample_loss_fn` are used with source='probe' only; got source='step'. "
+            "Pass source='probe' to evaluate a probe set."
+        )
+    if probe_dataset is not None:
+        if isinstance(probe_dataset, IterableDataset) or not hasattr(probe_dataset, "__len__"):
+            raise TypeError(
+                f"`probe_dataset` must be a map-style dataset with a length, got {type(probe_dataset).__name__}"
+            )
+        if len(probe_dataset) == 0:
+            raise ValueError("`probe_dataset` has 0 samples; pass a non-empty dataset to evaluate")
 
 
 class LossTrajectoryTracker(MemorisationCallback):
@@ -69,7 +157,8 @@ class LossTrajectoryTracker(MemorisationCallback):
         per_sample = F.cross_entropy(self(x), y, reduction="none")
         return {"loss": per_sample.mean(), "sample_loss": per_sample.detach(), "sample_index": index}
 
-    Logged once per recorded epoch (identical on every rank):
+    Logged once per recorded epoch (identical on every rank; a tracker with ``name`` appends
+    ``/<name>`` to each key). A sample is *visited* in an epoch when a finite loss arrived for it:
 
     ============================  =====================================================================
     key                           meaning
@@ -80,18 +169,29 @@ class LossTrajectoryTracker(MemorisationCallback):
     ``mem/traj/correct_frac``     fraction of this epoch's visited samples classified correctly
     ``mem/traj/unlearned_frac``   fraction of seen samples not learned: ``learned_epoch == -1`` with
                                   correctness, else gold-label probability ``exp(-last loss) < 0.5``
-    ``mem/traj/visited_frac``     fraction of the ``N`` samples recorded this epoch
-    ``mem/traj/nonfinite``        number of samples whose loss was NaN/inf this epoch (stored as NaN)
+                                  (:func:`~memcallbacks.metrics.unlearned_fraction`); NaN if none seen
+    ``mem/traj/visited_frac``     fraction of the ``N`` samples visited this epoch (finite loss)
+    ``mem/traj/nonfinite``        number of samples whose loss was NaN/inf this epoch (stored as NaN,
+                                  not visited)
+    ``mem/traj/duplicates``       records dropped this epoch because their sample was already recorded
+                                  in it (the first is kept; a warning the first time), beyond the at
+                                  most ``world_size - 1`` repeats ``DistributedSampler`` pads with
+    ``mem/traj/clipped``          finite losses beyond the storage dtype's range this epoch (float16:
+                                  above 65504), stored clipped (a warning the first time; use
+                                  ``dtype="float32"``)
     ``mem/traj/score_max``        largest memorisation score (mean loss over the recorded epochs)
     ``mem/traj/epochs``           number of epochs recorded so far
     ============================  =====================================================================
 
     Also emits a :class:`~memcallbacks.trackers.Histogram` ``mem/traj/loss_histogram`` of this
     epoch's losses, and at fit end a :class:`~memcallbacks.trackers.Table`
-    ``mem/traj/most_memorised`` (per-sample: sent only with ``log_per_sample=True``). The run
-    directory (``<log_dir>/memcallbacks/trajectory``) gets ``epoch_XXXX.npy`` (column ``j`` of
-    the store; ``meta.json["epochs"][j]`` is its trainer epoch), ``correct_XXXX.npy``,
-    ``statistics.npz`` and ``meta.json`` at the end of every recorded epoch.
+    ``mem/traj/most_memorised`` ranked by ``score`` (per-sample: sent only with
+    ``log_per_sample=True``). The run directory (``<log_dir>/memcallbacks/trajectory``) gets
+    ``epoch_XXXX.npy`` (column ``j`` of the store; ``meta.json["epochs"][j]`` is its trainer
+    epoch), ``correct_XXXX.npy``, ``statistics.npz`` (per-sample statistics; ``score`` is the
+    mean loss, ``first`` the first-visit loss; ``min_loss = -min``, ``low_loss = -last``,
+    ``loss_drop = first - last``) and ``meta.json`` (``score_by`` names the tracker's ranking) at the end
+    of every recorded epoch.
 
     Args:
         source: ``"step"`` (losses returned by ``training_step``) or ``"probe"`` (a fixed probe
@@ -115,13 +215,18 @@ class LossTrajectoryTracker(MemorisationCallback):
         dtype: ``"float16"`` (default) or ``"float32"`` storage.
         memory_budget_bytes: beyond this the store keeps epochs on disk, memory-mapped.
         top_k: rows of the most-memorised table emitted at fit end.
+        score: default ranking of :meth:`most_memorised` and of the fit-end table:
+            ``"mean_loss"`` (default; classifiers), ``"min_loss"`` (language models),
+            ``"low_loss"`` or ``"loss_drop"`` (language models, probe source); see
+            :func:`memcallbacks.metrics.memorisation_score`.
         name: distinguishes two trackers in one Trainer: sub-folder ``trajectory_<name>`` and keys
             ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``).
         run_dir: root folder instead of ``<trainer.log_dir>/memcallbacks``.
         log_per_sample: allow sending the per-sample table to third-party trackers.
 
     Raises:
-        ValueError: unknown ``source``, ``loss_key="loss"``, bad sizes or dtype.
+        ValueError: unknown ``source`` or ``score``, ``loss_key="loss"``, bad sizes or dtype.
+        TypeError: a string, float or bool where an integer is expected, and the like.
 
     Example:
         >>> from memcallbacks import LossTrajectoryTracker
@@ -149,62 +254,26 @@ class LossTrajectoryTracker(MemorisationCallback):
         dtype: Any = "float16",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         top_k: int = 20,
+        score: str = "mean_loss",
         name: str | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
-        if source not in _SOURCES:
-            raise ValueError(f"`source` must be 'step' or 'probe', got {source!r}")
-        if loss_key == "loss":
-            raise ValueError(
-                "`loss_key` must not be 'loss': Lightning rescales `loss` under gradient accumulation and it "
-                "is a batch mean; return per-sample losses under their own key, e.g. "
-                "'sample_loss': per_sample.detach()"
-            )
-        for arg, value in (
-            ("probe_size", probe_size),
-            ("probe_batch_size", probe_batch_size),
-            ("top_k", top_k),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if arg == "top_k" else 1):
-                raise ValueError(f"`{arg}` must be a positive integer, got {value!r}")
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-        ):
-            raise ValueError(f"`num_samples` must be a positive integer or None, got {num_samples!r}")
-        if source == "step" and (probe_dataset is not None or sample_loss_fn is not None):
-            raise ValueError(
-                "`probe_dataset`/`sample_loss_fn` are used with source='probe' only; got source='step'. "
-                "Pass source='probe' to evaluate a probe set."
-            )
-        if probe_dataset is not None and (
-            isinstance(probe_dataset, IterableDataset) or not hasattr(probe_dataset, "__len__")
-        ):
-            raise TypeError(
-                f"`probe_dataset` must be a map-style dataset with a length, got {type(probe_dataset).__name__}"
-            )
-        if probe_dataset is not None and len(probe_dataset) == 0:  # type: ignore[arg-type]
-            raise ValueError("`probe_dataset` has 0 samples; pass a non-empty dataset to evaluate")
-        self.source = source
-        self.num_samples = num_samples
-        self.loss_key = loss_key
-        self.index_key = index_key
-        self.correct_key = correct_key
-        self.probe_dataset = probe_dataset
-        self.probe_size = probe_size
-        self.probe_seed = int(probe_seed)
+        _validate_init(
+            source=source, num_samples=num_samples, loss_key=loss_key, index_key=index_key,
+            correct_key=correct_key, probe_dataset=probe_dataset, probe_size=probe_size,
+            probe_seed=probe_seed, sample_loss_fn=sample_loss_fn, probe_batch_size=probe_batch_size,
+            probe_collate_fn=probe_collate_fn, memory_budget_bytes=memory_budget_bytes, top_k=top_k,
+            score=score, name=name,
+        )  # fmt: skip
+        self.source, self.num_samples, self.name, self.score = source, num_samples, name, score
+        self.loss_key, self.index_key, self.correct_key = loss_key, index_key, correct_key
+        self.probe_dataset, self.probe_size, self.probe_seed = probe_dataset, int(probe_size), int(probe_seed)
         self.sample_loss_fn = sample_loss_fn or default_sample_loss_and_correct_fn
-        self.probe_batch_size = probe_batch_size
-        self.probe_collate_fn = probe_collate_fn
+        self.probe_batch_size, self.probe_collate_fn = int(probe_batch_size), probe_collate_fn
         self.dtype = TrajectoryStore(0, dtype=dtype).dtype.name
-        self.memory_budget_bytes = int(memory_budget_bytes)
-        self.top_k = top_k
-        self.name = name
-        if name is not None and (
-            not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum()
-        ):
-            raise ValueError(f"`name` must be letters, digits, '-' or '_', got {name!r}")
+        self.memory_budget_bytes, self.top_k = int(memory_budget_bytes), int(top_k)
         self.subdir = "trajectory" if name is None else f"trajectory_{name}"
         self._key_suffix = "" if name is None else f"/{name}"
         self.store: TrajectoryStore | None = None
@@ -212,34 +281,34 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._sample_ids: np.ndarray | None = None
         self._probe: Dataset[Any] | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's buffered steps
         self._collecting = False
+        self._collecting_epoch = -1
         self._has_correct: bool | None = None
-        self._loss_buf: list[torch.Tensor] = []
-        self._index_buf: list[torch.Tensor] = []
-        self._correct_buf: list[torch.Tensor] = []
+        self._steps: list[_Step] = []
+        self._checked = 0
+        self._warned: set[str] = set()
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            source=self.source, name=self.name, loss_key=self.loss_key, index_key=self.index_key
-        )
+    # -- identity (resume contract) ---------------------------------------------------------------
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def _measured_args(self) -> dict[str, Any]:
+        measured: dict[str, Any] = {
+            "source": self.source,
+            "num_samples": self.num_samples,
+            "dtype": self.dtype,
+        }
+        if self.source == "probe" and self.probe_dataset is None:
+            measured.update(probe_seed=self.probe_seed, probe_size=self.probe_size)
+        return measured
 
     # -- set-up ---------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        callbacks: list[Any] = list(getattr(trainer, "callbacks", []))
-        others = [
-            cb
-            for cb in callbacks
-            if isinstance(cb, LossTrajectoryTracker) and cb is not self and cb.name == self.name
-        ]
-        if others:
-            raise ValueError(
-                f"two LossTrajectoryTracker callbacks share name={self.name!r}: their keys and run-directory folders "
-                "would collide; give each a distinct `name=` (e.g. name='probe')"
-            )
-        super().setup(trainer, pl_module, stage)
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on a mid-epoch restart Lightning does not call on_train_epoch_start: decide here too
+        self._collecting = self.source == "step" and self.is_due(trainer)
+        self._collecting_epoch = trainer.current_epoch
+        self._checked = 0
         if self.store is not None and self._pending_state is None:
             return  # a second fit() on the same tracker continues its trajectories
         n, ids = self._resolve_samples(trainer)
@@ -261,6 +330,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             state, self._pending_state = self._pending_state, None
             self.store.load_state_dict(state.get("store", {}))
             self.recorded_epochs = [int(e) for e in state.get("recorded_epochs", [])][: self.store.num_epochs]
+            self._restore_partial_epoch(trainer)
             if zero:
                 self._write_summary()
         elif zero:
@@ -270,6 +340,18 @@ class LossTrajectoryTracker(MemorisationCallback):
                     f"LossTrajectoryTracker: removed {removed} epoch file(s) of an earlier run from {self.run_dir}; "
                     "resume with `ckpt_path=` to continue a run instead"
                 )
+
+    def _restore_partial_epoch(self, trainer: pl.Trainer) -> None:
+        """Put the steps a mid-epoch checkpoint held back in the buffer; the rest of the epoch adds to them."""
+        partial, self._partial = self._partial, None
+        if partial is None or int(partial.get("epoch", -1)) != trainer.current_epoch or not self._collecting:
+            return
+        if self.last_epoch_done >= trainer.current_epoch:
+            return
+        loss, index = partial["loss"], partial["index"]
+        self._steps = [(loss, index, partial.get("correct"))]
+        if partial.get("correct") is not None or self._has_correct is None:
+            self._has_correct = partial.get("correct") is not None
 
     def _resolve_samples(self, trainer: pl.Trainer) -> tuple[int, np.ndarray]:
         if self.source == "probe":
@@ -316,25 +398,76 @@ class LossTrajectoryTracker(MemorisationCallback):
 
     # -- hot path -------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._loss_buf, self._index_buf, self._correct_buf = [], [], []
+        self._steps, self._checked, self._partial = [], 0, None
         self._collecting = self.source == "step" and self.is_due(trainer)
+        self._collecting_epoch = trainer.current_epoch
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not self._collecting:
             return
+        if self._checked < _CHECKED_STEPS:  # the first steps of an epoch: every check
+            self._checked += 1
+            self._steps.append(self._checked_outputs(outputs))
+            return
+        try:  # later steps: one append (shapes are checked at epoch end, metadata only)
+            self._steps.append(
+                (
+                    outputs[self.loss_key].detach(),
+                    outputs[self.index_key],
+                    outputs.get(self.correct_key) if self._has_correct else None,
+                )
+            )
+        except (TypeError, KeyError, AttributeError, IndexError):
+            self._steps.append(self._checked_outputs(outputs))  # raises the clear error
+
+    def _checked_outputs(self, outputs: Any) -> _Step:
         if not isinstance(outputs, Mapping) or self.loss_key not in outputs or self.index_key not in outputs:
             raise RuntimeError(self._missing_outputs_message(outputs))
-        loss, index = outputs[self.loss_key], outputs[self.index_key]
-        if not isinstance(index, torch.Tensor):
-            index = torch.as_tensor(index)
+        loss = outputs[self.loss_key]
+        correct = outputs.get(self.correct_key) if self.correct_key is not None else None
+        has = correct is not None
+        if self._has_correct is None:
+            self._has_correct = has
+        elif has != self._has_correct:
+            self._raise_correct_changed(has)
+        step = (loss, self._index_tensor(outputs[self.index_key]), correct)
+        self._check_step(step)
+        return (loss.detach(), step[1], None if correct is None else torch.as_tensor(correct))
+
+    def _index_tensor(self, index: Any) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            return index
+        if index is None:
+            raise TypeError(
+                f"`{self.index_key}` returned by training_step is None; return the sample indices of "
+                "IndexedDataset unchanged: `index, batch = split_index(batch)` and "
+                f"`return {{..., '{self.index_key}': index}}`"
+            )
+        try:
+            return torch.as_tensor(index)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(
+                f"`{self.index_key}` returned by training_step must be an integer tensor of sample indices [B], "
+                f"got {type(index).__name__}; return the index from `split_index(batch)` unchanged"
+            ) from e
+
+    def _raise_correct_changed(self, has: bool) -> None:
+        raise ValueError(
+            f"`{self.correct_key}` was {'returned' if self._has_correct else 'missing'} at earlier steps "
+            f"but is {'returned' if has else 'missing'} now; return it at every step or never"
+        )
+
+    def _check_step(self, step: _Step) -> None:
+        """Metadata-only checks of one step's outputs (no device sync)."""
+        loss, index, correct = step
         if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
             raise TypeError(
                 f"`{self.loss_key}` returned by training_step must be a floating tensor of per-sample losses "
-                f"[B], got {type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else ' of dtype ' + str(loss.dtype)}"
+                f"[B], got {type(loss).__name__}"
+                f"{'' if not isinstance(loss, torch.Tensor) else ' of dtype ' + str(loss.dtype)}"
             )
-        # shape/dtype checks read tensor metadata only: no device sync
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
             raise TypeError(
                 f"`{self.index_key}` returned by training_step must be an integer tensor of sample indices, "
@@ -346,24 +479,11 @@ class LossTrajectoryTracker(MemorisationCallback):
                 f"{tuple(loss.shape)} and {tuple(index.shape)}. Use reduction='none' and reduce extra "
                 "dimensions per sample (e.g. .mean(dim=1))."
             )
-        correct = outputs.get(self.correct_key) if self.correct_key is not None else None
-        has = correct is not None
-        if self._has_correct is None:
-            self._has_correct = has
-        elif has != self._has_correct:
+        if correct is not None and tuple(torch.as_tensor(correct).shape) != tuple(loss.shape):
             raise ValueError(
-                f"`{self.correct_key}` was {'returned' if self._has_correct else 'missing'} at earlier steps "
-                f"but is {'returned' if has else 'missing'} now; return it at every step or never"
+                f"`{self.correct_key}` must have shape [B] = {tuple(loss.shape)}, "
+                f"got {tuple(torch.as_tensor(correct).shape)}"
             )
-        self._loss_buf.append(loss.detach())
-        self._index_buf.append(index.detach())
-        if correct is not None:
-            correct = torch.as_tensor(correct)
-            if correct.shape != loss.shape:
-                raise ValueError(
-                    f"`{self.correct_key}` must have shape [B] = {tuple(loss.shape)}, got {tuple(correct.shape)}"
-                )
-            self._correct_buf.append(correct.detach())
 
     def _missing_outputs_message(self, outputs: Any) -> str:
         got = (
@@ -388,46 +508,50 @@ class LossTrajectoryTracker(MemorisationCallback):
             return
         if self.source == "step":
             index, loss, correct = self._take_step_buffers(pl_module)
+            self._record(trainer, pl_module, index, loss, correct, gathered=False)
         else:
             index, loss, correct = self._evaluate_probe(trainer, pl_module)
-        self._record(trainer, pl_module, index, loss, correct)
+            self._record(trainer, pl_module, index, loss, correct, gathered=True)
 
     def _take_step_buffers(
         self, pl_module: pl.LightningModule
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        steps, self._steps = self._steps, []
         device = pl_module.device
-        if self._loss_buf:
-            loss = torch.cat([t.float().reshape(-1).to(device) for t in self._loss_buf])
-            index = torch.cat([t.long().reshape(-1).to(device) for t in self._index_buf])
-            correct = (
-                torch.cat([t.reshape(-1).to(device) for t in self._correct_buf])
-                if self._correct_buf
-                else None
-            )
-        else:
-            loss = torch.zeros(0, device=device)
-            index = torch.zeros(0, dtype=torch.long, device=device)
-            correct = None
-        self._loss_buf, self._index_buf, self._correct_buf = [], [], []
+        if not steps:
+            return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device), None
+        checked: list[_Step] = []
+        for loss, index, correct in steps:
+            index = self._index_tensor(index)
+            if (correct is not None) != bool(self._has_correct):
+                self._raise_correct_changed(correct is not None)
+            self._check_step((loss, index, correct))
+            checked.append((loss, index, correct))
+        loss = torch.cat([s[0].to(device, non_blocking=True) for s in checked]).float()
+        index = torch.cat([s[1].to(device, non_blocking=True) for s in checked]).long()
+        correct = None
+        if self._has_correct:
+            correct = torch.cat([torch.as_tensor(s[2]).to(device, non_blocking=True) for s in checked]).bool()
         return index, loss, correct
 
     def _evaluate_probe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         assert self._probe is not None
-        n = len(self._probe)  # type: ignore[arg-type]
-        ws, rank = world_size(trainer), int(getattr(trainer, "global_rank", 0))
-        positions = np.arange(n)[rank::ws] if ws > 1 else np.arange(n)
-        shard = self._probe if ws == 1 else Subset(self._probe, positions.tolist())
-        loss, correct = evaluate_sample_losses(
+        loss, correct = evaluate_sharded(
+            trainer,
             pl_module,
-            shard,
+            self._probe,
             self.sample_loss_fn,
             batch_size=self.probe_batch_size,
             collate_fn=self.probe_collate_fn,
-            trainer=trainer,
         )
-        return torch.as_tensor(positions, dtype=torch.long), loss, correct
+        return torch.arange(loss.shape[0]), loss, correct
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            rank_zero_warn(message)
 
     def _record(
         self,
@@ -436,18 +560,28 @@ class LossTrajectoryTracker(MemorisationCallback):
         index: torch.Tensor,
         loss: torch.Tensor,
         correct: torch.Tensor | None,
+        *,
+        gathered: bool,
     ) -> None:
         assert self.store is not None
         n = self.store.num_samples
-        # one gather of (index, loss, correct) triples; correct = -1 where unknown
-        corr = correct.double() if correct is not None else torch.full_like(loss, -1.0, dtype=torch.float64)
-        packed = torch.stack([index.double(), loss.double(), corr.to(loss.device)], dim=1).to(
-            pl_module.device
-        )
-        gathered = gather_concat(trainer, packed).cpu()  # the one host transfer of the epoch
-        all_index = gathered[:, 0].long()
-        if all_index.numel():
-            low, high = int(all_index.min()), int(all_index.max())
+        ws = world_size(trainer)
+        if gathered or ws == 1:
+            idx = index.cpu().numpy().astype(np.int64, copy=False)
+            losses = loss.detach().cpu().numpy().astype(np.float64)
+            corr = None if correct is None else correct.cpu().numpy().astype(bool)
+        else:  # one gather of (index, loss, correct) rows; correct = -1 where unknown
+            known = (
+                correct.double() if correct is not None else torch.full_like(loss, -1.0, dtype=torch.float64)
+            )
+            packed = torch.stack([index.double(), loss.double(), known.to(loss.device)], dim=1)
+            rows = gather_concat(trainer, packed.to(pl_module.device)).cpu().numpy()  # the one host transfer
+            idx, losses = rows[:, 0].astype(np.int64), rows[:, 1]
+            corr = rows[:, 2] > 0.5 if rows.shape[0] and (rows[:, 2] >= 0).all() else None
+            if rows.shape[0] == 0 and self.store.has_correct:
+                corr = np.zeros(0, dtype=bool)
+        if idx.size:
+            low, high = int(idx.min()), int(idx.max())
             if low < 0:
                 raise ValueError(
                     f"sample indices must be >= 0, got {low} in `{self.index_key}`; return the indices of "
@@ -459,25 +593,31 @@ class LossTrajectoryTracker(MemorisationCallback):
                     f"`num_samples=` larger than the largest index, or make sure IndexedDataset wraps the "
                     "training dataset the tracker sizes itself from"
                 )
-        # DistributedSampler padding repeats indices: keep each index's first record. An O(N)
-        # bincount tells whether there is any duplicate; the sort-based dedup runs only then.
-        counts = np.bincount(all_index.numpy(), minlength=n) if all_index.numel() else np.zeros(0)
-        rows = (
-            gathered[first_occurrence(all_index)] if counts.size and counts.max() > 1 else gathered
-        ).numpy()
-        idx = rows[:, 0].astype(np.int64)
-        losses = rows[:, 1]
+        # each index keeps its first record of the epoch; an O(N) bincount tells whether any repeats
+        duplicates = int(idx.size - np.count_nonzero(np.bincount(idx, minlength=n))) if idx.size else 0
+        if duplicates:
+            _, first = np.unique(idx, return_index=True)
+            first.sort()
+            idx, losses = idx[first], losses[first]
+            corr = None if corr is None else corr[first]
+        unexpected = max(duplicates - (ws - 1), 0)  # DistributedSampler pads with at most ws - 1 repeats
+        if unexpected:
+            self._warn_once(
+                "duplicates",
+                f"LossTrajectoryTracker: {unexpected} sample index(es) arrived more than once in epoch "
+                f"{trainer.current_epoch}; the first loss of each is kept (counted in mem/traj/duplicates). "
+                "A sampler that repeats samples, or a mid-epoch resume that restarts the DataLoader, does this",
+            )
         finite = np.isfinite(losses)
-        nonfinite = int((~finite).sum())
+        nonfinite = int(idx.size - np.count_nonzero(finite))
         column = np.full(n, np.nan, dtype=np.float64)
         column[idx] = np.where(finite, losses, np.nan)
-        correct_known = bool(rows.shape[0] and (rows[:, 2] >= 0).all())
-        if rows.shape[0] == 0:
-            correct_known = bool(self.store.has_correct)
+        correct_known = corr is not None if idx.size else bool(self.store.has_correct)
         correct_column = None
         if correct_known:
             correct_column = np.zeros(n, dtype=bool)
-            correct_column[idx] = rows[:, 2] > 0.5
+            if corr is not None:
+                correct_column[idx] = corr
         if self.store.has_correct is not None and self.store.has_correct != correct_known:
             raise ValueError(
                 f"per-sample correctness was {'recorded' if self.store.has_correct else 'absent'} at earlier epochs "
@@ -485,61 +625,57 @@ class LossTrajectoryTracker(MemorisationCallback):
             )
         self.store.append(column, correct_column)
         self.recorded_epochs.append(int(trainer.current_epoch))
-
-        stats = self.store.statistics()
-        metrics = self._epoch_metrics(column, correct_column, idx, nonfinite, stats)
         if nonfinite:
             rank_zero_warn(
                 f"LossTrajectoryTracker: {nonfinite} sample loss(es) were NaN/inf at epoch {trainer.current_epoch}; "
                 "stored as NaN (not visited) and counted in mem/traj/nonfinite"
             )
-        self.log_metrics(pl_module, {k + self._key_suffix: v for k, v in metrics.items()})
+        stats = self.store.statistics()
+        visited = idx[finite]
+        metrics = self._metrics(column, correct_column, visited, nonfinite, unexpected, stats)
+        self.log_metrics(pl_module, metrics)
         if trainer.is_global_zero:
             self._write_summary(stats)
             self.emit(
                 trainer,
                 trackers.Histogram(
                     key="mem/traj/loss_histogram" + self._key_suffix,
-                    values=column[np.isfinite(column)].astype(np.float32),
+                    values=column[visited].astype(np.float32),
                     epoch=int(trainer.current_epoch),
                 ),
             )
 
-    def _epoch_metrics(
+    def _metrics(
         self,
         column: np.ndarray,
         correct: np.ndarray | None,
-        idx: np.ndarray,
+        visited: np.ndarray,
         nonfinite: int,
+        duplicates: int,
         stats: TrajectoryStatistics,
     ) -> dict[str, float]:
-        n = column.shape[0]
-        finite = column[np.isfinite(column)]
+        """This epoch's scalars; every key spelled out (a named tracker appends ``/<name>``)."""
+        assert self.store is not None
+        sfx, n = self._key_suffix, column.shape[0]
         seen = stats.count > 0
+        nan = float("nan")
         out: dict[str, float] = {
-            "mem/traj/loss_mean": float(finite.mean()) if finite.size else float("nan"),
-            "mem/traj/loss_std_mean": float(stats.std[seen].mean()) if seen.any() else float("nan"),
-            "mem/traj/visited_frac": float(idx.size / n) if n else 0.0,
-            "mem/traj/nonfinite": float(nonfinite),
-            "mem/traj/epochs": float(self.store.num_epochs if self.store else 0),
+            "mem/traj/loss_mean" + sfx: float(column[visited].mean()) if visited.size else nan,
+            "mem/traj/loss_std_mean" + sfx: float(stats.std[seen].mean()) if seen.any() else nan,
+            "mem/traj/unlearned_frac" + sfx: unlearned_fraction(stats),
+            "mem/traj/visited_frac" + sfx: float(visited.size / n) if n else nan,
+            "mem/traj/nonfinite" + sfx: float(nonfinite),
+            "mem/traj/duplicates" + sfx: float(duplicates),
+            "mem/traj/clipped" + sfx: float(self.store.clipped_last_epoch),
+            "mem/traj/score_max" + sfx: float(np.nanmax(stats.mean)) if seen.any() else nan,
+            "mem/traj/epochs" + sfx: float(self.store.num_epochs),
         }
-        score = memorisation_score(stats)
-        out["mem/traj/score_max"] = float(np.nanmax(score)) if seen.any() else float("nan")
-        if stats.forgetting_events is not None and stats.learned_epoch is not None:
-            out["mem/traj/forgetting_mean"] = (
-                float(stats.forgetting_events[seen].mean()) if seen.any() else 0.0
+        if stats.forgetting_events is not None:
+            out["mem/traj/forgetting_mean" + sfx] = (
+                float(stats.forgetting_events[seen].mean()) if seen.any() else nan
             )
-            out["mem/traj/unlearned_frac"] = (
-                float((stats.learned_epoch[seen] < 0).mean()) if seen.any() else 0.0
-            )
-            if correct is not None and idx.size:
-                out["mem/traj/correct_frac"] = float(correct[idx].mean())
-        else:
-            unlearned = (
-                stats.last[seen] > _LN2
-            )  # exp(-loss) < 1/2; NaN last (non-finite) counts as learned=False
-            unlearned |= np.isnan(stats.last[seen])
-            out["mem/traj/unlearned_frac"] = float(unlearned.mean()) if seen.any() else 0.0
+            if correct is not None and visited.size:
+                out["mem/traj/correct_frac" + sfx] = float(correct[visited].mean())
         return out
 
     def _write_summary(self, stats: TrajectoryStatistics | None = None) -> None:
@@ -558,6 +694,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             "variability": stats.variability,
             "score": memorisation_score(stats),
         }
+        if stats.first is not None:  # loss_drop = first - last, low_loss = -last
+            arrays["first"] = stats.first
         if stats.forgetting_events is not None:
             arrays.update(
                 correctness=stats.correctness,
@@ -575,9 +713,13 @@ class LossTrajectoryTracker(MemorisationCallback):
             "has_correct": bool(self.store.has_correct),
             "on_disk": self.store.on_disk,
             "memory_budget_bytes": self.memory_budget_bytes,
+            "score_by": self.score,
+            "clipped_total": self.store.clipped_total,
             "keys": {"loss": self.loss_key, "index": self.index_key, "correct": self.correct_key},
             "files": "epoch_XXXX.npy: column j of the [N, E] float matrix (NaN = not visited), "
-            "trainer epoch = epochs[j]; correct_XXXX.npy: bool; statistics.npz: per-sample statistics",
+            "trainer epoch = epochs[j]; correct_XXXX.npy: bool; statistics.npz: per-sample statistics "
+            "(score = mean loss; first = first-visit loss; min_loss = -min, low_loss = -last, "
+            "loss_drop = first - last)",
         }
         # derived from the epoch files (written synchronously by the store): off the training loop
         self.write_in_background(_write_summary_files, self.run_dir, arrays, meta)
@@ -586,14 +728,15 @@ class LossTrajectoryTracker(MemorisationCallback):
         if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero or self.top_k == 0:
             return
         stats = self.store.statistics()
-        rows_idx = top_k(memorisation_score(stats), self.top_k, tiebreak=stats.variability)
+        rows_idx = top_k(memorisation_score(stats, by=self.score), self.top_k, tiebreak=stats.variability)
         rows_idx = rows_idx[stats.count[rows_idx] > 0]
         traj = self.store.trajectories(rows_idx)
+        score = memorisation_score(stats, by=self.score)
         assert self._sample_ids is not None
         rows = [
             [
                 int(self._sample_ids[r]),
-                float(stats.mean[r]),
+                float(score[r]),
                 float(stats.variability[r]),
                 int(stats.forgetting_events[r]) if stats.forgetting_events is not None else -1,
                 [None if not np.isfinite(v) else float(v) for v in traj[i]],
@@ -629,39 +772,67 @@ class LossTrajectoryTracker(MemorisationCallback):
             raise RuntimeError("LossTrajectoryTracker has recorded nothing yet; call trainer.fit first")
         return self._sample_ids
 
-    def most_memorised(self, k: int = 10) -> np.ndarray:
+    def most_memorised(self, k: int = 10, *, by: str | None = None) -> np.ndarray:
         """The ``k`` most memorised samples, most memorised first, as dataset indices.
 
-        Ranked by :func:`memcallbacks.metrics.memorisation_score` (mean loss over the recorded
-        epochs: samples fitted late or never, typically mislabelled or atypical ones; Pleiss et
-        al. 2020), ties broken by higher variability (Swayamdipta et al. 2020). Unvisited samples
-        come last.
+        Ranked by :func:`memcallbacks.metrics.memorisation_score` with ``by`` (default: the
+        tracker's ``score``), ties broken by higher variability (Swayamdipta et al. 2020);
+        unvisited samples come last.
+
+        * ``"mean_loss"`` (the default ``score``; classifiers): mean loss over the recorded epochs,
+          samples fitted late or never, typically mislabelled or atypical ones (Pleiss et al. 2020).
+        * ``"min_loss"`` (language models): minus the lowest loss reached. A memorised sequence has
+          a *low* loss: canaries and other text copied many times end far below ordinary text.
+        * ``"low_loss"``: minus the last loss (the model as it is now).
+        * ``"loss_drop"``: first-visit loss minus last loss, a calibrated loss (Watson et al.
+          2022); meant for ``source="probe"``, whose first visit is one evaluation of every sample.
 
         Args:
             k: how many (>= 0).
+            by: ``"mean_loss"``, ``"min_loss"``, ``"low_loss"`` or ``"loss_drop"``; ``None`` uses
+                ``score``.
 
         Returns:
             int64 array of at most ``k`` sample indices.
         """
         stats = self.statistics()
-        rows = top_k(memorisation_score(stats), k, tiebreak=stats.variability)
+        rows = top_k(
+            memorisation_score(stats, by=self.score if by is None else by), k, tiebreak=stats.variability
+        )
         return self.sample_ids[rows]
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         if self.store is None:
             return dict(self._pending_state or {"base": self.base_state()})
-        return {
+        state: dict[str, Any] = {
             "base": self.base_state(),
             "num_samples": self.store.num_samples,
             "recorded_epochs": list(self.recorded_epochs),
             "store": self.store.state_dict(),
         }
+        if self._collecting and self._steps:  # a mid-epoch checkpoint keeps the partial epoch
+            index, loss, correct = self._take_step_buffers_copy()
+            state["partial"] = {"epoch": int(self._collecting_epoch), "index": index, "loss": loss}
+            if correct is not None:
+                state["partial"]["correct"] = correct
+        return state
+
+    def _take_step_buffers_copy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        steps = self._steps
+        index = torch.cat([self._index_tensor(s[1]).reshape(-1).long().cpu() for s in steps])
+        loss = torch.cat([s[0].reshape(-1).float().cpu() for s in steps])
+        correct = None
+        if self._has_correct:
+            correct = torch.cat([torch.as_tensor(s[2]).reshape(-1).bool().cpu() for s in steps])
+        return index, loss, correct
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_base_state(state_dict.get("base", {}))
         if "store" not in state_dict:
             return
         self._pending_state = dict(state_dict)
+        partial = state_dict.get("partial")
+        self._partial = dict(partial) if isinstance(partial, Mapping) else None
         if self.store is not None:  # loaded after set-up: apply now
             self.store = None

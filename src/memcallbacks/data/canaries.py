@@ -13,26 +13,33 @@ Secrets are drawn with a seeded numpy generator, so ``(format, alphabet, length,
 repetitions, per_count, seed)`` regenerate them exactly. They never appear in ``repr`` or
 in logs: canaries are named by ids such as ``c03_r16`` (canary 3, inserted 16 times).
 
-Tokenisation: the prefix (text before ``{secret}``) is encoded with the tokenizer's special
-tokens (a BOS token, if the tokenizer adds one), the secret and the suffix without them,
-and the three are concatenated. The secret's tokens are therefore well defined even for
-subword tokenizers, and the inserted training text must be tokenised the same way (use
-:attr:`Canary.token_ids`, or the text when the tokenizer splits the secret from the
-prefix on its own, as a character tokenizer does).
+Tokenisation: a candidate is scored as it is tokenised *inside the training text*: the whole
+text ``prefix + secret + suffix`` is encoded (with the tokenizer's special tokens, e.g. a BOS),
+so :attr:`Canary.token_ids` are the ids of the canary text as your pipeline tokenises it. With
+a subword tokenizer (byte-level BPE) digits merge into multi-digit tokens, candidates have
+token spans of different lengths, and the last tokens of the prefix can merge with the
+secret (GPT-2's ``" 123"``). The scored span of a candidate is therefore every token from the
+first one that some scored candidate's secret touches (:meth:`CanarySet.candidate_sequences`
+computes the shared context length) to the last token touching the secret; the tokens before
+it are the same for every candidate, so scores stay comparable. When the prefix's own
+tokenisation differs from the training text's, a warning says which prefix tokens are scored
+with the secret; a format whose first token already merges with the secret is refused.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import numbers
 import string
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
+
+from memcallbacks._validate import check_int, check_seed, is_int
 
 __all__ = ["Canary", "CanarySet", "CharTokenizer", "DIGITS", "encoder_of"]
 
@@ -252,53 +259,21 @@ class CanarySet:
         per_count: int = 2,
         seed: int = 0,
     ) -> None:
-        if not isinstance(format, str) or format.count(SECRET_SLOT) != 1:
-            found = format.count(SECRET_SLOT) if isinstance(format, str) else "no string"
-            raise ValueError(
-                f"`format` must contain the slot {SECRET_SLOT} exactly once, got {format!r} ({found} slots); "
-                'e.g. format="my pin is {secret}."'
-            )
+        _validate_init(format, repetitions, per_count, seed, alphabet, length, candidates)
         self.format = format
         self.prefix, self.suffix = format.split(SECRET_SLOT)
         self._encode = encoder_of(tokenizer)
         self.tokenizer = tokenizer
-        if isinstance(repetitions, (str, bytes)) or not isinstance(repetitions, Iterable):
-            raise ValueError(f"`repetitions` must be a sequence of integers >= 1, got {repetitions!r}")
-        reps = list(repetitions)
-        if not reps:
-            raise ValueError("`repetitions` must hold at least one count, got an empty sequence")
-        for r in reps:
-            if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
-                raise ValueError(
-                    f"`repetitions` must hold integers >= 1 (times each canary is inserted), got {r!r} in {reps!r}"
-                )
-        self.repetitions = tuple(int(r) for r in reps)
-        if isinstance(per_count, bool) or not isinstance(per_count, numbers.Integral) or per_count < 1:
-            raise ValueError(f"`per_count` must be an integer >= 1, got {per_count!r}")
+        self.repetitions = tuple(int(r) for r in repetitions)
         self.per_count: int = int(per_count)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"`seed` must be an integer, got {seed!r}")
         self.seed: int = int(seed)
-
+        self._char_ids_cache: tuple[list[int] | None] | None = None
         if candidates is not None:
-            if isinstance(candidates, str) or not isinstance(candidates, Sequence):
-                raise ValueError(
-                    f"`candidates` must be a sequence of strings, got {type(candidates).__name__}"
-                )
-            cands = [str(c) for c in candidates]
-            if len(set(cands)) != len(cands):
-                raise ValueError("`candidates` must be distinct strings; remove the duplicates")
-            self.candidates: list[str] | None = cands
+            self.candidates: list[str] | None = [str(c) for c in candidates]
             self.alphabet: str | None = None
             self.length: int | None = None
-            self.space_size: int = len(cands)
+            self.space_size: int = len(self.candidates)
         else:
-            if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
-                raise ValueError(
-                    f"`alphabet` must be a non-empty string of distinct characters, got {alphabet!r}"
-                )
-            if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 1:
-                raise ValueError(f"`length` must be an integer >= 1, got {length!r}")
             self.candidates = None
             self.alphabet = alphabet
             self.length = int(length)
@@ -347,27 +322,45 @@ class CanarySet:
         return _draw_strings(rng, self.alphabet or "", self.length or 0, n, exclude=set())
 
     def _build(self, secrets: Sequence[str]) -> list[Canary]:
-        canaries = []
+        ids = [
+            f"c{k:02d}_r{r}" for k, r in enumerate(r for r in self.repetitions for _ in range(self.per_count))
+        ]
+        reps = [r for r in self.repetitions for _ in range(self.per_count)]
+        return [self._canary(cid, secret, r) for cid, secret, r in zip(ids, secrets, reps)]
+
+    def _canary(self, cid: str, secret: str, repetitions: int) -> Canary:
+        full, start, end = self._in_context(secret)
+        return Canary(
+            id=cid,
+            secret=secret,
+            repetitions=repetitions,
+            token_ids=tuple(full),
+            secret_start=start,
+            secret_end=end,
+            text=self.prefix + secret + self.suffix,
+        )
+
+    def _in_context(self, secret: str) -> tuple[list[int], int, int]:
+        """Ids of the training text ``prefix + secret + suffix`` and the span of tokens the secret touches.
+
+        The span starts after the longest run of leading tokens equal to the prefix's own
+        tokens and ends before the longest run of trailing tokens equal to the suffix's.
+        """
+        try:
+            full = self._encode(self.prefix + secret + self.suffix, True)
+        except Exception as e:
+            raise ValueError(
+                f"the tokenizer cannot encode a canary text of `format`={self.format!r}: {e}"
+            ) from e
+        pre, suf = self._prefix_ids, self._suffix_ids
+        start = 0
+        while start < min(len(pre), len(full)) and full[start] == pre[start]:
+            start += 1
+        end = len(full)
         k = 0
-        for r in self.repetitions:
-            for _ in range(self.per_count):
-                secret = secrets[k]
-                secret_ids = self.encode_secret(secret)
-                ids = (*self._prefix_ids, *secret_ids, *self._suffix_ids)
-                start = len(self._prefix_ids)
-                canaries.append(
-                    Canary(
-                        id=f"c{k:02d}_r{r}",
-                        secret=secret,
-                        repetitions=r,
-                        token_ids=tuple(ids),
-                        secret_start=start,
-                        secret_end=start + len(secret_ids),
-                        text=self.prefix + secret + self.suffix,
-                    )
-                )
-                k += 1
-        return canaries
+        while k < len(suf) and end - 1 > start and full[end - 1] == suf[len(suf) - 1 - k]:
+            end, k = end - 1, k + 1
+        return full, start, end
 
     # -- access --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -416,22 +409,77 @@ class CanarySet:
             raise ValueError(f"the tokenizer cannot encode a secret of `alphabet`/`candidates`: {e}") from e
 
     def char_token_ids(self) -> list[int] | None:
-        """One token id per alphabet character when secrets tokenise character by character, else None.
+        """One token id per alphabet character when every candidate tokenises character by character, else None.
 
-        This is what the shared-prefix (trie) scoring of the whole space needs.
+        This is what the shared-prefix trie and the best-first search need: every candidate's
+        training-text tokens are ``prefix_ids + [one id per character] + suffix_ids``. Checked on
+        each character in context (after the prefix, before the suffix), on every pair of
+        characters (a subword merge of two characters shows there; BPE merges longer runs only
+        from merged pairs) and on the canaries' texts. The answer is cached.
         """
+        if self._char_ids_cache is None:
+            self._char_ids_cache = (self._char_token_ids(),)
+        return self._char_ids_cache[0]
+
+    def _char_token_ids(self) -> list[int] | None:
         if self.alphabet is None:
             return None
+        pre, suf = self._prefix_ids, self._suffix_ids
         ids = []
         for c in self.alphabet:
             t = self._encode(c, False)
-            if len(t) != 1:
+            if len(t) != 1 or self._encode(self.prefix + c + self.suffix, True) != [*pre, *t, *suf]:
                 return None
             ids.append(t[0])
+        a = len(self.alphabet)
+        pairs: Iterable[tuple[int, int]] = ((i, j) for i in range(a) for j in range(a))
+        if a * a > 65_536:  # a seeded sample of the pairs keeps huge alphabets fast
+            rng = np.random.default_rng(0)
+            pairs = zip(rng.integers(0, a, 65_536).tolist(), rng.integers(0, a, 65_536).tolist())
+        for i, j in pairs:
+            if self._encode(self.alphabet[i] + self.alphabet[j], False) != [ids[i], ids[j]]:
+                return None
         for canary in self.canaries:
-            if self.encode_secret(canary.secret) != [ids[self.alphabet.index(c)] for c in canary.secret]:
+            if list(canary.token_ids) != [*pre, *(ids[self.alphabet.index(c)] for c in canary.secret), *suf]:
                 return None
         return ids
+
+    def candidate_sequences(self, secrets: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids of each candidate's training text, cut after its secret, and the shared context length.
+
+        Every candidate is tokenised inside the canary text (``prefix + secret + suffix`` with
+        special tokens). The context is the leading tokens that no candidate's secret touches
+        (the same for every candidate in ``secrets`` and every canary); the scored tokens of
+        a candidate are the rest of its sequence, which may differ in length between candidates
+        (subword tokenizers) and may include prefix characters merged with the secret. When
+        every candidate tokenises character by character this is ``prefix_ids + secret ids``
+        with the context ``len(prefix_ids)``, computed without calling the tokenizer.
+
+        Returns:
+            ``(sequences, context_len)``.
+
+        Raises:
+            ValueError: a candidate's text shares no leading token with the prefix (its first
+                token already merges with the secret: nothing to condition on); give the
+                tokenizer a BOS token or end the prefix with a separator it never merges.
+        """
+        chars = self.char_token_ids()
+        if chars is not None:
+            lookup = dict(zip(self.alphabet or "", chars))
+            pre = self._prefix_ids
+            return [[*pre, *(lookup[c] for c in s)] for s in secrets], len(pre)
+        spans = [self._in_context(s) for s in secrets]
+        starts = [start for _, start, _ in spans] + [c.secret_start for c in self.canaries]
+        context = min(starts)
+        if context == 0:
+            raise ValueError(
+                f"`format`={self.format!r}: for some candidates the first token of the canary text already "
+                "holds secret characters, so the secret has nothing to be conditioned on; give the tokenizer "
+                "a BOS token or start the format with text the tokenizer keeps apart from the secret"
+            )
+        if context < len(self._prefix_ids):
+            _warn_boundary_once(self, context)
+        return [full[:end] for full, _, end in spans], context
 
     # -- the randomness space ------------------------------------------------------------
     def candidate(self, index: int) -> str:
@@ -486,14 +534,13 @@ class CanarySet:
         Raises:
             ValueError: if ``num < 1`` or the space has fewer than ``num`` + canaries candidates.
         """
-        if isinstance(num, bool) or not isinstance(num, numbers.Integral) or num < 1:
-            raise ValueError(f"`num_references` must be an integer >= 1, got {num!r}")
+        num = check_int("num_references", num, minimum=1)
         if self.space_size < num + len(self.canaries):
             raise ValueError(
                 f"the randomness space has {self.space_size} candidates, fewer than `num_references`={num} "
                 f"plus the {len(self.canaries)} canaries; lower `num_references` or use method='exact'"
             )
-        rng = np.random.default_rng(self.seed + 1 if seed is None else seed)
+        rng = np.random.default_rng(self.seed + 1 if seed is None else check_seed("reference_seed", seed))
         exclude = set(self.secrets)
         if self.space_size <= 2**62:
             # a uniformly random ordering of the space, canaries filtered out, first `num` kept
@@ -554,25 +601,63 @@ class CanarySet:
         secrets = list(state.get("secrets", self.secrets))
         reps = list(state.get("repetitions", [c.repetitions for c in self.canaries]))
         ids = list(state.get("ids", self.ids))
-        canaries = []
-        for cid, secret, r in zip(ids, secrets, reps):
-            secret_ids = self.encode_secret(secret)
-            start = len(self._prefix_ids)
-            canaries.append(
-                Canary(
-                    id=str(cid),
-                    secret=str(secret),
-                    repetitions=int(r),
-                    token_ids=(*self._prefix_ids, *secret_ids, *self._suffix_ids),
-                    secret_start=start,
-                    secret_end=start + len(secret_ids),
-                    text=self.prefix + secret + self.suffix,
-                )
-            )
-        self.canaries = canaries
+        self.canaries = [
+            self._canary(str(cid), str(secret), int(r)) for cid, secret, r in zip(ids, secrets, reps)
+        ]
+        self._char_ids_cache = None
         self.injected_indices = {
             str(k): [int(i) for i in v] for k, v in state.get("injected_indices", {}).items()
         }
+
+
+def _warn_boundary_once(cs: CanarySet, context: int) -> None:
+    key = ("boundary", context)
+    seen = cs.__dict__.setdefault("_warned", set())
+    if key in seen:
+        return
+    seen.add(key)
+    tail = cs._prefix_ids[context:]
+    warnings.warn(
+        f"CanarySet: inside the canary text the last {len(tail)} token(s) of the prefix {cs.prefix!r} merge with "
+        "the secret for some candidates (a subword tokenizer, e.g. byte-level BPE's leading space); every "
+        f"candidate is scored from token {context} on, as the training text tokenises it, so those prefix "
+        "characters are scored with the secret (the same text for every candidate)",
+        stacklevel=3,
+    )
+
+
+def _validate_init(
+    format: Any, repetitions: Any, per_count: Any, seed: Any, alphabet: Any, length: Any, candidates: Any
+) -> None:
+    if not isinstance(format, str) or format.count(SECRET_SLOT) != 1:
+        found = format.count(SECRET_SLOT) if isinstance(format, str) else "no string"
+        raise ValueError(
+            f"`format` must contain the slot {SECRET_SLOT} exactly once, got {format!r} ({found} slots); "
+            'e.g. format="my pin is {secret}."'
+        )
+    if isinstance(repetitions, (str, bytes)) or not isinstance(repetitions, Iterable):
+        raise ValueError(f"`repetitions` must be a sequence of integers >= 1, got {repetitions!r}")
+    reps = list(repetitions)
+    if not reps:
+        raise ValueError("`repetitions` must hold at least one count, got an empty sequence")
+    for r in reps:
+        if not is_int(r) or r < 1:
+            raise ValueError(
+                f"`repetitions` must hold integers >= 1 (times each canary is inserted), got {r!r} in {reps!r}"
+            )
+    check_int("per_count", per_count, minimum=1)
+    check_seed("seed", seed)
+    if candidates is not None:
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence):
+            raise ValueError(f"`candidates` must be a sequence of strings, got {type(candidates).__name__}")
+        if len({str(c) for c in candidates}) != len(candidates):
+            raise ValueError("`candidates` must be distinct strings; remove the duplicates")
+    else:
+        if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
+            raise ValueError(
+                f"`alphabet` must be a non-empty string of distinct characters, got {alphabet!r}"
+            )
+        check_int("length", length, minimum=1)
 
 
 class _ListDataset(Dataset[Any]):

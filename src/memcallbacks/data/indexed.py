@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
+
+from memcallbacks._validate import check_bool
 
 __all__ = ["IndexedDataset", "split_index", "INDEX_KEY"]
 
@@ -67,15 +69,44 @@ class IndexedDataset(Dataset[Any], Generic[T]):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        item = self.dataset[index]
-        if isinstance(item, Mapping):
-            if INDEX_KEY in item:
-                raise KeyError(
-                    f"the wrapped dataset's items already have an {INDEX_KEY!r} key; rename it, "
-                    "IndexedDataset adds its own"
-                )
-            return {INDEX_KEY: int(index), **item}
-        return (int(index), item)
+        return self._with_index(int(index), self.dataset[index])
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """A batch of items at once (what the DataLoader fetches when a dataset has this method).
+
+        The same items as ``[self[i] for i in indices]``, built per batch rather than per item:
+        the wrapped dataset's own ``__getitems__`` is used when it has one, a ``TensorDataset`` is
+        indexed once per tensor (each item is a view of that batch), and the kind of item (dict
+        or not) is decided once per batch. The default collate and any collate function
+        written for ``(index, item)`` pairs or ``{"index": ...}`` dicts see the same input.
+        """
+        if not indices:
+            return []
+        dataset = self.dataset
+        fetch = getattr(dataset, "__getitems__", None)
+        if fetch:
+            items = fetch(indices)
+        elif type(dataset) is TensorDataset:  # one gather per tensor, then per-item views
+            rows = torch.as_tensor(indices, dtype=torch.long)
+            items = list(zip(*(t[rows].unbind(0) for t in dataset.tensors)))
+        else:
+            items = [dataset[i] for i in indices]
+        if isinstance(items[0], Mapping):
+            return [self._with_index(int(i), item) for i, item in zip(indices, items)]
+        if type(indices[0]) is int:  # the ints of PyTorch's samplers
+            return list(zip(indices, items))
+        return [(int(i), item) for i, item in zip(indices, items)]
+
+    @staticmethod
+    def _with_index(index: int, item: Any) -> Any:
+        if not isinstance(item, Mapping):
+            return (index, item)
+        if INDEX_KEY in item:
+            raise KeyError(
+                f"the wrapped dataset's items already have an {INDEX_KEY!r} key; rename it, "
+                "IndexedDataset adds its own"
+            )
+        return {INDEX_KEY: index, **item}
 
 
 def split_index(batch: Any, *, missing_ok: bool = False) -> tuple[torch.Tensor | None, Any]:
@@ -110,7 +141,7 @@ def split_index(batch: Any, *, missing_ok: bool = False) -> tuple[torch.Tensor |
         and _looks_like_items(batch[1], batch[0].shape[0])
     ):
         return batch[0], batch[1]
-    if missing_ok:
+    if check_bool("missing_ok", missing_ok):
         return None, batch
     raise ValueError(
         f"`batch` carries no sample index (got {type(batch).__name__}); wrap the training dataset: "

@@ -9,49 +9,119 @@
   forgetting events; Swayamdipta et al. 2020 Dataset Cartography).
 * :mod:`~memcallbacks.metrics.audit`: one-run privacy audit (Steinke, Nasr and Jagielski,
   NeurIPS 2023).
+* :mod:`~memcallbacks.metrics.attacks`: attacks from reference (shadow) runs: LiRA (Carlini et al.,
+  S&P 2022) and RMIA (Zarifzadeh, Liu and Shokri, ICML 2024), with an exact low-FPR report.
+* :mod:`~memcallbacks.metrics.sequence`: LM sequence memorisation: k-extractable rate (Carlini et
+  al., ICLR 2023), Min-K% Prob (Shi et al., ICLR 2024), zlib ratio (Carlini et al., USENIX
+  Security 2021), (n, p)-discoverable extraction (Hayes et al. 2024).
+* :mod:`~memcallbacks.metrics.classes`: ``torchmetrics.Metric`` classes over the functions above
+  (:class:`LossThresholdMIA`, :class:`LossGap`), states synced across ranks; imported (with
+  torchmetrics) on first use.
 
 Every function takes torch tensors or numpy arrays and returns floats, numpy arrays or
 frozen dataclasses.
 """
 
+from typing import TYPE_CHECKING
+
+from memcallbacks.metrics.attacks import AttackReport, attack_report, lira_scores, logit_confidence, rmia_scores
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound, p_value_audit
 from memcallbacks.metrics.dynamics import (
+    MEMORISATION_SCORES,
     TrajectoryAccumulator,
     TrajectoryStatistics,
     memorisation_score,
     top_k,
     trajectory_statistics,
+    unlearned_fraction,
 )
 from memcallbacks.metrics.exposure import (
+    ExposureResult,
     SkewNormalFit,
     exposure_exact,
     exposure_extrapolated,
     exposure_from_rank,
+    exposure_from_references,
     exposure_rank,
+    exposure_rank_in_space,
     exposure_saturated,
     fit_skewnorm,
 )
-from memcallbacks.metrics.membership import MembershipReport, loss_gap, membership_inference, roc_curve
+from memcallbacks.metrics.membership import (
+    MembershipReport,
+    calibrated_losses,
+    loss_gap,
+    loss_ratio,
+    membership_inference,
+    roc_curve,
+    slice_aucs,
+)
+from memcallbacks.metrics.sequence import (
+    exact_match_rate,
+    extraction_probability,
+    min_k_prob,
+    suffix_sample_logprob,
+    token_match_rate,
+    zlib_ratio,
+)
 
 __all__ = [
+    "AttackReport",
+    "MEMORISATION_SCORES",
+    "ExposureResult",
+    "LossGap",
+    "LossThresholdMIA",
     "MembershipReport",
     "SkewNormalFit",
     "TrajectoryAccumulator",
     "TrajectoryStatistics",
+    "attack_report",
     "audit_guesses",
+    "calibrated_losses",
     "count_correct",
     "epsilon_lower_bound",
+    "exact_match_rate",
     "exposure_exact",
     "exposure_extrapolated",
     "exposure_from_rank",
+    "exposure_from_references",
     "exposure_rank",
+    "exposure_rank_in_space",
     "exposure_saturated",
+    "extraction_probability",
     "fit_skewnorm",
+    "lira_scores",
+    "logit_confidence",
     "loss_gap",
+    "loss_ratio",
     "membership_inference",
     "memorisation_score",
+    "min_k_prob",
     "p_value_audit",
+    "rmia_scores",
     "roc_curve",
+    "slice_aucs",
+    "suffix_sample_logprob",
+    "token_match_rate",
     "top_k",
     "trajectory_statistics",
+    "unlearned_fraction",
+    "zlib_ratio",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover - static names for type checkers
+    from memcallbacks.metrics.classes import LossGap, LossThresholdMIA
+
+_LAZY = {"LossGap": "memcallbacks.metrics.classes", "LossThresholdMIA": "memcallbacks.metrics.classes"}
+
+
+def __getattr__(name: str) -> object:
+    # the torchmetrics classes import torchmetrics: only when first used
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memcallbacks.metrics' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

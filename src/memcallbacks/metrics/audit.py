@@ -17,25 +17,27 @@ reference code (its appendix) does.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize, special, stats
 
+from memcallbacks._validate import check_int, check_real
 from memcallbacks.metrics.exposure import _as_float_array, _to_numpy
 
 __all__ = ["audit_guesses", "count_correct", "epsilon_lower_bound", "p_value_audit"]
 
 
 def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value}")
-    return int(value)
+    return check_int(name, value, minimum=0)
+
+
+def _check_beta(value: Any) -> float:
+    return check_real(
+        "beta", value, minimum=0.0, maximum=1.0, min_inclusive=False, max_inclusive=False,
+        hint="a significance level, e.g. beta=0.05",
+    )  # fmt: skip
 
 
 def _check_audit_args(
@@ -52,9 +54,8 @@ def _check_audit_args(
             raise ValueError(
                 f"`num_guesses` must be <= `num_canaries` ({m}), got {r}; each canary gets at most one guess"
             )
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0.0 <= float(delta) <= 1.0:
-        raise ValueError(f"`delta` must be a number in [0, 1], got {delta!r}")
-    if float(delta) > 0 and m is None:
+    delta = check_real("delta", delta, minimum=0.0, maximum=1.0, hint="e.g. delta=1e-5")
+    if delta > 0 and m is None:
         raise ValueError(
             f"`num_canaries` is required when `delta` > 0 (got delta={delta!r}): the p-value of "
             "Theorem 5.2 grows with the number of canaries m; pass num_canaries=m"
@@ -109,14 +110,8 @@ def p_value_audit(
         0.000977
     """
     v, r, m, delta = _check_audit_args(num_correct, num_guesses, num_canaries, delta)
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, numbers.Real)
-        or not math.isfinite(epsilon)
-        or epsilon < 0
-    ):
-        raise ValueError(f"`epsilon` must be a finite number >= 0, got {epsilon!r}")
-    return _p_value(m, r, v, float(epsilon), delta)
+    epsilon = check_real("epsilon", epsilon, minimum=0.0)
+    return _p_value(m, r, v, epsilon, delta)
 
 
 def epsilon_lower_bound(
@@ -159,9 +154,7 @@ def epsilon_lower_bound(
         0.0
     """
     v, r, m, delta = _check_audit_args(num_correct, num_guesses, num_canaries, delta)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 < float(beta) < 1.0:
-        raise ValueError(f"`beta` must be a significance level in (0, 1), got {beta!r}; e.g. beta=0.05")
-    beta = float(beta)
+    beta = _check_beta(beta)
 
     def excess(epsilon: float) -> float:
         return _p_value(m, r, v, epsilon, delta) - beta

@@ -25,22 +25,29 @@ feeding its columns to the same accumulator.
 
 from __future__ import annotations
 
-import numbers
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from memcallbacks._validate import check_choice, check_int
 from memcallbacks.metrics.exposure import _as_float_array, _to_numpy
 
 __all__ = [
+    "MEMORISATION_SCORES",
     "TrajectoryAccumulator",
     "TrajectoryStatistics",
     "memorisation_score",
     "top_k",
     "trajectory_statistics",
+    "unlearned_fraction",
 ]
+
+#: The rankings :func:`memorisation_score` offers (``by=``); the first is the default.
+MEMORISATION_SCORES = ("mean_loss", "min_loss", "low_loss", "loss_drop")
+_LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +71,8 @@ class TrajectoryStatistics:
         learned_epoch: first epoch index from which the sample is correct at every later
             visit; -1 if it never was or is incorrect at its last visit, int64; ``None``
             without correctness.
+        first: loss at the first visit (NaN if never visited); ``None`` when the statistics
+            were built by an older version that did not track it.
 
     Example:
         >>> stats = trajectory_statistics([[1.0, 3.0], [np.nan, 2.0]])
@@ -81,6 +90,7 @@ class TrajectoryStatistics:
     correctness: NDArray[np.float64] | None = None
     forgetting_events: NDArray[np.int64] | None = None
     learned_epoch: NDArray[np.int64] | None = None
+    first: NDArray[np.float64] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -101,6 +111,7 @@ _STATE_KEYS = (
     "previous_correct",
     "streak_start",
 )
+_OPTIONAL_STATE_KEYS = ("first",)  # absent from states saved before it existed
 
 
 class TrajectoryAccumulator:
@@ -136,6 +147,7 @@ class TrajectoryAccumulator:
     _prob_mean: NDArray[np.float64]
     _prob_m2: NDArray[np.float64]
     _last: NDArray[np.float64]
+    _first: NDArray[np.float64]
     _min: NDArray[np.float64]
     _correct_count: NDArray[np.int64]
     _forgetting_events: NDArray[np.int64]
@@ -143,11 +155,7 @@ class TrajectoryAccumulator:
     _streak_start: NDArray[np.int64]
 
     def __init__(self, num_samples: int) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
-            raise TypeError(f"`num_samples` must be an int, got {num_samples!r}")
-        if num_samples < 0:
-            raise ValueError(f"`num_samples` must be >= 0, got {num_samples}")
-        n = int(num_samples)
+        n = check_int("num_samples", num_samples, minimum=0, hint="pass the number of samples N")
         self.num_samples = n
         self.num_epochs = 0
         # None until the first update says whether correctness is tracked
@@ -158,6 +166,7 @@ class TrajectoryAccumulator:
         self._prob_mean = np.zeros(n)
         self._prob_m2 = np.zeros(n)
         self._last = np.full(n, np.nan)
+        self._first = np.full(n, np.nan)
         self._min = np.full(n, np.inf)
         self._correct_count = np.zeros(n, dtype=np.int64)
         self._forgetting_events = np.zeros(n, dtype=np.int64)
@@ -219,6 +228,8 @@ class TrajectoryAccumulator:
         self._prob_m2[index] += delta * (p - mean)
         self._prob_mean[index] = mean
         self._last[index] = x
+        new = count == 1
+        self._first[index[new]] = x[new]
         self._min[index] = np.minimum(self._min[index], x)
 
         if correct is not None:
@@ -282,6 +293,7 @@ class TrajectoryAccumulator:
             correctness=correctness,
             forgetting_events=forgetting,
             learned_epoch=learned,
+            first=self._first.copy(),
         )
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -291,7 +303,7 @@ class TrajectoryAccumulator:
             dict of copies of the internal arrays plus 0-d arrays ``num_samples``,
             ``num_epochs`` and ``has_correctness`` (-1 unknown, 0 no, 1 yes).
         """
-        state = {key: getattr(self, f"_{key}").copy() for key in _STATE_KEYS}
+        state = {key: getattr(self, f"_{key}").copy() for key in (*_STATE_KEYS, *_OPTIONAL_STATE_KEYS)}
         state["num_samples"] = np.array(self.num_samples, dtype=np.int64)
         state["num_epochs"] = np.array(self.num_epochs, dtype=np.int64)
         has = -1 if self.has_correctness is None else int(self.has_correctness)
@@ -321,6 +333,12 @@ class TrajectoryAccumulator:
             if value.shape != current.shape:
                 raise ValueError(f"`state_dict[{key!r}]` must have shape {current.shape}, got {value.shape}")
             setattr(self, f"_{key}", value)
+        if "first" in state_dict:
+            self._first = np.array(_to_numpy(state_dict["first"], "first"), dtype=np.float64).reshape(
+                self._last.shape
+            )
+        else:  # an older state: the first visit is unknown where the sample was visited
+            self._first = np.full(self.num_samples, np.nan)
         self.num_epochs = int(_to_numpy(state_dict.get("num_epochs", 0), "num_epochs"))
         has = int(_to_numpy(state_dict.get("has_correctness", -1), "has_correctness"))
         self.has_correctness = None if has < 0 else bool(has)
@@ -376,37 +394,118 @@ def trajectory_statistics(losses: Any, correct: Any = None) -> TrajectoryStatist
     return accumulator.compute()
 
 
-def memorisation_score(stats: TrajectoryStatistics) -> NDArray[np.float64]:
-    """Per-sample memorisation score: the mean loss over the recorded epochs.
+def memorisation_score(stats: TrajectoryStatistics, by: str = "mean_loss") -> NDArray[np.float64]:
+    """Per-sample memorisation score, higher = more memorised; ``by`` chooses which.
 
-    The area under a sample's loss curve (normalised by the number of visits). Samples the
-    model can only fit late, by memorising them (mislabelled, atypical), keep a high loss
-    for longer: Pleiss et al., "Identifying Mislabeled Data using the Area Under the Margin
-    Ranking", NeurIPS 2020, rank samples by a margin averaged over training in the same way,
-    and on digits with 10% flipped labels the mean loss ranks flipped samples with AUROC
-    0.999 (memcallbacks DESIGN.md, Sec. 7). Higher = more memorised. Break ties with
-    ``stats.variability`` (``top_k(score, k, tiebreak=stats.variability)``). Unvisited
-    samples get NaN.
+    ``by="mean_loss"`` (default; classifiers): the mean loss over the recorded epochs, the
+    area under a sample's loss curve normalised by its number of visits. Samples a model can
+    only fit late, by memorising them (mislabelled, atypical), keep a high loss for longer:
+    Pleiss et al., "Identifying Mislabeled Data using the Area Under the Margin Ranking",
+    NeurIPS 2020, rank samples by a margin averaged over training in the same way; on
+    digits with 10% flipped labels the mean loss ranks flipped samples with AUROC 0.999.
+    Break ties with ``stats.variability`` (``top_k(score, k, tiebreak=stats.variability)``).
+
+    ``by="min_loss"`` (language models, step capture): minus the lowest loss the sample
+    reached. In a language model a memorised sequence has a *low* loss, so the highest mean
+    loss finds hard or noisy text, not memorised text; a sequence copied into the training
+    data many times ends far below text whose randomness no model can predict (names,
+    amounts), the loss-threshold signal of Yeom et al., CSF 2018 and of the extraction attack
+    of Carlini et al., USENIX Security 2021. The lowest loss is steadier than the last one (one
+    noisy epoch does not move it). On the payment corpus of :mod:`memcallbacks.toy` with
+    canaries inserted 1-32 times (6,063 sequences, 5 epochs), 98% of the copies of the canaries
+    inserted 16 or 32 times ranked in the top 1% by ``min_loss`` (92% by ``low_loss``, none by
+    ``mean_loss``).
+
+    ``by="low_loss"``: minus the loss at the last visit (the model as it is now).
+
+    ``by="loss_drop"``: the loss at the first visit minus the loss at the last visit, a
+    calibrated loss in the sense of Watson et al., "On the Importance of Difficulty
+    Calibration in Membership Inference Attacks", ICLR 2022, with the model at the first
+    visit as the reference, so text that is hard for any model is not mistaken for memorised
+    text. Use it with ``source="probe"``, where the first visit is one evaluation of every
+    sample by the same model. With step capture the first visits are spread over the first
+    epoch, whose early steps see losses far above its late ones: on the canary corpus above
+    the drop ranked no canary copy in the top 1%.
+
+    Unvisited samples get NaN (``top_k`` puts them last).
 
     Args:
         stats: statistics from :func:`trajectory_statistics` or
             :meth:`TrajectoryAccumulator.compute`.
+        by: one of :data:`MEMORISATION_SCORES`: ``"mean_loss"``, ``"min_loss"``, ``"low_loss"``,
+            ``"loss_drop"``.
 
     Returns:
         float64 array of shape ``[N]``.
 
     Raises:
         TypeError: if ``stats`` is not a :class:`TrajectoryStatistics`.
+        ValueError: unknown ``by``, or ``"loss_drop"`` on statistics without first-visit losses.
 
     Example:
         >>> import numpy as np
         >>> stats = trajectory_statistics(np.array([[2.0, 0.1], [0.3, 0.1]]))
         >>> memorisation_score(stats)
         array([1.05, 0.2 ])
+        >>> memorisation_score(stats, by="min_loss")
+        array([-0.1, -0.1])
+        >>> memorisation_score(stats, by="loss_drop")
+        array([1.9, 0.2])
     """
     if not isinstance(stats, TrajectoryStatistics):
         raise TypeError(f"`stats` must be a TrajectoryStatistics, got {type(stats).__name__}")
-    return np.array(stats.mean, dtype=np.float64, copy=True)
+    check_choice("by", by, MEMORISATION_SCORES)
+    if by == "mean_loss":
+        return np.array(stats.mean, dtype=np.float64, copy=True)
+    if by == "min_loss":
+        return -np.asarray(stats.min, dtype=np.float64)
+    if by == "low_loss":
+        return -np.asarray(stats.last, dtype=np.float64)
+    if stats.first is None:
+        raise ValueError(
+            "`by='loss_drop'` needs each sample's first-visit loss, which these statistics lack; "
+            "recompute them with trajectory_statistics() or TrajectoryAccumulator"
+        )
+    return np.asarray(stats.first, dtype=np.float64) - np.asarray(stats.last, dtype=np.float64)
+
+
+def unlearned_fraction(stats: TrajectoryStatistics) -> float:
+    """Fraction of the visited samples (``count > 0``) that are not learned.
+
+    With correctness (classifiers that return it): not learned means ``learned_epoch == -1``,
+    i.e. incorrect at the last visit or never correct (Toneva et al. 2019). Without it: the
+    gold-label probability at the last visit is below one half, ``exp(-last) < 0.5``, i.e.
+    ``last > ln 2`` (the probability Dataset Cartography reads off a cross-entropy loss;
+    Swayamdipta et al. 2020); a NaN last loss counts as not learned.
+
+    Args:
+        stats: statistics from :func:`trajectory_statistics` or
+            :meth:`TrajectoryAccumulator.compute`.
+
+    Returns:
+        The fraction in ``[0, 1]``; NaN when no sample was visited (nothing is known).
+
+    Raises:
+        TypeError: if ``stats`` is not a :class:`TrajectoryStatistics`.
+
+    Example:
+        >>> import numpy as np
+        >>> unlearned_fraction(trajectory_statistics(np.array([[0.1], [2.0], [np.nan]])))
+        0.5
+        >>> unlearned_fraction(trajectory_statistics(np.array([[0.1, 0.1]]), np.array([[True, False]])))
+        1.0
+    """
+    if not isinstance(stats, TrajectoryStatistics):
+        raise TypeError(f"`stats` must be a TrajectoryStatistics, got {type(stats).__name__}")
+    seen = stats.count > 0
+    if not seen.any():
+        return float("nan")
+    if stats.learned_epoch is not None:
+        return float((stats.learned_epoch[seen] < 0).mean())
+    last = np.asarray(stats.last, dtype=np.float64)[seen]
+    with np.errstate(invalid="ignore"):
+        unlearned = (last > _LN2) | np.isnan(last)
+    return float(unlearned.mean())
 
 
 def top_k(scores: Any, k: int, *, tiebreak: Any = None) -> NDArray[np.int64]:
@@ -430,10 +529,7 @@ def top_k(scores: Any, k: int, *, tiebreak: Any = None) -> NDArray[np.int64]:
         >>> top_k(np.array([0.5, np.nan, 2.0, 0.5]), 3, tiebreak=np.array([0.1, 0.0, 0.0, 0.9]))
         array([2, 3, 0])
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"`k` must be an int, got {k!r}")
-    if k < 0:
-        raise ValueError(f"`k` must be >= 0, got {k}")
+    k = check_int("k", k, minimum=0, hint="pass how many indices to return")
     values = _as_float_array(scores, "scores", allow_nan=True, allow_inf=True, allow_empty=True)
     missing = np.isnan(values)
     keys = [np.where(missing, 0.0, -values)]
@@ -444,6 +540,15 @@ def top_k(scores: Any, k: int, *, tiebreak: Any = None) -> NDArray[np.int64]:
                 f"`tiebreak` must have the shape of `scores` {values.shape}, got {secondary.shape}"
             )
         keys.insert(0, np.where(np.isnan(secondary), np.inf, -secondary))
+    candidates = None
+    if 0 < k < values.size // 4:  # only the k best matter: partition first, sort the few (ties kept)
+        key = np.where(missing, -np.inf, values)
+        kth = np.partition(key, values.size - k)[values.size - k]
+        candidates = np.flatnonzero(key >= kth)
+        keys = [c[candidates] for c in keys]
+        missing = missing[candidates]
     # np.lexsort sorts by the last key first and is stable
     order = np.lexsort((*keys, missing))
+    if candidates is not None:
+        order = candidates[order]
     return order[: int(k)].astype(np.int64)

@@ -16,12 +16,18 @@ candidate).
   **Ties count against the canary**: ``rank = 1 + #(reference scores <= canary score)``, as
   TF Privacy does when it sorts a reference before a tied secret. A model that scores every
   candidate alike therefore shows exposure 0, not the maximum.
+* :func:`exposure_rank_in_space` ranks a canary among the scores of the whole space (the
+  canary's own score included), the exact rank of Definition 4, with the same tie rule.
 * :func:`exposure_extrapolated` follows Sec. 4.3 of the paper: fit a skew-normal
   distribution to the log-perplexities of a random sample of candidates and report
   ``-log2 CDF(score)``. It is computed from an accurate log-CDF, so a canary far in the
   light tail of the fit gets a large, finite value rather than ``inf``. An extrapolation
   knows nothing of the space's size and can exceed ``log2 |R|``; pass ``space_size`` to
   cap it and :func:`exposure_saturated` to count the canaries that hit the cap.
+* :func:`exposure_from_references` is what a monitor reports from a reference sample: the
+  capped extrapolation, the degenerate case (references all alike) decided by the tie rule,
+  never more than a proven rank lower bound allows, and NaN for a non-finite score.
+  :class:`ExposureResult` holds one evaluation's per-canary numbers.
 
 Scores are log-perplexities (sum of token negative log-likelihoods, natural log): lower
 means more likely.
@@ -30,21 +36,25 @@ means more likely.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
+from memcallbacks._validate import check_real, is_int
+
 __all__ = [
+    "ExposureResult",
     "SkewNormalFit",
     "exposure_exact",
     "exposure_extrapolated",
     "exposure_from_rank",
+    "exposure_from_references",
     "exposure_rank",
+    "exposure_rank_in_space",
     "exposure_saturated",
     "fit_skewnorm",
 ]
@@ -117,15 +127,15 @@ def _as_float_array(
 
 def _check_space_size(space_size: Any, name: str = "space_size") -> float:
     """Validates a randomness-space size (>= 1, finite) and returns ``log2`` of it."""
-    if isinstance(space_size, bool) or not isinstance(space_size, numbers.Real):
-        raise TypeError(f"`{name}` must be a number >= 1, got {space_size!r}")
-    value: Any = space_size  # numbers.Real has no comparison in typeshed; huge ints must stay exact
+    if not is_int(space_size):  # huge Python ints must stay exact: not through float()
+        check_real(name, space_size, allow_nan=True, allow_inf=True, hint="the number of possible secrets")
+    value: Any = space_size
     if not value >= 1 or (isinstance(value, float) and not math.isfinite(value)):
         raise ValueError(
             f"`{name}` must be a finite number >= 1 (the number of possible secrets), got {space_size!r}"
         )
     # math.log2 is exact for Python ints of any size (e.g. 26**30)
-    return math.log2(int(space_size)) if isinstance(space_size, numbers.Integral) else math.log2(space_size)
+    return math.log2(int(space_size)) if is_int(space_size) else math.log2(float(space_size))
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +154,8 @@ def exposure_from_rank(rank: Any, space_size: Any) -> float | NDArray[np.float64
         A float when ``rank`` is a scalar, else a float64 array of the same shape.
 
     Raises:
-        ValueError: if a rank is below 1 or not finite, or ``space_size`` is below 1.
+        ValueError: if a rank is below 1, above ``space_size`` (no candidate can rank below
+            the whole space) or not finite, or ``space_size`` is below 1.
         TypeError: if ``space_size`` is not a number or ``rank`` not numeric.
 
     Example:
@@ -158,7 +169,14 @@ def exposure_from_rank(rank: Any, space_size: Any) -> float | NDArray[np.float64
     if (ranks < 1).any():
         bad = ranks[ranks < 1].flat[0]
         raise ValueError(f"`rank` must be >= 1 (rank 1 = most likely candidate), got {bad:g}")
-    result = log2_space - np.log2(ranks)
+    above = np.log2(ranks) > log2_space * (1 + 1e-12)
+    if above.any():
+        bad = ranks[above].flat[0]
+        raise ValueError(
+            f"`rank` must be <= `space_size` (a rank counts candidates of the space), got rank {bad:g} for "
+            f"space_size={space_size!r}; pass the size of the space the rank was taken in"
+        )
+    result = np.maximum(log2_space - np.log2(ranks), 0.0)
     if result.ndim == 0:
         return float(result)
     return np.asarray(result, dtype=np.float64)
@@ -194,9 +212,47 @@ def exposure_rank(canary_scores: Any, reference_scores: Any) -> NDArray[np.int64
     return _ranks(canaries, references)
 
 
+def _count_at_or_below(scores: NDArray[np.float64], canaries: NDArray[np.float64]) -> NDArray[np.int64]:
+    """``#(scores <= c)`` for each canary score ``c``: the one tie rule (ties count against the canary)."""
+    return np.searchsorted(np.sort(scores), canaries, side="right").astype(np.int64)
+
+
 def _ranks(canaries: NDArray[np.float64], references: NDArray[np.float64]) -> NDArray[np.int64]:
-    sorted_references = np.sort(references)
-    return np.searchsorted(sorted_references, canaries, side="right").astype(np.int64) + 1
+    # the references exclude the canary: it is ranked behind every reference it ties with
+    return _count_at_or_below(references, canaries) + 1
+
+
+def exposure_rank_in_space(canary_scores: Any, space_scores: Any) -> NDArray[np.int64]:
+    """Exact rank of each canary among the scores of every candidate of the space (Definition 4).
+
+    ``space_scores`` holds the whole randomness space, the canaries' own secrets included, so
+    ``rank = #(space scores <= canary score)``: the canary itself plus every candidate that
+    ties with it or is more likely (ties count against the canary, as in :func:`exposure_rank`).
+
+    Args:
+        canary_scores: log-perplexity of each canary, shape ``[C]``.
+        space_scores: log-perplexity of every candidate of ``R``, shape ``[|R|]``.
+
+    Returns:
+        int64 array ``[C]`` with values in ``1..|R|`` (for canaries whose score is in ``space_scores``).
+
+    Raises:
+        ValueError: an input is empty, not 1-D or holds NaN/inf, or a canary's score is below
+            every candidate's (it is not a candidate of this space).
+
+    Example:
+        >>> exposure_rank_in_space([1.0, 2.0], [3.0, 1.0, 2.0, 2.0])
+        array([1, 3])
+    """
+    canaries = _as_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
+    space = _as_float_array(space_scores, "space_scores", hint="; pass the score of every candidate")
+    ranks = _count_at_or_below(space, canaries)
+    if (ranks < 1).any():
+        raise ValueError(
+            "`canary_scores` holds a score below every candidate's in `space_scores`; the space must include "
+            "the canaries' own secrets (use exposure_rank() to rank against references that exclude them)"
+        )
+    return ranks
 
 
 def exposure_exact(
@@ -285,10 +341,7 @@ class SkewNormalFit:
 
     def __post_init__(self) -> None:
         for name in ("a", "loc", "scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, check_real(name, getattr(self, name)))
         if self.scale <= 0:
             raise ValueError(f"`scale` must be > 0, got {self.scale!r}")
 
@@ -448,3 +501,121 @@ def exposure_extrapolated(
     if log2_space is not None:
         exposure = np.minimum(exposure, log2_space)
     return exposure
+
+
+# --------------------------------------------------------------------------------------
+# What a monitor reports: references, bounds, non-finite scores
+# --------------------------------------------------------------------------------------
+def exposure_from_references(
+    canary_scores: Any,
+    reference_scores: Any,
+    *,
+    space_size: Any,
+    rank_lower_bound: Any = None,
+) -> NDArray[np.float64]:
+    """Exposure of each canary from a random sample of references, as a monitor reports it.
+
+    The extrapolated exposure of :func:`exposure_extrapolated` (Carlini et al. 2019,
+    Sec. 4.3), capped at ``log2 |R|``, with three rules on top:
+
+    * **Degenerate references**: when every reference has the same score (a model at
+      initialisation or collapsed), no skew-normal can be fitted; by the tie rule a canary
+      scoring the same (or worse) has exposure 0, and a canary strictly below all of them
+      ``log2 |R|`` (only it beats the whole sample).
+    * **Proven bounds**: ``rank_lower_bound[i]`` (a rank in ``R`` known to be at most the
+      canary's true rank, e.g. from a budgeted best-first search or from the references it
+      does not beat) caps the value at ``log2 |R| - log2 rank_lower_bound``, so an
+      extrapolation never claims more than what is proven.
+    * **Non-finite scores**: a canary whose score is NaN/inf gets NaN; when any reference's
+      score is non-finite (a diverged model) every canary gets NaN. Never a value that
+      reads as safe.
+
+    Args:
+        canary_scores: log-perplexity of each canary, ``[C]`` (NaN/inf allowed).
+        reference_scores: log-perplexities of the sampled candidates, ``[R]`` (NaN/inf allowed).
+        space_size: ``|R|`` (>= 1).
+        rank_lower_bound: optional ``[C]`` ranks (>= 1, NaN for none) bounding each canary's rank
+            in ``R`` from below.
+
+    Returns:
+        float64 array ``[C]`` in bits, in ``[0, log2 |R|]`` or NaN.
+
+    Raises:
+        ValueError: an input is empty or not 1-D, or ``space_size < 1``.
+
+    Example:
+        >>> exposure_from_references([1.0, 5.0], [5.0] * 100, space_size=1024)
+        array([10.,  0.])
+        >>> exposure_from_references([float("nan")], [1.0, 2.0, 3.0], space_size=8)
+        array([nan])
+    """
+    log2_space = _check_space_size(space_size)
+    canaries = _as_float_array(canary_scores, "canary_scores", allow_nan=True, allow_inf=True)
+    references = _as_float_array(reference_scores, "reference_scores", allow_nan=True, allow_inf=True)
+    out = np.full(canaries.shape, np.nan)
+    ok = np.isfinite(canaries)
+    if not np.isfinite(references).all() or not ok.any():
+        return out
+    if np.ptp(references) == 0:  # every candidate alike: the tie rule decides
+        beats_all = canaries[ok] < references.min()
+        out[ok] = np.where(beats_all, log2_space, 0.0)
+    else:
+        out[ok] = exposure_extrapolated(canaries[ok], fit=fit_skewnorm(references), space_size=space_size)
+    if rank_lower_bound is not None:
+        bound = _as_float_array(rank_lower_bound, "rank_lower_bound", allow_nan=True)
+        if bound.shape != canaries.shape:
+            raise ValueError(
+                f"`rank_lower_bound` must have one rank per canary ({canaries.size}), got shape {bound.shape}"
+            )
+        cap = log2_space - np.log2(np.where(np.isnan(bound), 1.0, np.maximum(bound, 1.0)))
+        out = np.minimum(out, np.maximum(cap, 0.0))  # NaN stays NaN
+    return out
+
+
+@dataclass(frozen=True)
+class ExposureResult:
+    """One evaluation of the canaries: per-canary exposure, ranks and scores.
+
+    Attributes:
+        exposure: ``[C]`` bits in ``[0, log2 |R|]``; NaN where a score was not finite.
+        rank: ``[C]`` rank of each canary in the whole space ``R`` (1 = the model's favourite,
+            ties against the canary): exact where ``rank_exact``, else a proven lower bound
+            (the true rank is at least this); NaN where a score was not finite.
+        rank_exact: ``[C]`` bool, whether ``rank`` is exact.
+        log_perplexity: ``[C]`` the canaries' scores (natural-log NLL of the secret tokens).
+        space_size: ``|R|``.
+        method: the strategy that produced it (``"exact_trie"``, ``"hybrid"``, ...).
+        reference_rank: ``[C]`` rank among the sampled references (``1 + #(references <=
+            score)``, 1..references+1), or None when no references were scored.
+        reference_scores: the scores the ranks were taken against (references, or the whole
+            space), or None.
+        nonfinite: how many scores of this evaluation (canaries and candidates) were NaN/inf.
+
+    Example:
+        >>> r = ExposureResult(exposure=np.array([10.0, 0.0]), rank=np.array([1.0, 1024.0]),
+        ...                    rank_exact=np.array([True, True]), log_perplexity=np.array([1.0, 9.0]),
+        ...                    space_size=1024, method="exact_list")
+        >>> r.saturated, r.rank_min
+        (1, 1.0)
+    """
+
+    exposure: NDArray[np.float64]
+    rank: NDArray[np.float64]
+    rank_exact: NDArray[np.bool_]
+    log_perplexity: NDArray[np.float64]
+    space_size: int
+    method: str
+    reference_rank: NDArray[np.float64] | None = None
+    reference_scores: NDArray[np.float64] | None = field(default=None, repr=False)
+    nonfinite: int = 0
+
+    @property
+    def saturated(self) -> int:
+        """Canaries at the cap ``log2 |R|`` (NaN exposures are not counted)."""
+        values = self.exposure[np.isfinite(self.exposure)]
+        return exposure_saturated(values, self.space_size)
+
+    @property
+    def rank_min(self) -> float:
+        """Best canary rank in ``R``; NaN when any canary's score was not finite."""
+        return float(np.min(self.rank)) if self.rank.size else math.nan

@@ -26,14 +26,36 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from memcallbacks.metrics.exposure import _as_float_array
+from memcallbacks._validate import check_float_array, check_int, check_real
 
-__all__ = ["MembershipReport", "loss_gap", "membership_inference", "roc_curve"]
+__all__ = [
+    "LOSS_RATIO_EPS",
+    "MembershipReport",
+    "calibrated_losses",
+    "check_fprs",
+    "format_fpr",
+    "loss_gap",
+    "loss_ratio",
+    "membership_inference",
+    "roc_curve",
+    "slice_aucs",
+]
+
+#: the denominator of :func:`loss_ratio` is at least this (guards a division by ~0)
+LOSS_RATIO_EPS = 1e-6
 
 
-def _format_fpr(fpr: float) -> str:
-    """0.001 -> '0.1%', 0.01 -> '1%', 0.1 -> '10%'."""
+def format_fpr(fpr: float) -> str:
+    """A false-positive rate as the percentage used in metric keys: 0.001 -> '0.1%', 0.01 -> '1%'.
+
+    Example:
+        >>> [format_fpr(x) for x in (0.001, 0.01, 0.1)]
+        ['0.1%', '1%', '10%']
+    """
     return np.format_float_positional(round(fpr * 100.0, 10), trim="-") + "%"
+
+
+_format_fpr = format_fpr  # former private name, kept for callers not yet moved to format_fpr
 
 
 @dataclass(frozen=True)
@@ -90,7 +112,7 @@ class MembershipReport:
         prefix = prefix.rstrip("/")
         metrics = {f"{prefix}/auc": float(self.auc), f"{prefix}/advantage": float(self.advantage)}
         for fpr, tpr in self.tpr_at_fpr.items():
-            metrics[f"{prefix}/tpr@{_format_fpr(fpr)}fpr"] = float(tpr)
+            metrics[f"{prefix}/tpr@{format_fpr(fpr)}fpr"] = float(tpr)
         metrics[f"{prefix}/balanced_accuracy"] = float(self.balanced_accuracy)
         metrics[f"{prefix}/n_members"] = float(self.n_members)
         metrics[f"{prefix}/n_nonmembers"] = float(self.n_nonmembers)
@@ -98,10 +120,10 @@ class MembershipReport:
 
 
 def _check_losses(member_losses: Any, nonmember_losses: Any) -> tuple[np.ndarray, np.ndarray]:
-    members = _as_float_array(
+    members = check_float_array(
         member_losses, "member_losses", hint="; pass one loss per member (training) sample"
     )
-    nonmembers = _as_float_array(
+    nonmembers = check_float_array(
         nonmember_losses, "nonmember_losses", hint="; pass one loss per held-out sample"
     )
     return members, nonmembers
@@ -193,7 +215,7 @@ def membership_inference(
         >>> round(report.auc, 4), round(report.advantage, 4), report.tpr_at_fpr, report.threshold
         (0.8889, 0.6667, {0.5: 1.0}, 0.2)
     """
-    requested = _check_fprs(fprs)
+    requested = check_fprs(fprs)
     members, nonmembers = _check_losses(member_losses, nonmember_losses)
     n_members, n_nonmembers = members.size, nonmembers.size
     true_positives, false_positives, thresholds = _roc_counts(members, nonmembers)
@@ -231,7 +253,7 @@ def membership_inference(
         if n_nonmembers * x < 1.0:
             too_few.append(x)
     if too_few:
-        listed = ", ".join(f"{_format_fpr(x)} (needs {math.ceil(1 / x - 1e-9)})" for x in too_few)
+        listed = ", ".join(f"{format_fpr(x)} (needs {math.ceil(1 / x - 1e-9)})" for x in too_few)
         warnings.warn(
             f"membership_inference: only {n_nonmembers} non-member(s), fewer than 1/FPR for FPR {listed}; "
             "TPR at these FPRs rests on less than one false positive and means little. "
@@ -250,8 +272,24 @@ def membership_inference(
     )
 
 
-def _check_fprs(fprs: Any) -> tuple[float, ...]:
-    if isinstance(fprs, (int, float)) and not isinstance(fprs, bool):
+def check_fprs(fprs: Any) -> tuple[float, ...]:
+    """Validate the false-positive rates at which TPR is reported: numbers in ``(0, 1)``.
+
+    Args:
+        fprs: one rate or an iterable of rates (Python or numpy numbers, not bools).
+
+    Returns:
+        The rates as a tuple of floats, in the order given.
+
+    Raises:
+        TypeError: ``fprs`` is not iterable or holds a non-number.
+        ValueError: a rate outside the open interval ``(0, 1)`` (or NaN).
+
+    Example:
+        >>> check_fprs((0.001, 0.01))
+        (0.001, 0.01)
+    """
+    if isinstance(fprs, (int, float, np.integer, np.floating)) and not isinstance(fprs, (bool, np.bool_)):
         fprs = (fprs,)
     try:
         values = tuple(fprs)
@@ -259,7 +297,7 @@ def _check_fprs(fprs: Any) -> tuple[float, ...]:
         raise TypeError(f"`fprs` must be a sequence of rates in (0, 1), got {fprs!r}") from e
     result = []
     for x in values:
-        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
             raise TypeError(f"`fprs` must hold numbers in (0, 1), got {x!r} in {values!r}")
         if not 0.0 < float(x) < 1.0:
             raise ValueError(
@@ -268,6 +306,128 @@ def _check_fprs(fprs: Any) -> tuple[float, ...]:
             )
         result.append(float(x))
     return tuple(result)
+
+
+_check_fprs = check_fprs  # former private name
+
+
+def loss_ratio(member_losses: Any, nonmember_losses: Any, *, eps: float = LOSS_RATIO_EPS) -> float:
+    """Ratio of the mean non-member loss to the mean member loss (1 means no generalisation gap).
+
+    The multiplicative form of the gap that Yeom et al. (CSF 2018) tie to membership advantage:
+    ``mean(nonmember_losses) / max(mean(member_losses), eps)``. Defined for non-negative losses
+    (cross-entropy); the clamp turns a member loss driven to 0 into a large finite number rather
+    than a division by zero. Use :func:`loss_gap` for losses that can be negative.
+
+    Args:
+        member_losses: per-sample losses of members, shape ``[M]``, finite.
+        nonmember_losses: per-sample losses of non-members, shape ``[N]``, finite.
+        eps: the smallest denominator, ``> 0``.
+
+    Returns:
+        The ratio as a float.
+
+    Raises:
+        ValueError: an input empty, not 1-D or non-finite, or ``eps <= 0``.
+
+    Example:
+        >>> loss_ratio([0.5, 1.5], [2.0, 3.0])
+        2.5
+        >>> loss_ratio([0.0, 0.0], [1.0, 1.0])
+        1000000.0
+    """
+    eps = check_real("eps", eps, minimum=0.0, min_inclusive=False, hint="e.g. eps=1e-6")
+    members, nonmembers = _check_losses(member_losses, nonmember_losses)
+    return float(np.mean(nonmembers)) / max(float(np.mean(members)), eps)
+
+
+def calibrated_losses(losses: Any, reference_losses: Any) -> NDArray[np.float64]:
+    """Difficulty-calibrated scores: each sample's loss minus its loss at a reference point.
+
+    Watson, Guo, Cormode and Sablayrolles, "On the Importance of Difficulty Calibration in
+    Membership Inference Attacks", ICLR 2022: subtracting a per-sample reference loss (here the
+    sample's loss at the first evaluation, before much training) removes how easy a sample is
+    anyway, so the loss-threshold attack on the result (:func:`membership_inference`) measures
+    what training did to it. Non-finite inputs give NaN (filter them before the attack).
+
+    Args:
+        losses: current per-sample losses, shape ``[N]`` (NaN/inf allowed).
+        reference_losses: the same samples' reference losses, shape ``[N]`` (NaN/inf allowed).
+
+    Returns:
+        float64 ``[N]``: ``losses - reference_losses``, NaN where either is non-finite.
+
+    Raises:
+        ValueError: the two inputs have different lengths or are not 1-D.
+
+    Example:
+        >>> calibrated_losses([0.5, 0.2, float("nan")], [1.0, 0.1, 0.3])
+        array([-0.5,  0.1,  nan])
+    """
+    now = check_float_array(losses, "losses", allow_nan=True, allow_inf=True, allow_empty=True)
+    ref = check_float_array(
+        reference_losses, "reference_losses", allow_nan=True, allow_inf=True, allow_empty=True
+    )
+    if now.shape != ref.shape:
+        raise ValueError(
+            f"`losses` has {now.size} values but `reference_losses` has {ref.size}; pass one reference loss "
+            "per sample, in the same order"
+        )
+    out = now - ref
+    out[~(np.isfinite(now) & np.isfinite(ref))] = np.nan
+    return out
+
+
+def slice_aucs(
+    member_losses: Any,
+    nonmember_losses: Any,
+    *,
+    member_slices: Any,
+    nonmember_slices: Any,
+    min_size: int = 1,
+) -> dict[str, float]:
+    """Loss-threshold attack AUC per slice (class, group) of the probes.
+
+    An average AUC can hide a slice that leaks far more (Carlini et al., S&P 2022, on per-example
+    vulnerability); this reports the AUC of :func:`membership_inference` within each slice that
+    has at least ``min_size`` finite member and non-member losses. Non-finite losses are left out.
+
+    Args:
+        member_losses: per-sample member losses ``[M]`` (NaN/inf allowed, excluded).
+        nonmember_losses: per-sample non-member losses ``[N]`` (NaN/inf allowed, excluded).
+        member_slices: the slice name of each member, ``[M]`` strings.
+        nonmember_slices: the slice name of each non-member, ``[N]`` strings.
+        min_size: smallest number of finite members and of finite non-members a slice needs.
+
+    Returns:
+        ``{slice name: AUC}`` sorted by name, for the slices present in both sets with enough samples.
+
+    Raises:
+        ValueError: lengths that do not match, or ``min_size < 1``.
+
+    Example:
+        >>> slice_aucs([0.1, 0.9, 0.2, 0.3], [0.5, 0.1, 0.8, 0.4],
+        ...            member_slices=["a", "a", "b", "b"], nonmember_slices=["a", "a", "b", "b"])
+        {'a': 0.375, 'b': 1.0}
+    """
+    min_size = check_int("min_size", min_size, minimum=1, hint="e.g. min_size=50")
+    m = check_float_array(member_losses, "member_losses", allow_nan=True, allow_inf=True, allow_empty=True)
+    n = check_float_array(
+        nonmember_losses, "nonmember_losses", allow_nan=True, allow_inf=True, allow_empty=True
+    )
+    ms, ns = np.asarray(member_slices).astype(str), np.asarray(nonmember_slices).astype(str)
+    if ms.shape != m.shape or ns.shape != n.shape:
+        raise ValueError(
+            f"`member_slices` ({ms.size}) and `nonmember_slices` ({ns.size}) need one name per loss "
+            f"({m.size} members, {n.size} non-members)"
+        )
+    fin_m, fin_n = np.isfinite(m), np.isfinite(n)
+    out: dict[str, float] = {}
+    for key in sorted(set(ms.tolist()) & set(ns.tolist())):
+        sm, sn = m[(ms == key) & fin_m], n[(ns == key) & fin_n]
+        if sm.size >= min_size and sn.size >= min_size:
+            out[key] = membership_inference(sm, sn, fprs=()).auc
+    return out
 
 
 def loss_gap(member_losses: Any, nonmember_losses: Any) -> float:

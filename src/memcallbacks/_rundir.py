@@ -1,0 +1,528 @@
+"""The run directory's schema: one writer and one reader per callback's files.
+
+Every file a callback writes to the run directory (``<trainer.log_dir>/memcallbacks`` unless
+``run_dir=`` is given) is named and written here, and read back here by the report, so a file
+name or key lives in one place. Writers take exactly the arrays and dicts the callbacks build
+and write them atomically through :mod:`memcallbacks._io` (never pickle); readers check that a
+file holds what its writer puts there and raise :class:`RunDirectoryError` naming the file
+otherwise.
+
+Layout (a ``trajectory``, ``membership`` or ``sequence`` callback given ``name="x"`` writes to
+``<folder>_x`` instead)::
+
+    <run_dir>/
+      trajectory/  epoch_XXXX.npy, correct_XXXX.npy   one column of the [N, E] loss matrix per
+                                                      recorded epoch (TrajectoryStore)
+                   statistics.npz, meta.json          per-sample statistics, settings
+      membership/  losses.npz, metrics.json           probe losses per evaluation, logged values
+      canary/      exposure.npz, secrets.json         exposures per evaluation; secrets only
+                                                      with log_secrets=True
+      audit/       inclusion.npz, epoch_XXXX.npz,     inclusion mask, scores and guesses per
+                   audit.json                         evaluation, settings and history
+      dp/          dp.json                            accountant, delta, epsilon per epoch
+      sequence/    sequences.npz, metrics.json        extraction and LM membership scores
+      stopping.json, stopping_best_safe.*             the early-stopping decision, safe weights
+      report/                                         ``memcallbacks report`` output
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = write_dp(root / DP, {"accountant": "rdp", "delta": 1e-5, "poisson_sampling": True,
+    ...                          "history": [{"epoch": 0, "epsilon": 0.5, "steps": 10}]})
+    >>> RunDirectory(root).dp().epsilon.tolist()
+    [0.5]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memcallbacks import _io
+
+__all__ = [
+    "AUDIT",
+    "CANARY",
+    "DP",
+    "MEMBERSHIP",
+    "REPORT",
+    "STOPPING_FILE",
+    "TRAJECTORY",
+    "AuditFiles",
+    "DPFiles",
+    "ExposureFiles",
+    "MembershipFiles",
+    "RunDirectory",
+    "RunDirectoryError",
+    "SequenceFiles",
+    "StoppingFiles",
+    "TrajectoryFiles",
+    "as_number",
+    "find_run_dir",
+    "mean_by_repetition",
+    "write_audit_epoch",
+    "write_audit_inclusion",
+    "write_audit_summary",
+    "write_dp",
+    "write_exposure",
+    "write_membership",
+    "write_sequence",
+    "write_stopping",
+    "write_trajectory_summary",
+]
+
+# folder of each callback below the run directory (the callbacks' ``subdir``)
+TRAJECTORY = "trajectory"
+MEMBERSHIP = "membership"
+CANARY = "canary"
+AUDIT = "audit"
+DP = "dp"
+SEQUENCE = "sequence"
+REPORT = "report"
+STOPPING_FILE = "stopping.json"
+#: what marks a folder as a run directory (any one of them)
+MARKERS = (TRAJECTORY, MEMBERSHIP, CANARY, AUDIT, DP, SEQUENCE, STOPPING_FILE)
+#: callbacks whose instances take a ``name=``, written to ``<folder>_<name>``
+NAMED = (TRAJECTORY, MEMBERSHIP, SEQUENCE)
+
+
+class RunDirectoryError(ValueError):
+    """A run-directory file is unreadable or lacks what its writer puts there.
+
+    Attributes:
+        path: the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{str(self.path)!r}: {problem}; this file is written by memcallbacks and was changed or cut "
+            "short (a copy interrupted, a full disk): restore it, or delete it to leave its section out"
+        )
+
+
+# -- writers (called by the callbacks on rank 0) ---------------------------------------------
+def write_trajectory_summary(folder: Path, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """``statistics.npz`` (uncompressed: zlib on float64 costs ~6 ms per 1,000 samples) and ``meta.json``.
+
+    The epoch files ``epoch_XXXX.npy`` / ``correct_XXXX.npy`` are the
+    :class:`~memcallbacks.store.TrajectoryStore`'s own.
+    """
+    _io.save_npz(Path(folder) / "statistics.npz", compress=False, **arrays)
+    _io.save_json(Path(folder) / "meta.json", dict(meta))
+
+
+def write_membership(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """``losses.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], "fprs": ..., ...}``)."""
+    _io.save_npz(Path(folder) / "losses.npz", compress=False, **arrays)
+    _io.save_json(Path(folder) / "metrics.json", dict(summary))
+
+
+def write_sequence(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """``sequences.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], ...}``)."""
+    _io.save_npz(Path(folder) / "sequences.npz", compress=False, **arrays)
+    _io.save_json(Path(folder) / "metrics.json", dict(summary))
+
+
+def write_exposure(folder: Path, arrays: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> None:
+    """``exposure.npz`` (compressed) and, only when ``secrets`` is given, ``secrets.json`` (id -> secret)."""
+    _io.save_npz(Path(folder) / "exposure.npz", **arrays)
+    if secrets is not None:
+        _io.save_json(Path(folder) / "secrets.json", dict(secrets))
+
+
+def write_audit_inclusion(folder: Path, included: Any, seed: int) -> None:
+    """``inclusion.npz``: the ``included`` mask and the ``seed`` that drew it."""
+    _io.save_npz(Path(folder) / "inclusion.npz", included=included, seed=np.int64(seed))
+
+
+def write_audit_epoch(folder: Path, epoch: int, *, scores: Any, guesses: Any, included: Any) -> None:
+    """``epoch_XXXX.npz``: one evaluation's ``scores``, ``guesses`` and ``included``."""
+    _io.save_npz(
+        Path(folder) / f"epoch_{int(epoch):04d}.npz", scores=scores, guesses=guesses, included=included
+    )
+
+
+def write_audit_summary(folder: Path, summary: Mapping[str, Any]) -> None:
+    """``audit.json``: the settings and the ``history`` of counts and bounds."""
+    _io.save_json(Path(folder) / "audit.json", dict(summary))
+
+
+def write_dp(folder: Path, summary: Mapping[str, Any]) -> None:
+    """``dp.json``: accountant, delta, Poisson sampling, ``history`` of epsilon and steps per epoch."""
+    _io.save_json(Path(folder) / "dp.json", dict(summary))
+
+
+def write_stopping(root: Path, info: Mapping[str, Any]) -> None:
+    """``<root>/stopping.json``: the early-stopping decision (``stopped_epoch``, ``reason``, ...)."""
+    _io.save_json(Path(root) / STOPPING_FILE, dict(info))
+
+
+# -- reading helpers ---------------------------------------------------------------------------
+def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
+    try:
+        arrays = _io.load_npz(path)
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise RunDirectoryError(path, f"not a readable .npz archive ({type(e).__name__}: {e})") from e
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise RunDirectoryError(path, f"lacks the array(s) {missing} (it holds {sorted(arrays)})")
+    return arrays
+
+
+def _load_json(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
+    try:
+        obj = _io.load_json(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirectoryError(path, f"not readable JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise RunDirectoryError(path, f"holds a JSON {type(obj).__name__}, not an object")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise RunDirectoryError(path, f"lacks the field(s) {missing}")
+    return obj
+
+
+def _history(path: Path, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = obj.get("history", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "epoch" in r for r in rows):
+        raise RunDirectoryError(path, "`history` must be a list of objects with an `epoch`")
+    return [dict(r) for r in rows]
+
+
+def as_number(value: Any) -> float:
+    """A JSON value as a float; ``null`` (how NaN/inf are written) reads as NaN, never as 0."""
+    if value is None:
+        return float("nan")
+    return float(value)
+
+
+def _rows(path: Path, arrays: Mapping[str, np.ndarray], n_epochs: int, *keys: str) -> None:
+    for key in keys:
+        if key in arrays and (arrays[key].ndim < 1 or arrays[key].shape[0] != n_epochs):
+            raise RunDirectoryError(
+                path, f"`{key}` has shape {arrays[key].shape}, expected one row per epoch ({n_epochs})"
+            )
+
+
+def mean_by_repetition(exposure: Any, repetitions: Any) -> dict[int, float]:
+    """Mean exposure of the canaries inserted each number of times (NaN stays NaN: never a safe value).
+
+    Args:
+        exposure: one evaluation's exposures ``[C]``.
+        repetitions: each canary's insertion count ``[C]``.
+
+    Example:
+        >>> mean_by_repetition([1.0, 3.0, 10.0], [1, 1, 8])
+        {1: 2.0, 8: 10.0}
+    """
+    values, reps = np.asarray(exposure, dtype=np.float64), np.asarray(repetitions)
+    return {int(r): float(values[reps == r].mean()) for r in sorted(set(reps.tolist()))}
+
+
+# -- readers -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrajectoryFiles:
+    """``trajectory/``: per-sample statistics (``statistics.npz``) and settings (``meta.json``)."""
+
+    folder: Path
+    statistics: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return self.statistics["epochs"]
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Samples recorded at least once."""
+        return self.statistics["count"] > 0
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self.statistics.get("sample_ids", np.arange(len(self.statistics["count"])))
+
+    def epoch_losses(self, j: int) -> np.ndarray:
+        """Column ``j`` of the loss matrix (trainer epoch ``epochs[j]``), memory-mapped."""
+        return _io.load_npy(self.folder / f"epoch_{j:04d}.npy", mmap=True)
+
+
+@dataclass(frozen=True)
+class MembershipFiles:
+    """``membership/``: probe losses per evaluation and the values the monitor logged."""
+
+    epochs: np.ndarray
+    member_losses: np.ndarray
+    nonmember_losses: np.ndarray
+    arrays: dict[str, np.ndarray]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    def metric(self, key: str) -> np.ndarray:
+        """A logged key (``mem/mia/auc``, ``mem/gap/loss``, ...) per evaluation; NaN where absent."""
+        return np.array([as_number(row.get(key)) for row in self.history], dtype=np.float64)
+
+    @property
+    def fprs(self) -> tuple[float, ...]:
+        return tuple(float(f) for f in self.summary.get("fprs", ()))
+
+
+@dataclass(frozen=True)
+class SequenceFiles:
+    """``sequence/``: per-sample extraction and LM membership scores, and the logged values."""
+
+    folder: Path
+    arrays: dict[str, np.ndarray]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    def metric(self, key: str) -> np.ndarray:
+        """A logged key (``mem/extract/exact_rate``, ...) per evaluation; NaN where absent."""
+        return np.array([as_number(row.get(key)) for row in self.history], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ExposureFiles:
+    """``canary/exposure.npz`` (and ``secrets.json`` when it was written)."""
+
+    arrays: dict[str, np.ndarray]
+    secrets: dict[str, str] | None = None
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return self.arrays["epochs"]
+
+    @property
+    def repetitions(self) -> np.ndarray:
+        return self.arrays["repetitions"]
+
+    @property
+    def exposure(self) -> np.ndarray:
+        return self.arrays["exposure"]
+
+    @property
+    def log2_space_size(self) -> float:
+        return float(self.arrays["log2_space_size"]) if "log2_space_size" in self.arrays else float("nan")
+
+    @property
+    def method(self) -> str:
+        return str(self.arrays["method"]) if "method" in self.arrays else "unknown"
+
+    def mean_by_repetition(self, row: int = -1) -> dict[int, float]:
+        """Mean exposure per insertion count at evaluation ``row`` (the last by default)."""
+        return mean_by_repetition(self.exposure[row], self.repetitions)
+
+
+@dataclass(frozen=True)
+class AuditFiles:
+    """``audit/``: settings and history (``audit.json``), the inclusion mask, per-evaluation scores."""
+
+    folder: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def confidence(self) -> float:
+        return 1.0 - float(self.summary.get("beta", 0.05))
+
+    def epsilon_lb(self) -> np.ndarray:
+        return np.array([as_number(h.get("epsilon_lb")) for h in self.history], dtype=np.float64)
+
+    def inclusion(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.folder / "inclusion.npz", ("included", "seed"))
+
+    def evaluation(self, epoch: int) -> dict[str, np.ndarray]:
+        return _load_npz(self.folder / f"epoch_{int(epoch):04d}.npz", ("scores", "guesses", "included"))
+
+
+@dataclass(frozen=True)
+class DPFiles:
+    """``dp/dp.json``."""
+
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def epsilon(self) -> np.ndarray:
+        return np.array([as_number(h.get("epsilon")) for h in self.history], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class StoppingFiles:
+    """``stopping.json``: whether and why :class:`~memcallbacks.LeakageEarlyStopping` stopped the run."""
+
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stopped(self) -> bool:
+        if "stopped" in self.info:
+            return bool(self.info["stopped"])
+        return self.info.get("stopped_epoch") is not None
+
+    @property
+    def restored_epoch(self) -> int | None:
+        value = self.info.get("restored_epoch")
+        return None if value is None else int(value)
+
+
+class RunDirectory:
+    """Read a run directory; each method returns ``None`` when that callback wrote nothing.
+
+    Raises:
+        RunDirectoryError: (from the methods) a file is unreadable or lacks what its writer puts
+            there; the message names the file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def folders(self, kind: str) -> list[str]:
+        """The folders of ``kind`` (``"membership"``, ...): the default one first, then named ones."""
+        names = sorted(
+            p.name
+            for p in self.root.glob(f"{kind}_*")
+            if p.is_dir() and kind in NAMED and p.name != f"{kind}_"
+        )
+        return ([kind] if (self.root / kind).is_dir() else []) + names
+
+    def trajectory(self, subdir: str = TRAJECTORY) -> TrajectoryFiles | None:
+        folder = self.root / subdir
+        path = folder / "statistics.npz"
+        if not path.exists():
+            return None
+        stats = _load_npz(path, ("epochs", "count", "mean", "variability"))
+        n = len(stats["count"])
+        for key, arr in stats.items():
+            if key != "epochs" and arr.ndim >= 1 and arr.shape[0] != n:
+                raise RunDirectoryError(path, f"`{key}` has {arr.shape[0]} rows, `count` has {n}")
+        meta_path = folder / "meta.json"
+        meta = _load_json(meta_path) if meta_path.exists() else {}
+        return TrajectoryFiles(folder, stats, meta)
+
+    def membership(self, subdir: str = MEMBERSHIP) -> MembershipFiles | None:
+        folder = self.root / subdir
+        path = folder / "losses.npz"
+        if not path.exists():
+            return None
+        arrays = _load_npz(path, ("epochs", "member_losses", "nonmember_losses"))
+        epochs = arrays["epochs"]
+        _rows(path, arrays, len(epochs), "member_losses", "nonmember_losses")
+        metrics_path = folder / "metrics.json"
+        if not metrics_path.exists():
+            raise RunDirectoryError(metrics_path, "is missing while losses.npz exists")
+        summary = _load_json(metrics_path, ("history",))
+        history = _history(metrics_path, summary)
+        return MembershipFiles(
+            epochs=epochs,
+            member_losses=np.atleast_2d(arrays["member_losses"]),
+            nonmember_losses=np.atleast_2d(arrays["nonmember_losses"]),
+            arrays=arrays,
+            history=history,
+            summary=summary,
+        )
+
+    def sequence(self, subdir: str = SEQUENCE) -> SequenceFiles | None:
+        folder = self.root / subdir
+        path = folder / "sequences.npz"
+        if not path.exists():
+            return None
+        arrays = _load_npz(path, ("epochs",))
+        _rows(path, arrays, len(arrays["epochs"]), "member_loss", "nonmember_loss", "member_exact")
+        metrics_path = folder / "metrics.json"
+        if not metrics_path.exists():
+            raise RunDirectoryError(metrics_path, "is missing while sequences.npz exists")
+        summary = _load_json(metrics_path, ("history",))
+        return SequenceFiles(folder, arrays, _history(metrics_path, summary), summary)
+
+    def exposure(self) -> ExposureFiles | None:
+        folder = self.root / CANARY
+        path = folder / "exposure.npz"
+        if not path.exists():
+            return None
+        arrays = _load_npz(path, ("epochs", "repetitions", "exposure"))
+        _rows(path, arrays, len(arrays["epochs"]), "exposure", "rank", "log_perplexity")
+        c = len(arrays["repetitions"])
+        if arrays["exposure"].ndim != 2 or arrays["exposure"].shape[1] != c:
+            raise RunDirectoryError(
+                path, f"`exposure` has shape {arrays['exposure'].shape}, expected [epochs, {c} canaries]"
+            )
+        secrets_path = folder / "secrets.json"
+        secrets = _load_json(secrets_path) if secrets_path.exists() else None
+        return ExposureFiles(
+            arrays, None if secrets is None else {str(k): str(v) for k, v in secrets.items()}
+        )
+
+    def audit(self) -> AuditFiles | None:
+        folder = self.root / AUDIT
+        path = folder / "audit.json"
+        if not path.exists():
+            return None
+        summary = _load_json(path, ("num_canaries",))
+        return AuditFiles(folder, summary, _history(path, summary))
+
+    def dp(self) -> DPFiles | None:
+        path = self.root / DP / "dp.json"
+        if not path.exists():
+            return None
+        summary = _load_json(path, ("delta",))
+        return DPFiles(summary, _history(path, summary))
+
+    def stopping(self) -> StoppingFiles | None:
+        path = self.root / STOPPING_FILE
+        if not path.exists():
+            return None
+        return StoppingFiles(_load_json(path))
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds anything a memcallbacks callback writes."""
+    if any((path / m).exists() for m in MARKERS):
+        return True
+    return any(next(iter(path.glob(f"{kind}_*")), None) is not None for kind in NAMED)
+
+
+def find_run_dir(path: str | os.PathLike[str]) -> Path:
+    """The memcallbacks run directory at or below ``path`` (a folder holding the callbacks' folders).
+
+    Accepts the run directory itself, a folder holding ``memcallbacks/`` (the demo's ``--out``,
+    a Lightning ``version_N`` folder), or a parent of several runs (``lightning_logs``), where the
+    most recently written run is taken.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or nothing the callbacks write was found there.
+        NotADirectoryError: ``path`` is a file.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"`run_dir` {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"`run_dir` {str(root)!r} is a file; pass the folder the callbacks wrote")
+    if is_run_dir(root):
+        return root
+    if (root / "memcallbacks").is_dir() and is_run_dir(root / "memcallbacks"):
+        return root / "memcallbacks"
+    runs = [p for p in root.rglob("memcallbacks") if p.is_dir() and is_run_dir(p)]
+    if runs:
+        return max(runs, key=_newest_mtime)
+    raise FileNotFoundError(
+        f"`run_dir` {str(root)!r} holds no memcallbacks output (expected folders like trajectory/, "
+        "membership/, canary/ or stopping.json); pass the folder the callbacks wrote, by default "
+        "<trainer.log_dir>/memcallbacks"
+    )
+
+
+def _newest_mtime(folder: Path) -> float:
+    times = [f.stat().st_mtime for f in folder.rglob("*") if f.is_file()]
+    return max(times, default=-math.inf)

@@ -1,0 +1,470 @@
+"""Membership-inference attacks across shadow runs: ``memcallbacks attack RUN_DIR...``.
+
+Reads the ``shadow/`` folders that :class:`memcallbacks.ShadowScoreRecorder` wrote in N run
+directories (same pool, each run trained on its own random half), then, for each run as the
+*target* and the other runs as *references*, scores every pool sample with
+
+* ``loss``: the target's own score alone (logit confidence or minus the loss), the attack of Yeom
+  et al. (CSF 2018) that :class:`memcallbacks.MembershipInferenceMonitor` runs;
+* ``lira``: LiRA (Carlini et al., IEEE S&P 2022), online or ``offline``
+  (:func:`memcallbacks.metrics.lira_scores`);
+* ``rmia``: RMIA (Zarifzadeh, Liu and Shokri, ICML 2024), online or ``offline`` with ``a``
+  (:func:`memcallbacks.metrics.rmia_scores`); the population samples ``z`` are the pool samples
+  the target did not train on (the paper's population data).
+
+The scores of all targets are pooled into one exact ROC per attack (as in Carlini et al.'s code),
+reported as AUC and TPR at 0.1% and 1% FPR (members positive, FPR ``<= x``), with the AUC of each
+target beside it. Outputs: a printed table, ``attack.json`` and ``roc.png`` (log-log axes).
+
+Example:
+    >>> result = run_attack(["runs/0", "runs/1", "runs/2"], methods=("loss", "lira"))  # doctest: +SKIP
+    >>> result.reports["lira"].tpr_at_fpr[0.01]  # doctest: +SKIP
+    0.083
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from memcallbacks import _io
+from memcallbacks._validate import check_bool, check_real
+from memcallbacks.metrics.attacks import AttackReport, attack_report, lira_scores, rmia_scores
+from memcallbacks.metrics.membership import format_fpr
+
+__all__ = [
+    "AttackInputError",
+    "AttackResult",
+    "ShadowRun",
+    "add_attack_parser",
+    "load_shadow_run",
+    "run_attack",
+]
+
+METHODS = ("loss", "lira", "rmia")
+#: below this many reference runs, LiRA uses one global variance by default
+GLOBAL_VARIANCE_BELOW = 64
+
+
+class AttackInputError(ValueError):
+    """Run directories that cannot be attacked together; the message names the directory and the fix."""
+
+
+@dataclass(frozen=True)
+class ShadowRun:
+    """One shadow run as read from its run directory.
+
+    Attributes:
+        path: the ``shadow/`` folder read.
+        inclusion: bool ``[N]``, True where the run trained on the pool sample.
+        scores: float64 ``[N]`` recorded scores (larger = more confident).
+        score_kind: ``"logit_confidence"``, ``"neg_loss"`` or ``"custom"``.
+        fingerprint: the pool fingerprint.
+        run_index: the run's index.
+        correct: bool ``[N]`` or ``None``.
+    """
+
+    path: Path
+    inclusion: np.ndarray = field(repr=False)
+    scores: np.ndarray = field(repr=False)
+    score_kind: str
+    fingerprint: str
+    run_index: int
+    correct: np.ndarray | None = field(default=None, repr=False)
+
+
+def find_shadow_dir(path: str | os.PathLike[str]) -> Path:
+    """The ``shadow/`` folder for ``path``: itself, ``path/shadow``, ``path/memcallbacks/shadow``, or the
+    only ``*/memcallbacks/shadow`` below it (a Lightning log folder such as ``lightning_logs/version_3``).
+
+    Raises:
+        AttackInputError: nothing found, or several candidates.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise AttackInputError(f"{str(root)!r}: not a directory; pass the run directories of the shadow runs")
+    for candidate in (root, root / "shadow", root / "memcallbacks" / "shadow"):
+        if (candidate / "inclusion.npz").is_file() or (candidate / "scores.npz").is_file():
+            return candidate
+    found = sorted({p.parent for p in root.glob("**/shadow/inclusion.npz")})
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        listed = ", ".join(str(p) for p in found[:4])
+        raise AttackInputError(
+            f"{str(root)!r} holds {len(found)} shadow runs ({listed}); pass each run directory"
+        )
+    raise AttackInputError(
+        f"{str(root)!r} has no inclusion mask (shadow/inclusion.npz): it is not a shadow run. Train it with "
+        "`ShadowScoreRecorder(pool, run_index=i, ...)` in the Trainer's callbacks"
+    )
+
+
+def load_shadow_run(path: str | os.PathLike[str]) -> ShadowRun:
+    """Read one shadow run (see :func:`find_shadow_dir` for what ``path`` may be).
+
+    Raises:
+        AttackInputError: a missing inclusion mask or scores file, a damaged file, scores of the wrong
+            length, NaN/inf scores; the message names the run directory.
+    """
+    folder = find_shadow_dir(path)
+    where = str(folder)
+    if not (folder / "inclusion.npz").is_file():
+        raise AttackInputError(f"{where!r}: no inclusion mask (inclusion.npz); the run cannot be attacked")
+    if not (folder / "scores.npz").is_file():
+        raise AttackInputError(
+            f"{where!r}: no scores.npz: the run did not reach the end of fit (the recorder scores the pool then); "
+            "finish or re-run it"
+        )
+    try:
+        inc = _io.load_npz(folder / "inclusion.npz")
+        rec = _io.load_npz(folder / "scores.npz")
+    except ValueError as e:
+        raise AttackInputError(f"{where!r}: {e}") from e
+    try:
+        inclusion = np.asarray(inc["inclusion"]).astype(bool, copy=False)
+        fingerprint = str(inc["fingerprint"])
+        scores = np.asarray(rec["scores"], dtype=np.float64)
+        kind = str(rec["score_kind"])
+        run_index = int(inc["run_index"])
+    except KeyError as e:
+        raise AttackInputError(
+            f"{where!r}: a shadow file lacks the field {e}; it was not written by this version"
+        ) from e
+    if str(rec.get("fingerprint", fingerprint)) != fingerprint:
+        raise AttackInputError(
+            f"{where!r}: scores.npz and inclusion.npz come from different pools (fingerprints differ)"
+        )
+    if scores.shape != inclusion.shape or inclusion.ndim != 1:
+        raise AttackInputError(
+            f"{where!r}: {scores.size} scores for a pool of {inclusion.size} samples; the files do not belong together"
+        )
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise AttackInputError(
+            f"{where!r}: {int(bad.sum())} NaN/inf score(s) (first at pool sample {first}); the model diverged or "
+            "the score overflowed. Leave this run out or re-train it"
+        )
+    correct = rec.get("correct")
+    return ShadowRun(
+        path=folder,
+        inclusion=inclusion,
+        scores=scores,
+        score_kind=kind,
+        fingerprint=fingerprint,
+        run_index=run_index,
+        correct=None if correct is None else np.asarray(correct, dtype=bool),
+    )
+
+
+def check_compatible(runs: Sequence[ShadowRun]) -> None:
+    """Raise :class:`AttackInputError` unless the runs share one pool and score kind and differ in their halves."""
+    if len(runs) < 2:
+        raise AttackInputError(
+            f"the attack needs at least 2 shadow runs (a target and a reference), got {len(runs)}"
+            + (f" ({runs[0].path})" if runs else "")
+            + "; train more runs with --run-index 1, 2, ..."
+        )
+    first = runs[0]
+    seen: dict[bytes, Path] = {}
+    for run in runs:
+        if run.fingerprint != first.fingerprint or run.inclusion.size != first.inclusion.size:
+            raise AttackInputError(
+                f"{str(run.path)!r} was trained from another pool (fingerprint {run.fingerprint}, {run.inclusion.size} "
+                f"samples) than {str(first.path)!r} (fingerprint {first.fingerprint}, {first.inclusion.size} samples); "
+                "every run must use the same pool in the same order"
+            )
+        if run.score_kind != first.score_kind:
+            raise AttackInputError(
+                f"{str(run.path)!r} recorded {run.score_kind!r} scores but {str(first.path)!r} recorded "
+                f"{first.score_kind!r}; record every run with the same `score`"
+            )
+        key = np.packbits(run.inclusion).tobytes()
+        if key in seen:
+            raise AttackInputError(
+                f"{str(run.path)!r} and {str(seen[key])!r} trained on the same samples (the same --run-index "
+                "twice?); a reference must be trained on its own random half"
+            )
+        seen[key] = run.path
+
+
+def _probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "logit_confidence":
+        return special.expit(scores)  # type: ignore[no-any-return]
+    if kind == "neg_loss":
+        return np.exp(np.minimum(scores, 0.0))  # type: ignore[no-any-return]
+    raise AttackInputError(
+        f"RMIA needs probabilities, and the runs recorded {kind!r} scores; record them with score='auto', "
+        "'logit_confidence' or 'neg_loss' (or a callable with score_kind=)"
+    )
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """The attacks over a set of shadow runs.
+
+    Attributes:
+        reports: ``{label: AttackReport}`` on the pooled scores of every target (labels such as
+            ``"loss"``, ``"lira-online"``, ``"rmia-offline"``).
+        per_target_auc: ``{label: [AUC with run k as the target]}``.
+        runs: the run folders, in the order given.
+        settings: what was run (offline, variance, a, gamma, FPRs).
+    """
+
+    reports: dict[str, AttackReport]
+    per_target_auc: dict[str, list[float]]
+    runs: list[Path]
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain-JSON summary (what ``attack.json`` holds)."""
+        out: dict[str, Any] = {"runs": [str(p) for p in self.runs], "settings": self.settings, "attacks": {}}
+        for label, report in self.reports.items():
+            entry: dict[str, Any] = {"auc": report.auc, "advantage": report.advantage}
+            for x, tpr in report.tpr_at_fpr.items():
+                entry[f"tpr@{format_fpr(x)}fpr"] = tpr
+            entry.update(
+                n_members=report.n_members,
+                n_nonmembers=report.n_nonmembers,
+                n_excluded=report.n_excluded,
+                per_target_auc=self.per_target_auc[label],
+            )
+            out["attacks"][label] = entry
+        return out
+
+    def table(self) -> str:
+        """The comparison table as aligned text."""
+        fprs = list(self.settings["fprs"])
+        head = f"{'attack':<14} {'AUC':>7}" + "".join(f" {'TPR@' + format_fpr(x) + 'FPR':>13}" for x in fprs)
+        lines = [head, "-" * len(head)]
+        for label, report in self.reports.items():
+            cells = "".join(f" {report.tpr_at_fpr[x]:>13.4f}" for x in fprs)
+            lines.append(f"{label:<14} {report.auc:>7.4f}{cells}")
+        return "\n".join(lines)
+
+
+def run_attack(
+    run_dirs: Iterable[str | os.PathLike[str]] | Sequence[ShadowRun],
+    *,
+    methods: Iterable[str] = METHODS,
+    offline: bool = False,
+    fixed_variance: bool | None = None,
+    a: float = 0.3,
+    gamma: float = 1.0,
+    fprs: Iterable[float] = (0.001, 0.01),
+) -> AttackResult:
+    """Run the attacks over shadow runs, each run in turn the target and the others its references.
+
+    Args:
+        run_dirs: the runs' directories (or :class:`ShadowRun` objects already loaded), at least 2.
+        methods: any of ``"loss"``, ``"lira"``, ``"rmia"``.
+        offline: LiRA and RMIA use only the references that did not train on each sample.
+        fixed_variance: LiRA's global variance; ``None`` = global with fewer than 64 references.
+        a: RMIA's offline parameter in ``[0, 1]``.
+        gamma: RMIA's pairwise threshold, ``> 0``.
+        fprs: FPRs at which TPR is reported.
+
+    Returns:
+        An :class:`AttackResult`.
+
+    Raises:
+        AttackInputError: fewer than 2 runs, runs from different pools, a run without an inclusion
+            mask or with NaN scores (the message names the run directory).
+        ValueError: an unknown method or an argument out of range.
+    """
+    offline = check_bool("offline", offline)
+    a = check_real("a", a, minimum=0.0, maximum=1.0, hint="e.g. a=0.3")
+    gamma = check_real("gamma", gamma, minimum=0.0, min_inclusive=False, hint="e.g. gamma=1.0")
+    chosen = list(dict.fromkeys(methods))
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise ValueError(f"`methods` can hold {', '.join(METHODS)}, got {chosen!r}")
+    items = list(run_dirs)
+    runs = [item if isinstance(item, ShadowRun) else load_shadow_run(item) for item in items]
+    check_compatible(runs)
+    n_refs = len(runs) - 1
+    variance = (
+        (n_refs < GLOBAL_VARIANCE_BELOW)
+        if fixed_variance is None
+        else check_bool("fixed_variance", fixed_variance)
+    )
+    scores = np.stack([r.scores for r in runs])
+    inclusion = np.stack([r.inclusion for r in runs])
+    probs = _probabilities(scores, runs[0].score_kind) if "rmia" in chosen else None
+    mode = "offline" if offline else "online"
+    labels = {"loss": "loss", "lira": f"lira-{mode}", "rmia": f"rmia-{mode}"}
+    pooled: dict[str, list[np.ndarray]] = {labels[m]: [] for m in chosen}
+    truth: list[np.ndarray] = []
+    per_target: dict[str, list[float]] = {labels[m]: [] for m in chosen}
+    for t in range(len(runs)):
+        others = np.arange(len(runs)) != t
+        member = inclusion[t]
+        truth.append(member)
+        for method in chosen:
+            if method == "loss":
+                s = scores[t]
+            elif method == "lira":
+                s = lira_scores(
+                    scores[t],
+                    scores[others],
+                    ref_in=inclusion[others],
+                    online=not offline,
+                    fixed_variance=variance,
+                )
+            else:
+                assert probs is not None
+                s = rmia_scores(
+                    probs[t],
+                    probs[others],
+                    ref_in=inclusion[others],
+                    population_idx=np.flatnonzero(~member),
+                    offline=offline,
+                    a=a,
+                    gamma=gamma,
+                )
+            pooled[labels[method]].append(s)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                per_target[labels[method]].append(_per_target_auc(s, member))
+    is_member = np.concatenate(truth)
+    reports = {
+        label: attack_report(np.concatenate(parts), is_member, fprs=fprs) for label, parts in pooled.items()
+    }
+    settings = {
+        "offline": offline,
+        "fixed_variance": variance,
+        "a": a,
+        "gamma": gamma,
+        "fprs": list(reports[next(iter(reports))].tpr_at_fpr),
+        "num_runs": len(runs),
+        "pool_size": int(inclusion.shape[1]),
+        "score_kind": runs[0].score_kind,
+        "fingerprint": runs[0].fingerprint,
+    }
+    return AttackResult(
+        reports=reports, per_target_auc=per_target, runs=[r.path for r in runs], settings=settings
+    )
+
+
+def _per_target_auc(scores: np.ndarray, member: np.ndarray) -> float:
+    keep = ~np.isnan(scores)
+    if not (member[keep].any() and (~member[keep]).any()):
+        return float("nan")
+    return attack_report(scores, member, fprs=()).auc
+
+
+def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``attack.json`` and ``roc.png`` (log-log ROC per attack, matplotlib Agg) into ``out``."""
+    folder = Path(out)
+    json_path = _io.save_json(folder / "attack.json", result.to_json())
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 4.5))
+    ax = fig.add_subplot()
+    floor = 1e-5
+    for label, report in result.reports.items():
+        ax.plot(
+            np.maximum(report.fpr, floor),
+            np.maximum(report.tpr, floor),
+            label=f"{label} (AUC {report.auc:.3f})",
+        )
+    ax.plot([floor, 1.0], [floor, 1.0], color="grey", linestyle=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, 1.0)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(f"Membership inference over {len(result.runs)} shadow runs")
+    ax.legend(loc="lower right", fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    png_path = _io.atomic_write_bytes(folder / "roc.png", buf.getvalue())
+    return {"json": json_path, "png": png_path}
+
+
+# -- command line (called from memcallbacks.cli) ------------------------------------------------
+def add_attack_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``attack`` sub-command to ``memcallbacks``' sub-parsers; returns its parser."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "attack",
+        help="LiRA / RMIA / loss membership inference across shadow runs",
+        description=(
+            "Membership inference across shadow runs recorded with ShadowScoreRecorder: each run in turn is the "
+            "target and the others its references. Prints AUC and TPR at 0.1% and 1% FPR per attack; writes "
+            "attack.json and a log-log roc.png into --out. Exit code 2 on bad input."
+        ),
+    )
+    p.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="the shadow runs' directories (2 or more)"
+    )
+    p.add_argument(
+        "--method", choices=METHODS, action="append", help="attack(s) to run, repeatable (default: all three)"
+    )
+    p.add_argument(
+        "--offline", action="store_true", help="LiRA/RMIA use only references that did not train on a sample"
+    )
+    p.add_argument(
+        "--variance",
+        choices=("auto", "global", "per-sample"),
+        default="auto",
+        help="LiRA's variance: global, per-sample, or auto (global below 64 reference runs; default)",
+    )
+    p.add_argument(
+        "--rmia-a", type=_unit_float, default=0.3, help="RMIA's offline parameter a in [0, 1] (default: 0.3)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("attack_report"), help="output folder (default: attack_report)"
+    )
+    return p
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def attack_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Body of ``memcallbacks attack``: 0 on success; bad input exits 2 through ``parser.error``."""
+    fixed = {"auto": None, "global": True, "per-sample": False}[args.variance]
+    try:
+        result = run_attack(
+            args.run_dirs,
+            methods=tuple(args.method or METHODS),
+            offline=args.offline,
+            fixed_variance=fixed,
+            a=args.rmia_a,
+        )
+    except AttackInputError as e:
+        parser.error(str(e))
+    try:
+        paths = write_outputs(result, args.out)
+    except OSError as e:
+        parser.error(f"argument --out: cannot write {e.filename or args.out}: {e.strerror or e}")
+    print(
+        f"{len(result.runs)} shadow runs, pool of {result.settings['pool_size']} samples, each run the target once"
+    )
+    print(result.table())
+    print(f"written: {paths['json']}")
+    print(f"         {paths['png']}")
+    sys.stdout.flush()
+    return 0

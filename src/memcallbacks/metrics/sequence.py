@@ -1,0 +1,416 @@
+"""Sequence memorisation of language models: extraction and LM membership scores.
+
+Pure functions (torch or numpy in, the same kind out; no Lightning import):
+
+* :func:`exact_match_rate`, :func:`token_match_rate`: k-extractable memorisation of Carlini,
+  Ippolito, Jagielski, Lee, Tramer and Zhang, "Quantifying Memorization Across Neural
+  Language Models", ICLR 2023: prompted with the first ``prefix_len`` tokens of a training
+  sequence, greedy decoding reproduces the true next ``suffix_len`` tokens exactly.
+* :func:`min_k_prob`: Min-K% Prob of Shi, Ajith, Xia, Huang, Liu, Blevins, Chen and
+  Zettlemoyer, "Detecting Pretraining Data from Large Language Models", ICLR 2024: the mean
+  log-probability of the ``int(k * n)`` least likely of a sequence's ``n`` tokens (higher =
+  member).
+* :func:`zlib_ratio`: the zlib membership score of Carlini, Tramer, Wallace, Jagielski,
+  Herbert-Voss, Lee, Roberts, Brown, Song, Erlingsson, Oprea and Raffel, "Extracting Training
+  Data from Large Language Models", USENIX Security 2021: log-perplexity divided by the
+  zlib-compressed length of the text in bytes (lower = member).
+* :func:`suffix_sample_logprob`, :func:`extraction_probability`: (n, p)-discoverable
+  extraction of Hayes, Swanberg, Chaudhari, Yona, Shumailov, Nasr, Choquette-Choo, Lee and
+  Cooper, "Measuring memorization through probabilistic discoverable extraction", 2024: the
+  probability ``q`` that one sample from the prefix reproduces the suffix, computed exactly
+  from teacher-forced token probabilities, and the probability ``1 - (1 - q)^n`` that at
+  least one of ``n`` samples does.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from memcallbacks._validate import check_int, check_real, is_int
+
+__all__ = [
+    "exact_match_rate",
+    "extraction_probability",
+    "min_k_prob",
+    "suffix_sample_logprob",
+    "token_match_rate",
+    "zlib_ratio",
+]
+
+
+def _as_tensor(name: str, value: Any, *, integer: bool = False) -> tuple[torch.Tensor, bool]:
+    """``value`` as a tensor, and whether it came in as one (so the result can match its kind)."""
+    if isinstance(value, torch.Tensor):
+        tensor, was_tensor = value, True
+    else:
+        try:
+            tensor, was_tensor = torch.as_tensor(np.asarray(value)), False
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"`{name}` must be a tensor or an array of numbers, got {type(value).__name__}"
+            ) from e
+    if tensor.dtype == torch.bool or (integer and tensor.is_floating_point()) or tensor.is_complex():
+        kind = "integer token ids" if integer else "real numbers"
+        raise TypeError(f"`{name}` must hold {kind}, got dtype {tensor.dtype}")
+    return tensor, was_tensor
+
+
+def _out(value: torch.Tensor, as_tensor: bool) -> Any:
+    return value if as_tensor else value.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------
+# k-extractable memorisation (Carlini et al., ICLR 2023)
+# --------------------------------------------------------------------------------------
+def _check_pair(generated: Any, reference: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    gen, _ = _as_tensor("generated", generated, integer=True)
+    ref, _ = _as_tensor("reference", reference, integer=True)
+    if gen.dim() == 1:
+        gen = gen.unsqueeze(0)
+    if ref.dim() == 1:
+        ref = ref.unsqueeze(0)
+    if gen.dim() != 2 or gen.shape != ref.shape:
+        raise ValueError(
+            f"`generated` and `reference` must be token ids of the same shape [B, S], got "
+            f"{tuple(gen.shape)} and {tuple(ref.shape)}; pass one row per sequence, suffixes of equal length"
+        )
+    if gen.shape[0] == 0 or gen.shape[1] == 0:
+        raise ValueError(f"`generated` is empty (shape {tuple(gen.shape)}); pass at least one suffix token")
+    return gen, ref.to(gen.device)
+
+
+def exact_match_rate(generated: Any, reference: Any) -> float:
+    """Fraction of sequences whose generated suffix equals the reference suffix exactly.
+
+    The k-extractable memorisation rate of Carlini et al., "Quantifying Memorization Across
+    Neural Language Models", ICLR 2023: a training sequence counts as extracted when greedy
+    decoding from its prefix reproduces all of its next ``S`` tokens.
+
+    Args:
+        generated: token ids ``[B, S]`` (or ``[S]`` for one sequence) the model produced.
+        reference: the true suffixes, same shape.
+
+    Returns:
+        The fraction in ``[0, 1]`` of rows equal at every position.
+
+    Raises:
+        ValueError: shapes differ or are empty.
+        TypeError: non-integer inputs.
+
+    Example:
+        >>> exact_match_rate([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 0, 6]])
+        0.5
+    """
+    gen, ref = _check_pair(generated, reference)
+    return float((gen == ref).all(dim=1).double().mean().item())
+
+
+def token_match_rate(generated: Any, reference: Any) -> float:
+    """Mean over sequences of the fraction of suffix positions where the generated token is right.
+
+    A graded companion of :func:`exact_match_rate` (Carlini et al., ICLR 2023): a sequence
+    reproduced but for one token scores ``(S - 1) / S`` here and 0 there.
+
+    Args:
+        generated: token ids ``[B, S]`` (or ``[S]``).
+        reference: the true suffixes, same shape.
+
+    Returns:
+        The mean per-sequence fraction of matching positions, in ``[0, 1]``.
+
+    Raises:
+        ValueError: shapes differ or are empty.
+
+    Example:
+        >>> token_match_rate([[1, 2, 3, 4], [4, 5, 6, 7]], [[1, 2, 3, 4], [4, 0, 0, 7]])
+        0.75
+    """
+    gen, ref = _check_pair(generated, reference)
+    return float((gen == ref).double().mean(dim=1).mean().item())
+
+
+# --------------------------------------------------------------------------------------
+# Min-K% Prob (Shi et al., ICLR 2024)
+# --------------------------------------------------------------------------------------
+def min_k_prob(token_logprobs: Any, mask: Any = None, *, k: float = 0.2) -> Any:
+    """Min-K% Prob: mean log-probability of the ``k`` fraction least likely tokens of each sequence.
+
+    Shi et al., "Detecting Pretraining Data from Large Language Models", ICLR 2024. Of a
+    sequence's ``n`` scored tokens, the ``m = max(1, int(k * n))`` with the lowest
+    log-probability are averaged (``int`` rounds down; a product such as ``0.29 * 100 =
+    28.999...`` counts as 29). Higher means more likely a member; ``k = 1`` gives the mean
+    token log-probability, minus the usual loss. A sequence with no scored token gives NaN.
+
+    Args:
+        token_logprobs: ``log p(x_t | x_<t)`` per token, ``[B, T]`` (or ``[T]``), natural log.
+        mask: bool ``[B, T]``, true at scored tokens (padding false); ``None``: all scored.
+        k: the fraction in ``(0, 1]`` (the paper's best is 0.2).
+
+    Returns:
+        ``[B]`` (a 0-d value for 1-D input): a float tensor on the input's device when
+        ``token_logprobs`` is a tensor, else a numpy array.
+
+    Raises:
+        ValueError: ``k`` outside ``(0, 1]``, a shape mismatch, or a NaN among scored tokens.
+
+    Example:
+        >>> import numpy as np
+        >>> lp = np.log([[0.5, 0.1, 0.9, 0.2, 0.8], [0.5, 0.5, 0.25, 1.0, 1.0]])
+        >>> mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=bool)
+        >>> np.round(np.exp(min_k_prob(lp, mask, k=0.4)), 6)  # geometric mean of the 2 and the 1 lowest
+        array([0.141421, 0.25    ])
+    """
+
+    k = check_real("k", k, minimum=0.0, maximum=1.0, min_inclusive=False, hint="e.g. k=0.2 (Min-20% Prob)")
+    logp, as_tensor = _as_tensor("token_logprobs", token_logprobs)
+    one = logp.dim() == 1
+    if one:
+        logp = logp.unsqueeze(0)
+    if logp.dim() != 2:
+        raise ValueError(f"`token_logprobs` must be [B, T] (or [T]), got shape {tuple(logp.shape)}")
+    if mask is None:
+        valid = torch.ones_like(logp, dtype=torch.bool)
+    else:
+        m, _ = (mask, True) if isinstance(mask, torch.Tensor) else (torch.as_tensor(np.asarray(mask)), False)
+        valid = (m.unsqueeze(0) if one and m.dim() == 1 else m).to(device=logp.device).bool()
+        if valid.shape != logp.shape:
+            raise ValueError(
+                f"`mask` must have the shape of `token_logprobs` {tuple(logp.shape)}, got {tuple(valid.shape)}"
+            )
+    result = _min_k(logp.double() if logp.dtype == torch.float64 else logp.float(), valid, k)
+    if bool(torch.isnan(logp[valid]).any()):
+        raise ValueError("`token_logprobs` holds NaN at a scored token; the score would be meaningless")
+    return _out(result[0] if one else result, as_tensor)
+
+
+def _min_k(logp: torch.Tensor, valid: torch.Tensor, k: float) -> torch.Tensor:
+    """Vectorised Min-K% Prob (no checks, no host sync): one sort per row."""
+    filled = torch.where(valid, logp, torch.full_like(logp, math.inf))
+    ordered, _ = torch.sort(filled, dim=1)  # least likely first, padding (+inf) last
+    n = valid.sum(dim=1)
+    m = torch.floor(n.to(logp.dtype) * k + 1e-9).clamp_min(1).to(torch.long)
+    ordered = torch.where(torch.isinf(ordered) & (ordered > 0), torch.zeros_like(ordered), ordered)
+    csum = torch.cumsum(ordered, dim=1)
+    idx = (m - 1).clamp(max=max(logp.shape[1] - 1, 0)).unsqueeze(1)
+    total = csum.gather(1, idx).squeeze(1) if logp.shape[1] else torch.zeros_like(n, dtype=logp.dtype)
+    out = total / m.to(logp.dtype)
+    return torch.where(n > 0, out, torch.full_like(out, math.nan))
+
+
+# --------------------------------------------------------------------------------------
+# zlib ratio (Carlini et al., USENIX Security 2021)
+# --------------------------------------------------------------------------------------
+def _as_bytes(item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    arr = np.asarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item)
+    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(
+            f"`texts_or_bytes` items must be str, bytes or 1-D integer token ids, got {type(item).__name__}"
+            f"{' of shape ' + str(arr.shape) if arr.ndim != 1 else ' of dtype ' + str(arr.dtype)}"
+        )
+    if arr.size and int(arr.min()) < 0:
+        raise ValueError("`texts_or_bytes` token ids must be non-negative")
+    top = int(arr.max()) if arr.size else 0
+    width = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
+    return arr.astype(width).astype(np.dtype(width).newbyteorder("<")).tobytes()
+
+
+def zlib_length(text_or_bytes: Any) -> int:
+    """zlib-compressed length in bytes (level 9) of a text (UTF-8), bytes, or token ids.
+
+    Token ids are written as little-endian unsigned integers of the narrowest width holding
+    the largest id (1 byte below 256, 2 below 65,536, else 4) before compression, so a
+    character-level id sequence compresses like its text.
+    """
+    return len(zlib.compress(_as_bytes(text_or_bytes), 9))
+
+
+def zlib_ratio(log_perplexity: Any, texts_or_bytes: Sequence[Any]) -> Any:
+    """Log-perplexity divided by the zlib-compressed length (bytes) of each text.
+
+    The zlib membership score of Carlini et al., "Extracting Training Data from Large
+    Language Models", USENIX Security 2021 (their code divides ``log(perplexity)``, the
+    mean token negative log-likelihood, by ``len(zlib.compress(text))``): text the model
+    finds unusually likely for how little it compresses is flagged. Lower = more likely a
+    member. zlib level 9; token ids are byte-encoded as in :func:`zlib_length`.
+
+    Args:
+        log_perplexity: ``[B]`` log-perplexities (natural log; the mean token NLL, as in the paper).
+        texts_or_bytes: ``B`` items, each a ``str`` (UTF-8), ``bytes``, or 1-D token ids.
+
+    Returns:
+        ``[B]`` ratios: a float tensor when ``log_perplexity`` is a tensor, else a numpy array.
+
+    Raises:
+        ValueError: lengths differ.
+        TypeError: an item is neither text, bytes nor token ids.
+
+    Example:
+        >>> import zlib
+        >>> zlib_ratio([2.0], ["hello"]), len(zlib.compress(b"hello", 9))
+        (array([0.15384615]), 13)
+    """
+    lp, as_tensor = _as_tensor("log_perplexity", log_perplexity)
+    lp = lp.reshape(-1)
+    items = list(texts_or_bytes) if not isinstance(texts_or_bytes, (str, bytes)) else [texts_or_bytes]
+    if len(items) != lp.numel():
+        raise ValueError(
+            f"`texts_or_bytes` must hold one text per log-perplexity ({lp.numel()}), got {len(items)}"
+        )
+    lengths = torch.tensor([zlib_length(t) for t in items], dtype=torch.float64, device=lp.device)
+    out = lp.double() / lengths
+    return _out(out if lp.dtype == torch.float64 or not as_tensor else out.to(lp.dtype), as_tensor)
+
+
+# --------------------------------------------------------------------------------------
+# (n, p)-discoverable extraction (Hayes et al. 2024)
+# --------------------------------------------------------------------------------------
+def suffix_sample_logprob(
+    logits: Any, suffix_ids: Any, *, temperature: float = 1.0, top_k: int | None = None, mask: Any = None
+) -> Any:
+    """Log-probability ``log q`` that one sample from the model reproduces each suffix exactly.
+
+    Hayes et al., "Measuring memorization through probabilistic discoverable extraction",
+    2024: with the prefix fixed and the suffix known, one teacher-forced pass gives the
+    sampler's probability of the true token at every suffix position; ``q`` is their product.
+    The sampler is softmax at ``temperature``, optionally restricted to the ``top_k`` most
+    likely tokens and renormalised (every token whose logit ties the ``k``-th largest is kept,
+    as Hugging Face's top-k warper does); a true token outside the top k gives ``q = 0``,
+    ``log q = -inf``. Summed in log space, so a 64-token suffix does not underflow.
+
+    Args:
+        logits: ``[B, S, V]``: ``logits[:, j]`` is the model's output for suffix token ``j``
+            (the position before it, teacher-forced on the true prefix and suffix).
+        suffix_ids: ``[B, S]`` the true suffix tokens.
+        temperature: sampling temperature, ``> 0``.
+        top_k: ``None`` (full softmax) or an integer in ``[1, V]``.
+        mask: optional bool ``[B, S]``; positions where it is false are not counted.
+
+    Returns:
+        ``[B]`` natural-log probabilities (``<= 0``, ``-inf`` allowed), float32 or float64 as
+        the logits (float16/bfloat16 logits are scored in float32); a tensor for tensor input,
+        else a numpy array.
+
+    Raises:
+        ValueError: ``temperature <= 0``, ``top_k`` outside ``[1, V]``, mismatched shapes, ids
+            outside the vocabulary.
+
+    Example:
+        >>> import numpy as np
+        >>> logits = np.log([[[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]])  # one sequence, 2 tokens, V=3
+        >>> float(np.exp(suffix_sample_logprob(logits, [[0, 2]])[0]))  # 0.5 * 0.3
+        0.15
+        >>> round(float(np.exp(suffix_sample_logprob(logits, [[0, 2]], top_k=2)[0])), 6)  # 0.5/0.8 * 0.3/0.9
+        0.208333
+        >>> float(np.exp(suffix_sample_logprob(logits, [[1, 2]], top_k=1)[0]))  # token 1 is not the top-1
+        0.0
+    """
+
+    temperature = check_real(
+        "temperature", temperature, minimum=0.0, min_inclusive=False, hint="e.g. temperature=1.0"
+    )
+    lg, as_tensor = _as_tensor("logits", logits)
+    ids, _ = _as_tensor("suffix_ids", suffix_ids, integer=True)
+    if lg.dim() != 3 or ids.shape != lg.shape[:2]:
+        raise ValueError(
+            f"`logits` must be [B, S, V] and `suffix_ids` [B, S], got {tuple(lg.shape)} and {tuple(ids.shape)}"
+        )
+    vocab = int(lg.shape[2])
+    if top_k is not None:
+        top_k = check_int("top_k", top_k, minimum=1, maximum=vocab, hint=f"the vocabulary has {vocab} tokens")
+    ids = ids.to(lg.device, torch.long)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"`suffix_ids` must lie in [0, {vocab}) (the vocabulary of `logits`)")
+    valid = None
+    if mask is not None:
+        valid = (mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))).to(lg.device)
+        if valid.shape != ids.shape:
+            raise ValueError(
+                f"`mask` must have the shape of `suffix_ids` {tuple(ids.shape)}, got {tuple(valid.shape)}"
+            )
+        valid = valid.bool()
+    out = _suffix_logq(lg, ids, temperature, top_k, valid)
+    return _out(out, as_tensor)
+
+
+def _suffix_logq(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`suffix_sample_logprob` without checks (no host sync)."""
+    lg = logits if logits.dtype == torch.float64 else logits.float()
+    if temperature != 1.0:
+        lg = lg / temperature
+    if top_k is not None and top_k < lg.shape[-1]:
+        kth = torch.topk(lg, top_k, dim=-1).values[..., -1:]
+        lg = lg.masked_fill(lg < kth, -math.inf)
+    token = torch.log_softmax(lg, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [B, S]
+    if valid is not None:
+        token = torch.where(valid, token, torch.zeros_like(token))
+    return token.sum(dim=-1)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate at both ends (Maechler 2012)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def extraction_probability(log_q: Any, n: Any) -> Any:
+    """Probability that at least one of ``n`` independent samples reproduces the suffix.
+
+    ``1 - (1 - q)^n`` with ``q = exp(log_q)`` (Hayes et al. 2024, (n, p)-discoverable
+    extraction), computed as ``-expm1(n * log(1 - q))`` with ``log(1 - q)`` from
+    ``log1p``/``expm1``, so tiny ``q`` (``1e-30``) and ``q`` near 1 both keep their precision.
+    A sequence counts as (n, p)-extractable when this is ``>= p``.
+
+    Args:
+        log_q: ``[B]`` (or a scalar) natural-log single-sample probabilities, ``<= 0``;
+            ``-inf`` means ``q = 0``.
+        n: number of samples, a positive integer (or an integer array broadcasting with ``log_q``).
+
+    Returns:
+        Probabilities in ``[0, 1]``, float64: a tensor for tensor ``log_q``, else a numpy array.
+
+    Raises:
+        ValueError: ``n < 1`` or ``log_q`` positive or NaN.
+        TypeError: ``n`` not an integer.
+
+    Example:
+        >>> import numpy as np
+        >>> extraction_probability(np.array([np.log(0.5), np.log(0.01), -np.inf]), 2)  # 1-0.5**2, 1-0.99**2, 0
+        array([0.75  , 0.0199, 0.    ])
+        >>> float(extraction_probability(np.array(-80.0), 10) / np.exp(-80.0))  # ~ n q when q is tiny
+        10.0
+    """
+
+    lq, as_tensor = _as_tensor("log_q", log_q)
+    lq = lq.double()
+    if isinstance(n, (torch.Tensor, np.ndarray, list, tuple)):
+        n_arr = torch.as_tensor(np.asarray(n.cpu() if isinstance(n, torch.Tensor) else n))
+        if n_arr.is_floating_point() or n_arr.dtype == torch.bool:
+            raise TypeError(f"`n` must hold integers >= 1, got dtype {n_arr.dtype}")
+        if n_arr.numel() and int(n_arr.min()) < 1:
+            raise ValueError(f"`n` must hold integers >= 1, got minimum {int(n_arr.min())}")
+        nn = n_arr.to(device=lq.device, dtype=torch.float64)
+    else:
+        if not is_int(n):
+            raise TypeError(
+                f"`n` must be an integer >= 1 (number of samples), got {n!r} ({type(n).__name__})"
+            )
+        nn = torch.tensor(float(check_int("n", n, minimum=1)), dtype=torch.float64, device=lq.device)
+    if bool(torch.isnan(lq).any()) or bool((lq > 0).any()):
+        raise ValueError("`log_q` must hold log-probabilities <= 0 (no NaN)")
+    out = -torch.expm1(nn * _log1mexp(lq))
+    return _out(out, as_tensor)

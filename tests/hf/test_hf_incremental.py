@@ -1,0 +1,197 @@
+"""The KV-cache adapter: HFIncrementalLM scores equal the batched path on real transformers models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from transformers import (
+    BertConfig,
+    BertForTokenClassification,
+    DynamicCache,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from memcallbacks import CanarySet, CharTokenizer
+from memcallbacks.hf import HFIncrementalLM, as_incremental, find_hf_model
+from memcallbacks.metrics.exposure import exposure_rank
+from memcallbacks.scoring import (
+    IncrementalLM,
+    beam_search,
+    rank_best_first,
+    score_sequences,
+    score_shared_prefix,
+    score_space_trie,
+)
+
+TOK = CharTokenizer()
+V = TOK.vocab_size
+
+
+def _gpt2(n_positions: int = 64) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=64, n_head=2, vocab_size=V, n_positions=n_positions, bos_token_id=1, eos_token_id=1
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def _llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=V, max_position_embeddings=64, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def _canaries(length: int = 4) -> CanarySet:
+    return CanarySet("my pin is {secret}.", TOK, length=length, repetitions=(1, 4), per_count=2, seed=3)
+
+
+def _digit_ids() -> list[int]:
+    return [TOK.encode(c, add_special_tokens=False)[0] for c in "0123456789"]
+
+
+@pytest.mark.parametrize("make", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_trie_over_the_adapter_equals_the_batched_path(make: Any) -> None:
+    model = make()
+    lm = HFIncrementalLM(model)
+    assert isinstance(lm, IncrementalLM)
+    cs = _canaries(length=4)
+    chars = _digit_ids()
+    trie = score_space_trie(lm, cs.prefix_ids, chars, 4)
+    assert trie.shape == (10**4,)
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(10**4, 600, replace=False))
+    seqs = [cs.prefix_ids + cs.encode_secret(cs.candidate(int(i))) for i in sample]
+    batched = score_sequences(model, seqs, len(cs.prefix_ids), batch_size=256)
+    assert np.abs(trie[sample] - batched).max() < 1e-4  # nats
+    secrets = np.array([cs.encode_secret(cs.candidate(int(i))) for i in sample[:50]])
+    shared = score_shared_prefix(lm, cs.prefix_ids, secrets, batch_size=16)
+    assert np.abs(shared - batched[:50]).max() < 1e-4
+
+
+def test_best_first_rank_through_the_adapter_is_the_exact_rank() -> None:
+    model = _gpt2()
+    lm = HFIncrementalLM(model)
+    cs = _canaries(length=3)
+    scores = score_space_trie(lm, cs.prefix_ids, _digit_ids(), 3)
+    for canary in cs:
+        i = cs.candidate_index(canary.secret)
+        expected = int(exposure_rank(np.array([scores[i]]), np.delete(scores, i))[0])
+        result = rank_best_first(lm, cs, canary.secret, batch_size=64)
+        assert result.exact and result.rank == expected
+
+
+def test_state_is_never_mutated_and_selection_works() -> None:
+    lm = HFIncrementalLM(_gpt2())
+    state, logp0 = lm.init_state(torch.tensor([[3, 4, 5]]))
+    wide = lm.expand_state(state, 3)
+    s1, a = lm.step(wide, torch.tensor([6, 7, 8]))
+    _, b = lm.step(wide, torch.tensor([6, 7, 8]))  # the same state again: same answer
+    assert torch.equal(a, b)
+    picked = lm.expand_state(s1, torch.tensor([0, 2, 1]))  # drop row 0, row 1 twice, row 2 once
+    _, c = lm.step(picked, torch.tensor([9, 9, 9]))
+    _, d = lm.step(lm.expand_state(s1, torch.tensor([0, 1, 0])), torch.tensor([9]))
+    _, e = lm.step(lm.expand_state(s1, torch.tensor([0, 0, 1])), torch.tensor([9]))
+    assert torch.allclose(c, torch.cat([d, d, e]), atol=1e-5)
+    assert torch.allclose(logp0.exp().sum(-1), torch.ones(1), atol=1e-5)
+
+
+def test_beam_search_same_with_and_without_the_cache() -> None:
+    model = _gpt2()
+    prefix = TOK.encode("my pin is ")
+    assert beam_search(HFIncrementalLM(model), prefix, 4, width=3) == beam_search(model, prefix, 4, width=3)
+
+
+class _LegacyTupleGPT2(torch.nn.Module):
+    """A model speaking the legacy cache format: tuples of per-layer (key, value) tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _gpt2()
+
+    def forward(self, input_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = True) -> Any:
+        cache = DynamicCache(ddp_cache_data=past_key_values) if past_key_values is not None else None
+        out = self.inner(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        legacy = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        return out.logits, legacy
+
+
+@pytest.mark.filterwarnings("ignore:.*past_key_values.*deprecated:FutureWarning")
+def test_legacy_tuple_cache() -> None:
+    wrapped = _LegacyTupleGPT2().eval()
+    cs = _canaries(length=3)
+    got = score_space_trie(HFIncrementalLM(wrapped), cs.prefix_ids, _digit_ids(), 3)
+    expected = score_space_trie(HFIncrementalLM(wrapped.inner), cs.prefix_ids, _digit_ids(), 3)
+    assert np.abs(got - expected).max() < 1e-5
+
+
+class _OddCache(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, V)
+
+    def forward(self, input_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = True) -> Any:
+        return {"logits": self.emb(input_ids), "past_key_values": {"state": torch.zeros(1)}}
+
+
+def test_unknown_cache_format_names_the_model_and_the_fallback() -> None:
+    with pytest.raises(
+        TypeError, match=r"_OddCache returned `past_key_values` of a format.*score_fn.*score_sequences"
+    ):
+        HFIncrementalLM(_OddCache()).init_state(torch.tensor([[1, 2]]))
+
+
+def test_canary_longer_than_the_positions_is_explained() -> None:
+    lm = HFIncrementalLM(_gpt2(n_positions=12))
+    cs = _canaries(length=4)  # prefix "<bos>my pin is " = 11 tokens, then 4 digits
+    with pytest.raises(
+        ValueError, match=r"needs 12 positions but GPT2LMHeadModel has only 12|needs 13 positions"
+    ):
+        score_space_trie(lm, cs.prefix_ids, _digit_ids(), 4)
+
+
+class _Wrapper(pl.LightningModule):
+    def __init__(self, **models: torch.nn.Module) -> None:
+        super().__init__()
+        for name, model in models.items():
+            setattr(self, name, model)
+
+
+def test_as_incremental_rule() -> None:
+    gpt2 = _gpt2()
+    assert isinstance(as_incremental(gpt2), HFIncrementalLM)
+    lm = as_incremental(_Wrapper(net=gpt2, head=torch.nn.Linear(2, 2)))
+    assert lm is not None and lm.model is gpt2  # the only PreTrainedModel among the attributes
+    two = _Wrapper(model=gpt2, teacher=_llama())
+    assert find_hf_model(two) is gpt2  # several: the one named `model`
+    assert find_hf_model(_Wrapper(a=gpt2, b=_llama())) is None
+    bert = BertForTokenClassification(
+        BertConfig(
+            num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=V
+        )
+    )
+    assert as_incremental(bert) is None  # not a causal LM
+    assert as_incremental(torch.nn.Linear(2, 2)) is None
+    assert as_incremental(_Wrapper(inner=_Wrapper(model=gpt2))) is None  # direct attributes only
+
+
+def test_as_incremental_does_not_import_transformers() -> None:
+    code = (
+        "import sys, torch; from memcallbacks.hf import as_incremental; "
+        "assert as_incremental(torch.nn.Linear(2, 2)) is None; "
+        "import memcallbacks._probe as p; p.default_sample_loss_fn(torch.nn.Linear(2, 2), "
+        "{'input_ids': torch.zeros(3, 2), 'labels': torch.tensor([0, 1, 0])}); "
+        "assert 'transformers' not in sys.modules, 'imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,301 @@
+"""SequenceMemorisationMonitor in real Trainer runs on tiny language models."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from helpers.training import trainer
+from memcallbacks import CharTokenizer, LeakageEarlyStopping, SequenceMemorisationMonitor
+from memcallbacks._io import load_json, load_npz
+from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
+from memcallbacks.metrics import membership_inference, min_k_prob
+from memcallbacks.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
+
+TOK = CharTokenizer()
+TEXTS = make_payment_corpus(48, seed=0)
+TRAIN, HELD = TEXTS[:16], TEXTS[16:32]
+
+
+def _lstm() -> CharLSTMLM:
+    return CharLSTMLM(TOK.vocab_size, embedding_dim=16, hidden_size=128, lr=2e-2)
+
+
+def _monitor(**kwargs: Any) -> SequenceMemorisationMonitor:
+    opts: dict[str, Any] = dict(prefix_len=8, suffix_len=8, batch_size=32, tokenizer=TOK)
+    opts.update(kwargs)
+    return SequenceMemorisationMonitor(TokenDataset(TRAIN, TOK), TokenDataset(HELD, TOK), **opts)
+
+
+def _csv_rows(t: pl.Trainer) -> list[dict[str, str]]:
+    path = Path(t.logger.log_dir) / "metrics.csv"  # type: ignore[union-attr]
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_training_on_repeated_sequences_raises_the_extractable_rate(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    monitor = _monitor(n_tries=(1, 10, 100))
+    t = trainer(tmp_path, max_epochs=3, callbacks=[monitor])
+    t.fit(_lstm(), lm_loader(TRAIN * 30, TOK, batch_size=32))
+    first, last = monitor.history[0], monitor.history[-1]
+    assert first["mem/extract/exact_rate"] <= 0.0625  # at most 1 of 16 before memorising
+    assert last["mem/extract/exact_rate"] >= 0.3
+    assert last["mem/extract/token_match"] > first["mem/extract/token_match"] + 0.2
+    assert last["mem/extract/exact_rate_nonmember"] <= 0.0625  # held-out records are not reproduced
+    assert last["mem/extract/skipped"] == 0 and last["mem/extract/skipped_nonmember"] == 0
+    assert last["mem/mia_lm/auc/loss"] > 0.8 and last["mem/mia_lm/auc/min_k"] > 0.8
+    # (n, p) rates are non-decreasing in n and the greedy hits are mostly likely under sampling too
+    rates = [last[f"mem/extract/prob_rate/n{n}"] for n in (1, 10, 100)]
+    assert rates == sorted(rates) and rates[-1] >= last["mem/extract/exact_rate"] - 1e-12
+    assert 0 < last["mem/extract/prob_mean"] <= 1
+    assert monitor.decoding == "incremental"
+
+    # every key reached the logger, with the epoch
+    rows = _csv_rows(t)
+    logged = {k for row in rows for k, v in row.items() if v not in ("", None)}
+    for key in (
+        "mem/extract/exact_rate",
+        "mem/mia_lm/auc/zlib",
+        "mem/mia_lm/tpr@1%fpr/min_k",
+        "mem/extract/prob_rate/n100",
+        "mem/extract/token_match_nonmember",
+    ):
+        assert key in logged, key
+
+    # the run directory: per-probe numbers that reproduce the logged values
+    monitor.flush()
+    saved = load_npz(monitor.run_dir / "sequences.npz")
+    assert saved["member_loss"].shape == (3, 16) and saved["member_log_q"].shape == (3, 16, 1)
+    assert "member_generated" not in saved  # only with log_secrets=True
+    assert np.nanmean(saved["member_exact"][-1]) == pytest.approx(last["mem/extract/exact_rate"])
+    auc = membership_inference(saved["member_zlib"][-1], saved["nonmember_zlib"][-1], fprs=()).auc
+    assert auc == pytest.approx(last["mem/mia_lm/auc/zlib"])
+    summary = load_json(monitor.run_dir / "metrics.json")
+    assert summary["decoding"] == "incremental" and len(summary["history"]) == 3
+
+
+def test_scores_match_an_independent_computation() -> None:
+    torch.manual_seed(1)
+    model = _lstm().eval()
+    seqs = [TokenDataset(TRAIN, TOK)[i] for i in range(4)] + [torch.tensor([1, 5, 6])]
+    windows, lengths = _window_tensor(seqs, 16)
+    with torch.inference_mode():
+        out = evaluate_windows(
+            _LanguageModel(model, None, "auto"),
+            windows,
+            lengths,
+            prefix_len=8,
+            suffix_len=8,
+            min_k=0.2,
+            sampling=[(1.0, None), (0.5, 5)],
+            batch_size=2,
+            device=torch.device("cpu"),
+        )
+        for i, s in enumerate(seqs):
+            s = s[:16]
+            lp = F.log_softmax(model(s[None])[0, :-1].double(), -1).gather(1, s[1:, None])[:, 0]
+            assert out[i, 0].item() == pytest.approx(-lp.mean().item(), rel=1e-5)
+            assert out[i, 1].item() == pytest.approx(float(min_k_prob(lp[None], k=0.2)[0]), rel=1e-5)
+            if s.numel() < 16:
+                assert np.isnan(out[i, 2].item()) and np.isnan(out[i, 4].item())
+                continue
+            assert out[i, 4].item() == pytest.approx(lp[7:].sum().item(), rel=1e-5)
+            greedy = s[:8].clone()
+            for _ in range(8):
+                greedy = torch.cat([greedy, model(greedy[None])[0, -1].argmax()[None]])
+            np.testing.assert_array_equal(out[i, 6:].numpy().astype(int), greedy[8:].numpy())
+            assert out[i, 2].item() == float(bool((greedy[8:] == s[8:]).all()))
+            assert out[i, 3].item() == pytest.approx((greedy[8:] == s[8:]).double().mean().item())
+
+
+def test_full_passes_give_the_cached_result() -> None:
+    torch.manual_seed(2)
+    model = _lstm().eval()
+    windows, lengths = _window_tensor([TokenDataset(TEXTS, TOK)[i] for i in range(10)], 24)
+    kw = dict(
+        prefix_len=12,
+        suffix_len=12,
+        min_k=0.2,
+        sampling=[(1.0, None)],
+        batch_size=4,
+        device=torch.device("cpu"),
+    )
+    with torch.inference_mode():
+        inc_lm, full_lm = _LanguageModel(model, None, "auto"), _LanguageModel(model, None, "full")
+        a = evaluate_windows(inc_lm, windows, lengths, **kw)  # type: ignore[arg-type]
+        b = evaluate_windows(full_lm, windows, lengths, **kw)  # type: ignore[arg-type]
+    assert inc_lm.mode == "incremental" and full_lm.mode == "full"
+    np.testing.assert_array_equal(a[:, 6:].numpy(), b[:, 6:].numpy())
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_leakage_early_stopping_accepts_the_extraction_rate(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    monitor = _monitor()
+    stopper = LeakageEarlyStopping("mem/extract/exact_rate", 0.01)
+    t = trainer(tmp_path, max_epochs=8, callbacks=[monitor, stopper])
+    t.fit(_lstm(), lm_loader(TRAIN * 30, TOK, batch_size=32))
+    assert stopper.stopped_epoch is not None and t.current_epoch < 8
+    assert monitor.history[-1]["mem/extract/exact_rate"] > 0.01
+    assert all(row["mem/extract/exact_rate"] <= 0.01 for row in monitor.history[:-1])
+
+
+def _run(
+    tmp: Path, max_epochs: int, ckpt_path: str | None = None, **kwargs: Any
+) -> SequenceMemorisationMonitor:
+    torch.manual_seed(0)
+    monitor = _monitor(sampling=[{"temperature": 1.0}, {"temperature": 0.8, "top_k": 5}], **kwargs)
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+    t = trainer(tmp, max_epochs=max_epochs, callbacks=[monitor, ckpt], enable_checkpointing=True)
+    t.fit(_lstm(), lm_loader(TRAIN * 4, TOK, batch_size=32, shuffle=False), ckpt_path=ckpt_path)
+    monitor.flush()
+    return monitor
+
+
+@pytest.mark.slow
+def test_resume_gives_identical_numbers(tmp_path: Path) -> None:
+    straight = _run(tmp_path / "straight", 3)
+    _run(tmp_path / "first", 2)
+    ckpt = tmp_path / "first" / "ckpt" / "epoch=1.ckpt"
+    state = torch.load(ckpt, weights_only=True)  # plain tensors and primitives only
+    (key,) = [k for k in state["callbacks"] if k.startswith("SequenceMemorisationMonitor")]
+    assert state["callbacks"][key]["epochs"] == [0, 1]
+    resumed = _run(tmp_path / "first", 3, ckpt_path=str(ckpt))
+    assert resumed.history == straight.history
+    assert "mem/extract/prob_rate/n10/s1" in resumed.history[-1]
+    a, b = load_npz(resumed.run_dir / "sequences.npz"), load_npz(straight.run_dir / "sequences.npz")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # a different measurement refuses to resume, naming the argument
+    with pytest.raises(ValueError, match="`min_k`"):
+        _run(tmp_path / "first", 3, ckpt_path=str(ckpt), min_k=0.5)
+
+
+def test_state_dict_round_trip_and_old_state() -> None:
+    m = _monitor()
+    m._member_indices, m._nonmember_indices = np.array([3, 1]), np.array([0])
+    m._epochs = [0]
+    m._results = [
+        np.array([[0.5, -1.0, 1.0, 1.0, -0.1], [0.7, -2.0, np.nan, np.nan, np.nan], [1.0, -3, 0, 0.5, -9]])
+    ]
+    m._metrics_history = [{"epoch": 0.0, "mem/extract/exact_rate": 1.0}]
+    buf = __import__("io").BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    other = _monitor()
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    np.testing.assert_array_equal(other._results[0], m._results[0])
+    assert other.history == m.history and other._member_indices.tolist() == [3, 1]
+    fresh = _monitor()
+    fresh.load_state_dict({})
+    assert fresh.history == []
+
+
+# -- Hugging Face: dict items, a KV cache -------------------------------------------------------
+transformers = pytest.importorskip("transformers")
+
+
+class HFLM(pl.LightningModule):
+    """A LightningModule holding a tiny GPT-2 built from a config (no download)."""
+
+    def __init__(self, vocab: int = TOK.vocab_size, lr: float = 3e-3) -> None:
+        super().__init__()
+        cfg = transformers.GPT2Config(
+            vocab_size=vocab,
+            n_positions=64,
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+        self.model = transformers.GPT2LMHeadModel(cfg)
+        self.lr = lr
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
+        ).loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class HFDataset(torch.utils.data.Dataset):
+    """HF-style items: padded ``input_ids`` with an ``attention_mask``."""
+
+    def __init__(self, texts: list[str], length: int = 64, pad: int = 0) -> None:
+        self.items = []
+        for t in texts:
+            ids = TOK.encode(t)[:length]
+            self.items.append(
+                {
+                    "input_ids": torch.tensor(ids + [pad] * (length - len(ids))),
+                    "attention_mask": torch.tensor([1] * len(ids) + [0] * (length - len(ids))),
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+@pytest.mark.slow
+def test_gpt2_kv_cache_and_dict_items(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    train, held = HFDataset(TRAIN[:8]), HFDataset(HELD[:8])
+    monitor = SequenceMemorisationMonitor(train, held, prefix_len=8, suffix_len=8, tokenizer=TOK)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.ConcatDataset([train] * 25), batch_size=16, shuffle=True
+    )
+    t = trainer(tmp_path, max_epochs=4, callbacks=[monitor])
+    model = HFLM()
+    t.fit(model, loader)
+    assert monitor.decoding == "kv_cache"
+    assert monitor.history[0]["mem/extract/exact_rate"] <= 0.125
+    assert monitor.history[-1]["mem/extract/exact_rate"] >= 0.5
+    # the cached decoding equals full forward passes on the trained weights
+    windows, lengths = _window_tensor(
+        [train[i]["input_ids"][: int(train[i]["attention_mask"].sum())] for i in range(8)], 16
+    )
+    kw = dict(
+        prefix_len=8,
+        suffix_len=8,
+        min_k=0.2,
+        sampling=[(1.0, None)],
+        batch_size=8,
+        device=torch.device("cpu"),
+    )
+    model.eval()
+    with torch.inference_mode():
+        a = evaluate_windows(_LanguageModel(model, None, "auto"), windows, lengths, **kw)  # type: ignore[arg-type]
+        b = evaluate_windows(_LanguageModel(model, None, "full"), windows, lengths, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a[:, 5:].numpy(), b[:, 5:].numpy())
+
+
+def test_mismatched_pad_ids_are_refused(tmp_path: Path) -> None:
+    monitor = SequenceMemorisationMonitor(
+        HFDataset(TRAIN, pad=0), HFDataset(HELD, pad=3), prefix_len=8, suffix_len=8
+    )
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[monitor])
+    with pytest.raises(ValueError, match="pad with different token ids"):
+        t.fit(HFLM(), torch.utils.data.DataLoader(HFDataset(TRAIN), batch_size=8))
