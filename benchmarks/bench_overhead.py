@@ -1,7 +1,9 @@
 """End-to-end cost of step capture (LossTrajectoryTracker) against a bare Trainer (a benchmark, not a test).
 
 Every figure is a ratio of END-TO-END ``trainer.fit`` wall times (set-up, every epoch, epoch ends,
-teardown and the run-directory writes that fit waits for) to a bare Trainer on the raw dataset.
+teardown and the run-directory writes that fit waits for) to a bare Trainer on the raw dataset;
+beside them, the same ratios of the process's CPU seconds, which other jobs on a shared machine
+disturb less.
 The configurations run interleaved in one process (their order rotates every repetition, so load
 drift on a shared machine hits all of them alike); each ratio is the median fit time of a
 configuration over the median fit time of ``raw``:
@@ -24,10 +26,10 @@ targets tracker/raw <= 1.05) and a wide MLP whose training step takes >= 10 ms (
 sample-epoch of the float16 store, and (``--probe``) the probe source's epoch-end evaluation over
 one bare inference pass.
 
-Run (full size, about 5-10 minutes on 2 cores; use a quiet machine):
-    python benchmarks/bench_overhead.py
+Run (full size, about 10-15 minutes on 2 quiet cores):
+    python benchmarks/bench_overhead.py --out benchmarks/overhead.json
 Small (a smoke run):
-    python benchmarks/bench_overhead.py --samples 20000 --reps 3 --wide-samples 2048 --wide-reps 3
+    python benchmarks/bench_overhead.py --samples 50000 --reps 3 --wide-samples 8192 --wide-reps 3 --probe 2000
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class StepClock(pl.Callback):
 
 def fit_once(
     config: str, data: TensorDataset, model_kw: dict[str, Any], epochs: int, batch: int, root: Path
-) -> tuple[float, Any]:
+) -> tuple[float, float, Any]:
     torch.manual_seed(0)
     model = MLP(capture=config != "raw", **model_kw)
     dataset = data if config == "raw" else IndexedDataset(data)
@@ -137,9 +139,9 @@ def fit_once(
         default_root_dir=str(root),
         callbacks=callbacks,
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(model, loader)
-    return time.perf_counter() - t0, tracker
+    return time.perf_counter() - t0, time.process_time() - c0, tracker
 
 
 def compare(
@@ -153,13 +155,15 @@ def compare(
     root: Path,
 ) -> dict[str, Any]:
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}
     fit_once("indexed", data, model_kw, 1, batch, root)  # warm-up (imports, allocator, caches)
     tracker = None
     for rep in range(reps):
         shift = rep % len(CONFIGS)
         for config in CONFIGS[shift:] + CONFIGS[:shift]:
-            seconds, tr = fit_once(config, data, model_kw, epochs, batch, root)
+            seconds, cpu_seconds, tr = fit_once(config, data, model_kw, epochs, batch, root)
             times[config].append(seconds)
+            cpu[config].append(cpu_seconds)
             tracker = tr or tracker
     raw = statistics.median(times["raw"])
     clock = StepClock()  # one short extra run for the step time of this model
@@ -185,6 +189,11 @@ def compare(
         "fit_s_median": {c: round(statistics.median(v), 3) for c, v in times.items()},
         "ratio_vs_raw": {c: round(statistics.median(v) / raw, 4) for c, v in times.items()},
         "tracker_vs_noop": round(statistics.median(times["tracker"]) / statistics.median(times["noop"]), 4),
+        # CPU seconds of this process (all its threads): less sensitive to other jobs on a shared machine
+        "cpu_s_median": {c: round(statistics.median(v), 3) for c, v in cpu.items()},
+        "cpu_ratio_vs_raw": {
+            c: round(statistics.median(v) / statistics.median(cpu["raw"]), 4) for c, v in cpu.items()
+        },
         "ratio_vs_raw_per_rep": {
             c: [round(t / r, 3) for t, r in zip(v, times["raw"])] for c, v in times.items() if c != "raw"
         },
@@ -250,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions (median)")
-    parser.add_argument("--wide-samples", type=int, default=8192, help="samples for the >= 10 ms-step model")
+    parser.add_argument("--wide-samples", type=int, default=32768, help="samples for the >= 10 ms-step model")
     parser.add_argument("--wide-hidden", type=int, default=1024)
     parser.add_argument("--wide-reps", type=int, default=5)
     parser.add_argument("--probe", type=int, default=10_000, help="probe samples (0 skips the probe ratio)")

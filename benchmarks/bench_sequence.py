@@ -4,7 +4,7 @@ Probes: ``--probes`` member and ``--probes`` non-member sequences of ``--tokens`
 generated payment records each, truncated), prefix = suffix = ``tokens / 2``. The model is the
 demo's :class:`~memcallbacks.toy.WindowLM` (``--model lstm`` for :class:`CharLSTMLM`, ``--model
 gpt2`` for a small GPT-2 built from a config, KV-cache decoding). Figures, each the median of
-``--repeats`` runs under ``torch.inference_mode()`` in eval mode, same batch size:
+``--repeats`` interleaved runs under ``torch.inference_mode()`` in eval mode, same batch size:
 
 * ``bare``: one forward pass ``model(ids)`` over every probe (the reference, 1.0x);
 * ``loss``: the teacher-forced scoring with no sampling scheme (per-token log-probabilities,
@@ -71,15 +71,6 @@ def _model(kind: str, vocab: int) -> pl.LightningModule:
     return GPT2LM(vocab)
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,7 +121,7 @@ def main() -> None:
             default_root_dir=tmp,
             callbacks=[monitor],
         )
-        trainer.fit(model, lm_loader(members + extra[:1000], tok, batch_size=64))
+        trainer.fit(model, lm_loader(members + extra[:1000], tok, batch_size=64, max_len=128))
         monitor.flush()
     trainer_seconds = monitor.last_eval_seconds
 
@@ -178,14 +169,23 @@ def main() -> None:
             device=device,
         )
 
+    figures: dict[str, Callable[[], Any]] = {
+        "bare": bare,
+        "loss": scoring([]),
+        "loss+np": scoring(schemes),
+        "greedy": greedy,
+        "evaluation": evaluation,
+    }
+    times: dict[str, list[float]] = {name: [] for name in figures}
     with torch.inference_mode():
         bare()  # warm-up
         greedy()
-        t_bare = _median_time(bare, args.repeats)
-        t_loss = _median_time(scoring([]), args.repeats)
-        t_np = _median_time(scoring(schemes), args.repeats)
-        t_greedy = _median_time(greedy, args.repeats)
-        t_eval = _median_time(evaluation, args.repeats)
+        for _ in range(args.repeats):  # interleaved, so load drift on a shared machine hits every figure
+            for name, fn in figures.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    t_bare, t_loss, t_np, t_greedy, t_eval = (statistics.median(times[name]) for name in figures)
 
     print(
         f"# bench_sequence: {platform.processor() or platform.machine()}, torch {torch.__version__}, "

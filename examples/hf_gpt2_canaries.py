@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--references", type=int, default=10_000, help="references for extrapolated exposure")
     p.add_argument("--stop-bits", type=float, default=18.0, help="LeakageEarlyStopping.exposure threshold")
-    p.add_argument("--num-probe", type=int, default=500, help="members / non-members probed")
+    p.add_argument("--num-probe", type=int, default=1_000, help="members and non-members probed (each)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-len", type=int, default=64, help="most tokens per sentence (GPT-2 n_positions)")
@@ -205,14 +205,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
     )
     train_set = EncodedTexts(canaries.inject(train_texts), tokenizer, args.max_len)
-    members = EncodedTexts(train_texts, tokenizer, args.max_len)  # members: training sentences
-    nonmembers = EncodedTexts(heldout_texts, tokenizer, args.max_len)
+    # probes: `num_probe` training sentences (members) and as many held-out ones (non-members)
+    pick = np.random.default_rng(args.seed).choice(
+        len(train_texts), min(args.num_probe, len(train_texts)), replace=False
+    )
+    members = EncodedTexts([train_texts[i] for i in np.sort(pick)], tokenizer, args.max_len)
+    nonmembers = EncodedTexts(heldout_texts[: args.num_probe], tokenizer, args.max_len)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate)
-    val_loader = DataLoader(nonmembers, batch_size=256, collate_fn=collate)
+    val_loader = DataLoader(
+        EncodedTexts(heldout_texts, tokenizer, args.max_len), batch_size=256, collate_fn=collate
+    )
 
     model = GPT2Module(len(tokenizer), args.max_len, args.lr)
     membership = MembershipInferenceMonitor(
-        members, nonmembers, num_probe=args.num_probe, collate_fn=collate, seed=args.seed
+        members, nonmembers, collate_fn=collate, seed=args.seed
     )  # no sample_loss_fn: the default reads the causal-LM batch
     exposure = CanaryExposureMonitor(
         canaries,

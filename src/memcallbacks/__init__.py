@@ -44,9 +44,11 @@ _EXPORTS: dict[str, str] = {
     "shadow_split": "memcallbacks.callbacks.shadow",
     "pool_fingerprint": "memcallbacks.callbacks.shadow",
     "run_attack": "memcallbacks.attack",
+    "run_memorisation": "memcallbacks.counterfactual",
     # metrics (also importable from memcallbacks.metrics)
     "MembershipReport": "memcallbacks.metrics.membership",
     "AttackReport": "memcallbacks.metrics.attacks",
+    "CounterfactualResult": "memcallbacks.metrics.counterfactual",
     "LossThresholdMIA": "memcallbacks.metrics.classes",
     "TrajectoryStatistics": "memcallbacks.metrics.dynamics",
     # Hugging Face adapter (needs the hf extra when used)
@@ -79,10 +81,13 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     from memcallbacks.callbacks.shadow import ShadowScoreRecorder, pool_fingerprint, shadow_split
     from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping
     from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
+    from memcallbacks.counterfactual import run_memorisation
     from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
     from memcallbacks.data.indexed import IndexedDataset, split_index
+    from memcallbacks.hf import HFIncrementalLM
     from memcallbacks.metrics.attacks import AttackReport
     from memcallbacks.metrics.classes import LossThresholdMIA
+    from memcallbacks.metrics.counterfactual import CounterfactualResult
     from memcallbacks.metrics.dynamics import TrajectoryStatistics
     from memcallbacks.metrics.membership import MembershipReport
     from memcallbacks.store import TrajectoryStore

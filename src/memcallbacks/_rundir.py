@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from memcallbacks import _io
+from memcallbacks.metrics.exposure import mean_by_repetition
 
 __all__ = [
     "AUDIT",
@@ -217,21 +218,6 @@ def _rows(path: Path, arrays: Mapping[str, np.ndarray], n_epochs: int, *keys: st
             )
 
 
-def mean_by_repetition(exposure: Any, repetitions: Any) -> dict[int, float]:
-    """Mean exposure of the canaries inserted each number of times (NaN stays NaN: never a safe value).
-
-    Args:
-        exposure: one evaluation's exposures ``[C]``.
-        repetitions: each canary's insertion count ``[C]``.
-
-    Example:
-        >>> mean_by_repetition([1.0, 3.0, 10.0], [1, 1, 8])
-        {1: 2.0, 8: 10.0}
-    """
-    values, reps = np.asarray(exposure, dtype=np.float64), np.asarray(repetitions)
-    return {int(r): float(values[reps == r].mean()) for r in sorted(set(reps.tolist()))}
-
-
 # -- readers -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrajectoryFiles:
@@ -257,6 +243,47 @@ class TrajectoryFiles:
     def epoch_losses(self, j: int) -> np.ndarray:
         """Column ``j`` of the loss matrix (trainer epoch ``epochs[j]``), memory-mapped."""
         return _io.load_npy(self.folder / f"epoch_{j:04d}.npy", mmap=True)
+
+    @property
+    def score_by(self) -> str:
+        """The tracker's ranking score (``meta.json["score_by"]``; ``"mean_loss"`` when not recorded)."""
+        return str(self.meta.get("score_by") or "mean_loss")
+
+    def score(self, by: str | None = None) -> np.ndarray:
+        """Memorisation score per sample, higher = more memorised; NaN for samples never recorded.
+
+        ``by`` (default :attr:`score_by`): ``"mean_loss"`` (``score``, the mean loss),
+        ``"min_loss"`` (``-min``), ``"low_loss"`` (``-last``) or ``"loss_drop"``
+        (``first - last``), as :func:`memcallbacks.metrics.memorisation_score` defines them.
+
+        Raises:
+            RunDirectoryError: ``by`` is unknown, or ``statistics.npz`` lacks the arrays it needs.
+        """
+        by = self.score_by if by is None else by
+        s = self.statistics
+        needs = {
+            "mean_loss": ("mean",),
+            "min_loss": ("min",),
+            "low_loss": ("last",),
+            "loss_drop": ("first", "last"),
+        }
+        path = self.folder / "statistics.npz"
+        if by not in needs:
+            raise RunDirectoryError(
+                self.folder / "meta.json", f"names the unknown score {by!r} (known: {sorted(needs)})"
+            )
+        missing = [k for k in needs[by] if k not in s]
+        if missing:
+            raise RunDirectoryError(path, f"lacks the array(s) {missing} that the score {by!r} needs")
+        if by == "mean_loss":
+            value = s["score"] if "score" in s else s["mean"]
+        elif by == "min_loss":
+            value = -s["min"]
+        elif by == "low_loss":
+            value = -s["last"]
+        else:
+            value = s["first"] - s["last"]
+        return np.where(self.seen, np.asarray(value, dtype=np.float64), np.nan)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ class ShadowRun:
         score_kind: ``"logit_confidence"``, ``"neg_loss"`` or ``"custom"``.
         fingerprint: the pool fingerprint.
         run_index: the run's index.
+        num_runs: the planned number of runs of a balanced split, or ``None`` (independent halves).
         correct: bool ``[N]`` or ``None``.
     """
 
@@ -80,6 +81,7 @@ class ShadowRun:
     score_kind: str
     fingerprint: str
     run_index: int
+    num_runs: int | None = None
     correct: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -137,6 +139,7 @@ def load_shadow_run(path: str | os.PathLike[str]) -> ShadowRun:
         scores = np.asarray(rec["scores"], dtype=np.float64)
         kind = str(rec["score_kind"])
         run_index = int(inc["run_index"])
+        num_runs = int(inc["num_runs"]) if "num_runs" in inc else -1
     except KeyError as e:
         raise AttackInputError(
             f"{where!r}: a shadow file lacks the field {e}; it was not written by this version"
@@ -164,6 +167,7 @@ def load_shadow_run(path: str | os.PathLike[str]) -> ShadowRun:
         score_kind=kind,
         fingerprint=fingerprint,
         run_index=run_index,
+        num_runs=num_runs if num_runs > 0 else None,
         correct=None if correct is None else np.asarray(correct, dtype=bool),
     )
 
@@ -197,6 +201,29 @@ def check_compatible(runs: Sequence[ShadowRun]) -> None:
                 "twice?); a reference must be trained on its own random half"
             )
         seen[key] = run.path
+
+
+def _equalised(
+    ref_scores: np.ndarray, ref_in: np.ndarray, *, need_in: bool, need_out: bool, target: ShadowRun
+) -> np.ndarray:
+    """``ref_scores`` with NaN where a reference is dropped so every sample keeps equally many in- and
+    out-references (the smallest counts over the pool, first runs first).
+
+    In a balanced split every sample is in exactly ``k`` runs, so the target's members have ``k - 1``
+    in-references and its non-members ``k``: unequal counts would tell the attack the answer
+    (Carlini et al.'s code truncates the same way).
+    """
+    k_in = int(ref_in.sum(axis=0).min())
+    k_out = int((~ref_in).sum(axis=0).min())
+    if (need_in and k_in == 0) or (need_out and k_out == 0):
+        kind = "in" if need_in and k_in == 0 else "out of"
+        raise AttackInputError(
+            f"with {ref_in.shape[0] + 1} runs of a balanced split, some pool sample is {kind} no reference run "
+            f"when {str(target.path)!r} is the target, so the attack cannot score it without learning its "
+            "membership from the split; train more runs (4 or more), or use --offline"
+        )
+    keep = (ref_in & (np.cumsum(ref_in, axis=0) <= k_in)) | (~ref_in & (np.cumsum(~ref_in, axis=0) <= k_out))
+    return np.where(keep, ref_scores, np.nan)
 
 
 def _probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
@@ -282,6 +309,15 @@ def run_attack(
         AttackInputError: fewer than 2 runs, runs from different pools, a run without an inclusion
             mask or with NaN scores (the message names the run directory).
         ValueError: an unknown method or an argument out of range.
+
+    Example:
+        >>> result = run_attack([f"runs/run{i}" for i in range(8)], offline=True)  # doctest: +SKIP
+        >>> print(result.table())  # doctest: +SKIP
+        attack             AUC   TPR@0.1%FPR     TPR@1%FPR
+        --------------------------------------------------
+        loss            0.6819        0.0075        0.0480
+        lira-offline    0.8206        0.0348        0.1516
+        rmia-offline    0.7659        0.0167        0.0751
     """
     offline = check_bool("offline", offline)
     a = check_real("a", a, minimum=0.0, maximum=1.0, hint="e.g. a=0.3")
@@ -307,31 +343,39 @@ def run_attack(
     pooled: dict[str, list[np.ndarray]] = {labels[m]: [] for m in chosen}
     truth: list[np.ndarray] = []
     per_target: dict[str, list[float]] = {labels[m]: [] for m in chosen}
+    balanced = all(r.num_runs is not None for r in runs)
     for t in range(len(runs)):
         others = np.arange(len(runs)) != t
         member = inclusion[t]
         truth.append(member)
+        refs, ref_probs = scores[others], None if probs is None else probs[others]
+        if balanced and chosen != ["loss"]:
+            need_in = not offline
+            refs = _equalised(refs, inclusion[others], need_in=need_in, need_out=True, target=runs[t])
+            if ref_probs is not None:
+                ref_probs = np.where(np.isnan(refs), np.nan, ref_probs)
         for method in chosen:
             if method == "loss":
                 s = scores[t]
             elif method == "lira":
                 s = lira_scores(
                     scores[t],
-                    scores[others],
+                    refs,
                     ref_in=inclusion[others],
                     online=not offline,
                     fixed_variance=variance,
                 )
             else:
-                assert probs is not None
+                assert probs is not None and ref_probs is not None
                 s = rmia_scores(
                     probs[t],
-                    probs[others],
+                    ref_probs,
                     ref_in=inclusion[others],
                     population_idx=np.flatnonzero(~member),
                     offline=offline,
                     a=a,
                     gamma=gamma,
+                    break_ties=True,
                 )
             pooled[labels[method]].append(s)
             with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""Command line: ``memcallbacks demo``, ``memcallbacks report RUN_DIR``, ``memcallbacks attack RUN_DIR...``.
+"""Command line: ``memcallbacks demo``, ``report RUN_DIR``, ``attack RUN_DIR...``, ``memorisation RUN_DIR...``.
 
 Also available as ``python -m memcallbacks``. Exit codes: 0 success, 2 bad command-line input
 (a flag out of range, a path that does not exist or cannot be written; one line on stderr, no
@@ -107,8 +107,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="where to write the report (default: <run directory>/report, where the demo writes it)",
     )
     from memcallbacks.attack import add_attack_parser
+    from memcallbacks.counterfactual import add_memorisation_parser
 
-    return p, {"demo": d, "report": r, "attack": add_attack_parser(sub)}
+    return p, {
+        "demo": d,
+        "report": r,
+        "attack": add_attack_parser(sub),
+        "memorisation": add_memorisation_parser(sub),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         from memcallbacks.attack import attack_command
 
         return attack_command(args, command)
+    if args.command == "memorisation":
+        from memcallbacks.counterfactual import memorisation_command
+
+        return memorisation_command(args, command)
     if args.command == "demo":
         return _demo(args, command)
     return _report(args, command)

@@ -4,7 +4,10 @@ A character language model (:class:`~memcallbacks.toy.WindowLM`; with ``--dp`` i
 twin :class:`~memcallbacks.toy.DPWindowLM`) is trained on generated payment records
 into which secret canaries ``"my pin is NNNNNN."`` are inserted 1-32 times (Carlini et al.
 2019), plus audit canaries each included with probability 1/2 (Steinke et al. 2023). Attached:
-:class:`~memcallbacks.LossTrajectoryTracker`, :class:`~memcallbacks.MembershipInferenceMonitor`,
+:class:`~memcallbacks.LossTrajectoryTracker` (ranking by the language-model score ``min_loss``),
+:class:`~memcallbacks.MembershipInferenceMonitor`, two
+:class:`~memcallbacks.SequenceMemorisationMonitor` (training text vs held-out text, and the
+canary sentences vs fresh canaries never trained on, ``name="canaries"``),
 :class:`~memcallbacks.CanaryExposureMonitor`, :class:`~memcallbacks.PrivacyAuditMonitor`,
 :class:`~memcallbacks.LeakageEarlyStopping` and, with ``--dp``,
 :class:`~memcallbacks.DPEpsilonLogger`. Metrics go to an offline W&B run and CSV (or the
@@ -112,6 +115,7 @@ def _quiet() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             # Lightning renames `mem/mia/tpr@1%fpr` to `mem/mia/tpr1fpr` for MLflow (see the README)
             warnings.filterwarnings("ignore", message=".*MLFlow only allows.*")
             yield
@@ -220,6 +224,7 @@ def run_demo(
         LossTrajectoryTracker,
         MembershipInferenceMonitor,
         PrivacyAuditMonitor,
+        SequenceMemorisationMonitor,
     )
     from memcallbacks._validate import check_bool, check_choice, check_int, check_real, check_seed
     from memcallbacks.toy import (
@@ -283,12 +288,33 @@ def run_demo(
         mia = MembershipInferenceMonitor(
             members, nonmembers, sample_loss_fn=lm_sample_loss, collate_fn=collate_tokens, run_dir=run_dir
         )
-        callbacks: list[Any] = [
-            LossTrajectoryTracker(source="step", correct_key=None, run_dir=run_dir),
-            mia,
-            exposure,
-            audit,
-        ]
+        # language models: a memorised sequence has a *low* loss, so rank by the lowest loss reached
+        tracker = LossTrajectoryTracker(source="step", correct_key=None, score="min_loss", run_dir=run_dir)
+        # extraction of the first 32 tokens of training text (16-token prompt, 16-token continuation)
+        # against held-out text, and of the canaries' secrets ("my pin is " + BOS = 11 tokens,
+        # "NNNNNN." = 7) against fresh canaries of the same format that were never trained on
+        fresh = [canaries.format.format(secret=c) for c in canaries.sample_references(200, seed=seed + 2)]
+        sequence = SequenceMemorisationMonitor(
+            members,
+            TokenDataset(heldout_texts[:1000], tok),
+            prefix_len=16,
+            suffix_len=16,
+            num_probe=500,  # of each; greedy decoding of 1,000 + 1,000 would double the demo's monitor time
+            tokenizer=tok,
+            batch_size=256,
+            run_dir=run_dir,
+        )
+        canary_sequence = SequenceMemorisationMonitor(
+            TokenDataset([c.text for c in canaries], tok),
+            TokenDataset(fresh, tok),
+            prefix_len=11,
+            suffix_len=7,
+            tokenizer=tok,
+            batch_size=256,
+            name="canaries",
+            run_dir=run_dir,
+        )
+        callbacks: list[Any] = [tracker, mia, sequence, canary_sequence, exposure, audit]
         dp_logger = None
         if dp:
             from memcallbacks import DPEpsilonLogger
@@ -334,12 +360,15 @@ def run_demo(
     }
     results.update(_numbers(run_dir))
     results["mia_auc"] = float(mia.report.auc) if mia.report is not None else float("nan")
+    results["mia_members"], results["mia_nonmembers"] = len(members), len(nonmembers)
+    results["extraction"] = _extraction(run_dir, [c.repetitions for c in canaries])
+    results["canary_top1"] = _canary_top1(run_dir)
     results["dp_epsilon"] = (
         float(dp_logger.history[-1]["epsilon"]) if dp_logger is not None and dp_logger.history else None
     )
     results["stop_bits"] = stop_bits
     results["stopped_reason"] = stopper.reason if stopper is not None else None
-    results["restored_epoch"] = _restored(stopper)
+    results["restored_epoch"] = _restored(run_dir)
     if results["restored_epoch"] is not None:
         results.update(_numbers(run_dir, epoch=results["restored_epoch"], prefix="kept_"))
 
@@ -352,11 +381,12 @@ def run_demo(
     return results
 
 
-def _restored(stopper: Any) -> int | None:
-    if stopper is None or stopper.stopped_epoch is None or stopper.restore != "best_safe":
-        return None
-    reason = stopper.reason or ""
-    return stopper.best_safe_epoch if "restored the weights" in reason else None
+def _restored(run_dir: Path) -> int | None:
+    """The epoch whose weights early stopping restored, as ``stopping.json`` records it."""
+    from memcallbacks._rundir import RunDirectory
+
+    stop = RunDirectory(run_dir).stopping()
+    return None if stop is None else stop.restored_epoch
 
 
 def _numbers(run_dir: Path, epoch: int | None = None, prefix: str = "") -> dict[str, Any]:
@@ -384,7 +414,51 @@ def _numbers(run_dir: Path, epoch: int | None = None, prefix: str = "") -> dict[
         value = hist[-1].get("epsilon_lb") if hist else None
         out["audit_epsilon_lb"] = float("nan") if value is None else float(value)  # null = NaN, never 0
         out["audit_epoch"] = int(hist[-1]["epoch"]) if hist else None
+        mem = run.membership()
+        out["mia_epoch"] = int(mem.epochs[-1]) if mem is not None and mem.epochs.size else None
     return out
+
+
+def _extraction(run_dir: Path, repetitions: Sequence[int]) -> dict[str, Any] | None:
+    """The last greedy and (n, p) extraction rates of both sequence monitors, from the run directory."""
+    from memcallbacks._rundir import RunDirectory, as_number
+
+    run = RunDirectory(run_dir)
+    text, canary = run.sequence(), run.sequence("sequence_canaries")
+    if text is None or canary is None or not text.history or not canary.history:
+        return None
+    last_t, last_c = text.history[-1], canary.history[-1]
+    n = max(int(v) for v in canary.summary.get("n_tries") or [1])
+    out: dict[str, Any] = {
+        "epoch": int(last_t["epoch"]),
+        "n": n,
+        "p": canary.summary.get("p_threshold"),
+        "window": (text.summary.get("prefix_len"), text.summary.get("suffix_len")),
+    }
+    for who, row in (("text", last_t), ("canary", last_c)):
+        out[who] = float(as_number(row.get("mem/extract/exact_rate")))
+        out[f"{who}_nonmember"] = float(as_number(row.get("mem/extract/exact_rate_nonmember")))
+        out[f"{who}_prob"] = float(as_number(row.get(f"mem/extract/prob_rate/n{n}")))
+    # the canaries' greedy extraction by insertion count (member probe i is canary member_indices[i])
+    exact = canary.arrays["member_exact"][-1]
+    reps = np.asarray(repetitions, dtype=np.int64)[canary.arrays["member_indices"]]
+    out["canary_by_count"] = {
+        int(r): (int(np.nansum(exact[reps == r])), int((reps == r).sum())) for r in sorted(set(reps.tolist()))
+    }
+    return out
+
+
+def _canary_top1(run_dir: Path) -> dict[str, Any] | None:
+    """Training copies of the canaries inserted >= 16 times in the top 1% by the tracker's score."""
+    from memcallbacks._rundir import RunDirectory
+    from memcallbacks.report import canary_copies_ranked
+
+    run = RunDirectory(run_dir)
+    traj, exp = run.trajectory(), run.exposure()
+    if traj is None or exp is None:
+        return None
+    ranked = canary_copies_ranked(traj, exp, min_repetitions=16, top=0.01)
+    return None if ranked is None else {**ranked._asdict(), "share": ranked.share, "by": traj.score_by}
 
 
 def _logger_paths(logger_objects: Sequence[Any], out: Path) -> dict[str, str]:
@@ -427,7 +501,28 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
             "their exposure, measured after that epoch:"
         )
         print("  " + _by_count(results["kept_exposure_by_count"]))
-    print(f"membership-inference AUC (1,000 members vs 1,000 held out): {results['mia_auc']:.3f}")
+    print(
+        f"membership-inference AUC ({results['mia_members']:,} members vs {results['mia_nonmembers']:,} held out, "
+        f"after epoch {results.get('mia_epoch')}): "
+        f"{results['mia_auc']:.3f}"
+    )
+    ext = results.get("extraction")
+    if ext is not None:
+        by_count = " ".join(f"x{r}: {k}/{m}" for r, (k, m) in ext["canary_by_count"].items())
+        prefix_len, suffix_len = ext["window"]
+        print(
+            f"extractable after epoch {ext['epoch']} (greedy; (n={ext['n']}, p={ext['p']:g}) sampling): training "
+            f"text {ext['text']:.3f}; {ext['text_prob']:.3f} (held out {ext['text_nonmember']:.3f}, "
+            f"{prefix_len}+{suffix_len} tokens); canary secrets {ext['canary']:.3f}; {ext['canary_prob']:.3f} "
+            f"(fresh canaries {ext['canary_nonmember']:.3f}; by times inserted {by_count})"
+        )
+    top1 = results.get("canary_top1")
+    if top1 is not None:
+        print(
+            f"most memorised by `{top1['by']}`: {top1['in_top']} of the {top1['copies']} copies "
+            f"({100 * top1['share']:.0f}%) of the canaries inserted >= {top1['min_repetitions']} times rank in "
+            f"the top 1% ({top1['top_size']} samples) of the training set"
+        )
     print(
         f"one-run audit epsilon lower bound (95% confidence, after epoch {results.get('audit_epoch')}): "
         f"{results['audit_epsilon_lb']:.3f}"

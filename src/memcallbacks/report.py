@@ -1,19 +1,25 @@
 """Offline report: PNG figures, one self-contained HTML page and a Markdown summary.
 
 Reads only the run directory the callbacks wrote (no model, no tracker), through the readers of
-:mod:`memcallbacks._rundir`: the ``trajectory/``, ``membership/``, ``canary/``, ``audit/`` and
-``dp/`` folders and ``stopping.json``, whichever exist. The numbers are the ones the callbacks
+:mod:`memcallbacks._rundir`: the ``trajectory/``, ``membership/``, ``sequence/``, ``canary/``,
+``audit/`` and ``dp/`` folders and ``stopping.json``, whichever exist. The numbers are the ones the callbacks
 wrote (logged AUCs, gaps, bounds); what is drawn but not stored (the ROC curve, the mean exposure
 per insertion count) comes from the same functions the callbacks call. Figures (matplotlib, Agg
 backend):
 
 - the data map (Swayamdipta et al. 2020): mean loss vs variability per training sample,
   coloured by forgetting events (Toneva et al. 2019) when correctness was recorded, the training
-  copies of the canaries and the most memorised samples marked;
+  copies of the canaries and the most memorised samples marked, ranked by the tracker's own
+  memorisation score (``meta.json["score_by"]``: ``mean_loss`` for classifiers, ``min_loss`` for
+  language models);
 - exposure vs repetition count, one line per evaluated epoch (Carlini et al. 2019);
 - the ROC of the loss-threshold membership attack on log-log axes with TPR at the logged FPRs
   marked (Carlini et al. 2022);
 - loss gap and attack AUC over epochs;
+- sequence memorisation of language models per epoch: the greedy extraction rate of members and
+  non-members (Carlini et al. 2023) and the AUCs of the loss, Min-K% Prob and zlib scores; and the
+  (n, p)-discoverable extraction rate against the number of tries n, the greedy rate marked
+  (Hayes et al. 2024);
 - epsilon over epochs: DP-SGD accountant and the one-run audit lower bound (Steinke et al. 2023).
 
 The report goes to ``<run_dir>/report`` unless ``out`` is given, whichever folder was passed
@@ -35,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,12 +56,14 @@ from memcallbacks._rundir import (
     ExposureFiles,
     RunDirectory,
     RunDirectoryError,
+    SequenceFiles,
+    TrajectoryFiles,
     as_number,
     find_run_dir,
     mean_by_repetition,
 )
 
-__all__ = ["build_report", "find_run_dir", "report_dir"]
+__all__ = ["CanaryRanking", "build_report", "canary_copies_ranked", "find_run_dir", "report_dir"]
 
 
 @dataclass
@@ -415,12 +423,27 @@ def _trajectory_section(run: RunDirectory, out_dir: Path, subdir: str = TRAJECTO
         fig.colorbar(sc, ax=ax, label="forgetting events")
     else:
         ax.scatter(x[seen], y[seen], s=4, color="tab:blue", alpha=0.5, lw=0, label="training samples")
-    # the ranking the tracker itself uses for its most-memorised table
-    score = np.where(seen, d["score"] if "score" in d else d["mean"], np.nan)
+    # the ranking the tracker itself uses for its most-memorised table (its `score`)
+    by = traj.score_by
+    score = traj.score(by)
     k = max(1, min(50, int(seen.sum()) // 100))
     order = top_k(score, k, tiebreak=d["variability"])
     ax.scatter(
-        x[order], y[order], s=22, facecolors="none", edgecolors="red", label=f"top {k} by memorisation score"
+        x[order],
+        y[order],
+        s=90,
+        facecolors="none",
+        edgecolors="red",
+        lw=1.2,
+        zorder=4,  # above the canary stars, which they often are
+        label=f"top {k} by {by} (circled)",
+    )
+    s.lines.append(
+        f"most memorised, ranked by `{by}` ({_SCORE_MEANING.get(by, by)}): sample "
+        + ", ".join(
+            f"{int(traj.sample_ids[r])} ({_fmt(score[r])})"
+            for r in top_k(score, min(10, int(seen.sum())), tiebreak=d["variability"])
+        )
     )
     try:
         exp = run.exposure()
@@ -428,6 +451,15 @@ def _trajectory_section(run: RunDirectory, out_dir: Path, subdir: str = TRAJECTO
         exp = None
     if exp is not None:
         _canary_stars(ax, s, exp, traj.sample_ids, seen, x, y)
+        # the canaries inserted 16 times or more (or, when none was, the most inserted ones)
+        most = int(exp.repetitions.max()) if exp.repetitions.size else 16
+        ranked = canary_copies_ranked(traj, exp, by=by, min_repetitions=min(16, most))
+        if ranked is not None:
+            s.lines.append(
+                f"{ranked.in_top} of the {ranked.copies} training copies ({100 * ranked.share:.0f}%) of the "
+                f"canaries inserted >= {ranked.min_repetitions} times rank in the top 1% "
+                f"({ranked.top_size} of the {int(seen.sum())} samples) by `{by}`"
+            )
     ax.set_xlabel("variability (std of p(gold) = exp(-loss) over epochs)")
     ax.set_ylabel("mean loss over epochs")
     ax.set_title("Data map")
@@ -435,7 +467,8 @@ def _trajectory_section(run: RunDirectory, out_dir: Path, subdir: str = TRAJECTO
     s.figures.append(
         (
             _save(fig, out_dir, f"data_map{_named(subdir)}.png"),
-            "Data map: mean loss vs variability per training sample",
+            f"Data map: mean loss vs variability per training sample; circled: the top {k} by `{by}` "
+            f"({_SCORE_MEANING.get(by, by)})",
         )
     )
     if "forgetting" in d:
@@ -445,19 +478,86 @@ def _trajectory_section(run: RunDirectory, out_dir: Path, subdir: str = TRAJECTO
     return s
 
 
-def _canary_stars(
-    ax: Any, s: _Section, exp: ExposureFiles, ids: np.ndarray, seen: np.ndarray, x: np.ndarray, y: np.ndarray
-) -> None:
-    """Mark the training copies of each canary, one colour per insertion count."""
+#: what each memorisation score ranks by (``LossTrajectoryTracker(score=...)``), higher = more memorised
+_SCORE_MEANING = {
+    "mean_loss": "highest mean loss over epochs: samples fitted late, for classifiers",
+    "min_loss": "lowest loss reached: memorised text, for language models",
+    "low_loss": "lowest last loss: memorised text, for language models",
+    "loss_drop": "largest drop from the first-visit loss to the last",
+}
+
+
+def _canary_copy_positions(exp: ExposureFiles, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row of each canary training copy in the trajectory (-1: not recorded) and its canary's insertion count."""
     a = exp.arrays
     if "injected_index" not in a or "injected_canary" not in a:
-        return
-    import matplotlib.pyplot as plt
-
+        return None
     reps_of = dict(zip(a["canary_ids"].tolist(), exp.repetitions.tolist())) if "canary_ids" in a else {}
     copy_reps = np.array([reps_of.get(c, -1) for c in a["injected_canary"].tolist()], dtype=np.int64)
     position = {int(v): i for i, v in enumerate(ids.tolist())}
     pos = np.array([position.get(int(i), -1) for i in a["injected_index"].tolist()], dtype=np.int64)
+    return pos, copy_reps
+
+
+class CanaryRanking(NamedTuple):
+    """Result of :func:`canary_copies_ranked`."""
+
+    in_top: int  #: canary copies among the ``top_size`` highest scores
+    copies: int  #: canary copies recorded (of canaries inserted ``>= min_repetitions`` times)
+    top_size: int  #: samples in the top fraction (at least 1)
+    min_repetitions: int
+
+    @property
+    def share(self) -> float:
+        return self.in_top / self.copies
+
+
+def canary_copies_ranked(
+    traj: TrajectoryFiles,
+    exp: ExposureFiles,
+    *,
+    by: str | None = None,
+    min_repetitions: int = 16,
+    top: float = 0.01,
+) -> CanaryRanking | None:
+    """How many training copies of the canaries inserted ``>= min_repetitions`` times rank in the top ``top``.
+
+    Ranked by the trajectory's memorisation score ``by`` (default the tracker's ``score``) among
+    the recorded samples; ``top=0.01`` is the top 1%.
+
+    Returns:
+        A :class:`CanaryRanking`, or ``None`` when the run directory does not say where the
+        canaries were inserted or none of those copies was recorded.
+    """
+    found = _canary_copy_positions(exp, traj.sample_ids)
+    if found is None:
+        return None
+    pos, reps = found
+    seen = traj.seen
+    sel = pos[(pos >= 0) & (reps >= min_repetitions)]
+    sel = sel[seen[sel]]
+    if sel.size == 0:
+        return None
+    from memcallbacks.metrics.dynamics import top_k
+
+    score = traj.score(by)
+    k = max(1, int(np.ceil(top * int(seen.sum()))))
+    best = top_k(score, k, tiebreak=traj.statistics["variability"])
+    return CanaryRanking(int(np.isin(sel, best).sum()), int(sel.size), k, int(min_repetitions))
+
+
+def _canary_stars(
+    ax: Any, s: _Section, exp: ExposureFiles, ids: np.ndarray, seen: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> None:
+    """Mark the training copies of each canary, one colour per insertion count."""
+    found = _canary_copy_positions(exp, ids)
+    if found is None:
+        return
+    import matplotlib.pyplot as plt
+
+    a = exp.arrays
+    reps_of = dict(zip(a["canary_ids"].tolist(), exp.repetitions.tolist())) if "canary_ids" in a else {}
+    pos, copy_reps = found
     ok = pos >= 0
     ok[ok] = seen[pos[ok]]
     if not ok.any():
@@ -499,6 +599,15 @@ def _sequence_section(run: RunDirectory, out_dir: Path, subdir: str = SEQUENCE) 
         f"(Carlini et al. 2023): members {_fmt(last.get('mem/extract/exact_rate'))}, non-members "
         f"{_fmt(last.get('mem/extract/exact_rate_nonmember'))}; token match {_fmt(last.get('mem/extract/token_match'))}"
     )
+    tries = _n_tries(seq.summary, last)
+    p = seq.summary.get("p_threshold")
+    if tries:
+        rates = ", ".join(f"n={n}: {_fmt(last.get(f'mem/extract/prob_rate/n{n}'))}" for n in tries)
+        s.lines.append(
+            f"(n, p)-discoverable extraction (Hayes et al. 2024), p = {_fmt(p, 2)}: fraction of member probes "
+            f"that a user sampling n times gets back at least once with probability >= p: {rates}; "
+            f"mean single-sample probability {_fmt(last.get('mem/extract/prob_mean'), 4)}"
+        )
     aucs = [
         f"{score} {_fmt(last.get(f'mem/mia_lm/auc/{score}'))}"
         for score in ("loss", "min_k", "zlib")
@@ -509,7 +618,127 @@ def _sequence_section(run: RunDirectory, out_dir: Path, subdir: str = SEQUENCE) 
             "membership-inference AUC by score (loss: Yeom et al. 2018; min_k: Shi et al. 2024; zlib: "
             f"Carlini et al. 2021): {', '.join(aucs)}"
         )
+    tag = _named(subdir)
+    name = _sequence_over_epochs(seq, out_dir, tag)
+    if name is not None:
+        s.figures.append(
+            (name, "Greedy extraction rate (members, non-members) and LM membership AUCs per epoch")
+        )
+    if tries:
+        s.figures.append(
+            (
+                _extraction_vs_tries(seq, out_dir, tag, tries, p),
+                f"(n, p)-discoverable extraction rate against the number of tries n, p = {_fmt(p, 2)}, "
+                "greedy rate marked (Hayes et al. 2024)",
+            )
+        )
     return s
+
+
+def _n_tries(summary: dict[str, Any], row: dict[str, Any]) -> list[int]:
+    """The ``n`` of the ``mem/extract/prob_rate/n<n>`` keys: the summary's ``n_tries``, else the keys logged."""
+    tries = summary.get("n_tries")
+    if isinstance(tries, list) and tries:
+        return sorted(int(n) for n in tries)
+    out = []
+    for key in row:
+        rest = key[len("mem/extract/prob_rate/n") :] if key.startswith("mem/extract/prob_rate/n") else ""
+        if rest.isdigit():
+            out.append(int(rest))
+    return sorted(out)
+
+
+def _sequence_over_epochs(seq: SequenceFiles, out_dir: Path, tag: str) -> str | None:
+    import matplotlib.pyplot as plt
+
+    epochs = seq.metric("epoch")
+    rates = {
+        "members (trained on)": seq.metric("mem/extract/exact_rate"),
+        "non-members (never trained on)": seq.metric("mem/extract/exact_rate_nonmember"),
+    }
+    aucs = {
+        "loss (Yeom et al. 2018)": seq.metric("mem/mia_lm/auc/loss"),
+        "Min-K% Prob (Shi et al. 2024)": seq.metric("mem/mia_lm/auc/min_k"),
+        "zlib ratio (Carlini et al. 2021)": seq.metric("mem/mia_lm/auc/zlib"),
+    }
+    if not any(np.isfinite(v).any() for v in (*rates.values(), *aucs.values())):
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for (label, values), marker in zip(rates.items(), ("o", "s")):
+        if np.isfinite(values).any():
+            ax1.plot(epochs, values, marker=marker, label=label)
+    ax1.set_ylabel("fraction of probes extracted exactly (greedy)")
+    _rate_limits(ax1, *rates.values())
+    ax1.set_title(f"Greedy extraction rate ({seq.summary.get('suffix_len')}-token suffix)")
+    _integer_epochs(ax1)
+    ax1.legend(fontsize=8, loc="best")
+    for (label, values), marker in zip(aucs.items(), ("o", "s", "^")):
+        if np.isfinite(values).any():
+            ax2.plot(epochs, values, marker=marker, label=label)
+    ax2.axhline(0.5, color="grey", ls=":", lw=1, label="chance: AUC 0.5")
+    ax2.set_ylabel("membership-inference AUC")
+    ax2.set_title("LM membership scores")
+    _integer_epochs(ax2)
+    ax2.legend(fontsize=8, loc="best")
+    fig.suptitle("Sequence memorisation over training" + (f" ({tag[1:]})" if tag else ""))
+    fig.tight_layout()
+    return _save(fig, out_dir, f"sequence_epochs{tag}.png")
+
+
+def _rate_limits(ax: Any, *values: np.ndarray) -> None:
+    """A rate axis from just below 0 (points at 0 stay whole) to above the largest rate."""
+    finite = [v[np.isfinite(v)] for v in values]
+    top = max([float(np.max(v)) for v in finite if v.size] + [0.01])
+    ax.set_ylim(-0.04 * top, 1.08 * top)
+
+
+def _extraction_vs_tries(seq: SequenceFiles, out_dir: Path, tag: str, tries: list[int], p: Any) -> str:
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    rows = seq.history
+    for i, row in enumerate(rows):
+        color = cmap(i / max(1, len(rows) - 1))
+        epoch = int(as_number(row.get("epoch")))
+        ax.plot(
+            tries,
+            [as_number(row.get(f"mem/extract/prob_rate/n{n}")) for n in tries],
+            marker="o",
+            color=color,
+            label=f"epoch {epoch}",
+        )
+        greedy = as_number(row.get("mem/extract/exact_rate"))
+        if math.isfinite(greedy):
+            ax.plot(
+                [tries[0]],
+                [greedy],
+                marker="*",
+                ms=13,
+                color=color,
+                mec="black",
+                mew=0.6,
+                ls="none",
+                zorder=3,
+            )
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], marker="*", ms=11, color="grey", mec="black", mew=0.6, ls="none",
+               label="greedy exact rate (one greedy decode)"),
+        Line2D([], [], ls="none", label=f"p_threshold = {_fmt(p, 2)}: extracted with probability >= p"),
+    ]  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(tries, [str(n) for n in tries])
+    ax.minorticks_off()
+    _rate_limits(
+        ax, *[seq.metric(f"mem/extract/prob_rate/n{n}") for n in tries], seq.metric("mem/extract/exact_rate")
+    )
+    ax.set_xlabel("n: samples drawn from the prefix (log scale)")
+    ax.set_ylabel("fraction of member probes extracted")
+    ax.set_title("(n, p)-discoverable extraction vs tries" + (f" ({tag[1:]})" if tag else ""))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    return _save(fig, out_dir, f"extraction_vs_tries{tag}.png")
 
 
 def _privacy_section(run: RunDirectory, out_dir: Path) -> _Section | None:

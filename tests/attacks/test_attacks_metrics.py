@@ -36,7 +36,9 @@ def test_logit_confidence_equals_log_odds_of_the_softmax() -> None:
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     py = p[np.arange(50), y]
     np.testing.assert_allclose(logit_confidence(z, y), np.log(py / (1 - py)), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(logit_confidence(p, y, from_probs=True), np.log(py / (1 - py)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        logit_confidence(p, y, from_probs=True), np.log(py / (1 - py)), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_logit_confidence_is_stable_where_the_naive_formula_overflows() -> None:
@@ -115,7 +117,8 @@ def _lira_loop(target, ref, ref_in, online, fixed):  # an independent, per-sampl
             continue
         s_in = p_in if fixed or ins[j].size < 2 else ins[j].std(ddof=1)
         result.append(
-            stats.norm.logpdf(target[j], ins[j].mean(), s_in) - stats.norm.logpdf(target[j], outs[j].mean(), s_out)
+            stats.norm.logpdf(target[j], ins[j].mean(), s_in)
+            - stats.norm.logpdf(target[j], outs[j].mean(), s_out)
         )
     return np.array(result)
 
@@ -194,9 +197,23 @@ def test_rmia_matches_a_pairwise_loop() -> None:
     ref_in = rng.random((r, n)) < 0.5
     target = rng.uniform(0.05, 1.0, size=n)
     pop = rng.choice(n, size=25, replace=False)
-    lr = target / refs.mean(0)
+    marginal = []
+    for j in range(n):  # online: half in, half out when the sample has both kinds of reference
+        ins, outs = refs[ref_in[:, j], j], refs[~ref_in[:, j], j]
+        marginal.append((ins.mean() + outs.mean()) / 2 if ins.size and outs.size else refs[:, j].mean())
+    lr = target / np.array(marginal)
     expected = np.array([np.mean([lr[i] / lr[z] >= 1.3 for z in pop]) for i in range(n)])
-    np.testing.assert_allclose(rmia_scores(target, refs, ref_in=ref_in, population_idx=pop, gamma=1.3), expected)
+    np.testing.assert_allclose(
+        rmia_scores(target, refs, ref_in=ref_in, population_idx=pop, gamma=1.3), expected
+    )
+
+
+def test_rmia_nan_reference_is_left_out() -> None:
+    target = [0.5, 0.5]
+    refs = np.array([[0.25, np.nan], [0.5, np.nan]])
+    out = rmia_scores(target, refs, ref_in=np.array([[False, False], [True, False]]), population_idx=[0, 1])
+    # sample 0: (0.5 + 0.25) / 2 -> LR 4/3; sample 1 has no reference: NaN (and is no population sample)
+    assert out[0] == 1.0 and np.isnan(out[1])
 
 
 def test_rmia_rejects_bad_input() -> None:
@@ -244,7 +261,7 @@ def test_attack_report_excludes_nan_and_orders_infinities() -> None:
     scores = [np.inf, 1.0, np.nan, -np.inf, 0.5]
     member = np.array([True, True, False, False, False])
     with pytest.warns(UserWarning, match="1 of 5"):
-        report = attack_report(scores, member, fprs=(0.4,))
+        report = attack_report(scores, member, fprs=(0.5,))
     assert report.n_excluded == 1 and report.n_nonmembers == 2 and report.auc == 1.0
 
 
@@ -257,3 +274,15 @@ def test_attack_report_rejects_bad_input() -> None:
             attack_report([0.1, np.nan], np.array([True, False]))
     with pytest.raises(ValueError, match="shape"):
         attack_report([0.1, 0.2], np.array([True]))
+
+
+def test_rmia_break_ties_orders_equal_fractions_by_the_ratio_only() -> None:
+    # LR = [3, 2, 1.5, 1]; population = samples 2, 3 -> fractions [1, 1, 1, 0.5]
+    target = [0.75, 0.5, 0.375, 0.25]
+    refs = [[0.25, 0.25, 0.25, 0.25]]
+    kwargs = {"ref_in": np.array([[False] * 4]), "population_idx": [2, 3]}
+    plain = rmia_scores(target, refs, **kwargs)
+    np.testing.assert_allclose(plain, [1.0, 1.0, 1.0, 0.5])
+    refined = rmia_scores(target, refs, **kwargs, break_ties=True)
+    assert list(np.argsort(-refined)) == [0, 1, 2, 3]
+    assert (refined - plain >= 0).all() and (refined - plain < 0.5).all()  # less than one step 1/|Z|

@@ -85,7 +85,8 @@ def test_exact_exposure_matches_brute_force(tmp_path, model_fn) -> None:
     saved = load_npz(monitor.run_dir / "exposure.npz")
     assert saved["exposure"].shape == (2, 4) and saved["epochs"].tolist() == [0, 1]
     assert saved["canary_ids"].tolist() == cs.ids and saved["repetitions"].tolist() == [1, 1, 8, 8]
-    assert str(saved["method"]) in ("exact_trie", "exact_list")  # the trie needs an IncrementalLM
+    assert str(saved["method"]) == "exact"  # the file keeps its earlier vocabulary
+    assert str(saved["strategy"]) in ("exact_trie", "exact_list")  # the trie needs an IncrementalLM
     assert saved["rank_exact"].all() and np.isnan(saved["reference_rank"]).all()
     assert not (monitor.run_dir / "secrets.json").exists()
     assert not any(

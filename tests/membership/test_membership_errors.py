@@ -153,6 +153,12 @@ def test_nan_losses_counted_excluded_and_warned_once(tmp_path: Path) -> None:
         ({"seed": "a"}, TypeError, r"`seed` must be an integer .*got 'a' \(str\)"),
         ({"seed": 1.0}, TypeError, r"`seed` must be an integer"),
         ({"calibrate": "no"}, TypeError, r"`calibrate` must be True or False, got 'no'"),
+        (
+            {"trajectory_attack": "false"},
+            TypeError,
+            r"`trajectory_attack` must be True or False, got 'false'",
+        ),
+        ({"trajectory_attack": 1}, TypeError, r"`trajectory_attack` must be True or False, got 1"),
         ({"log_per_sample": "false"}, TypeError, r"`log_per_sample` must be True or False"),
         ({"num_probe": True}, TypeError, r"`num_probe` must be an integer >= 1, got True"),
         ({"name": "a/b"}, ValueError, r"`name` must be None or a non-empty string"),

@@ -243,7 +243,11 @@ def test_records_roc_and_histograms(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("mem/mia_cal/roc", 0),
         ("mem/mia/roc", 1),
         ("mem/mia_cal/roc", 1),
+        ("mem/mia_traj/roc", 1),  # a trajectory needs a second evaluation
     ]
+    assert float(np.trapezoid(rocs[-1].tpr, rocs[-1].fpr)) == pytest.approx(
+        monitor.history[1]["mem/mia_traj/auc"], abs=1e-12
+    )
     assert sorted({r.key for r in hists}) == ["mem/mia/member_losses", "mem/mia/nonmember_losses"]
     saved = load_npz(monitor.run_dir / "losses.npz")
     last_roc = rocs[2]
@@ -293,12 +297,17 @@ def test_every_logged_key_is_spelled_in_the_callback() -> None:
     monitor._ref_members, monitor._ref_nonmembers = members + 0.5, nonmembers + 0.1
     monitor._member_slices = monitor._nonmember_slices = np.array(["class_0", "class_1"] * 30)
     keys = monitor._metrics(0, members, nonmembers)
+    assert not any(k.startswith("mem/mia_traj/") for k in keys)  # one evaluation: no trajectory yet
+    monitor._member_history, monitor._nonmember_history = [members + 1.0], [nonmembers]
+    keys = monitor._metrics(1, members, nonmembers)
     assert "mem/mia_cal/auc/class_1" in keys and "mem/mia/tpr@1%fpr" in keys
+    assert {"mem/mia_traj/auc", "mem/mia_traj/tpr@1%fpr", "mem/mia_traj/dropped"} <= set(keys)
     templated = {  # keys built from an argument: a literal prefix in an f-string
         "mem/mia/tpr@": 'f"mem/mia/tpr@{',
         "mem/mia_cal/tpr@": 'f"mem/mia_cal/tpr@{',
         "mem/mia/auc/": 'f"mem/mia/auc/{',
         "mem/mia_cal/auc/": 'f"mem/mia_cal/auc/{',
+        "mem/mia_traj/tpr@": 'f"mem/mia_traj/tpr@{',
     }
     for key in keys:
         prefix = next((p for p in templated if key.startswith(p)), None)

@@ -283,3 +283,133 @@ def test_check_fprs_and_format_fpr() -> None:
     with pytest.raises(TypeError, match="`fprs`"):
         check_fprs((True,))
     assert [format_fpr(x) for x in (0.001, 0.01, 0.1, 0.25)] == ["0.1%", "1%", "10%", "25%"]
+
+
+# ---------------------------------------------------------------- trajectory attack (Liu et al., CCS 2022)
+def _sklearn_trajectory_scores(
+    mt: np.ndarray, nt: np.ndarray, folds: int, seed: int, l2: float
+) -> np.ndarray:
+    """Independent reference: StandardScaler + sklearn LogisticRegression(C=1/l2) on the same folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from memcallbacks.metrics.trajectory_mia import _fold_ids
+
+    x, y = np.r_[mt, nt], np.r_[np.ones(len(mt)), np.zeros(len(nt))]
+    fold = _fold_ids(len(mt), len(nt), folds, seed)
+    scores = np.empty(len(y))
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0 / l2, tol=1e-10, max_iter=10_000))
+        scores[test] = model.fit(x[train], y[train]).decision_function(x[test])
+    return scores
+
+
+@pytest.mark.parametrize(("folds", "seed", "l2"), [(2, 0, 1.0), (3, 5, 0.1), (5, 1, 10.0)])
+def test_trajectory_attack_matches_sklearn_logistic_regression(folds: int, seed: int, l2: float) -> None:
+    from memcallbacks.metrics import trajectory_attack, trajectory_attack_scores
+
+    rng = np.random.default_rng(seed)
+    epochs = 6
+    mt = rng.gamma(2.0, size=(150, epochs)) * np.linspace(1.0, 0.6, epochs)  # members' losses fall
+    nt = rng.gamma(2.0, size=(120, epochs))
+    sm, sn = trajectory_attack_scores(mt, nt, folds=folds, seed=seed, l2=l2)
+    ref = _sklearn_trajectory_scores(mt, nt, folds, seed, l2)
+    np.testing.assert_allclose(np.r_[sm, sn], ref, atol=1e-5)
+    y = np.r_[np.ones(150), np.zeros(120)]
+    report = trajectory_attack(mt, nt, folds=folds, seed=seed, l2=l2, fprs=(0.01, 0.1))
+    assert report.auc == pytest.approx(skm.roc_auc_score(y, ref), abs=1e-3)
+    assert report.auc > 0.6 and (report.n_members, report.n_nonmembers) == (150, 120)
+    fpr, tpr, _ = skm.roc_curve(y, ref, drop_intermediate=False)
+    assert report.tpr_at_fpr[0.1] == pytest.approx(_tpr_at(fpr, tpr, 0.1), abs=1 / 150 + 1e-9)
+    # deterministic
+    assert trajectory_attack(mt, nt, folds=folds, seed=seed, l2=l2, fprs=(0.01, 0.1)) == report
+
+
+def test_trajectory_attack_separable_and_inseparable_hand_built() -> None:
+    from memcallbacks.metrics import trajectory_attack
+
+    rng = np.random.default_rng(1)
+    epochs = np.arange(5)
+    # the final losses have the SAME distribution; only the path differs: members fell from 3,
+    # non-members hovered at their final level. The loss-threshold attack on the last epoch sees
+    # nothing; the trajectory separates them perfectly.
+    final_m, final_n = rng.uniform(0.2, 1.0, 100), rng.uniform(0.2, 1.0, 100)
+    mt = final_m[:, None] + 3.0 * (4 - epochs) / 4
+    nt = final_n[:, None] + rng.normal(0.0, 0.01, (100, 5))
+    assert abs(membership_inference(mt[:, -1], nt[:, -1], fprs=()).auc - 0.5) < 0.1
+    report = trajectory_attack(mt, nt, fprs=(0.01,))
+    assert report.auc == 1.0 and report.tpr_at_fpr == {0.01: 1.0} and report.advantage == 1.0
+    # iid trajectories: chance, not a fitted-noise 1.0
+    same = trajectory_attack(rng.gamma(2.0, size=(300, 4)), rng.gamma(2.0, size=(300, 4)), fprs=(0.01,))
+    assert abs(same.auc - 0.5) < 0.07
+    # identical rows in both classes (a constant feature, zero std): every score ties, AUC exactly 0.5
+    tied = trajectory_attack(np.ones((10, 3)), np.ones((8, 3)), fprs=(0.5,))
+    assert tied.auc == 0.5 and tied.tpr_at_fpr == {0.5: 0.0}
+
+
+def test_trajectory_attack_drops_and_counts_nonfinite_rows() -> None:
+    from memcallbacks.metrics import trajectory_attack, trajectory_attack_scores
+
+    rng = np.random.default_rng(2)
+    mt, nt = rng.gamma(1.0, size=(40, 3)), rng.gamma(2.0, size=(30, 3))
+    mt[3, 0], mt[7, 2], nt[0, 1] = np.nan, np.inf, np.nan
+    sm, sn = trajectory_attack_scores(mt, nt)
+    assert np.isnan(sm[[3, 7]]).all() and np.isnan(sn[0]) and np.isfinite(np.delete(sm, [3, 7])).all()
+    with pytest.warns(UserWarning, match="dropped 2 member and 1 non-member"):
+        report = trajectory_attack(mt, nt, fprs=(0.1,))
+    assert (report.n_members, report.n_nonmembers) == (38, 29)
+    # the same as the attack on the finite rows alone (dropped, not imputed)
+    clean = trajectory_attack(np.delete(mt, [3, 7], axis=0), nt[1:], fprs=(0.1,))
+    assert report == clean
+
+
+@pytest.mark.parametrize(
+    ("mt", "nt", "counts"),
+    [
+        (np.ones((5, 1)), np.zeros((5, 1)), (5, 5)),  # one epoch: no trajectory
+        (np.zeros((5, 0)), np.zeros((4, 0)), (5, 4)),  # no epoch
+        (np.ones((1, 3)), np.zeros((5, 3)), (1, 5)),  # fewer members than folds
+        (np.ones((4, 3)), np.full((4, 3), np.nan), (4, 0)),  # no finite non-member row
+        (np.zeros((0, 3)), np.zeros((4, 3)), (0, 4)),  # no member
+    ],
+)
+def test_trajectory_attack_cannot_run_gives_nan_not_a_crash(
+    mt: np.ndarray, nt: np.ndarray, counts: tuple
+) -> None:
+    from memcallbacks.metrics.trajectory_mia import trajectory_attack, trajectory_attack_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = trajectory_attack(mt, nt, fprs=(0.1,))
+    assert np.isnan(report.auc) and np.isnan(report.advantage) and np.isnan(report.tpr_at_fpr[0.1])
+    assert (report.n_members, report.n_nonmembers) == counts
+    sm, sn = trajectory_attack_scores(mt, nt)
+    assert np.isnan(sm).all() and np.isnan(sn).all()
+
+
+def test_trajectory_attack_feature_cap_and_bad_input() -> None:
+    from memcallbacks.metrics.trajectory_mia import feature_epochs, trajectory_attack_scores
+
+    assert feature_epochs(100, 4).tolist() == [0, 33, 66, 99]
+    assert feature_epochs(3, 32).tolist() == [0, 1, 2] and feature_epochs(7, None).size == 7
+    rng = np.random.default_rng(3)
+    mt, nt = rng.gamma(1.0, size=(20, 40)), rng.gamma(1.5, size=(20, 40))
+    cols = feature_epochs(40, 8)
+    capped = trajectory_attack_scores(mt, nt, max_features=8)
+    np.testing.assert_array_equal(np.r_[capped], np.r_[trajectory_attack_scores(mt[:, cols], nt[:, cols])])
+    with pytest.raises(ValueError, match="3 epochs .* has 2"):
+        trajectory_attack_scores(np.ones((4, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="`member_traj` must be 2-D"):
+        trajectory_attack_scores(np.ones(4), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="`folds`"):
+        trajectory_attack_scores(mt, nt, folds=1)
+    with pytest.raises(TypeError, match="`folds`"):
+        trajectory_attack_scores(mt, nt, folds=True)
+    with pytest.raises(ValueError, match="`l2`"):
+        trajectory_attack_scores(mt, nt, l2=0.0)
+    with pytest.raises(ValueError, match="`max_features`"):
+        trajectory_attack_scores(mt, nt, max_features=1)
+    with pytest.raises(TypeError, match="`member_traj` must hold real numbers"):
+        trajectory_attack_scores(np.array([["a", "b"]]), nt)

@@ -19,6 +19,7 @@ from memcallbacks import (
     LossTrajectoryTracker,
     MembershipInferenceMonitor,
     PrivacyAuditMonitor,
+    SequenceMemorisationMonitor,
 )
 from memcallbacks._rundir import find_run_dir
 from memcallbacks.demo import lm_sample_loss
@@ -44,12 +45,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         lm_loader(texts, tok, batch_size=64), generator=torch.Generator().manual_seed(0)
     )
     callbacks = {
-        "trajectory": LossTrajectoryTracker(source="step", correct_key=None),
+        # a language model: rank by the LM score (lowest loss reached), as the demo does
+        "trajectory": LossTrajectoryTracker(source="step", correct_key=None, score="min_loss"),
         "membership": MembershipInferenceMonitor(
             TokenDataset(train[:100], tok),
             TokenDataset(heldout, tok),
             sample_loss_fn=lm_sample_loss,
             collate_fn=collate_tokens,
+        ),
+        "sequence": SequenceMemorisationMonitor(
+            TokenDataset(train[:60], tok),
+            TokenDataset(heldout, tok),
+            prefix_len=8,
+            suffix_len=8,
+            n_tries=(1, 10, 100),
+            tokenizer=tok,
         ),
         "exposure": CanaryExposureMonitor(canaries, method="extrapolated", num_references=200),
         "audit": audit,
@@ -71,4 +81,4 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     trainer.fit(DPWindowLM(tok.vocab_size), loader)
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:  # type: ignore[union-attr]
         rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
-    return {"out": out, "callbacks": callbacks, "csv": rows, "root": find_run_dir(out)}
+    return {"out": out, "callbacks": callbacks, "csv": rows, "root": find_run_dir(out), "canaries": canaries}

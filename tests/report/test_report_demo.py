@@ -78,7 +78,9 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     logged_auc = [r["mem/mia/auc"] for r in rows if "mem/mia/auc" in r]
     written = _io.load_json(run_dir / "membership" / "metrics.json")["history"][-1]["mem/mia/auc"]
     assert logged_auc[-1] == pytest.approx(written, abs=1e-6)
-    assert f"membership-inference AUC (1,000 members vs 1,000 held out): {written:.3f}" in printed
+    assert (
+        f"membership-inference AUC (1,000 members vs 1,000 held out, after epoch 1): {written:.3f}" in printed
+    )
     # privacy by default: no per-sample table and no secret went to W&B
     assert not any(k.startswith("mem/traj/most_memorised") or k == "mem/canary/canaries" for k in keys)
 

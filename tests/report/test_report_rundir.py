@@ -90,6 +90,47 @@ def test_trajectory_audit_dp_and_stopping_readers(run):
     assert run["callbacks"]["stopping"].stopped_epoch == 2
 
 
+def test_sequence_reader_returns_the_logged_values(run):
+    seq = RunDirectory(run["root"]).sequence()
+    assert seq is not None and seq.arrays["epochs"].tolist() == [0, 1, 2]
+    assert seq.summary["n_tries"] == [1, 10, 100] and seq.summary["prefix_len"] == 8
+    keys = ["mem/extract/exact_rate", "mem/extract/exact_rate_nonmember", "mem/extract/prob_rate/n100"]
+    keys += [f"mem/mia_lm/auc/{score}" for score in ("loss", "min_k", "zlib")]
+    for key in keys:
+        assert seq.metric(key).tolist() == pytest.approx(list(logged(run, key).values()), rel=1e-6), key
+    # the stored per-probe flags are the ones behind the logged rate
+    exact = seq.arrays["member_exact"][-1]
+    assert np.nanmean(exact) == pytest.approx(logged(run, "mem/extract/exact_rate")[2], abs=1e-9)
+
+
+@pytest.mark.parametrize("by", ["mean_loss", "min_loss", "low_loss", "loss_drop"])
+def test_trajectory_score_is_the_trackers_own(run, by):
+    """``TrajectoryFiles.score`` from ``statistics.npz`` equals the tracker's in-memory score."""
+    from memcallbacks.metrics import memorisation_score
+
+    traj = RunDirectory(run["root"]).trajectory()
+    assert traj is not None and traj.score_by == "min_loss"  # the tracker's `score=`
+    expected = memorisation_score(run["callbacks"]["trajectory"].statistics(), by=by)
+    got = traj.score(by)
+    seen = traj.seen
+    np.testing.assert_allclose(got[seen], expected[seen], rtol=1e-12)
+    assert np.isnan(got[~seen]).all()
+    np.testing.assert_array_equal(traj.score(), traj.score("min_loss"))
+
+
+def test_trajectory_score_defaults_to_mean_loss_and_names_an_unknown_one(run, tmp_path):
+    traj = RunDirectory(run["root"]).trajectory()
+    assert traj is not None
+    meta = {k: v for k, v in traj.meta.items() if k != "score_by"}  # written before `score=` existed
+    write_trajectory_summary(tmp_path / "trajectory", traj.statistics, meta)
+    old = RunDirectory(tmp_path).trajectory()
+    assert old is not None and old.score_by == "mean_loss"
+    np.testing.assert_array_equal(old.score()[old.seen], traj.statistics["mean"][old.seen])
+    write_trajectory_summary(tmp_path / "trajectory", traj.statistics, {**meta, "score_by": "auc"})
+    with pytest.raises(RunDirectoryError, match=r"meta.json.*unknown score 'auc'"):
+        RunDirectory(tmp_path).trajectory().score()  # type: ignore[union-attr]
+
+
 def test_writers_reproduce_the_files_they_are_given(run, tmp_path):
     """Each writer takes what its callback builds; rewriting what was read gives the same reading."""
     src, dst = RunDirectory(run["root"]), tmp_path / "copy"

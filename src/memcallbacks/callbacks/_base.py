@@ -188,17 +188,7 @@ class MemorisationCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._check_unique_state_key(trainer)
             self._resolve_run_dir(trainer)
-
-    def _check_unique_state_key(self, trainer: pl.Trainer) -> None:
-        twins = [cb for cb in trainer.callbacks if cb is not self and cb.state_key == self.state_key]  # type: ignore[attr-defined]
-        if twins:
-            raise ValueError(
-                f"two {type(self).__name__} callbacks in one Trainer share the state key {self.state_key!r}: "
-                "their checkpoint states, keys and run-directory folders would collide; give each a distinct "
-                "`name=` (or drop the duplicate)"
-            )
 
     # -- scheduling ----------------------------------------------------------------------
     @property
@@ -311,7 +301,8 @@ class MemorisationCallback(Callback):
     # ``load_state_dict`` raises naming the argument and both values. Arguments that change only
     # *when or where* (thresholds, ``every_n_epochs``, ``run_dir``) appear in neither method, so a
     # changed value carries the state over. ``state_key`` holds only what tells two instances of
-    # one callback class apart in a Trainer (``_state_key_args``), and is computed once.
+    # one callback class apart in a Trainer (``_state_key_args``), and is computed once; Lightning
+    # itself refuses two stateful callbacks with one state key when the Trainer is built.
     def _state_key_args(self) -> dict[str, Any]:
         """What tells two instances of this class apart in one Trainer (never a when/where argument)."""
         return {}

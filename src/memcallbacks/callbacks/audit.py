@@ -166,6 +166,8 @@ class PrivacyAuditMonitor(MemorisationCallback):
     * ``mem/audit/correct``: number of correct guesses ``v``.
     * ``mem/audit/guesses``: number of guesses ``r = k_pos + k_neg``.
     * ``mem/audit/accuracy``: ``v / r``; 0.5 is chance.
+    * ``mem/audit/nonfinite``: canaries whose score is NaN or infinite (a diverged model; the
+      evaluation's ``epsilon_lb``, ``correct`` and ``accuracy`` are then NaN).
 
     Run directory (``<log_dir>/memcallbacks/audit/``): ``inclusion.npz`` (``included`` mask,
     ``seed``), ``epoch_XXXX.npz`` per evaluation (``scores``, ``guesses``, ``included``) and

@@ -30,8 +30,9 @@ Files (``<run_dir>/canary/``, rank 0): ``exposure.npz`` with ``epochs [E]``,
 ``canary_ids [C]``, ``repetitions [C]``, ``exposure``/``log_perplexity`` ``[E, C]``,
 ``rank [E, C]`` (float64: rank in R, exact where ``rank_exact [E, C]``, else a lower bound;
 NaN for a non-finite score), ``reference_rank [E, C]`` (NaN without references),
-``nonfinite [E]`` (``extracted [E, C]`` with extraction), ``space_size``, ``method`` and the
-last evaluation's ``reference_scores``. Secrets are not written there: they are regenerated
+``nonfinite [E]`` (``extracted [E, C]`` with extraction), ``space_size``, ``method``
+(``"exact"``, ``"extrapolated"`` or ``"hybrid"``), ``strategy`` (the strategy's registry name,
+e.g. ``"exact_trie"``) and the last evaluation's ``reference_scores``. Secrets are not written there: they are regenerated
 from the CanarySet's seed; ``secrets.json`` (id -> secret) is written only with
 ``log_secrets=True``. The checkpoint (``state_dict``) does hold the secrets and references,
 so a resumed run scores the same candidates.
@@ -49,7 +50,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from memcallbacks import _io, trackers
+from memcallbacks import _rundir, trackers
 from memcallbacks._dist import broadcast_object
 from memcallbacks._validate import check_bool, check_choice, check_int, check_optional_bool, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
@@ -60,7 +61,7 @@ from memcallbacks.exposure_strategies import (
     resolve_exposure_method,
     score_candidates,
 )
-from memcallbacks.metrics.exposure import ExposureResult
+from memcallbacks.metrics.exposure import ExposureResult, mean_by_repetition
 from memcallbacks.scoring import ScoreFn, beam_search, is_incremental
 
 __all__ = ["CanaryExposureMonitor"]
@@ -68,6 +69,10 @@ __all__ = ["CanaryExposureMonitor"]
 # strategies whose forward pass needs every rank (parameters sharded across ranks)
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 _HISTORY_KEYS = ("exposure", "rank", "log_perplexity", "reference_rank")
+
+
+# strategy name -> the ``method`` value written to exposure.npz (the file's earlier vocabulary)
+_METHOD_FAMILY = {"exact_list": "exact", "exact_trie": "exact", "exact": "exact"}
 
 
 def _methods() -> tuple[str, ...]:
@@ -361,10 +366,8 @@ class CanaryExposureMonitor(MemorisationCallback):
             )
         self.log_metrics(pl_module, self._metrics(result, extracted))
         if trainer.is_global_zero:
-            self.write_in_background(_io.save_npz, self.run_dir / "exposure.npz", **self._arrays())
-            if self.log_secrets:
-                secrets = {c.id: c.secret for c in self.canaries}
-                self.write_in_background(_io.save_json, self.run_dir / "secrets.json", secrets)
+            secrets = {c.id: c.secret for c in self.canaries} if self.log_secrets else None
+            self.write_in_background(_rundir.write_exposure, self.run_dir, self._arrays(), secrets)
         self._emit_records(trainer, epoch)
 
     def _record(self, epoch: int, result: ExposureResult, extracted: np.ndarray | None) -> None:
@@ -398,8 +401,8 @@ class CanaryExposureMonitor(MemorisationCallback):
         }
         if result.reference_rank is not None:
             metrics["mem/canary/reference_rank_min"] = float(np.min(result.reference_rank))
-        for r in sorted(set(reps.tolist())):
-            metrics[f"mem/canary/exposure_mean/r{r}"] = float(np.mean(exposure[reps == r]))
+        for r, mean in mean_by_repetition(exposure, reps).items():
+            metrics[f"mem/canary/exposure_mean/r{r}"] = mean
         if extracted is not None:
             metrics["mem/canary/extracted"] = float(np.count_nonzero(extracted))
         return metrics
@@ -423,7 +426,10 @@ class CanaryExposureMonitor(MemorisationCallback):
             "nonfinite": np.array(self._nonfinite, dtype=np.int64),
             "space_size": np.array(float(cs.space_size)),
             "log2_space_size": np.array(cs.log2_space_size),
-            "method": np.array(self.resolved_method or self.method),
+            # ``method`` keeps its earlier values ("exact" / "extrapolated"; "hybrid" is new);
+            # ``strategy`` names the strategy that computed the values
+            "method": np.array(_METHOD_FAMILY.get(self.resolved_method or self.method, self.method)),
+            "strategy": np.array(self.resolved_method or self.method),
         }
         if cs.injected_indices:  # where the canaries sit in the training set (for the report's data map)
             arrays["injected_index"] = np.array(
@@ -442,10 +448,10 @@ class CanaryExposureMonitor(MemorisationCallback):
         cs = self.canaries
         reps = np.array([c.repetitions for c in cs])
         counts = sorted(set(reps.tolist()))
-        series = {}
-        for e, exposures in zip(self._epochs, self._history["exposure"]):
-            values = np.asarray(exposures)
-            series[f"epoch {e}"] = [float(values[reps == r].mean()) for r in counts]
+        series = {
+            f"epoch {e}": list(mean_by_repetition(exposures, reps).values())
+            for e, exposures in zip(self._epochs, self._history["exposure"])
+        }
         self.emit(
             trainer,
             trackers.LineSeries(

@@ -42,7 +42,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from memcallbacks import _dist, _io, trackers
+from memcallbacks import _dist, _rundir, trackers
 from memcallbacks._validate import (
     check_choice,
     check_int,
@@ -60,6 +60,9 @@ __all__ = ["SequenceMemorisationMonitor"]
 
 ForwardFn = Callable[[Any, torch.Tensor], Any]
 """``forward_fn(module, token_ids [B, T]) -> logits [B, T, V]`` (or an object with ``.logits``)."""
+
+#: strategies whose forward passes are collectives (ranks cannot evaluate different shards)
+_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 
 #: per-probe result columns (before the ``K`` log q columns and the ``S`` generated ids)
 _COLUMNS = ("loss", "min_k", "exact", "token_match")
@@ -441,7 +444,7 @@ def evaluate_windows(
         )  # [B, W-1]
         valid = positions.unsqueeze(0) < (length - 1).unsqueeze(1)
         count = valid.sum(dim=1)
-        loss = -(tok_lp * valid).sum(dim=1) / count.clamp_min(1)
+        loss = -torch.where(valid, tok_lp, torch.zeros_like(tok_lp)).sum(dim=1) / count.clamp_min(1)
         loss = torch.where(count > 0, loss, torch.full_like(loss, math.nan))
         rows = slice(start, start + ids.shape[0])
         out[rows, 0] = loss.double()
@@ -563,6 +566,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             members and non-members, token ids outside the model's vocabulary.
         TypeError: wrong argument types, items that are not token sequences, a model without
             next-token logits.
+        RuntimeError: no training dataset to probe, or a fully sharded strategy (FSDP, DeepSpeed).
 
     Example:
         >>> import pytorch_lightning as pl
@@ -574,7 +578,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         tensor(0.0420)
     """
 
-    subdir = "sequence"
+    subdir = _rundir.SEQUENCE
 
     def __init__(
         self,
@@ -637,7 +641,9 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self.tokenizer = tokenizer
         self.name = name
         if name is not None:
-            self.subdir = f"sequence_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
+            self.subdir = (
+                f"{_rundir.SEQUENCE}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
+            )
         self._members_arg = _as_dataset("members", members)
         self._nonmembers_arg = _as_dataset("nonmembers", nonmembers)
 
@@ -659,6 +665,11 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         """The decoding path used: ``"incremental"``, ``"kv_cache"`` or ``"full"`` (after an evaluation)."""
         self.last_eval_seconds: float = float("nan")
         """Wall time of the last evaluation (forward passes, decoding, metrics, files, records)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_lm"] = None  # holds the module: never pickled with the callback (ddp_spawn)
+        return state
 
     @property
     def width(self) -> int:
@@ -829,6 +840,13 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         total = self._windows.shape[0]
         windows, lengths = self._windows, self._lengths
         world = _dist.world_size(trainer)
+        strategy = type(getattr(trainer, "strategy", None)).__name__
+        if world > 1 and strategy in _SHARDED_STRATEGIES:
+            raise RuntimeError(
+                f"SequenceMemorisationMonitor does not support {strategy} yet (every forward pass is a "
+                "collective there, and ranks decode different numbers of probes); use strategy='ddp', or "
+                "run the monitor in a separate evaluation with the gathered weights"
+            )
         if world > 1:
             per_rank = -(-total // world)
             rank = int(trainer.global_rank)
@@ -881,18 +899,20 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         }
         log_q = members[long_m, len(_COLUMNS) : len(_COLUMNS) + k]
         for s in range(k):
+            lq = np.minimum(log_q[:, s], 0.0)
+            lq = lq[~np.isnan(lq)]  # NaN logits: excluded (all NaN gives NaN, never a safe 0)
             q_rates = {
-                n: _mean((extraction_probability(log_q[:, s], n) >= self.p_threshold).astype(np.float64))
+                n: _mean((extraction_probability(lq, n) >= self.p_threshold).astype(np.float64))
                 for n in self.n_tries
             }
             if s == 0:
                 for n, rate in q_rates.items():
                     metrics[f"mem/extract/prob_rate/n{n}"] = rate
-                metrics["mem/extract/prob_mean"] = _mean(np.exp(log_q[:, s]))
+                metrics["mem/extract/prob_mean"] = _mean(np.exp(lq))
             else:
                 for n, rate in q_rates.items():
                     metrics[f"mem/extract/prob_rate/n{n}/s{s}"] = rate
-                metrics[f"mem/extract/prob_mean/s{s}"] = _mean(np.exp(log_q[:, s]))
+                metrics[f"mem/extract/prob_mean/s{s}"] = _mean(np.exp(lq))
         if nonmembers.shape[0] == 0:
             return metrics
         long_n = np.isfinite(nonmembers[:, 2])
@@ -1000,7 +1020,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "n_members": 0 if self._member_indices is None else len(self._member_indices),
             "n_nonmembers": 0 if self._nonmember_indices is None else len(self._nonmember_indices),
         }
-        self.write_in_background(_write_files, self.run_dir, self._arrays(), summary)
+        self.write_in_background(_rundir.write_sequence, self.run_dir, self._arrays(), summary)
 
     def _text(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if int(i) >= 0]
@@ -1082,8 +1102,3 @@ class SequenceMemorisationMonitor(MemorisationCallback):
 
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else math.nan
-
-
-def _write_files(folder: Any, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
-    _io.save_npz(folder / "sequences.npz", compress=False, **arrays)
-    _io.save_json(folder / "metrics.json", summary)

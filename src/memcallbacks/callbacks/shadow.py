@@ -24,7 +24,7 @@ What the recorder writes (``<trainer.log_dir>/memcallbacks/shadow/``, rank 0, at
   float32, autocast off: ``scores`` (float32 ``[N]``), ``correct`` (bool ``[N]``, when known),
   ``score_kind`` (``"logit_confidence"`` for classifiers: ``log(p_y / (1 - p_y))`` of the true
   label, computed as ``z_y - logsumexp(other logits)``; ``"neg_loss"`` for language models and any
-  other batch: minus the default per-sample loss), ``fingerprint``, ``epoch``, ``global_step``.
+  other batch: minus the default per-sample loss), ``fingerprint``, ``epochs_completed``, ``global_step``.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class ShadowScoreRecorder(MemorisationCallback):
 
     Example:
         >>> pool = [(torch.zeros(3), 0), (torch.ones(3), 1)] * 10
-        >>> recorder = ShadowScoreRecorder(pool, run_index=0, num_runs=4, seed=0)
+        >>> recorder = ShadowScoreRecorder(pool, run_index=0, seed=0)
         >>> len(recorder.train_dataset), int(recorder.inclusion.sum())
         (10, 10)
     """
@@ -478,7 +478,7 @@ class ShadowScoreRecorder(MemorisationCallback):
                     "scores": self._scores,
                     "score_kind": np.array(self._recorded_kind),
                     "fingerprint": np.array(self.fingerprint),
-                    "epoch": np.int64(trainer.current_epoch),
+                    "epochs_completed": np.int64(trainer.current_epoch),
                     "global_step": np.int64(trainer.global_step),
                 }
                 if self._correct is not None:

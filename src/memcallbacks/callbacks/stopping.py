@@ -369,13 +369,6 @@ class LeakageEarlyStopping(Callback):
         if self._skip_run:
             warn_fast_dev_run(type(self).__name__)
             return
-        twins = [cb for cb in trainer.callbacks if cb is not self and cb.state_key == self.state_key]  # type: ignore[attr-defined]
-        if twins:
-            raise ValueError(
-                f"two LeakageEarlyStopping callbacks in one Trainer share the state key {self.state_key!r} "
-                "(they monitor the same keys): give each a distinct `name=`, or merge them into one with "
-                "`conditions=[...]`"
-            )
         self._root = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -38,9 +38,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset, IterableDataset
 
-from memcallbacks import trackers
+from memcallbacks import _rundir, trackers
 from memcallbacks._dist import gather_concat, world_size
-from memcallbacks._io import save_json, save_npz
 from memcallbacks._probe import (
     dataset_of,
     default_sample_loss_and_correct_fn,
@@ -67,12 +66,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _CHECKED_STEPS = 2
 
 _Step = tuple[Any, Any, Any]  # (sample losses [B], sample indices [B], correctness [B] or None)
-
-
-def _write_summary_files(folder: Any, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
-    # uncompressed: zlib on random float64 costs ~6 ms per 1,000 samples, every epoch
-    save_npz(folder / "statistics.npz", compress=False, **arrays)
-    save_json(folder / "meta.json", meta)
 
 
 def _check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
@@ -342,11 +335,18 @@ class LossTrajectoryTracker(MemorisationCallback):
                 )
 
     def _restore_partial_epoch(self, trainer: pl.Trainer) -> None:
-        """Put the steps a mid-epoch checkpoint held back in the buffer; the rest of the epoch adds to them."""
+        """Put the steps a mid-epoch checkpoint held back in the buffer; the rest of the epoch adds to them.
+
+        Lightning writes rank 0's callback state, so under DDP the restored steps are rank 0's share.
+        """
         partial, self._partial = self._partial, None
         if partial is None or int(partial.get("epoch", -1)) != trainer.current_epoch or not self._collecting:
             return
         if self.last_epoch_done >= trainer.current_epoch:
+            return
+        if (
+            not trainer.is_global_zero
+        ):  # the checkpoint holds rank 0's steps only; each rank would restore them
             return
         loss, index = partial["loss"], partial["index"]
         self._steps = [(loss, index, partial.get("correct"))]
@@ -722,7 +722,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             "loss_drop = first - last)",
         }
         # derived from the epoch files (written synchronously by the store): off the training loop
-        self.write_in_background(_write_summary_files, self.run_dir, arrays, meta)
+        self.write_in_background(_rundir.write_trajectory_summary, self.run_dir, arrays, meta)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero or self.top_k == 0:

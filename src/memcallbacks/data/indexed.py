@@ -86,6 +86,10 @@ class IndexedDataset(Dataset[Any], Generic[T]):
         fetch = getattr(dataset, "__getitems__", None)
         if fetch:
             items = fetch(indices)
+            if not isinstance(items, list) or len(items) != len(
+                indices
+            ):  # not a list of items: fetch one by one
+                items = [dataset[i] for i in indices]
         elif type(dataset) is TensorDataset:  # one gather per tensor, then per-item views
             rows = torch.as_tensor(indices, dtype=torch.long)
             items = list(zip(*(t[rows].unbind(0) for t in dataset.tensors)))

@@ -11,6 +11,10 @@
   NeurIPS 2023).
 * :mod:`~memcallbacks.metrics.attacks`: attacks from reference (shadow) runs: LiRA (Carlini et al.,
   S&P 2022) and RMIA (Zarifzadeh, Liu and Shokri, ICML 2024), with an exact low-FPR report.
+* :mod:`~memcallbacks.metrics.counterfactual`: counterfactual memorisation from subset trainings
+  (Feldman & Zhang, NeurIPS 2020; Zhang et al., NeurIPS 2023) and Spearman rank correlation.
+* :mod:`~memcallbacks.metrics.trajectory_mia`: the loss-trajectory attack (Liu et al., CCS 2022)
+  on per-epoch probe losses, a cross-validated logistic regression.
 * :mod:`~memcallbacks.metrics.sequence`: LM sequence memorisation: k-extractable rate (Carlini et
   al., ICLR 2023), Min-K% Prob (Shi et al., ICLR 2024), zlib ratio (Carlini et al., USENIX
   Security 2021), (n, p)-discoverable extraction (Hayes et al. 2024).
@@ -26,8 +30,13 @@ from typing import TYPE_CHECKING
 
 from memcallbacks.metrics.attacks import AttackReport, attack_report, lira_scores, logit_confidence, rmia_scores
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound, p_value_audit
+from memcallbacks.metrics.counterfactual import (
+    CounterfactualResult,
+    SpearmanResult,
+    counterfactual_memorisation,
+    spearman,
+)
 from memcallbacks.metrics.dynamics import (
-    MEMORISATION_SCORES,
     TrajectoryAccumulator,
     TrajectoryStatistics,
     memorisation_score,
@@ -64,21 +73,24 @@ from memcallbacks.metrics.sequence import (
     token_match_rate,
     zlib_ratio,
 )
+from memcallbacks.metrics.trajectory_mia import trajectory_attack, trajectory_attack_scores
 
 __all__ = [
     "AttackReport",
-    "MEMORISATION_SCORES",
+    "CounterfactualResult",
     "ExposureResult",
     "LossGap",
     "LossThresholdMIA",
     "MembershipReport",
     "SkewNormalFit",
+    "SpearmanResult",
     "TrajectoryAccumulator",
     "TrajectoryStatistics",
     "attack_report",
     "audit_guesses",
     "calibrated_losses",
     "count_correct",
+    "counterfactual_memorisation",
     "epsilon_lower_bound",
     "exact_match_rate",
     "exposure_exact",
@@ -101,9 +113,12 @@ __all__ = [
     "rmia_scores",
     "roc_curve",
     "slice_aucs",
+    "spearman",
     "suffix_sample_logprob",
     "token_match_rate",
     "top_k",
+    "trajectory_attack",
+    "trajectory_attack_scores",
     "trajectory_statistics",
     "unlearned_fraction",
     "zlib_ratio",

@@ -105,9 +105,12 @@ def logit_confidence(logits: Any, labels: Any, *, from_probs: bool = False) -> N
 
 def _check_references(
     target: Any, references: Any, ref_in: Any, names: tuple[str, str]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_]]:
+    """Validated ``(target, references with NaN as 0, in-mask, out-mask)``; a NaN reference is in neither mask."""
     t = check_float_array(target, names[0], hint="; pass one score per pool sample")
-    r = check_float_array(references, names[1], ndim=2, hint="; pass [R reference runs, N samples]")
+    r = check_float_array(
+        references, names[1], ndim=2, allow_nan=True, hint="; pass [R reference runs, N samples]"
+    )
     m = as_numpy(ref_in, "ref_in")
     if m.dtype != np.bool_:
         raise TypeError(
@@ -118,7 +121,8 @@ def _check_references(
             f"`{names[1]}` must have shape [R, {t.size}] and `ref_in` the same shape, got {tuple(r.shape)} and "
             f"{tuple(m.shape)}; pass one row per reference run, one column per sample of `{names[0]}`"
         )
-    return t, r, m
+    known = ~np.isnan(r)
+    return t, np.where(known, r, 0.0), m & known, ~m & known
 
 
 def _group_moments(
@@ -184,7 +188,9 @@ def lira_scores(
 
     Args:
         target_scores: ``[N]`` the target run's score per pool sample (higher = more confident).
-        ref_scores: ``[R, N]`` the reference runs' scores on the same samples, ``R >= 1``.
+        ref_scores: ``[R, N]`` the reference runs' scores on the same samples, ``R >= 1``; NaN marks
+            a reference left out for that sample (e.g. to give every sample as many in- and
+            out-references, so the counts cannot reveal the target's membership).
         ref_in: ``[R, N]`` bool, True where reference run ``r`` trained on sample ``n``.
         online: use the in *and* out Gaussians (needs references of both kinds); False = offline.
         fixed_variance: one pooled std per group instead of per-sample stds.
@@ -206,10 +212,9 @@ def lira_scores(
     """
     online = check_bool("online", online)
     fixed_variance = check_bool("fixed_variance", fixed_variance)
-    target, refs, inside = _check_references(
+    target, refs, inside, outside = _check_references(
         target_scores, ref_scores, ref_in, ("target_scores", "ref_scores")
     )
-    outside = ~inside
     n_out, mu_out, sq_out = _group_moments(refs, outside)
     s_out = _std(refs, outside, n_out, sq_out, fixed=fixed_variance)
     z_out = (target - mu_out) / s_out
@@ -233,6 +238,7 @@ def rmia_scores(
     offline: bool = False,
     a: float = 0.3,
     gamma: float = 1.0,
+    break_ties: bool = False,
 ) -> NDArray[np.float64]:
     """RMIA membership scores (Zarifzadeh, Liu and Shokri, ICML 2024); larger = member.
 
@@ -242,7 +248,9 @@ def rmia_scores(
     ``Pr(x | theta')`` over the reference models (the paper's Eq. 3 normaliser, estimated as in
     its Sec. 3):
 
-    * online: the mean over all reference runs (those that trained on ``x`` and those that did not);
+    * online: ``(mean_in(x) + mean_out(x)) / 2`` over the runs that trained on ``x`` and those that did
+      not (the paper's online setting, half the reference models trained on ``x``); a sample with
+      references of one kind only gets the mean of its references;
     * offline (``offline=True``): only runs that did not train on ``x`` are used, and the missing
       in-half is approximated linearly (the paper's offline approximation, Appendix B.2.2):
       ``Pr(x) = ((1 + a) * mean_out(x) + (1 - a)) / 2``; ``a = 1`` trusts the out mean alone,
@@ -256,7 +264,8 @@ def rmia_scores(
 
     Args:
         target_probs: ``[N]`` the target model's probability of each sample's true label, in ``[0, 1]``.
-        ref_probs: ``[R, N]`` the same for each reference run, ``R >= 1``.
+        ref_probs: ``[R, N]`` the same for each reference run, ``R >= 1``; NaN marks a reference left
+            out for that sample (a sample with none gets a NaN score).
         ref_in: ``[R, N]`` bool, True where reference run ``r`` trained on sample ``n``.
         population_idx: indices into the ``N`` samples of the population samples ``z`` (at least one):
             samples from the data distribution, ideally not in the target's training set.
@@ -264,9 +273,15 @@ def rmia_scores(
         a: the offline approximation parameter in ``[0, 1]`` (the paper tunes it on reference
             models; 0.3 is a common default).
         gamma: the pairwise threshold, ``> 0`` (the paper's default is 1).
+        break_ties: add ``rank(LR(x)) / ((N + 1) * |Z|)``, less than one step of the fraction, so that
+            samples with the same fraction are ordered by their own ``LR(x)``. The fraction is a step
+            function of ``LR(x)`` (resolution ``1 / |Z|``): without this, every sample above the
+            highest population ratio scores 1, and when the population holds the target's
+            non-members its top non-member ties with every member above it, which empties the ROC
+            at the lowest FPRs. The order between different fractions is unchanged.
 
     Returns:
-        float64 ``[N]`` scores in ``[0, 1]``.
+        float64 ``[N]`` scores in ``[0, 1]`` (NaN for a sample without any reference).
 
     Raises:
         ValueError: shapes that do not match, probabilities outside ``[0, 1]``, an index out of range,
@@ -282,7 +297,9 @@ def rmia_scores(
     offline = check_bool("offline", offline)
     a = check_real("a", a, minimum=0.0, maximum=1.0, hint="e.g. a=0.3")
     gamma = check_real("gamma", gamma, minimum=0.0, min_inclusive=False, hint="e.g. gamma=1.0")
-    target, refs, inside = _check_references(target_probs, ref_probs, ref_in, ("target_probs", "ref_probs"))
+    target, refs, inside, outside = _check_references(
+        target_probs, ref_probs, ref_in, ("target_probs", "ref_probs")
+    )
     for name, values in (("target_probs", target), ("ref_probs", refs)):
         if values.min() < 0.0 or values.max() > 1.0:
             raise ValueError(
@@ -298,15 +315,26 @@ def rmia_scores(
         raise ValueError(
             f"`population_idx` must index the {target.size} samples, got values from {idx.min()} to {idx.max()}"
         )
-    marginal = refs.mean(axis=0)
+    n_in, mean_in, _ = _group_moments(refs, inside)
+    n_out, mean_out, _ = _group_moments(refs, outside)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        overall = (n_in * np.nan_to_num(mean_in) + n_out * np.nan_to_num(mean_out)) / (n_in + n_out)
     if offline:
-        n_out, mean_out, _ = _group_moments(refs, ~inside)
-        approx = ((1.0 + a) * mean_out + (1.0 - a)) / 2.0
-        marginal = np.where(n_out > 0, approx, marginal)
-    ratio = target / np.maximum(marginal, np.finfo(np.float64).tiny)
-    population = np.sort(ratio[idx])
-    counts = np.searchsorted(population, ratio / gamma, side="right")
-    return counts / float(population.size)  # type: ignore[no-any-return]
+        marginal = np.where(n_out > 0, ((1.0 + a) * mean_out + (1.0 - a)) / 2.0, overall)
+    else:
+        marginal = np.where((n_in > 0) & (n_out > 0), (mean_in + mean_out) / 2.0, overall)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = target / np.maximum(marginal, np.finfo(np.float64).tiny)
+    population = np.sort(ratio[idx][~np.isnan(ratio[idx])])
+    if population.size == 0:
+        raise ValueError("no population sample in `population_idx` has a reference score; pass other indices")
+    counts = np.searchsorted(population, ratio / gamma, side="right").astype(np.float64)
+    if check_bool("break_ties", break_ties):
+        known = ~np.isnan(ratio)
+        ranks = np.zeros(ratio.shape)
+        ranks[known] = stats.rankdata(ratio[known], method="dense")
+        counts += ranks / (ratio.size + 1.0)
+    return np.where(np.isnan(ratio), np.nan, counts / float(population.size))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -407,9 +435,9 @@ def attack_report(scores: Any, is_member: Any, *, fprs: Iterable[float] = (0.001
         warnings.simplefilter("always")
         report = membership_inference(losses_in, losses_out, fprs=requested)
     for w in caught:  # re-issue the resolution warning as this function's own
-        warnings.warn(
-            str(w.message).replace("membership_inference", "attack_report"), UserWarning, stacklevel=2
-        )
+        text = str(w.message).replace("membership_inference", "attack_report")
+        text = text.replace("Use a larger held-out probe set.", "Use a larger pool or more runs.")
+        warnings.warn(text, UserWarning, stacklevel=2)
     fpr, tpr, _ = roc_curve(losses_in, losses_out)
     return AttackReport(
         auc=report.auc,

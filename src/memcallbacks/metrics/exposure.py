@@ -57,6 +57,7 @@ __all__ = [
     "exposure_rank_in_space",
     "exposure_saturated",
     "fit_skewnorm",
+    "mean_by_repetition",
 ]
 
 
@@ -619,3 +620,20 @@ class ExposureResult:
     def rank_min(self) -> float:
         """Best canary rank in ``R``; NaN when any canary's score was not finite."""
         return float(np.min(self.rank)) if self.rank.size else math.nan
+
+
+def mean_by_repetition(exposure: Any, repetitions: Any) -> dict[int, float]:
+    """Mean exposure of the canaries inserted each number of times (NaN stays NaN: never a safe value).
+
+    The per-insertion-count view of Carlini et al. 2019 (Fig. 1: exposure grows with the count).
+
+    Args:
+        exposure: one evaluation's exposures ``[C]``.
+        repetitions: each canary's insertion count ``[C]``.
+
+    Example:
+        >>> mean_by_repetition([1.0, 3.0, 10.0], [1, 1, 8])
+        {1: 2.0, 8: 10.0}
+    """
+    values, reps = np.asarray(exposure, dtype=np.float64), np.asarray(repetitions)
+    return {int(r): float(values[reps == r].mean()) for r in sorted(set(reps.tolist()))}

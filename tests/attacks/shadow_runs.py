@@ -1,0 +1,81 @@
+"""Synthetic pools and real Lightning shadow runs for the attack tests, the example's test and the benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from memcallbacks.callbacks.shadow import ShadowScoreRecorder
+
+
+def make_pool(
+    n: int, *, dim: int = 20, classes: int = 10, label_noise: float = 0.2, seed: int = 0
+) -> TensorDataset:
+    """Gaussian class clusters, half the samples easy (tight) and half hard (wide), some labels flipped.
+
+    Per-sample difficulty varies, so a plain confidence threshold mistakes easy non-members for
+    members: what LiRA and RMIA calibrate away with reference runs.
+    """
+    g = np.random.default_rng(seed)
+    y = g.integers(0, classes, n)
+    centers = g.normal(size=(classes, dim))
+    scale = g.choice([0.3, 1.5], size=n)
+    x = centers[y] + g.normal(size=(n, dim)) * scale[:, None]
+    flip = g.random(n) < label_noise
+    y = np.where(flip, g.integers(0, classes, n), y)
+    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+
+
+class MLP(pl.LightningModule):
+    def __init__(self, dim: int = 20, classes: int = 10, hidden: int = 256, lr: float = 3e-3) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
+        )
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def train_shadow_run(
+    pool: Any,
+    root: Path,
+    run_index: int,
+    *,
+    num_runs: int | None,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    **recorder_kwargs: Any,
+) -> tuple[Path, ShadowScoreRecorder, MLP]:
+    """One shadow run with a real Trainer; returns its default_root_dir, the recorder and the model."""
+    pl.seed_everything(seed * 1000 + run_index, verbose=False)
+    recorder = ShadowScoreRecorder(pool, run_index=run_index, num_runs=num_runs, seed=seed, **recorder_kwargs)
+    x0, _ = pool[0]
+    model = MLP(dim=int(x0.shape[0]))
+    run_dir = root / f"run{run_index}"
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        default_root_dir=run_dir,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(model, DataLoader(recorder.train_dataset, batch_size=batch_size, shuffle=True))
+    return run_dir, recorder, model

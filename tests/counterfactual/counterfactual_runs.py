@@ -1,0 +1,128 @@
+"""Real Lightning shadow runs (ShadowScoreRecorder + LossTrajectoryTracker) on a tiny pool, for the CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder, split_index
+
+
+def make_pool(n: int = 48, *, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
+    """Gaussian class clusters with a fifth of the labels replaced at random."""
+    g = np.random.default_rng(seed)
+    y = g.integers(0, classes, n)
+    centers = g.normal(size=(classes, dim)) * 2.0
+    x = centers[y] + g.normal(size=(n, dim))
+    flip = g.random(n) < 0.2
+    y = np.where(flip, g.integers(0, classes, n), y)
+    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+
+
+class IndexedMLP(pl.LightningModule):
+    def __init__(self, dim: int, classes: int = 3) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        index, (x, y) = split_index(batch)
+        logits = self(x)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        return {
+            "loss": per_sample.mean(),
+            "sample_loss": per_sample.detach(),
+            "sample_index": index,
+            "sample_correct": logits.argmax(-1) == y,
+        }
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def train_run(
+    pool: TensorDataset,
+    root: Path,
+    run_index: int,
+    *,
+    num_runs: int | None = 4,
+    epochs: int = 3,
+    trajectory: bool = True,
+    pool_indexed: bool = False,
+) -> Path:
+    """One shadow run; with ``pool_indexed`` the trajectory ids are pool positions, else training-set positions."""
+    pl.seed_everything(run_index, verbose=False)
+    recorder = ShadowScoreRecorder(pool, run_index=run_index, num_runs=num_runs, seed=0, batch_size=64)
+    callbacks: list[pl.Callback] = [recorder]
+    if trajectory:
+        n = len(pool) if pool_indexed else None
+        callbacks.append(LossTrajectoryTracker(correct_key="sample_correct", num_samples=n))
+    if pool_indexed:
+        from torch.utils.data import Subset
+
+        train: Any = Subset(IndexedDataset(pool), recorder.split.indices.tolist())
+    else:
+        train = IndexedDataset(recorder.train_dataset)
+    run_dir = root / f"run{run_index}"
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        default_root_dir=run_dir,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(IndexedMLP(dim=int(pool[0][0].shape[0])), DataLoader(train, batch_size=16, shuffle=True))
+    return run_dir
+
+
+def make_lm_pool(n: int = 24, *, length: int = 8, vocab: int = 12, seed: int = 0) -> TensorDataset:
+    """Random token sequences as (input, next-token target) pairs: a language-model pool."""
+    g = np.random.default_rng(seed)
+    tokens = torch.tensor(g.integers(0, vocab, size=(n, length + 1)))
+    return TensorDataset(tokens[:, :-1], tokens[:, 1:])
+
+
+class TinyLM(pl.LightningModule):
+    def __init__(self, vocab: int = 12) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, 32)
+        self.out = torch.nn.Linear(32, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(x))  # type: ignore[no-any-return]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x).flatten(0, 1), y.flatten())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def train_lm_run(pool: TensorDataset, root: Path, run_index: int, *, num_runs: int = 2) -> Path:
+    pl.seed_everything(run_index, verbose=False)
+    recorder = ShadowScoreRecorder(pool, run_index=run_index, num_runs=num_runs, seed=0)
+    run_dir = root / f"lm{run_index}"
+    trainer = pl.Trainer(
+        max_epochs=2,
+        default_root_dir=run_dir,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(TinyLM(), DataLoader(recorder.train_dataset, batch_size=8, shuffle=True))
+    return run_dir
