@@ -30,61 +30,15 @@ import argparse
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder, split_index
+from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder
 from memcallbacks.counterfactual import MemorisationResult, run_memorisation, write_outputs
-
-
-def load_noisy_digits_pool(noise: float = 0.1, seed: int = 0) -> tuple[TensorDataset, np.ndarray]:
-    """Standardised digits with a fraction ``noise`` of labels flipped to another class; and the flipped mask.
-
-    The pool (and so its fingerprint) is the same in every run: the flip is seeded.
-    """
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    rng = np.random.default_rng(seed)
-    flipped = np.zeros(len(y), dtype=bool)
-    flipped[rng.choice(len(y), size=int(round(noise * len(y))), replace=False)] = True
-    noisy = y.copy()
-    noisy[flipped] = (y[flipped] + rng.integers(1, 10, size=int(flipped.sum()))) % 10
-    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(noisy)), flipped
-
-
-class DigitsMLP(pl.LightningModule):
-    """A small MLP whose training_step also returns per-sample losses, indices and correctness."""
-
-    def __init__(self, hidden: int = 256, lr: float = 3e-3) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)
-        )
-        self.lr = lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
-
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        index, (x, y) = split_index(batch)
-        logits = self(x)
-        per_sample = F.cross_entropy(logits, y, reduction="none")
-        return {
-            "loss": per_sample.mean(),
-            "sample_loss": per_sample.detach(),
-            "sample_index": index,
-            "sample_correct": logits.argmax(dim=-1) == y,
-        }
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+from memcallbacks.toy import MLPClassifier, digits_dataset
 
 
 def train_run(pool: TensorDataset, run_index: int, args: argparse.Namespace) -> Path:
@@ -103,7 +57,7 @@ def train_run(pool: TensorDataset, run_index: int, args: argparse.Namespace) -> 
         callbacks=[recorder, tracker],
     )
     loader = DataLoader(IndexedDataset(recorder.train_dataset), batch_size=args.batch_size, shuffle=True)
-    trainer.fit(DigitsMLP(hidden=args.hidden, lr=args.lr), loader)
+    trainer.fit(MLPClassifier(hidden=args.hidden, lr=args.lr), loader)
     return run_dir
 
 
@@ -128,7 +82,7 @@ def main(argv: list[str] | None = None) -> tuple[MemorisationResult, np.ndarray]
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pool, flipped = load_noisy_digits_pool(args.noise, seed=args.seed)
+    pool, flipped = digits_dataset(args.noise, seed=args.seed)
     start = time.perf_counter()
     if args.run_index is not None:
         train_run(pool, args.run_index, args)

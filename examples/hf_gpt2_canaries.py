@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("mem/", "val_", "train_"))
     }
-    history = exposure.history
+    history = exposure.arrays
     reps = np.asarray(history["repetitions"])
     last = np.asarray(history["exposure"])[-1]
     counts = sorted(set(reps.tolist()))

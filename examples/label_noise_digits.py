@@ -16,63 +16,15 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from memcallbacks import IndexedDataset, LossTrajectoryTracker, split_index
+from memcallbacks import IndexedDataset, LossTrajectoryTracker
 from memcallbacks.metrics import memorisation_score
-
-
-def load_noisy_digits(noise: float = 0.1, seed: int = 0) -> tuple[TensorDataset, np.ndarray]:
-    """Digits (standardised) with a fraction ``noise`` of labels flipped to a different class.
-
-    Returns the dataset and a boolean mask of the flipped samples.
-    """
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    rng = np.random.default_rng(seed)
-    flipped = np.zeros(len(y), dtype=bool)
-    flipped[rng.choice(len(y), size=int(round(noise * len(y))), replace=False)] = True
-    noisy = y.copy()
-    noisy[flipped] = (
-        y[flipped] + rng.integers(1, 10, size=int(flipped.sum()))
-    ) % 10  # always a different class
-    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(noisy)), flipped
-
-
-class DigitsMLP(pl.LightningModule):
-    """A small MLP whose training_step returns per-sample losses (the three-line change)."""
-
-    def __init__(self, hidden: int = 128, lr: float = 1e-3) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)
-        )
-        self.lr = lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        index, (x, y) = split_index(batch)
-        logits = self(x)
-        per_sample = F.cross_entropy(logits, y, reduction="none")
-        return {
-            "loss": per_sample.mean(),
-            "sample_loss": per_sample.detach(),
-            "sample_index": index,
-            "sample_correct": logits.argmax(dim=-1) == y,
-        }
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+from memcallbacks.toy import MLPClassifier, digits_dataset
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -127,7 +79,7 @@ def main(argv: list[str] | None = None) -> float:
 
     start = time.perf_counter()
     pl.seed_everything(args.seed, verbose=False)
-    dataset, flipped = load_noisy_digits(args.noise, args.seed)
+    dataset, flipped = digits_dataset(args.noise, args.seed)
     loader = DataLoader(IndexedDataset(dataset), batch_size=64, shuffle=True)
     tracker = LossTrajectoryTracker()
     trainer = pl.Trainer(
@@ -141,7 +93,7 @@ def main(argv: list[str] | None = None) -> float:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(DigitsMLP(), loader)
+    trainer.fit(MLPClassifier(hidden=128), loader)  # training_step returns per-sample losses and indices
 
     score = memorisation_score(tracker.statistics())
     result = auroc(score, flipped)

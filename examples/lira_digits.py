@@ -26,47 +26,14 @@ import argparse
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from memcallbacks import ShadowScoreRecorder
 from memcallbacks.attack import AttackResult, run_attack, write_outputs
-
-
-def load_digits_pool() -> TensorDataset:
-    """sklearn's digits, standardised, as a fixed-order pool (the same in every run)."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
-
-
-class DigitsMLP(pl.LightningModule):
-    def __init__(self, hidden: int = 256, lr: float = 1e-3) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden, hidden),
-            torch.nn.ReLU(),
-            torch.nn.Linear(hidden, 10),
-        )
-        self.lr = lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+from memcallbacks.toy import MLPClassifier, digits_dataset
 
 
 def train_run(pool: TensorDataset, run_index: int, args: argparse.Namespace) -> Path:
@@ -84,7 +51,7 @@ def train_run(pool: TensorDataset, run_index: int, args: argparse.Namespace) -> 
         callbacks=[recorder],
     )
     loader = DataLoader(recorder.train_dataset, batch_size=args.batch_size, shuffle=True)
-    trainer.fit(DigitsMLP(hidden=args.hidden, lr=args.lr), loader)
+    trainer.fit(MLPClassifier(hidden=args.hidden, hidden_layers=2, lr=args.lr), loader)
     return run_dir
 
 
@@ -127,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, AttackResult] | None:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pool = load_digits_pool()
+    pool, _ = digits_dataset()  # the same fixed-order pool in every run
     start = time.perf_counter()
     if args.run_index is not None:
         train_run(pool, args.run_index, args)

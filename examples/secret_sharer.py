@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     trainer.fit(model, loader)
 
-    history = monitor.history
+    history = monitor.arrays
     epochs, counts, means = exposure_table(history)
     print(
         f"\nmean exposure (bits) by insertions, {monitor.resolved_method}, log2|R| = {canaries.log2_space_size:.1f}"

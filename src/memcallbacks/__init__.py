@@ -72,11 +72,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
+    from memcallbacks.attack import run_attack
     from memcallbacks.callbacks.audit import PrivacyAuditMonitor
     from memcallbacks.callbacks.dp import DPEpsilonLogger
     from memcallbacks.callbacks.exposure import CanaryExposureMonitor
     from memcallbacks.callbacks.membership import MembershipInferenceMonitor
-    from memcallbacks.attack import run_attack
     from memcallbacks.callbacks.sequence import SequenceMemorisationMonitor
     from memcallbacks.callbacks.shadow import ShadowScoreRecorder, pool_fingerprint, shadow_split
     from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping

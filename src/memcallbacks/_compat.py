@@ -2,7 +2,7 @@
 
 Every function here reads something that is not part of Lightning's public API (checked
 against ``pytorch-lightning`` and ``lightning`` 2.1-2.6). Each has a test in
-``tests/hardening/test_hardening_compat.py`` that runs a real Trainer and fails loudly, naming
+``tests/core/test_core_compat.py`` that runs a real Trainer and fails loudly, naming
 the function, when a Lightning release moves what it reads. When that happens, fix the one
 function here; no callback reaches into Lightning by itself.
 

@@ -34,6 +34,7 @@ os.umask(_UMASK)
 __all__ = [
     "BackgroundWriter",
     "atomic_write_bytes",
+    "make_writable_folder",
     "save_npz",
     "save_npy",
     "save_json",
@@ -68,6 +69,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             raise _named_os_error(e, path) from e
         raise
     return path
+
+
+def make_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` (and its parents) and check that a file can be written in it.
+
+    Raises:
+        OSError: the folder cannot be created or written (the caller names the argument to fix).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
 
 
 def _named_os_error(error: OSError, path: Path) -> OSError:

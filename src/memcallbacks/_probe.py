@@ -38,6 +38,7 @@ __all__ = [
     "item_shapes",
     "item_structure",
     "random_subset",
+    "seeded_indices",
     "shard_positions",
     "dataset_of",
     "check_sample_losses",
@@ -535,11 +536,12 @@ def evaluate_sharded(
     return losses, (columns[:, 1] > 0.5) if has_correct else None
 
 
-def as_probe_dataset(name: str, value: Any) -> Dataset[Any] | None:
+def as_probe_dataset(name: str, value: Any, *, item: str = "sample") -> Dataset[Any] | None:
     """A probe argument as a map-style dataset (``None`` stays ``None``).
 
     A DataLoader and an :class:`IndexedDataset` are unwrapped; anything without ``__len__`` and
-    ``__getitem__``, or empty, is refused with a message naming the argument ``name``.
+    ``__getitem__``, or empty, is refused with a message naming the argument ``name`` and what one
+    ``item`` of the dataset is (``"sample"``, ``"token sequence"``).
     """
     if value is None:
         return None
@@ -549,11 +551,11 @@ def as_probe_dataset(name: str, value: Any) -> Dataset[Any] | None:
         value = value.dataset
     if not hasattr(value, "__getitem__") or not hasattr(value, "__len__"):
         raise TypeError(
-            f"`{name}` must be a map-style dataset (with __len__ and __getitem__) or a DataLoader over one, "
-            f"got {type(value).__name__}"
+            f"`{name}` must be a map-style dataset of {item}s (with __len__ and __getitem__) "
+            f"or a DataLoader over one, got {type(value).__name__}"
         )
     if len(value) == 0:
-        raise ValueError(f"`{name}` is empty (0 samples); pass a dataset with at least one sample")
+        raise ValueError(f"`{name}` is empty (0 {item}s); pass a dataset with at least one {item}")
     return value  # type: ignore[no-any-return]
 
 
@@ -595,10 +597,20 @@ def random_subset(dataset: Dataset[Any], size: int, *, seed: int) -> tuple[Subse
 
     Returns the subset and the sorted indices into ``dataset``.
     """
-    n = len(dataset)  # type: ignore[arg-type]
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(n, size=min(size, n), replace=False)) if size < n else np.arange(n)
+    idx = seeded_indices(len(dataset), size, seed)  # type: ignore[arg-type]
     return Subset(dataset, idx.tolist()), idx
+
+
+def seeded_indices(n: int, size: int, seed: int | Sequence[int]) -> np.ndarray:
+    """Sorted int64 indices of a fixed random subset of ``size`` of ``range(n)`` (all when ``size >= n``).
+
+    ``seed`` seeds :func:`numpy.random.default_rng` (an int, or a list such as ``[seed, salt]``), so
+    the same arguments always pick the same indices.
+    """
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
 
 
 def _unwrap_loader(loader: Any) -> Iterator[Any]:

@@ -77,7 +77,11 @@ def check_int(
     hint: str = "",
 ) -> int:
     """``value`` as an ``int``; a bool, float or string is refused, as is a value out of bounds."""
-    if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if (
+        not is_int(value)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
         fix = f"; {hint}" if hint else ""
         raise (TypeError if not is_int(value) else ValueError)(
             f"`{name}` must be an integer{_bounds_text(minimum, maximum)}, got {_show(value)}{fix}"
@@ -103,7 +107,9 @@ def check_real(
     hint: str = "",
 ) -> float:
     """``value`` as a ``float``; bools and strings are refused, as are NaN/inf unless allowed."""
-    ok = isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
     v = float(value) if ok else math.nan
     if ok:
         if math.isnan(v):
@@ -164,7 +170,9 @@ def check_path(name: str, value: Any, *, optional: bool = True) -> Path | None:
     if value is None and optional:
         return None
     if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"`{name}` must be a path (str or os.PathLike), got {_show(value)}; pass a folder name")
+        raise TypeError(
+            f"`{name}` must be a path (str or os.PathLike), got {_show(value)}; pass a folder name"
+        )
     return Path(value)
 
 

@@ -29,10 +29,10 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import special
@@ -54,6 +54,7 @@ __all__ = [
 METHODS = ("loss", "lira", "rmia")
 #: below this many reference runs, LiRA uses one global variance by default
 GLOBAL_VARIANCE_BELOW = 64
+_T = TypeVar("_T")
 
 
 class AttackInputError(ValueError):
@@ -417,6 +418,8 @@ def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
+    from memcallbacks.trackers import log_log_roc_axes
+
     fig = Figure(figsize=(5.0, 4.5))
     ax = fig.add_subplot()
     floor = 1e-5
@@ -427,12 +430,7 @@ def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str
             label=f"{label} (AUC {report.auc:.3f})",
         )
     ax.plot([floor, 1.0], [floor, 1.0], color="grey", linestyle=":", label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(floor, 1.0)
-    ax.set_ylim(floor, 1.0)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
+    log_log_roc_axes(ax, floor)
     ax.set_title(f"Membership inference over {len(result.runs)} shadow runs")
     ax.legend(loc="lower right", fontsize="small")
     buf = io.BytesIO()
@@ -453,9 +451,7 @@ def add_attack_parser(sub: Any) -> argparse.ArgumentParser:
             "attack.json and a log-log roc.png into --out. Exit code 2 on bad input."
         ),
     )
-    p.add_argument(
-        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="the shadow runs' directories (2 or more)"
-    )
+    add_run_dirs_argument(p)
     p.add_argument(
         "--method", choices=METHODS, action="append", help="attack(s) to run, repeatable (default: all three)"
     )
@@ -475,6 +471,21 @@ def add_attack_parser(sub: Any) -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("attack_report"), help="output folder (default: attack_report)"
     )
     return p
+
+
+def add_run_dirs_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``RUN_DIR...`` positional shared by the commands that read shadow runs."""
+    parser.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="the shadow runs' directories (2 or more)"
+    )
+
+
+def write_or_exit(parser: argparse.ArgumentParser, out: Path, write: Callable[[], _T]) -> _T:
+    """``write()``; an ``OSError`` becomes ``parser.error`` (exit code 2) naming ``--out`` and the path."""
+    try:
+        return write()
+    except OSError as e:
+        parser.error(f"argument --out: cannot write {e.filename or out}: {e.strerror or e}")
 
 
 def _unit_float(text: str) -> float:
@@ -500,10 +511,7 @@ def attack_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         )
     except AttackInputError as e:
         parser.error(str(e))
-    try:
-        paths = write_outputs(result, args.out)
-    except OSError as e:
-        parser.error(f"argument --out: cannot write {e.filename or args.out}: {e.strerror or e}")
+    paths = write_or_exit(parser, args.out, lambda: write_outputs(result, args.out))
     print(
         f"{len(result.runs)} shadow runs, pool of {result.settings['pool_size']} samples, each run the target once"
     )

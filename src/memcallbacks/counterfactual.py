@@ -52,7 +52,13 @@ import numpy as np
 from memcallbacks import _io
 from memcallbacks._rundir import RunDirectory, RunDirectoryError
 from memcallbacks._validate import check_bool, check_choice, check_int
-from memcallbacks.attack import AttackInputError, ShadowRun, load_shadow_run
+from memcallbacks.attack import (
+    AttackInputError,
+    ShadowRun,
+    add_run_dirs_argument,
+    load_shadow_run,
+    write_or_exit,
+)
 from memcallbacks.metrics.counterfactual import (
     CounterfactualResult,
     SpearmanResult,
@@ -615,9 +621,7 @@ def add_memorisation_parser(sub: Any) -> argparse.ArgumentParser:
             "Exit code 2 on bad input."
         ),
     )
-    p.add_argument(
-        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="the shadow runs' directories (2 or more)"
-    )
+    add_run_dirs_argument(p)
     p.add_argument(
         "--signal",
         choices=SIGNALS,
@@ -662,10 +666,11 @@ def memorisation_command(args: argparse.Namespace, parser: argparse.ArgumentPars
         parser.error(str(err))
     for w in caught:
         print(f"memcallbacks memorisation: warning: {w.message}", file=sys.stderr)
-    try:
-        paths = write_outputs(result, args.out, top=args.top, log_per_sample=args.log_per_sample)
-    except OSError as err:
-        parser.error(f"argument --out: cannot write {err.filename or args.out}: {err.strerror or err}")
+    paths = write_or_exit(
+        parser,
+        args.out,
+        lambda: write_outputs(result, args.out, top=args.top, log_per_sample=args.log_per_sample),
+    )
     e = result.estimate
     finite = e.mem[np.isfinite(e.mem)]
     print(

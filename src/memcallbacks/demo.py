@@ -201,7 +201,10 @@ def run_demo(
     Returns:
         A dict with ``run_dir``, ``report`` (paths), ``exposure_epoch`` and ``exposure_by_count``
         (the last evaluation), ``restored_epoch`` and ``kept_exposure_by_count`` (after a
-        rollback), ``mia_auc``, ``audit_epsilon_lb``, ``dp_epsilon``, ``stopped_reason``,
+        rollback), ``mia_auc``, ``extraction`` (the last greedy and (n, p) extraction rates of the
+        training text and of the canaries, and the canaries extracted by insertion count),
+        ``canary_top1`` (the copies of the canaries inserted >= 16 times that the tracker's score
+        ranks in the top 1%), ``audit_epsilon_lb``, ``dp_epsilon``, ``stopped_reason``,
         ``stopping``, ``seconds``, ``callback_seconds`` and ``logger_paths``.
 
     Raises:

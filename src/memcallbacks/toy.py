@@ -16,6 +16,10 @@ Both map token ids ``[B, T]`` to logits ``[B, T, V]`` and implement
 trie path. Their ``training_step`` takes batches from :func:`lm_loader` (an
 :class:`~memcallbacks.data.indexed.IndexedDataset` of token sequences) and returns
 ``loss``, ``sample_loss`` and ``sample_index``, so loss trajectories work too.
+
+For the classification examples (label noise, counterfactual memorisation, LiRA):
+:func:`digits_dataset` (sklearn's bundled digits, optionally with seeded label noise) and
+:class:`MLPClassifier`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from memcallbacks.data.canaries import encoder_of
 from memcallbacks.data.indexed import IndexedDataset, split_index
@@ -36,9 +40,11 @@ from memcallbacks.data.indexed import IndexedDataset, split_index
 __all__ = [
     "CharLSTMLM",
     "DPWindowLM",
+    "MLPClassifier",
     "TokenDataset",
     "WindowLM",
     "collate_tokens",
+    "digits_dataset",
     "lm_loader",
     "make_payment_corpus",
 ]
@@ -305,3 +311,96 @@ class DPWindowLM(WindowLM):
         return make_private(
             self, optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm
         )
+
+
+def digits_dataset(noise: float = 0.0, seed: int = 0) -> tuple[TensorDataset, np.ndarray]:
+    """sklearn's 1,797 bundled 8x8 digits (no download), standardised, with a fraction of labels flipped.
+
+    Each feature is standardised over the whole set. A fraction ``noise`` of the samples, drawn
+    with a seeded generator, get a label of another class, so the dataset (and the fingerprint a
+    shadow-run pool takes from it) is the same in every run.
+
+    Args:
+        noise: fraction of labels flipped to a different class (0 keeps every label).
+        seed: seed of the flip.
+
+    Returns:
+        The dataset (float32 features ``[64]``, int64 labels) and the boolean mask of the flipped samples.
+
+    Example:
+        >>> pool, flipped = digits_dataset(noise=0.1)
+        >>> len(pool), int(flipped.sum()), pool[0][0].shape
+        (1797, 180, torch.Size([64]))
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError("digits_dataset needs scikit-learn: pip install scikit-learn") from e
+
+    x, y = load_digits(return_X_y=True)
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
+    rng = np.random.default_rng(seed)
+    flipped = np.zeros(len(y), dtype=bool)
+    flipped[rng.choice(len(y), size=int(round(noise * len(y))), replace=False)] = True
+    labels = y.copy()
+    labels[flipped] = (y[flipped] + rng.integers(1, 10, size=int(flipped.sum()))) % 10  # always another class
+    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(labels)), flipped
+
+
+class MLPClassifier(pl.LightningModule):
+    """A small MLP classifier (ReLU hidden layers, Adam), the model of the digits examples.
+
+    Batches from an :class:`~memcallbacks.data.indexed.IndexedDataset` over ``(x, y)`` pairs make
+    ``training_step`` return ``loss``, ``sample_loss``, ``sample_index`` and ``sample_correct``
+    (what :class:`~memcallbacks.LossTrajectoryTracker` reads); plain ``(x, y)`` batches make it
+    return the mean cross-entropy.
+
+    Args:
+        in_features: input width (64 for the digits).
+        num_classes: number of classes.
+        hidden: width of each hidden layer.
+        hidden_layers: number of hidden layers.
+        lr: Adam learning rate.
+
+    Example:
+        >>> model = MLPClassifier(hidden=32, hidden_layers=2)
+        >>> model(torch.zeros(3, 64)).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(
+        self,
+        in_features: int = 64,
+        num_classes: int = 10,
+        *,
+        hidden: int = 256,
+        hidden_layers: int = 1,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, num_classes))
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        index, (x, y) = split_index(batch, missing_ok=True)  # x is [B, D] float: never taken for an index
+        logits = self(x)
+        if index is None:
+            return F.cross_entropy(logits, y)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        return {
+            "loss": per_sample.mean(),
+            "sample_loss": per_sample.detach(),
+            "sample_index": index,
+            "sample_correct": logits.argmax(dim=-1) == y,
+        }
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)

@@ -486,6 +486,19 @@ def _series(record: LineSeries) -> tuple[list[float], dict[str, list[float]]]:
     return xs, ys
 
 
+def log_log_roc_axes(ax: Any, floor: float) -> None:
+    """Sets a matplotlib ``ax`` up for a ROC curve: log-log from ``floor`` to 1, both axes labelled.
+
+    Log scales show the low false-positive region where membership attacks are judged.
+    """
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, 1.0)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+
+
 def _render(record: LineSeries | RocCurve) -> Any:
     """A matplotlib figure (Agg canvas, no pyplot state) for backends without a native form."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -499,12 +512,7 @@ def _render(record: LineSeries | RocCurve) -> Any:
         ax.plot(fpr, tpr, label="attack")
         floor = min(0.5, max(1e-5, float(fpr[fpr > 0].min()) if np.any(fpr > 0) else 1e-5))
         ax.plot([floor, 1.0], [floor, 1.0], linestyle="--", color="grey", label="chance")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(floor, 1.0)
-        ax.set_ylim(floor, 1.0)
-        ax.set_xlabel("false-positive rate")
-        ax.set_ylabel("true-positive rate")
+        log_log_roc_axes(ax, floor)
     else:
         xs, ys = _series(record)
         for name, values in ys.items():

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shadow_runs import make_pool, train_shadow_run
 
+from helpers.shadow_runs import make_pool, train_shadow_run
 from memcallbacks import _io
 from memcallbacks.attack import run_attack
 from memcallbacks.callbacks.shadow import ShadowScoreRecorder, _auto_score, pool_fingerprint, shadow_split
@@ -241,10 +241,14 @@ def test_with_one_reference_rmia_beats_the_loss_attack_at_low_fpr(tmp_path: Path
 @pytest.mark.slow
 def test_recorder_warns_when_the_run_trains_on_other_data_and_resume_checks_the_split(tmp_path: Path) -> None:
     import pytorch_lightning as pl
-    from shadow_runs import MLP
     from torch.utils.data import DataLoader
 
+    from memcallbacks.toy import MLPClassifier
+
     pool = make_pool(64, dim=6)
+
+    def mlp() -> MLPClassifier:
+        return MLPClassifier(6, 10, lr=3e-3)
 
     def trainer(recorder: ShadowScoreRecorder, epochs: int) -> pl.Trainer:
         return pl.Trainer(
@@ -258,13 +262,13 @@ def test_recorder_warns_when_the_run_trains_on_other_data_and_resume_checks_the_
 
     recorder = ShadowScoreRecorder(pool, run_index=0, num_runs=4)
     with pytest.warns(UserWarning, match="recorder.train_dataset"):
-        trainer(recorder, 1).fit(MLP(dim=6), DataLoader(pool, batch_size=16))  # the whole pool: wrong
+        trainer(recorder, 1).fit(mlp(), DataLoader(pool, batch_size=16))  # the whole pool: wrong
     ckpt = next(tmp_path.rglob("*.ckpt"))
     other = ShadowScoreRecorder(pool, run_index=1, num_runs=4)
     with pytest.raises(ValueError, match="run_index"):
-        trainer(other, 2).fit(MLP(dim=6), DataLoader(other.train_dataset, batch_size=16), ckpt_path=ckpt)
+        trainer(other, 2).fit(mlp(), DataLoader(other.train_dataset, batch_size=16), ckpt_path=ckpt)
     same = ShadowScoreRecorder(pool, run_index=0, num_runs=4)
-    trainer(same, 2).fit(MLP(dim=6), DataLoader(same.train_dataset, batch_size=16), ckpt_path=ckpt)
+    trainer(same, 2).fit(mlp(), DataLoader(same.train_dataset, batch_size=16), ckpt_path=ckpt)
     assert same.scores is not None and same.scores.shape == (64,)
 
 

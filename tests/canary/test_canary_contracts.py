@@ -50,7 +50,7 @@ def test_changed_canary_seed_raises_on_resume_and_when_where_args_carry_over(tmp
     # every_n_epochs and run_dir say when and where: the history carries over
     moved = tmp_path / "moved"
     monitor, _ = run(tmp_path / "c", 2, canaries(), ckpt=ckpt, every_n_epochs=2, run_dir=moved)
-    assert monitor.history["epochs"].tolist() == [0, 1]
+    assert monitor.arrays["epochs"].tolist() == [0, 1] == [row["epoch"] for row in monitor.history]
     assert load_npz(moved / "canary" / "exposure.npz")["epochs"].tolist() == [0, 1]
 
 
@@ -79,8 +79,24 @@ def test_two_monitors_need_distinct_names(tmp_path) -> None:
         make_trainer(tmp_path, max_epochs=1, callbacks=[a, b]).fit(
             tiny_window_lm(TOK.vocab_size), loader(canaries())
         )
-    named = [CanaryExposureMonitor(canaries(), name="a"), CanaryExposureMonitor(canaries(seed=3), name="b")]
+    named = [
+        CanaryExposureMonitor(canaries(), method="exact", name="a"),
+        CanaryExposureMonitor(canaries(seed=3), method="exact", name="b"),
+    ]
     assert named[0].state_key != named[1].state_key
+    trainer = make_trainer(tmp_path / "named", max_epochs=1, callbacks=named)
+    trainer.fit(tiny_window_lm(TOK.vocab_size), loader(canaries()))
+    # each logs under its own keys (one shared key would be averaged by Lightning) and folder
+    logged = trainer.callback_metrics
+    for monitor in named:
+        row = monitor.history[-1]
+        assert float(logged[f"mem/canary/exposure_max/{monitor.name}"]) == pytest.approx(
+            row["mem/canary/exposure_max"]
+        )
+        assert (
+            monitor.run_dir / "exposure.npz"
+        ).is_file() and monitor.run_dir.name == f"canary_{monitor.name}"
+    assert "mem/canary/exposure_max" not in logged
 
 
 # ------------------------------------------------------------------------------------ diverged model
@@ -103,8 +119,10 @@ def test_diverged_model_logs_nan_never_a_safe_value(tmp_path, method) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, loader(cs))
-    hist = monitor.history
+    hist = monitor.arrays
     assert hist["epochs"].tolist() == [0, 1, 2]  # training was not ended
+    rows = monitor.history  # the per-evaluation view says the same: NaN, never a safe value
+    assert [math.isnan(r["mem/canary/exposure_max"]) for r in rows] == [False, True, True]
     assert np.isfinite(hist["exposure"][0]).all() and hist["nonfinite"][0] == 0
     assert np.isnan(hist["exposure"][1:]).all() and np.isnan(hist["rank"][1:]).all()
     assert (hist["nonfinite"][1:] > 0).all()

@@ -67,7 +67,7 @@ def test_exact_exposure_matches_brute_force(tmp_path, model_fn) -> None:
     canary_scores = scores[[cs.candidate_index(s) for s in cs.secrets]]
     ranks = np.array([int(np.sum(scores <= s)) for s in canary_scores])  # ties count against the canary
     expected = math.log2(1000) - np.log2(ranks)
-    hist = monitor.history
+    hist = monitor.arrays
     np.testing.assert_allclose(hist["log_perplexity"][-1], canary_scores, atol=1e-4)
     np.testing.assert_array_equal(hist["rank"][-1], ranks)
     np.testing.assert_allclose(hist["exposure"][-1], expected, atol=1e-9)
@@ -112,8 +112,8 @@ def test_extrapolated_matches_independent_fit_and_references_fixed(tmp_path, mon
     ref_scores = brute_force_scores(model, cs, refs)
     canary_scores = brute_force_scores(model, cs, cs.secrets)
     expected = exposure_extrapolated(canary_scores, ref_scores, space_size=10**6)
-    np.testing.assert_allclose(monitor.history["exposure"][-1], expected, atol=1e-3)
-    assert (monitor.history["exposure"] <= math.log2(10**6) + 1e-9).all()
+    np.testing.assert_allclose(monitor.arrays["exposure"][-1], expected, atol=1e-3)
+    assert (monitor.arrays["exposure"] <= math.log2(10**6) + 1e-9).all()
     saved = load_npz(monitor.run_dir / "exposure.npz")
     np.testing.assert_allclose(saved["reference_scores"], ref_scores, atol=1e-3)
 
@@ -171,7 +171,7 @@ def test_resume_gives_identical_numbers(tmp_path) -> None:
     state = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)  # plain state
     assert any("CanaryExposureMonitor" in k for k in state["callbacks"])
     resumed = run(tmp_path / "c", 3, ckpt=str(tmp_path / "b" / "last.ckpt"))
-    a, c = straight.history, resumed.history
+    a, c = straight.arrays, resumed.arrays
     assert c["epochs"].tolist() == [0, 1, 2]
     for key in ("exposure", "rank", "log_perplexity"):
         np.testing.assert_allclose(c[key], a[key], atol=1e-6)

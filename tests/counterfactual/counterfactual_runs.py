@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder, split_index
+from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder
+from memcallbacks.toy import MLPClassifier
 
 
 def make_pool(n: int = 48, *, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
@@ -23,31 +24,6 @@ def make_pool(n: int = 48, *, dim: int = 6, classes: int = 3, seed: int = 0) -> 
     flip = g.random(n) < 0.2
     y = np.where(flip, g.integers(0, classes, n), y)
     return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
-
-
-class IndexedMLP(pl.LightningModule):
-    def __init__(self, dim: int, classes: int = 3) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
-
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        index, (x, y) = split_index(batch)
-        logits = self(x)
-        per_sample = F.cross_entropy(logits, y, reduction="none")
-        return {
-            "loss": per_sample.mean(),
-            "sample_loss": per_sample.detach(),
-            "sample_index": index,
-            "sample_correct": logits.argmax(-1) == y,
-        }
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
 def train_run(
@@ -83,7 +59,8 @@ def train_run(
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    trainer.fit(IndexedMLP(dim=int(pool[0][0].shape[0])), DataLoader(train, batch_size=16, shuffle=True))
+    model = MLPClassifier(int(pool[0][0].shape[0]), 3, hidden=32, lr=1e-2)
+    trainer.fit(model, DataLoader(train, batch_size=16, shuffle=True))
     return run_dir
 
 

@@ -5,6 +5,9 @@ Each case either raises a clear error that names the argument and the fix (check
 metric (``mem/traj/nonfinite``, ``mem/mia/nonfinite``, ``mem/traj/visited_frac``) says what
 happened. None may crash inside numpy/torch, and a problem that is only in logging never stops
 training.
+
+It stays in tests/hardening: one parametrised matrix over every public class and function, built on
+shared fault-injecting models and loggers; the per-area error tests live in tests/<area>/.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ epoch-2 file of the run directory (after the temporary file is flushed, before i
 the other monitors' epoch-2 files are then already written, the epoch-2 checkpoint is not).
 The test kills it with SIGKILL, checks the run directory as the crash left it, resumes from
 the last checkpoint in a new Trainer and compares with an uninterrupted run.
+
+It stays in tests/hardening: it kills and resumes a run carrying every callback at once (one
+Trainer, one run directory), which no single area folder owns.
 """
 
 from __future__ import annotations

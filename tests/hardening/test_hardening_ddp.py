@@ -9,6 +9,9 @@ epoch, so every per-sample loss, probe metric and exposure must agree between 1 
 averaging). Trajectories must cover every visited index exactly once per epoch; with
 ``drop_last=True`` the samples of each rank's dropped last batch stay NaN and
 ``mem/traj/visited_frac`` < 1.
+
+It stays in tests/hardening: it runs every callback together in one DDP run; each callback's own DDP
+test is in tests/<area>/.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Both Lightning namespaces and LightningCLI configuration (issue 8, item 6)."""
+"""Both Lightning namespaces and LightningCLI configuration (issue 8, item 6).
+
+It stays in tests/hardening: it runs every callback under both Lightning namespaces and from a
+LightningCLI file (memcallbacks.lightning), across areas.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Trainer modes (issue 16.2): fast_dev_run skips every callback; validate/test/predict run none."""
+"""Trainer modes (issue 16.2): fast_dev_run skips every callback; validate/test/predict run none.
+
+It stays in tests/hardening: the rule (MemorisationCallback's scheduling) is checked on every
+callback at once.
+"""
 
 from __future__ import annotations
 

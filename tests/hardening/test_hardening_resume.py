@@ -7,6 +7,9 @@ bitwise equal to an uninterrupted run. It covers both places ModelCheckpoint sav
 end of the training epoch, and at the closing validation's end (``save_on_train_epoch_end=False``),
 which is why :class:`~memcallbacks.callbacks._base.MemorisationCallback` runs monitors at the
 validation epoch end.
+
+It stays in tests/hardening: it checks every callback together in one Trainer; each callback's own
+resume test is in tests/<area>/.
 """
 
 from __future__ import annotations

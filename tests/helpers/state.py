@@ -51,7 +51,7 @@ def snapshot(callbacks: list[Any], *, full_store: bool = True) -> dict[str, Any]
             out["mia/nonmember_losses"] = cb.nonmember_losses
             out["mia/history"] = json.dumps(cb.history, sort_keys=True)
         elif isinstance(cb, CanaryExposureMonitor):
-            for k, v in cb.history.items():
+            for k, v in cb.arrays.items():
                 out[f"canary/{k}"] = v
         elif isinstance(cb, PrivacyAuditMonitor):
             out["audit/history"] = json.dumps(cb.history, sort_keys=True)

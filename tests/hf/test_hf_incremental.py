@@ -195,3 +195,33 @@ def test_as_incremental_does_not_import_transformers() -> None:
         "assert 'transformers' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class _GPT2Module(pl.LightningModule):
+    """A LightningModule holding a transformers GPT-2 as an attribute, as users write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = _gpt2()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).logits
+
+
+def test_exposure_monitor_wraps_a_held_gpt2_by_itself() -> None:
+    from memcallbacks import CanaryExposureMonitor
+
+    module = _GPT2Module().eval()
+    cs = _canaries(length=3)
+    monitor = CanaryExposureMonitor(cs, method="auto", num_references=100)
+    assert isinstance(monitor._scoring_module(module), HFIncrementalLM)
+    assert monitor._resolve_method(monitor._scoring_module(module)) == "exact_trie"  # not extrapolated
+    result = monitor.compute(module)
+    # the exact rank over all 1,000 candidates, scored one by one through the module's own forward
+    candidates = cs.enumerate_candidates(10**3)
+    seqs = [cs.prefix_ids + cs.encode_secret(s) for s in candidates]
+    scores = score_sequences(module, seqs, len(cs.prefix_ids))
+    by_secret = dict(zip(candidates, scores))
+    expected = [int(np.sum(scores <= by_secret[c.secret])) for c in cs]  # ties count against, itself included
+    assert result.rank.tolist() == expected
+    assert result.rank_exact.all()

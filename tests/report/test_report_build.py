@@ -47,7 +47,7 @@ def test_report_numbers_are_the_logged_ones(run, report):
     m, n = mem["member_losses"][-1], mem["nonmember_losses"][-1]
     auc = roc_auc_score(np.r_[np.ones(m.size), np.zeros(n.size)], -np.r_[m, n])
     assert re.search(rf"last evaluation \(epoch 2\): AUC {auc:.3f}", md)
-    exp = run["callbacks"]["exposure"].history
+    exp = run["callbacks"]["exposure"].arrays
     reps, last = exp["repetitions"], exp["exposure"][-1]
     assert (
         f"at the last evaluation (epoch 2): x1: {last[reps == 1].mean():.1f}, x4: {last[reps == 4].mean():.1f}"
@@ -166,3 +166,81 @@ def test_data_map_ranks_by_the_trackers_score(run, report):
         f"{hits} of the {len(copies)} training copies ({100 * hits / len(copies):.0f}%) of the canaries inserted "
         f">= 4 times rank in the top 1% ({k} of the {n} samples) by `min_loss`"
     ) in md
+
+
+def test_audit_bound_at_zero_is_explained(run, tmp_path):
+    root = tmp_path / "memcallbacks"
+    shutil.copytree(run["root"] / "audit", root / "audit")
+    summary = _io.load_json(root / "audit" / "audit.json")
+    for row in summary["history"]:
+        row["epsilon_lb"] = 0.0
+    _io.save_json(root / "audit" / "audit.json", summary)
+    md = build_report(root)["markdown"].read_text()
+    assert "0 = nothing proved" in md and "a lower bound, not an estimate" in md
+
+
+def test_a_corrupted_file_is_named_and_the_other_sections_stay(run, tmp_path):
+    root = tmp_path / "memcallbacks"
+    shutil.copytree(run["root"], root, ignore=shutil.ignore_patterns("report"))
+    (root / "canary" / "exposure.npz").write_bytes(b"PK\x03\x04 truncated")
+    result = build_report(root)
+    assert len(result["problems"]) == 1 and str(root / "canary" / "exposure.npz") in result["problems"][0]
+    md = result["markdown"].read_text()
+    assert "## Canary exposure (Secret Sharer)\n\n- could not be drawn:" in md
+    assert "exposure.npz" in md and "Membership inference" in md and "data_map.png" in md
+
+
+def test_an_empty_folder_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run_dir"):
+        build_report(tmp_path)
+
+
+def test_out_that_is_a_file_is_refused(run, tmp_path):
+    target = tmp_path / "report.html"
+    target.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="`out`"):
+        build_report(run["root"], out=target)
+    assert target.read_text() == "mine"
+
+
+def test_named_monitors_get_their_own_sections(run, tmp_path):
+    """``name="holdout2"`` writes ``membership_holdout2/``: a second section with its own figures."""
+    root = tmp_path / "memcallbacks"
+    shutil.copytree(run["root"] / "membership", root / "membership_holdout2")
+    result = build_report(root)
+    assert result["problems"] == []
+    assert {p.name for p in result["figures"]} == {"mia_roc_holdout2.png", "gap_auc_holdout2.png"}
+    assert "## Membership inference (loss threshold), `membership_holdout2`" in result["markdown"].read_text()
+
+
+def test_a_named_sequence_monitor_gets_its_own_figures(run, tmp_path):
+    """``name="canaries"`` writes ``sequence_canaries/``: its own section, figures named after it."""
+    root = tmp_path / "memcallbacks"
+    shutil.copytree(run["root"] / "sequence", root / "sequence_canaries")
+    result = build_report(root)
+    assert result["problems"] == []
+    assert {p.name for p in result["figures"]} == {
+        "sequence_epochs_canaries.png",
+        "extraction_vs_tries_canaries.png",
+    }
+    md = result["markdown"].read_text()
+    assert "## Sequence memorisation (language models), `sequence_canaries`" in md
+
+
+def test_sequence_section_reads_the_logged_rates(tmp_path):
+    from memcallbacks._rundir import write_sequence
+
+    root = tmp_path / "memcallbacks"
+    history = [
+        {"epoch": 0.0, "mem/extract/exact_rate": 0.0, "mem/mia_lm/auc/loss": 0.5},
+        {"epoch": 1.0, "mem/extract/exact_rate": 0.25, "mem/extract/exact_rate_nonmember": 0.0,
+         "mem/mia_lm/auc/loss": 0.75, "mem/mia_lm/auc/zlib": None},
+    ]  # fmt: skip
+    write_sequence(
+        root / "sequence",
+        {"epochs": np.array([0, 1]), "member_exact": np.zeros((2, 4))},
+        {"history": history, "prefix_len": 8, "suffix_len": 4},
+    )
+    md = build_report(root)["markdown"].read_text()
+    assert "last evaluation (epoch 1): exact extraction of the 4-token suffix from a 8-token prefix" in md
+    assert "members 0.250, non-members 0.000" in md and "loss 0.750, zlib n/a" in md

@@ -13,7 +13,17 @@ from helpers.wandb_reader import history_rows, wait_for_run_file
 from memcallbacks import _io
 from memcallbacks.report import find_run_dir
 
-FIGURES = {"exposure_vs_repetitions.png", "mia_roc.png", "gap_auc.png", "data_map.png", "epsilon.png"}
+FIGURES = {
+    "exposure_vs_repetitions.png",
+    "mia_roc.png",
+    "gap_auc.png",
+    "data_map.png",
+    "epsilon.png",
+    "sequence_epochs.png",
+    "extraction_vs_tries.png",
+    "sequence_epochs_canaries.png",
+    "extraction_vs_tries_canaries.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +57,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     out, printed = demo_run
     run_dir = out / "memcallbacks"
-    for sub in ("trajectory", "membership", "canary", "audit"):
+    for sub in ("trajectory", "membership", "canary", "audit", "sequence", "sequence_canaries"):
         assert (run_dir / sub).is_dir(), sub
     # the report: every figure written, embedded in the HTML and linked from the Markdown
     report = run_dir / "report"  # where `memcallbacks report` writes too
@@ -81,6 +91,8 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     assert (
         f"membership-inference AUC (1,000 members vs 1,000 held out, after epoch 1): {written:.3f}" in printed
     )
+    for key in ("mem/extract/exact_rate", "mem/extract/prob_rate/n100", "mem/mia_lm/auc/min_k"):
+        assert key in keys and f"{key}/canaries" in keys, key
     # privacy by default: no per-sample table and no secret went to W&B
     assert not any(k.startswith("mem/traj/most_memorised") or k == "mem/canary/canaries" for k in keys)
 
@@ -111,3 +123,43 @@ def test_report_cli_rebuilds_from_the_run_dir_alone(demo_run, tmp_path):
     assert "report written" in proc.stdout
     assert FIGURES <= {p.name for p in target.glob("*.png")}
     assert find_run_dir(out) == out / "memcallbacks"
+
+
+@pytest.mark.slow
+def test_demo_prints_the_extraction_rates_and_the_lm_ranking_it_logged(demo_run):
+    """The printed rates are the sequence monitors' last logged values (CSV), the ranking the report's."""
+    import csv
+    import re
+
+    from memcallbacks._rundir import RunDirectory
+    from memcallbacks.report import canary_copies_ranked
+
+    out, printed = demo_run
+    with open(out / "csv" / "version_0" / "metrics.csv") as f:
+        rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+    def last(key):
+        return [r[key] for r in rows if key in r][-1]
+
+    line = re.search(
+        r"extractable after epoch 1 \(greedy; \(n=100, p=0\.1\) sampling\): training text (\S+); (\S+) "
+        r"\(held out (\S+), 16\+16 tokens\); canary secrets (\S+); (\S+) \(fresh canaries (\S+); "
+        r"by times inserted x1: \d/2 x2: \d/2 x4: \d/2 x8: \d/2 x16: \d/2 x32: \d/2\)",
+        printed,
+    )
+    assert line is not None, printed
+    keys = ["mem/extract/exact_rate", "mem/extract/prob_rate/n100", "mem/extract/exact_rate_nonmember"]
+    expected = [last(k) for k in keys] + [last(k + "/canaries") for k in keys]
+    assert [float(v) for v in line.groups()] == pytest.approx(expected, abs=5e-4 + 1e-6)
+    # the LM ranking: the tracker ranks by min_loss; the printed share is the report's
+    run = RunDirectory(out / "memcallbacks")
+    traj, exp = run.trajectory(), run.exposure()
+    assert traj is not None and exp is not None and traj.score_by == "min_loss"
+    ranked = canary_copies_ranked(traj, exp)
+    assert ranked is not None and ranked.copies == 96
+    assert (
+        f"most memorised by `min_loss`: {ranked.in_top} of the 96 copies ({100 * ranked.share:.0f}%) of the "
+        f"canaries inserted >= 16 times rank in the top 1% ({ranked.top_size} samples)"
+    ) in printed
+    md = (out / "memcallbacks" / "report" / "summary.md").read_text()
+    assert f"{ranked.in_top} of the 96 training copies" in md and "ranked by `min_loss`" in md

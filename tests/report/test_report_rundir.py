@@ -61,7 +61,7 @@ def test_exposure_reader_and_mean_by_repetition_match_the_logged_keys(run):
     for row, epoch in enumerate(exp.epochs.tolist()):
         for r, value in exp.mean_by_repetition(row).items():
             assert value == pytest.approx(logged(run, f"mem/canary/exposure_mean/r{r}")[epoch], rel=1e-6)
-    np.testing.assert_array_equal(exp.exposure, run["callbacks"]["exposure"].history["exposure"])
+    np.testing.assert_array_equal(exp.exposure, run["callbacks"]["exposure"].arrays["exposure"])
     assert exp.secrets is None  # log_secrets=False: no secrets.json
     assert exp.method == "extrapolated" and exp.log2_space_size == pytest.approx(math.log2(10**6))
 

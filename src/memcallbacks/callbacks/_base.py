@@ -23,6 +23,7 @@ subclass replaces the instance's other hooks with no-ops then
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import weakref
@@ -30,7 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 
@@ -43,11 +46,29 @@ __all__ = [
     "check_same_measured_args",
     "logged_epochs",
     "resolve_run_root",
+    "state_array",
+    "state_tensor",
 ]
 
 # Trainer -> {key: epoch of its latest log_metrics call}; read by LeakageEarlyStopping to act on
 # fresh values only (monitors that evaluate every n epochs leave stale values in callback_metrics).
 _LOGGED_EPOCHS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def state_tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    """A numpy array as a tensor for a callback's ``state_dict`` (``None`` stays ``None``).
+
+    Checkpoints then load with ``weights_only=True``; :func:`state_array` reads it back.
+    """
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
+
+
+def state_array(state_dict: dict[str, Any], key: str, dtype: Any) -> np.ndarray | None:
+    """``state_dict[key]`` (a tensor, array or list, or absent/``None``) as a numpy array of ``dtype``."""
+    value = state_dict.get(key)
+    if value is None:
+        return None
+    return np.asarray(value.cpu().numpy() if hasattr(value, "cpu") else value, dtype=dtype)
 
 
 def logged_epochs(trainer: Any) -> dict[str, int]:
@@ -77,12 +98,8 @@ def resolve_run_root(trainer: Any, run_dir: Path | None, owner: str, subdir: str
         log_dir = trainer.log_dir
         root = Path(log_dir if log_dir is not None else trainer.default_root_dir) / "memcallbacks"
     if trainer.is_global_zero:
-        folder = root / subdir if subdir else root
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            _io.make_writable_folder(root / subdir if subdir else root)
         except OSError as e:
             raise PermissionError(
                 f"{owner}: cannot write the run directory {str(root)!r} ({e.strerror}); "
@@ -226,9 +243,20 @@ class MemorisationCallback(Callback):
         raise NotImplementedError
 
     # -- output --------------------------------------------------------------------------
-    @staticmethod
-    def log_metrics(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
+    # A monitor given ``name=`` logs ``<key>/<name>`` (and sends records as ``<key>/<name>``), so
+    # two monitors of one class never log under one key: Lightning would average the two values.
+    # A subclass that spells the suffix into its own keys sets this to False.
+    suffix_keys_with_name: bool = True
+
+    def _name_suffix(self) -> str:
+        name = getattr(self, "name", None)
+        return f"/{name}" if name and self.suffix_keys_with_name else ""
+
+    def log_metrics(self, pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
         """Log scalars (identical on every rank) so every logger and ``callback_metrics`` get them."""
+        suffix = self._name_suffix()
+        if suffix:
+            metrics = {f"{k}{suffix}": v for k, v in metrics.items()}
         if metrics:
             pl_module.log_dict(
                 {k: float(v) for k, v in metrics.items()},
@@ -247,6 +275,10 @@ class MemorisationCallback(Callback):
 
     def emit(self, trainer: pl.Trainer, record: trackers.Record) -> None:
         """Send a rich record to the trackers, honouring this callback's privacy opt-ins."""
+        suffix = self._name_suffix()
+        key = getattr(record, "key", None)
+        if suffix and isinstance(key, str):  # an Alert has no key: its title says which callback
+            record = dataclasses.replace(record, key=f"{key}{suffix}")  # type: ignore[call-arg]
         trackers.emit(trainer, record, allow_per_sample=self.log_per_sample, allow_secrets=self.log_secrets)
 
     # -- background writes ---------------------------------------------------------------

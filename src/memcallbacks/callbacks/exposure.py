@@ -168,8 +168,9 @@ class CanaryExposureMonitor(MemorisationCallback):
         log_secrets: include the secrets in the table sent to trackers and write
             ``secrets.json`` to the run directory.
         progress: progress bar while scoring (None: when slow and stdout is a terminal).
-        name: tells two monitors in one Trainer apart (their checkpoint states); needed only
-            when you use two (e.g. two formats).
+        name: tells two monitors in one Trainer apart (e.g. two formats): their checkpoint
+            states and logged keys, which end in ``/<name>`` (``mem/canary/exposure_max/<name>``);
+            ``history`` keeps the plain keys.
 
     Resume: the canaries (format, seed, secrets), ``method``, ``num_references`` and
     ``reference_seed`` define what is measured and must match the checkpoint (else a
@@ -226,6 +227,8 @@ class CanaryExposureMonitor(MemorisationCallback):
         self.canaries = canaries
         self.method = method
         self.name = name
+        if name is not None:  # two monitors never share a folder
+            self.subdir = f"canary_{name}"
         self.num_references = int(num_references)
         self.reference_seed = canaries.seed + 1 if reference_seed is None else int(reference_seed)
         self.extraction = bool(extraction)
@@ -297,16 +300,33 @@ class CanaryExposureMonitor(MemorisationCallback):
                     f"`canaries`: a canary is {longest} tokens long, more than the model's context "
                     f"(`max_len`={int(max_len)}); shorten the format or the secret"
                 )
+        # sharded strategies run every forward as a collective of the whole module: no adapter there
+        self._use_adapter = type(trainer.strategy).__name__ not in _SHARDED_STRATEGIES
+        module = self._scoring_module(pl_module)
         # fails early, with a hint to pass score_fn, when the module's output is not [B, T, V]
-        score_candidates(pl_module, cs, cs.secrets, dataclasses.replace(self.config, progress=False))
-        if self.extraction and not is_incremental(pl_module):
+        score_candidates(module, cs, cs.secrets, dataclasses.replace(self.config, progress=False))
+        if self.extraction and not is_incremental(module):
             try:  # decoding needs [B, T, V] logits: check now rather than after an epoch
-                beam_search(pl_module, cs.prefix_ids, 1, width=1)
+                beam_search(module, cs.prefix_ids, 1, width=1)
             except TypeError as e:
                 raise TypeError(f"`extraction=True` decodes from the module's logits: {e}") from None
-        self.resolved_method = self._resolve_method(pl_module)
+        self.resolved_method = self._resolve_method(module)
         if EXPOSURE_STRATEGIES[self.resolved_method].needs_references and self._references is None:
             self._references = cs.sample_references(self.num_references, seed=self.reference_seed)
+
+    def _scoring_module(self, pl_module: Any) -> Any:
+        """The module scored: a Hugging Face causal LM (or a LightningModule holding one as an
+        attribute) is wrapped in :class:`memcallbacks.hf.HFIncrementalLM`, so the trie and the
+        best-first search reuse its KV cache; anything else (or a custom ``score_fn``) as is."""
+        if (
+            self.score_fn is not None
+            or is_incremental(pl_module)
+            or not self.__dict__.get("_use_adapter", True)
+        ):
+            return pl_module
+        from memcallbacks.hf import as_incremental
+
+        return as_incremental(pl_module) or pl_module
 
     def _resolve_method(self, pl_module: Any) -> str:
         return resolve_exposure_method(
@@ -319,6 +339,7 @@ class CanaryExposureMonitor(MemorisationCallback):
 
         Usable outside a Trainer (after ``on_fit_start`` or with ``method`` not ``"auto"``).
         """
+        pl_module = self._scoring_module(pl_module)
         method = self.resolved_method or self._resolve_method(pl_module)
         strategy = EXPOSURE_STRATEGIES[method]
         if strategy.needs_references and self._references is None:
@@ -326,6 +347,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         return strategy.compute(pl_module, self.canaries, self.config, self._references)
 
     def _extract(self, module: Any) -> np.ndarray:
+        module = self._scoring_module(module)
         cs = self.canaries
         found = np.zeros(len(cs), dtype=bool)
         # decode from the tokens before each secret's span, as the training text has them (subword
@@ -498,8 +520,43 @@ class CanaryExposureMonitor(MemorisationCallback):
 
     # -- results & state -----------------------------------------------------------------
     @property
-    def history(self) -> dict[str, np.ndarray]:
-        """Recorded arrays: ``epochs [E]``, ``exposure``/``rank``/``log_perplexity`` ``[E, C]``, ..."""
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per evaluation, the shape every monitor's ``history`` has.
+
+        ``{"epoch": e, "mem/canary/...": value, ..., "exposure": [C], "rank": [C],
+        "log_perplexity": [C]}``: the scalars logged at that evaluation, then the per-canary
+        arrays (in ``canaries`` order). The same numbers as ``[E, C]`` matrices, as written to
+        ``exposure.npz``, are :attr:`arrays`.
+        """
+        a = self._arrays()
+        rows: list[dict[str, Any]] = []
+        for i, epoch in enumerate(a["epochs"].tolist()):
+            ref_rank = a["reference_rank"][i]
+            result = ExposureResult(
+                exposure=a["exposure"][i],
+                rank=a["rank"][i],
+                rank_exact=a["rank_exact"][i],
+                log_perplexity=a["log_perplexity"][i],
+                space_size=self.canaries.space_size,
+                method=str(a["strategy"]),
+                reference_rank=None if np.isnan(ref_rank).all() else ref_rank,
+                nonfinite=int(a["nonfinite"][i]),
+            )
+            extracted = a["extracted"][i] if "extracted" in a else None
+            rows.append(
+                {
+                    "epoch": int(epoch),
+                    **self._metrics(result, extracted),
+                    "exposure": result.exposure.copy(),
+                    "rank": result.rank.copy(),
+                    "log_perplexity": result.log_perplexity.copy(),
+                }
+            )
+        return rows
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Recorded arrays as in ``exposure.npz``: ``epochs [E]``, ``exposure``/``rank``/``log_perplexity`` ``[E, C]``, ..."""
         return self._arrays()
 
     @property

@@ -56,7 +56,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 
 from memcallbacks import _compat, _probe, _rundir, trackers
 from memcallbacks._validate import check_bool, check_int, check_seed
-from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
 from memcallbacks.metrics.membership import (
     MembershipReport,
     calibrated_losses,
@@ -300,8 +300,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         run_dir: override the run directory root.
         log_per_sample: accepted for symmetry; this monitor sends only aggregate records.
         name: tells two monitors in one Trainer apart (each needs its own): it names the
-            checkpoint state and the run-directory folder (``membership_<name>``). The logged keys
-            stay the same, so give the second monitor its own logger or compare it via ``history``.
+            checkpoint state, the run-directory folder (``membership_<name>``) and the logged keys,
+            which end in ``/<name>`` (``mem/mia/auc/<name>``); ``history`` keeps the plain keys.
 
     Raises:
         ValueError: bad argument values (empty probes, ``every_n_epochs < 1``, FPRs outside
@@ -443,36 +443,30 @@ class MembershipInferenceMonitor(MemorisationCallback):
         return np.stack(self._nonmember_history) if self._nonmember_history else np.zeros((0, m), np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        def t(a: np.ndarray | None) -> torch.Tensor | None:
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-
         return {
             **self.base_state(),
-            "member_indices": t(self._member_indices),
-            "nonmember_indices": t(self._nonmember_indices),
+            "member_indices": state_tensor(self._member_indices),
+            "nonmember_indices": state_tensor(self._nonmember_indices),
             "epochs": list(self._epochs),
-            "member_losses": t(self.member_losses) if self._member_history else None,
-            "nonmember_losses": t(self.nonmember_losses) if self._nonmember_history else None,
-            "ref_members": t(self._ref_members),
-            "ref_nonmembers": t(self._ref_nonmembers),
+            "member_losses": state_tensor(self.member_losses) if self._member_history else None,
+            "nonmember_losses": state_tensor(self.nonmember_losses) if self._nonmember_history else None,
+            "ref_members": state_tensor(self._ref_members),
+            "ref_nonmembers": state_tensor(self._ref_nonmembers),
             "history": [dict(row) for row in self._metrics_history],
             "warned_nonfinite": self._warned_nonfinite,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        def a(key: str, dtype: Any) -> np.ndarray | None:
-            v = state_dict.get(key)
-            return None if v is None else np.asarray(v.cpu().numpy() if hasattr(v, "cpu") else v, dtype=dtype)
-
         self.load_base_state(state_dict)
-        self._member_indices = a("member_indices", np.int64)
-        self._nonmember_indices = a("nonmember_indices", np.int64)
+        self._member_indices = state_array(state_dict, "member_indices", np.int64)
+        self._nonmember_indices = state_array(state_dict, "nonmember_indices", np.int64)
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
-        ml, nl = a("member_losses", np.float32), a("nonmember_losses", np.float32)
+        ml = state_array(state_dict, "member_losses", np.float32)
+        nl = state_array(state_dict, "nonmember_losses", np.float32)
         self._member_history = [] if ml is None else [row.copy() for row in ml]
         self._nonmember_history = [] if nl is None else [row.copy() for row in nl]
-        self._ref_members = a("ref_members", np.float32)
-        self._ref_nonmembers = a("ref_nonmembers", np.float32)
+        self._ref_members = state_array(state_dict, "ref_members", np.float32)
+        self._ref_nonmembers = state_array(state_dict, "ref_nonmembers", np.float32)
         self._metrics_history = [dict(row) for row in state_dict.get("history", [])]
         self._warned_nonfinite = bool(state_dict.get("warned_nonfinite", False))
         self._members = self._nonmembers = None  # re-resolved against the stored indices

@@ -40,9 +40,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
 
 from memcallbacks import _dist, _rundir, trackers
+from memcallbacks._probe import as_probe_dataset, seeded_indices
 from memcallbacks._validate import (
     check_choice,
     check_int,
@@ -51,7 +51,7 @@ from memcallbacks._validate import (
     check_seed,
     is_int,
 )
-from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
 from memcallbacks.data.indexed import IndexedDataset
 from memcallbacks.metrics.membership import membership_inference
 from memcallbacks.metrics.sequence import _min_k, _suffix_logq, extraction_probability, zlib_length
@@ -118,23 +118,6 @@ def _check_n_tries(n_tries: Any) -> tuple[int, ...]:
     if not out:
         raise ValueError("`n_tries` is empty; pass e.g. n_tries=(1, 10, 100)")
     return tuple(out)
-
-
-def _as_dataset(name: str, value: Any) -> Dataset[Any] | None:
-    if value is None:
-        return None
-    if isinstance(value, DataLoader):
-        value = value.dataset
-    if isinstance(value, IndexedDataset):
-        value = value.dataset
-    if not hasattr(value, "__getitem__") or not hasattr(value, "__len__"):
-        raise TypeError(
-            f"`{name}` must be a map-style dataset of token sequences (or a DataLoader over one), "
-            f"got {type(value).__name__}"
-        )
-    if len(value) == 0:
-        raise ValueError(f"`{name}` is empty (0 sequences); pass a dataset with at least one sequence")
-    return value  # type: ignore[no-any-return]
 
 
 def _validate_init(
@@ -554,7 +537,9 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         tokenizer: optional, ``decode(ids) -> str`` (or a function): the zlib ratio then compresses
             the decoded text (else the token ids as bytes), and tables can show text.
         num_top: rows of the per-sample table.
-        name: tells two monitors in one Trainer apart (state key and run-directory folder).
+        name: tells two monitors in one Trainer apart: state key, run-directory folder
+            (``sequence_<name>``) and logged keys, which end in ``/<name>``
+            (``mem/extract/exact_rate/<name>``); ``history`` keeps the plain keys.
         run_dir: override the run directory root.
         log_per_sample: send the per-sample table to trackers.
         log_secrets: include the sequences' text in that table and save greedy continuations.
@@ -644,8 +629,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             self.subdir = (
                 f"{_rundir.SEQUENCE}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
             )
-        self._members_arg = _as_dataset("members", members)
-        self._nonmembers_arg = _as_dataset("nonmembers", nonmembers)
+        self._members_arg = as_probe_dataset("members", members, item="token sequence")
+        self._nonmembers_arg = as_probe_dataset("nonmembers", nonmembers, item="token sequence")
 
         # probes (resolved at the first evaluation; indices kept across resume)
         self._member_indices: np.ndarray | None = None
@@ -697,32 +682,25 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         return [dict(row) for row in self._metrics_history]
 
     def state_dict(self) -> dict[str, Any]:
-        def t(a: np.ndarray | None) -> torch.Tensor | None:
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
-
         return {
             **self.base_state(),
-            "member_indices": t(self._member_indices),
-            "nonmember_indices": t(self._nonmember_indices),
+            "member_indices": state_tensor(self._member_indices),
+            "nonmember_indices": state_tensor(self._nonmember_indices),
             "epochs": list(self._epochs),
-            "results": t(np.stack(self._results)) if self._results else None,
-            "generated": t(self._generated),
+            "results": state_tensor(np.stack(self._results)) if self._results else None,
+            "generated": state_tensor(self._generated),
             "history": [dict(row) for row in self._metrics_history],
             "warned": sorted(self._warned),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        def a(key: str, dtype: Any) -> np.ndarray | None:
-            v = state_dict.get(key)
-            return None if v is None else np.asarray(v.cpu().numpy() if hasattr(v, "cpu") else v, dtype=dtype)
-
         self.load_base_state(state_dict)
-        self._member_indices = a("member_indices", np.int64)
-        self._nonmember_indices = a("nonmember_indices", np.int64)
+        self._member_indices = state_array(state_dict, "member_indices", np.int64)
+        self._nonmember_indices = state_array(state_dict, "nonmember_indices", np.int64)
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
-        results = a("results", np.float64)
+        results = state_array(state_dict, "results", np.float64)
         self._results = [] if results is None else [row.copy() for row in results]
-        self._generated = a("generated", np.int64)
+        self._generated = state_array(state_dict, "generated", np.int64)
         self._metrics_history = [dict(row) for row in state_dict.get("history", [])]
         self._warned = set(state_dict.get("warned", []))
         self._windows = None  # re-resolved against the stored indices
@@ -741,11 +719,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                     "sequences; resume with the same data as the checkpointed run"
                 )
             return stored
-        n = len(base)
-        if self.num_probe >= n:
-            return np.arange(n, dtype=np.int64)
-        rng = np.random.default_rng([self.seed, salt])
-        return np.sort(rng.choice(n, size=self.num_probe, replace=False)).astype(np.int64)
+        return seeded_indices(len(base), self.num_probe, [self.seed, salt])
 
     def _validation_dataset(self, trainer: pl.Trainer) -> Any:
         from memcallbacks._probe import dataset_of

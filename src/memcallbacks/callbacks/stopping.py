@@ -315,9 +315,9 @@ class LeakageEarlyStopping(Callback):
             >>> LeakageEarlyStopping.tpr_at_fpr(0.05, fpr=0.001).conditions[0].monitor
             'mem/mia/tpr@0.1%fpr'
         """
-        from memcallbacks.metrics.membership import _format_fpr
+        from memcallbacks.metrics.membership import format_fpr
 
-        return cls(f"{prefix}/tpr@{_format_fpr(fpr)}fpr", tpr, "max", **kwargs)
+        return cls(f"{prefix}/tpr@{format_fpr(fpr)}fpr", tpr, "max", **kwargs)
 
     @classmethod
     def loss_gap(cls, gap: float, *, key: str = "mem/gap/loss", **kwargs: Any) -> LeakageEarlyStopping:

@@ -229,6 +229,8 @@ class LossTrajectoryTracker(MemorisationCallback):
         >>> tracker.most_memorised(10)  # sample indices, most memorised first  # doctest: +SKIP
     """
 
+    suffix_keys_with_name = False  # the tracker spells ``/<name>`` into its keys itself
+
     def __init__(
         self,
         *,

@@ -28,7 +28,13 @@ frozen dataclasses.
 
 from typing import TYPE_CHECKING
 
-from memcallbacks.metrics.attacks import AttackReport, attack_report, lira_scores, logit_confidence, rmia_scores
+from memcallbacks.metrics.attacks import (
+    AttackReport,
+    attack_report,
+    lira_scores,
+    logit_confidence,
+    rmia_scores,
+)
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound, p_value_audit
 from memcallbacks.metrics.counterfactual import (
     CounterfactualResult,

@@ -33,7 +33,12 @@ from numpy.typing import NDArray
 from scipy import special, stats
 
 from memcallbacks._validate import as_numpy, check_bool, check_float_array, check_real
-from memcallbacks.metrics.membership import check_fprs, format_fpr, membership_inference, roc_curve
+from memcallbacks.metrics.membership import (
+    check_fprs,
+    membership_inference,
+    roc_curve,
+    roc_summary_metrics,
+)
 
 __all__ = [
     "AttackReport",
@@ -370,9 +375,7 @@ class AttackReport:
         """Flat ``{key: float}``: ``{prefix}/auc``, ``/advantage``, ``/tpr@<x>%fpr``, ``/n_members``,
         ``/n_nonmembers``, ``/n_excluded``."""
         prefix = prefix.rstrip("/")
-        out = {f"{prefix}/auc": float(self.auc), f"{prefix}/advantage": float(self.advantage)}
-        for x, tpr in self.tpr_at_fpr.items():
-            out[f"{prefix}/tpr@{format_fpr(x)}fpr"] = float(tpr)
+        out = roc_summary_metrics(prefix, auc=self.auc, advantage=self.advantage, tpr_at_fpr=self.tpr_at_fpr)
         out[f"{prefix}/n_members"] = float(self.n_members)
         out[f"{prefix}/n_nonmembers"] = float(self.n_nonmembers)
         out[f"{prefix}/n_excluded"] = float(self.n_excluded)

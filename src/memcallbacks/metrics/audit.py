@@ -23,8 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize, special, stats
 
-from memcallbacks._validate import check_int, check_real
-from memcallbacks.metrics.exposure import _as_float_array, _to_numpy
+from memcallbacks._validate import as_numpy, check_float_array, check_int, check_real
 
 __all__ = ["audit_guesses", "count_correct", "epsilon_lower_bound", "p_value_audit"]
 
@@ -195,7 +194,7 @@ def audit_guesses(scores: Any, *, k_pos: int, k_neg: int) -> NDArray[np.int8]:
     """
     k_pos = _check_count(k_pos, "k_pos")
     k_neg = _check_count(k_neg, "k_neg")
-    values = _as_float_array(scores, "scores", hint="; pass one score per canary")
+    values = check_float_array(scores, "scores", hint="; pass one score per canary")
     m = values.size
     if k_pos + k_neg > m:
         raise ValueError(
@@ -226,8 +225,8 @@ def count_correct(guesses: Any, included: Any) -> tuple[int, int]:
         >>> count_correct([1, -1, 0, 1, 0], [True, False, True, False, False])
         (2, 3)
     """
-    g = _to_numpy(guesses, "guesses")
-    inc = _to_numpy(included, "included")
+    g = as_numpy(guesses, "guesses")
+    inc = as_numpy(included, "included")
     if g.ndim != 1:
         raise ValueError(f"`guesses` must be 1-D, got shape {tuple(g.shape)}")
     if inc.shape != g.shape:

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from memcallbacks._validate import check_choice, check_int
-from memcallbacks.metrics.exposure import _as_float_array, _to_numpy
+from memcallbacks._validate import as_numpy, check_choice, check_float_array, check_int
 
 __all__ = [
     "MEMORISATION_SCORES",
@@ -189,7 +188,7 @@ class TrajectoryAccumulator:
             ValueError: on a shape mismatch, an infinite loss, or correctness given at some
                 updates and not others.
         """
-        losses = _as_float_array(
+        losses = check_float_array(
             epoch_losses,
             "epoch_losses",
             allow_nan=True,
@@ -243,7 +242,7 @@ class TrajectoryAccumulator:
         self.num_epochs += 1
 
     def _check_correct(self, epoch_correct: Any) -> NDArray[np.bool_]:
-        array = _to_numpy(epoch_correct, "epoch_correct")
+        array = as_numpy(epoch_correct, "epoch_correct")
         if array.shape != (self.num_samples,):
             raise ValueError(
                 f"`epoch_correct` must have shape ({self.num_samples},) like `epoch_losses`, "
@@ -319,7 +318,7 @@ class TrajectoryAccumulator:
         Raises:
             ValueError: if ``num_samples`` differs from this accumulator's or a key is missing.
         """
-        num_samples = int(_to_numpy(state_dict.get("num_samples", self.num_samples), "num_samples"))
+        num_samples = int(as_numpy(state_dict.get("num_samples", self.num_samples), "num_samples"))
         if num_samples != self.num_samples:
             raise ValueError(
                 f"`state_dict` is for {num_samples} samples, this accumulator has {self.num_samples}"
@@ -329,18 +328,18 @@ class TrajectoryAccumulator:
             raise ValueError(f"`state_dict` lacks keys {missing}; was it made by TrajectoryAccumulator?")
         for key in _STATE_KEYS:
             current = getattr(self, f"_{key}")
-            value = np.array(_to_numpy(state_dict[key], key), dtype=current.dtype)
+            value = np.array(as_numpy(state_dict[key], key), dtype=current.dtype)
             if value.shape != current.shape:
                 raise ValueError(f"`state_dict[{key!r}]` must have shape {current.shape}, got {value.shape}")
             setattr(self, f"_{key}", value)
         if "first" in state_dict:
-            self._first = np.array(_to_numpy(state_dict["first"], "first"), dtype=np.float64).reshape(
+            self._first = np.array(as_numpy(state_dict["first"], "first"), dtype=np.float64).reshape(
                 self._last.shape
             )
         else:  # an older state: the first visit is unknown where the sample was visited
             self._first = np.full(self.num_samples, np.nan)
-        self.num_epochs = int(_to_numpy(state_dict.get("num_epochs", 0), "num_epochs"))
-        has = int(_to_numpy(state_dict.get("has_correctness", -1), "has_correctness"))
+        self.num_epochs = int(as_numpy(state_dict.get("num_epochs", 0), "num_epochs"))
+        has = int(as_numpy(state_dict.get("has_correctness", -1), "has_correctness"))
         self.has_correctness = None if has < 0 else bool(has)
 
 
@@ -370,7 +369,7 @@ def trajectory_statistics(losses: Any, correct: Any = None) -> TrajectoryStatist
         >>> stats.count, stats.last, stats.learned_epoch
         (array([3, 0]), array([0.2, nan]), array([ 1, -1]))
     """
-    matrix = _as_float_array(
+    matrix = check_float_array(
         losses,
         "losses",
         ndim=2,
@@ -380,7 +379,7 @@ def trajectory_statistics(losses: Any, correct: Any = None) -> TrajectoryStatist
     )
     correct_matrix = None
     if correct is not None:
-        correct_matrix = _to_numpy(correct, "correct")
+        correct_matrix = as_numpy(correct, "correct")
         if correct_matrix.shape != matrix.shape:
             raise ValueError(
                 f"`correct` must have the shape of `losses` {tuple(matrix.shape)}, "
@@ -530,11 +529,11 @@ def top_k(scores: Any, k: int, *, tiebreak: Any = None) -> NDArray[np.int64]:
         array([2, 3, 0])
     """
     k = check_int("k", k, minimum=0, hint="pass how many indices to return")
-    values = _as_float_array(scores, "scores", allow_nan=True, allow_inf=True, allow_empty=True)
+    values = check_float_array(scores, "scores", allow_nan=True, allow_inf=True, allow_empty=True)
     missing = np.isnan(values)
     keys = [np.where(missing, 0.0, -values)]
     if tiebreak is not None:
-        secondary = _as_float_array(tiebreak, "tiebreak", allow_nan=True, allow_inf=True, allow_empty=True)
+        secondary = check_float_array(tiebreak, "tiebreak", allow_nan=True, allow_inf=True, allow_empty=True)
         if secondary.shape != values.shape:
             raise ValueError(
                 f"`tiebreak` must have the shape of `scores` {values.shape}, got {secondary.shape}"

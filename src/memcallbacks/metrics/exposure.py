@@ -36,7 +36,6 @@ means more likely.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from memcallbacks._validate import check_real, is_int
+from memcallbacks._validate import check_float_array, check_real, is_int
 
 __all__ = [
     "ExposureResult",
@@ -59,71 +58,6 @@ __all__ = [
     "fit_skewnorm",
     "mean_by_repetition",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# Input helpers shared by the metrics modules (private).
-# --------------------------------------------------------------------------------------
-def _to_numpy(value: Any, name: str) -> np.ndarray:
-    """Converts a torch tensor, numpy array, sequence or scalar to a numpy array."""
-    torch = sys.modules.get("torch")  # only a tensor needs torch, and then torch is imported
-    if torch is not None and isinstance(value, torch.Tensor):
-        tensor = value.detach()
-        if tensor.is_complex():
-            raise TypeError(f"`{name}` must be real, got a tensor of dtype {tensor.dtype}")
-        if tensor.dtype in (torch.float16, torch.bfloat16):
-            tensor = tensor.float()
-        return tensor.cpu().numpy()
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"`{name}` must be a tensor or array of numbers, got {type(value).__name__}")
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as e:  # ragged sequences
-        raise TypeError(f"`{name}` must be a tensor or array of numbers, got {type(value).__name__}") from e
-
-
-def _as_float_array(
-    value: Any,
-    name: str,
-    *,
-    ndim: int | tuple[int, ...] = 1,
-    allow_nan: bool = False,
-    allow_inf: bool = False,
-    allow_empty: bool = False,
-    hint: str = "",
-) -> NDArray[np.float64]:
-    """Validates ``value`` as a real float64 array of the given rank(s).
-
-    A scalar is accepted where ``ndim`` includes 1 and becomes a 1-element array.
-    """
-    array = _to_numpy(value, name)
-    dims = (ndim,) if isinstance(ndim, int) else ndim
-    if array.ndim == 0 and 1 in dims and 0 not in dims:
-        array = array.reshape(1)
-    if array.dtype == np.bool_ or not (
-        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-    ):
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {array.dtype}")
-    if array.ndim not in dims:
-        shapes = " or ".join(f"{d}-D" for d in dims)
-        raise ValueError(f"`{name}` must be {shapes}, got shape {tuple(array.shape)}{hint}")
-    array = np.asarray(array, dtype=np.float64)
-    if not allow_empty and array.size == 0:
-        raise ValueError(f"`{name}` must be non-empty, got 0 values{hint}")
-    bad = ~np.isfinite(array)
-    if allow_nan:
-        bad &= ~np.isnan(array)
-    if allow_inf:
-        bad &= ~np.isinf(array)
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        where = index[0] if len(index) == 1 else index
-        allowed = "finite" + (" or NaN" if allow_nan else "") + (" or +-inf" if allow_inf else "")
-        raise ValueError(
-            f"`{name}` must be {allowed}, got {array[index]} at index {where} "
-            f"({int(bad.sum())} such value(s)); filter or replace them before calling"
-        )
-    return array
 
 
 def _check_space_size(space_size: Any, name: str = "space_size") -> float:
@@ -166,7 +100,7 @@ def exposure_from_rank(rank: Any, space_size: Any) -> float | NDArray[np.float64
         array([10.,  9.,  0.])
     """
     log2_space = _check_space_size(space_size)
-    ranks = _as_float_array(rank, "rank", ndim=tuple(range(0, 33)), allow_empty=True)
+    ranks = check_float_array(rank, "rank", ndim=tuple(range(0, 33)), allow_empty=True)
     if (ranks < 1).any():
         bad = ranks[ranks < 1].flat[0]
         raise ValueError(f"`rank` must be >= 1 (rank 1 = most likely candidate), got {bad:g}")
@@ -204,8 +138,8 @@ def exposure_rank(canary_scores: Any, reference_scores: Any) -> NDArray[np.int64
         >>> exposure_rank([0.5, 2.0, 9.0], [1.0, 2.0, 3.0])
         array([1, 3, 4])
     """
-    canaries = _as_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
-    references = _as_float_array(
+    canaries = check_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
+    references = check_float_array(
         reference_scores,
         "reference_scores",
         hint="; pass at least one reference candidate's score",
@@ -245,8 +179,8 @@ def exposure_rank_in_space(canary_scores: Any, space_scores: Any) -> NDArray[np.
         >>> exposure_rank_in_space([1.0, 2.0], [3.0, 1.0, 2.0, 2.0])
         array([1, 3])
     """
-    canaries = _as_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
-    space = _as_float_array(space_scores, "space_scores", hint="; pass the score of every candidate")
+    canaries = check_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
+    space = check_float_array(space_scores, "space_scores", hint="; pass the score of every candidate")
     ranks = _count_at_or_below(space, canaries)
     if (ranks < 1).any():
         raise ValueError(
@@ -286,8 +220,8 @@ def exposure_exact(
         array([2.       , 0.4150375, 0.       ])
     """
     log2_space = None if space_size is None else _check_space_size(space_size)
-    canaries = _as_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
-    references = _as_float_array(
+    canaries = check_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
+    references = check_float_array(
         reference_scores,
         "reference_scores",
         hint="; pass at least one reference candidate's score",
@@ -318,7 +252,7 @@ def exposure_saturated(values: Any, space_size: Any) -> int:
         2
     """
     log2_space = _check_space_size(space_size)
-    array = _as_float_array(values, "values", allow_empty=True)
+    array = check_float_array(values, "values", allow_empty=True)
     # a capped value is exactly log2_space; allow for it having been rounded on the way
     return int(np.count_nonzero(array >= log2_space * (1 - 1e-12)))
 
@@ -353,7 +287,7 @@ class SkewNormalFit:
             >>> round(float(SkewNormalFit(a=0.0, loc=0.0, scale=1.0).log_cdf(0.0)[0]), 6)
             -0.693147
         """
-        z = (_as_float_array(x, "x") - self.loc) / self.scale
+        z = (check_float_array(x, "x") - self.loc) / self.scale
         return _skewnorm_log_cdf(z, self.a)
 
 
@@ -381,7 +315,7 @@ def fit_skewnorm(reference_scores: Any) -> SkewNormalFit:
         >>> abs(fit.a) < 1.0, round(fit.scale, 0)
         (True, 2.0)
     """
-    references = _as_float_array(
+    references = check_float_array(
         reference_scores, "reference_scores", hint="; pass at least 3 reference candidates' scores"
     )
     if references.size < 3:
@@ -492,7 +426,7 @@ def exposure_extrapolated(
             "pass reference candidates' scores, or a SkewNormalFit from fit_skewnorm()"
         )
     log2_space = None if space_size is None else _check_space_size(space_size)
-    canaries = _as_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
+    canaries = check_float_array(canary_scores, "canary_scores", hint="; pass one log-perplexity per canary")
     if fit is None:
         fit = fit_skewnorm(reference_scores)
     elif not isinstance(fit, SkewNormalFit):
@@ -551,8 +485,8 @@ def exposure_from_references(
         array([nan])
     """
     log2_space = _check_space_size(space_size)
-    canaries = _as_float_array(canary_scores, "canary_scores", allow_nan=True, allow_inf=True)
-    references = _as_float_array(reference_scores, "reference_scores", allow_nan=True, allow_inf=True)
+    canaries = check_float_array(canary_scores, "canary_scores", allow_nan=True, allow_inf=True)
+    references = check_float_array(reference_scores, "reference_scores", allow_nan=True, allow_inf=True)
     out = np.full(canaries.shape, np.nan)
     ok = np.isfinite(canaries)
     if not np.isfinite(references).all() or not ok.any():
@@ -563,7 +497,7 @@ def exposure_from_references(
     else:
         out[ok] = exposure_extrapolated(canaries[ok], fit=fit_skewnorm(references), space_size=space_size)
     if rank_lower_bound is not None:
-        bound = _as_float_array(rank_lower_bound, "rank_lower_bound", allow_nan=True)
+        bound = check_float_array(rank_lower_bound, "rank_lower_bound", allow_nan=True)
         if bound.shape != canaries.shape:
             raise ValueError(
                 f"`rank_lower_bound` must have one rank per canary ({canaries.size}), got shape {bound.shape}"

@@ -55,7 +55,17 @@ def format_fpr(fpr: float) -> str:
     return np.format_float_positional(round(fpr * 100.0, 10), trim="-") + "%"
 
 
-_format_fpr = format_fpr  # former private name, kept for callers not yet moved to format_fpr
+def roc_summary_metrics(
+    prefix: str, *, auc: float, advantage: float, tpr_at_fpr: dict[float, float]
+) -> dict[str, float]:
+    """``{prefix}/auc``, ``{prefix}/advantage`` and ``{prefix}/tpr@<x>%fpr`` as Python floats.
+
+    The keys every membership-attack report shares; ``prefix`` has no trailing slash.
+    """
+    metrics = {f"{prefix}/auc": float(auc), f"{prefix}/advantage": float(advantage)}
+    for fpr, tpr in tpr_at_fpr.items():
+        metrics[f"{prefix}/tpr@{format_fpr(fpr)}fpr"] = float(tpr)
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,9 @@ class MembershipReport:
              'mem/mia/n_members': 3.0, 'mem/mia/n_nonmembers': 3.0}
         """
         prefix = prefix.rstrip("/")
-        metrics = {f"{prefix}/auc": float(self.auc), f"{prefix}/advantage": float(self.advantage)}
-        for fpr, tpr in self.tpr_at_fpr.items():
-            metrics[f"{prefix}/tpr@{format_fpr(fpr)}fpr"] = float(tpr)
+        metrics = roc_summary_metrics(
+            prefix, auc=self.auc, advantage=self.advantage, tpr_at_fpr=self.tpr_at_fpr
+        )
         metrics[f"{prefix}/balanced_accuracy"] = float(self.balanced_accuracy)
         metrics[f"{prefix}/n_members"] = float(self.n_members)
         metrics[f"{prefix}/n_nonmembers"] = float(self.n_nonmembers)

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from memcallbacks.callbacks.shadow import ShadowScoreRecorder
+from memcallbacks.toy import MLPClassifier
 
 
 def make_pool(
@@ -32,25 +32,6 @@ def make_pool(
     return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
 
 
-class MLP(pl.LightningModule):
-    def __init__(self, dim: int = 20, classes: int = 10, hidden: int = 256, lr: float = 3e-3) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
-        )
-        self.lr = lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
 def train_shadow_run(
     pool: Any,
     root: Path,
@@ -61,12 +42,12 @@ def train_shadow_run(
     seed: int = 0,
     batch_size: int = 64,
     **recorder_kwargs: Any,
-) -> tuple[Path, ShadowScoreRecorder, MLP]:
+) -> tuple[Path, ShadowScoreRecorder, MLPClassifier]:
     """One shadow run with a real Trainer; returns its default_root_dir, the recorder and the model."""
     pl.seed_everything(seed * 1000 + run_index, verbose=False)
     recorder = ShadowScoreRecorder(pool, run_index=run_index, num_runs=num_runs, seed=seed, **recorder_kwargs)
     x0, _ = pool[0]
-    model = MLP(dim=int(x0.shape[0]))
+    model = MLPClassifier(int(x0.shape[0]), 10, lr=3e-3)
     run_dir = root / f"run{run_index}"
     trainer = pl.Trainer(
         max_epochs=epochs,
