@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace, dp: bool) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(model, loader)
     seconds = time.perf_counter() - start
-    hist = exposure.history
+    hist = exposure.arrays
     reps = hist["repetitions"]
     counts = sorted(set(reps.tolist()))
     last = hist["exposure"][-1]

@@ -278,7 +278,7 @@ class MemorisationCallback(Callback):
         suffix = self._name_suffix()
         key = getattr(record, "key", None)
         if suffix and isinstance(key, str):  # an Alert has no key: its title says which callback
-            record = dataclasses.replace(record, key=f"{key}{suffix}")  # type: ignore[call-arg]
+            record = dataclasses.replace(record, key=f"{key}{suffix}")  # type: ignore[arg-type]
         trackers.emit(trainer, record, allow_per_sample=self.log_per_sample, allow_secrets=self.log_secrets)
 
     # -- background writes ---------------------------------------------------------------
