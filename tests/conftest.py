@@ -3,7 +3,8 @@
 Importable helpers (models and callbacks that ``ddp_spawn`` must unpickle in its workers, data
 builders, the W&B reader) live in the package ``tests/helpers``; this file puts ``tests/`` on
 ``sys.path`` so that ``import helpers`` works in test modules, in spawned workers (which inherit
-``sys.path``) and, through the same line in each script, in ``tests/_hard_scripts``.
+``sys.path``) and, through the same line in each script, in ``tests/_hard_scripts``; it also puts
+``examples/`` there, so an example test imports its script by name (``import secret_sharer``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).parent))  # the package tests/helpers, also in spawned workers
+# the runnable scripts of examples/, which the example tests import and run small
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import torch  # noqa: E402
 

@@ -119,6 +119,12 @@ def score_candidates(
     )
 
 
+def _walks_the_trie(module: Any, canaries: CanarySet, config: ExposureConfig) -> bool:
+    """Whether the secret space can be walked as a trie: an incremental module, no custom score
+    function, and secrets that tokenise character by character in context."""
+    return config.score_fn is None and is_incremental(module) and canaries.char_token_ids() is not None
+
+
 class ExposureStrategy(abc.ABC):
     """One way of computing the canaries' exposure (see the module docstring).
 
@@ -194,12 +200,7 @@ class ExactTrie(ExposureStrategy):
     name = "exact_trie"
 
     def supports(self, module: Any, canaries: CanarySet, config: ExposureConfig) -> bool:
-        return (
-            canaries.space_size <= config.max_exact
-            and config.score_fn is None
-            and is_incremental(module)
-            and canaries.char_token_ids() is not None
-        )
+        return canaries.space_size <= config.max_exact and _walks_the_trie(module, canaries, config)
 
     def compute(
         self,
@@ -307,11 +308,9 @@ class Hybrid(ExposureStrategy):
 
     def supports(self, module: Any, canaries: CanarySet, config: ExposureConfig) -> bool:
         return (
-            config.score_fn is None
-            and is_incremental(module)
-            and canaries.alphabet is not None
+            canaries.alphabet is not None
             and canaries.space_size <= 2**62
-            and canaries.char_token_ids() is not None
+            and _walks_the_trie(module, canaries, config)
         )
 
     def compute(

@@ -11,19 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.shadow_runs import make_pool as shadow_pool
+from helpers.training import trainer as quiet_trainer
 from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder
 from memcallbacks.toy import MLPClassifier
 
 
-def make_pool(n: int = 48, *, dim: int = 6, classes: int = 3, seed: int = 0) -> TensorDataset:
-    """Gaussian class clusters with a fifth of the labels replaced at random."""
-    g = np.random.default_rng(seed)
-    y = g.integers(0, classes, n)
-    centers = g.normal(size=(classes, dim)) * 2.0
-    x = centers[y] + g.normal(size=(n, dim))
-    flip = g.random(n) < 0.2
-    y = np.where(flip, g.integers(0, classes, n), y)
-    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+def make_pool(n: int = 48, *, seed: int = 0) -> TensorDataset:
+    """The shadow-run pool of the attack tests, small: 6 features, 3 classes, a fifth of the labels flipped."""
+    return shadow_pool(n, dim=6, classes=3, label_noise=0.2, seed=seed)
 
 
 def train_run(
@@ -50,15 +46,7 @@ def train_run(
     else:
         train = IndexedDataset(recorder.train_dataset)
     run_dir = root / f"run{run_index}"
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        default_root_dir=run_dir,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(run_dir, max_epochs=epochs, logger=False, callbacks=callbacks)
     model = MLPClassifier(int(pool[0][0].shape[0]), 3, hidden=32, lr=1e-2)
     trainer.fit(model, DataLoader(train, batch_size=16, shuffle=True))
     return run_dir
@@ -92,14 +80,6 @@ def train_lm_run(pool: TensorDataset, root: Path, run_index: int, *, num_runs: i
     pl.seed_everything(run_index, verbose=False)
     recorder = ShadowScoreRecorder(pool, run_index=run_index, num_runs=num_runs, seed=0)
     run_dir = root / f"lm{run_index}"
-    trainer = pl.Trainer(
-        max_epochs=2,
-        default_root_dir=run_dir,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-    )
+    trainer = quiet_trainer(run_dir, max_epochs=2, logger=False, callbacks=[recorder])
     trainer.fit(TinyLM(), DataLoader(recorder.train_dataset, batch_size=8, shuffle=True))
     return run_dir

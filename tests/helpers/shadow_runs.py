@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.training import trainer as quiet_trainer
 from memcallbacks.callbacks.shadow import ShadowScoreRecorder
 from memcallbacks.toy import MLPClassifier
 
@@ -49,14 +50,6 @@ def train_shadow_run(
     x0, _ = pool[0]
     model = MLPClassifier(int(x0.shape[0]), 10, lr=3e-3)
     run_dir = root / f"run{run_index}"
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        default_root_dir=run_dir,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-    )
+    trainer = quiet_trainer(run_dir, max_epochs=epochs, logger=False, callbacks=[recorder])
     trainer.fit(model, DataLoader(recorder.train_dataset, batch_size=batch_size, shuffle=True))
     return run_dir, recorder, model
