@@ -6,7 +6,9 @@ beside them, the same ratios of the process's CPU seconds, which other jobs on a
 disturb less.
 The configurations run interleaved in one process (their order rotates every repetition, so load
 drift on a shared machine hits all of them alike); each ratio is the median fit time of a
-configuration over the median fit time of ``raw``:
+configuration over the median fit time of ``raw``; beside it the paired ratio, the median over
+repetitions of each configuration's fit time over the ``raw`` fit of the same repetition (the runs
+of one repetition are seconds apart, so slow drift of a shared machine cancels in the pair):
 
 ``raw``
     ``DataLoader(TensorDataset)``, ``training_step`` returns ``F.cross_entropy(logits, y)``: what a
@@ -35,6 +37,7 @@ Small (a smoke run):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -139,6 +142,7 @@ def fit_once(
         default_root_dir=str(root),
         callbacks=callbacks,
     )
+    gc.collect()  # garbage of the previous fit is not charged to this one
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(model, loader)
     return time.perf_counter() - t0, time.process_time() - c0, tracker
@@ -188,6 +192,9 @@ def compare(
         "step_ms_median": round(1000 * statistics.median(clock.times[5:] or clock.times), 2),
         "fit_s_median": {c: round(statistics.median(v), 3) for c, v in times.items()},
         "ratio_vs_raw": {c: round(statistics.median(v) / raw, 4) for c, v in times.items()},
+        "paired_ratio_vs_raw": {
+            c: round(statistics.median(t / r for t, r in zip(v, times["raw"])), 4) for c, v in times.items()
+        },
         "tracker_vs_noop": round(statistics.median(times["tracker"]) / statistics.median(times["noop"]), 4),
         # CPU seconds of this process (all its threads): less sensitive to other jobs on a shared machine
         "cpu_s_median": {c: round(statistics.median(v), 3) for c, v in cpu.items()},

@@ -17,6 +17,12 @@ Or one run per process, as on a cluster (the same script with ``--run-index``), 
     for i in 0 1 2 3 4 5 6 7; do python examples/lira_digits.py --run-index $i --out runs/lira_digits; done
     memcallbacks attack runs/lira_digits/run* --out runs/lira_digits/attack
 
+Then a report with the comparison tables and ROCs (``--log tensorboard`` etc. on ``memcallbacks
+attack`` also sends the aggregates to a tracker run)::
+
+    memcallbacks report runs/lira_digits/run0 --attack runs/lira_digits/attack-online \
+        --attack runs/lira_digits/attack-offline
+
 A quick check: ``--runs 4 --epochs 5``.
 """
 

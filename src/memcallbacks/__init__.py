@@ -43,7 +43,9 @@ _EXPORTS: dict[str, str] = {
     "ShadowScoreRecorder": "memcallbacks.callbacks.shadow",
     "shadow_split": "memcallbacks.callbacks.shadow",
     "pool_fingerprint": "memcallbacks.callbacks.shadow",
+    "label_fingerprint": "memcallbacks.callbacks.shadow",
     "run_attack": "memcallbacks.attack",
+    "log_attack_results": "memcallbacks.attack",
     "run_memorisation": "memcallbacks.counterfactual",
     # metrics (also importable from memcallbacks.metrics)
     "MembershipReport": "memcallbacks.metrics.membership",
@@ -72,13 +74,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
-    from memcallbacks.attack import run_attack
+    from memcallbacks.attack import log_attack_results, run_attack
     from memcallbacks.callbacks.audit import PrivacyAuditMonitor
     from memcallbacks.callbacks.dp import DPEpsilonLogger
     from memcallbacks.callbacks.exposure import CanaryExposureMonitor
     from memcallbacks.callbacks.membership import MembershipInferenceMonitor
     from memcallbacks.callbacks.sequence import SequenceMemorisationMonitor
-    from memcallbacks.callbacks.shadow import ShadowScoreRecorder, pool_fingerprint, shadow_split
+    from memcallbacks.callbacks.shadow import (
+        ShadowScoreRecorder,
+        label_fingerprint,
+        pool_fingerprint,
+        shadow_split,
+    )
     from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping
     from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
     from memcallbacks.counterfactual import run_memorisation

@@ -22,6 +22,10 @@ Layout (a ``trajectory``, ``membership`` or ``sequence`` callback given ``name="
       dp/          dp.json                            accountant, delta, epsilon per epoch
       sequence/    sequences.npz, metrics.json        extraction and LM membership scores
       stopping.json, stopping_best_safe.*             the early-stopping decision, safe weights
+      shadow/      inclusion.npz, scores.npz          a shadow run (ShadowScoreRecorder)
+      attack/      attack.json, roc.png               ``memcallbacks attack`` over shadow runs
+                                                      (``attack_offline/`` with ``--offline``; any
+                                                      ``attack_<x>/`` is read too)
       report/                                         ``memcallbacks report`` output
 
 Example:
@@ -50,6 +54,8 @@ from memcallbacks import _io
 from memcallbacks.metrics.exposure import mean_by_repetition
 
 __all__ = [
+    "ATTACK",
+    "ATTACK_FORMAT_VERSION",
     "AUDIT",
     "CANARY",
     "DP",
@@ -57,6 +63,8 @@ __all__ = [
     "REPORT",
     "STOPPING_FILE",
     "TRAJECTORY",
+    "AttackFiles",
+    "AttackRow",
     "AuditFiles",
     "DPFiles",
     "ExposureFiles",
@@ -69,6 +77,8 @@ __all__ = [
     "as_number",
     "find_run_dir",
     "mean_by_repetition",
+    "read_attack",
+    "write_attack",
     "write_audit_epoch",
     "write_audit_inclusion",
     "write_audit_summary",
@@ -88,9 +98,25 @@ AUDIT = "audit"
 DP = "dp"
 SEQUENCE = "sequence"
 REPORT = "report"
+SHADOW = "shadow"
+ATTACK = "attack"
+ATTACK_FILE = "attack.json"
+ATTACK_FIGURE = "roc.png"
+#: the ``version`` field of ``attack.json`` this memcallbacks writes and reads
+ATTACK_FORMAT_VERSION = 1
 STOPPING_FILE = "stopping.json"
 #: what marks a folder as a run directory (any one of them)
-MARKERS = (TRAJECTORY, MEMBERSHIP, CANARY, AUDIT, DP, SEQUENCE, STOPPING_FILE)
+MARKERS = (
+    TRAJECTORY,
+    MEMBERSHIP,
+    CANARY,
+    AUDIT,
+    DP,
+    SEQUENCE,
+    STOPPING_FILE,
+    f"{SHADOW}/inclusion.npz",
+    f"{ATTACK}/{ATTACK_FILE}",
+)
 #: callbacks whose instances take a ``name=``, written to ``<folder>_<name>``
 NAMED = (TRAJECTORY, MEMBERSHIP, SEQUENCE)
 
@@ -102,23 +128,38 @@ class RunDirectoryError(ValueError):
         path: the file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], problem: str, fix: str | None = None) -> None:
         self.path = Path(path)
         super().__init__(
-            f"{str(self.path)!r}: {problem}; this file is written by memcallbacks and was changed or cut "
-            "short (a copy interrupted, a full disk): restore it, or delete it to leave its section out"
+            f"{str(self.path)!r}: {problem}; "
+            + (
+                fix
+                or "this file is written by memcallbacks and was changed or cut short (a copy interrupted, a "
+                "full disk): restore it, or delete it to leave its section out"
+            )
         )
 
 
 # -- writers (called by the callbacks on rank 0) ---------------------------------------------
-def write_trajectory_summary(folder: Path, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+def write_trajectory_summary(
+    folder: Path, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, durable: bool = True
+) -> None:
     """``statistics.npz`` (uncompressed: zlib on float64 costs ~6 ms per 1,000 samples) and ``meta.json``.
 
     The epoch files ``epoch_XXXX.npy`` / ``correct_XXXX.npy`` are the
-    :class:`~memcallbacks.store.TrajectoryStore`'s own.
+    :class:`~memcallbacks.store.TrajectoryStore`'s own. Both summary files are derived from
+    them, so the per-epoch versions are replaced atomically without waiting for the disk
+    (``durable=False``; :func:`sync_trajectory_summary` flushes the last one at fit end).
     """
-    _io.save_npz(Path(folder) / "statistics.npz", compress=False, **arrays)
-    _io.save_json(Path(folder) / "meta.json", dict(meta))
+    _io.save_npz(Path(folder) / "statistics.npz", compress=False, durable=durable, **arrays)
+    _io.save_json(Path(folder) / "meta.json", dict(meta), durable=durable)
+
+
+def sync_trajectory_summary(folder: Path) -> None:
+    """Flush the summary files of :func:`write_trajectory_summary` to disk (where they exist)."""
+    for name in ("statistics.npz", "meta.json"):
+        if (Path(folder) / name).exists():
+            _io.fsync_file(Path(folder) / name)
 
 
 def write_membership(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
@@ -160,6 +201,19 @@ def write_audit_summary(folder: Path, summary: Mapping[str, Any]) -> None:
 def write_dp(folder: Path, summary: Mapping[str, Any]) -> None:
     """``dp.json``: accountant, delta, Poisson sampling, ``history`` of epsilon and steps per epoch."""
     _io.save_json(Path(folder) / "dp.json", dict(summary))
+
+
+def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> dict[str, Path]:
+    """``attack.json`` (the summary, stamped with ``format``/``version``), then the figure ``roc.png``.
+
+    The JSON is written first, so a failure later (the figure, a tracker) never loses the numbers.
+    """
+    stamped = {"format": "memcallbacks.attack", "version": ATTACK_FORMAT_VERSION, **dict(summary)}
+    stamped["figure"] = ATTACK_FIGURE
+    stamped["order"] = [str(label) for label in summary.get("attacks", {})]  # the JSON's keys are sorted
+    json_path = _io.save_json(Path(folder) / ATTACK_FILE, stamped)
+    png_path = _io.atomic_write_bytes(Path(folder) / ATTACK_FIGURE, roc_png)
+    return {"json": json_path, "png": png_path}
 
 
 def write_stopping(root: Path, info: Mapping[str, Any]) -> None:
@@ -253,8 +307,9 @@ class TrajectoryFiles:
         """Memorisation score per sample, higher = more memorised; NaN for samples never recorded.
 
         ``by`` (default :attr:`score_by`): ``"mean_loss"`` (``score``, the mean loss),
-        ``"min_loss"`` (``-min``), ``"low_loss"`` (``-last``) or ``"loss_drop"``
-        (``first - last``), as :func:`memcallbacks.metrics.memorisation_score` defines them.
+        ``"min_loss"`` (``-min``), ``"low_loss"`` (``-last``), ``"loss_drop"`` (``first - last``)
+        or ``"calibrated_loss"`` (``reference - min``), as
+        :func:`memcallbacks.metrics.memorisation_score` defines them.
 
         Raises:
             RunDirectoryError: ``by`` is unknown, or ``statistics.npz`` lacks the arrays it needs.
@@ -266,6 +321,7 @@ class TrajectoryFiles:
             "min_loss": ("min",),
             "low_loss": ("last",),
             "loss_drop": ("first", "last"),
+            "calibrated_loss": ("reference", "min"),
         }
         path = self.folder / "statistics.npz"
         if by not in needs:
@@ -281,6 +337,8 @@ class TrajectoryFiles:
             value = -s["min"]
         elif by == "low_loss":
             value = -s["last"]
+        elif by == "calibrated_loss":
+            value = s["reference"] - s["min"]
         else:
             value = s["first"] - s["last"]
         return np.where(self.seen, np.asarray(value, dtype=np.float64), np.nan)
@@ -404,6 +462,130 @@ class StoppingFiles:
         return None if value is None else int(value)
 
 
+@dataclass(frozen=True)
+class AttackRow:
+    """One attack of ``attack.json``: the numbers as written (``null`` read as NaN)."""
+
+    label: str
+    auc: float
+    advantage: float
+    tpr_at_fpr: dict[float, float]
+    n_members: int
+    n_nonmembers: int
+    n_excluded: int
+    per_target_auc: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class AttackFiles:
+    """An ``attack/`` folder: ``attack.json`` (what ``memcallbacks attack`` measured) and ``roc.png``.
+
+    Attributes:
+        folder: the folder read.
+        summary: the JSON object as written.
+        rows: one :class:`AttackRow` per attack, in the file's order.
+    """
+
+    folder: Path
+    summary: dict[str, Any]
+    rows: tuple[AttackRow, ...]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.summary["settings"])
+
+    @property
+    def fprs(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.summary["settings"]["fprs"])
+
+    @property
+    def runs(self) -> list[str]:
+        return [str(r) for r in self.summary.get("runs", [])]
+
+    @property
+    def figure(self) -> Path | None:
+        """``roc.png`` (log-log ROC of every attack), or ``None`` when it is missing."""
+        path = self.folder / str(self.summary.get("figure") or ATTACK_FIGURE)
+        return path if path.is_file() else None
+
+
+def _attack_number(path: Path, label: str, entry: Mapping[str, Any], key: str) -> float:
+    value = entry.get(key, ...)
+    if value is ...:
+        raise RunDirectoryError(path, f"attack {label!r} lacks the field {key!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise RunDirectoryError(path, f"attack {label!r}: {key!r} is {value!r}, not a number")
+    return as_number(value)
+
+
+def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
+    """Read what ``memcallbacks attack`` wrote: a folder holding ``attack.json``, or the file itself.
+
+    Raises:
+        FileNotFoundError: no ``attack.json`` there.
+        RunDirectoryError: the file is not readable JSON, was written by another format version, or
+            lacks a field (the message names the file).
+    """
+    from memcallbacks.metrics.membership import format_fpr
+
+    given = Path(path)
+    file = given if given.name == ATTACK_FILE or given.is_file() else given / ATTACK_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{str(given)!r} holds no {ATTACK_FILE}; pass the --out folder of `memcallbacks attack`"
+        )
+    obj = _load_json(file)
+    version = obj.get("version", ATTACK_FORMAT_VERSION)  # files from before the field: version 1
+    if obj.get("format", "memcallbacks.attack") != "memcallbacks.attack" or version != ATTACK_FORMAT_VERSION:
+        raise RunDirectoryError(
+            file,
+            f"is not an attack summary this memcallbacks reads (format {obj.get('format')!r}, version "
+            f"{version!r}; this version reads format 'memcallbacks.attack' version {ATTACK_FORMAT_VERSION})",
+            fix="re-run `memcallbacks attack` on the shadow runs with this memcallbacks to rewrite it",
+        )
+    for key in ("settings", "attacks"):
+        if not isinstance(obj.get(key), dict):
+            raise RunDirectoryError(file, f"lacks the object {key!r}")
+    fprs = obj["settings"].get("fprs")
+    if not isinstance(fprs, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in fprs
+    ):
+        raise RunDirectoryError(file, f"`settings.fprs` must be a list of rates in (0, 1), got {fprs!r}")
+    if not obj["attacks"]:
+        raise RunDirectoryError(file, "holds no attack")
+    order = obj.get("order")
+    labels = list(obj["attacks"])
+    if isinstance(order, list) and sorted(map(str, order)) == sorted(labels):
+        labels = [str(label) for label in order]
+    rows = []
+    for label in labels:
+        entry = obj["attacks"][label]
+        if not isinstance(entry, dict):
+            raise RunDirectoryError(file, f"attack {label!r} is a JSON {type(entry).__name__}, not an object")
+        counts = [_attack_number(file, label, entry, k) for k in ("n_members", "n_nonmembers", "n_excluded")]
+        if not all(math.isfinite(c) and c >= 0 for c in counts):
+            raise RunDirectoryError(file, f"attack {label!r}: the sample counts {counts} are not counts")
+        per_target = entry.get("per_target_auc", [])
+        if not isinstance(per_target, list):
+            raise RunDirectoryError(file, f"attack {label!r}: `per_target_auc` is not a list")
+        rows.append(
+            AttackRow(
+                label=str(label),
+                auc=_attack_number(file, label, entry, "auc"),
+                advantage=_attack_number(file, label, entry, "advantage"),
+                tpr_at_fpr={
+                    float(x): _attack_number(file, label, entry, f"tpr@{format_fpr(float(x))}fpr")
+                    for x in fprs
+                },
+                n_members=int(counts[0]),
+                n_nonmembers=int(counts[1]),
+                n_excluded=int(counts[2]),
+                per_target_auc=tuple(as_number(v) for v in per_target),
+            )
+        )
+    return AttackFiles(file.parent, obj, tuple(rows))
+
+
 class RunDirectory:
     """Read a run directory; each method returns ``None`` when that callback wrote nothing.
 
@@ -505,6 +687,16 @@ class RunDirectory:
             return None
         summary = _load_json(path, ("delta",))
         return DPFiles(summary, _history(path, summary))
+
+    def attack_folders(self) -> list[str]:
+        """The folders ``memcallbacks attack`` wrote here: ``attack`` first, then ``attack_<x>``."""
+        names = sorted(p.parent.name for p in self.root.glob(f"{ATTACK}_*/{ATTACK_FILE}"))
+        return ([ATTACK] if (self.root / ATTACK / ATTACK_FILE).is_file() else []) + names
+
+    def attack(self, subdir: str = ATTACK) -> AttackFiles | None:
+        if not (self.root / subdir / ATTACK_FILE).is_file():
+            return None
+        return read_attack(self.root / subdir)
 
     def stopping(self) -> StoppingFiles | None:
         path = self.root / STOPPING_FILE

@@ -14,7 +14,12 @@ directories (same pool, each run trained on its own random half), then, for each
 
 The scores of all targets are pooled into one exact ROC per attack (as in Carlini et al.'s code),
 reported as AUC and TPR at 0.1% and 1% FPR (members positive, FPR ``<= x``), with the AUC of each
-target beside it. Outputs: a printed table, ``attack.json`` and ``roc.png`` (log-log axes).
+target beside it. Outputs: a printed table, ``attack.json`` and ``roc.png`` (log-log axes), by
+default in ``<first run>/memcallbacks/attack/`` (``attack_offline/`` with ``--offline``), where
+``memcallbacks report`` finds them for its "Attacks" section; and, when asked (``--log wandb`` ...,
+or :func:`log_attack_results` with Lightning loggers), the aggregate numbers, a summary table, the
+ROC curves and the ROC figure in an experiment-tracker run. Per-sample scores never leave the run
+directories.
 
 Example:
     >>> result = run_attack(["runs/0", "runs/1", "runs/2"], methods=("loss", "lira"))  # doctest: +SKIP
@@ -25,11 +30,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,8 +44,8 @@ from typing import Any, TypeVar
 import numpy as np
 from scipy import special
 
-from memcallbacks import _io
-from memcallbacks._validate import check_bool, check_real
+from memcallbacks import _io, _rundir
+from memcallbacks._validate import check_bool, check_choice, check_int, check_real
 from memcallbacks.metrics.attacks import AttackReport, attack_report, lira_scores, rmia_scores
 from memcallbacks.metrics.membership import format_fpr
 
@@ -47,11 +54,18 @@ __all__ = [
     "AttackResult",
     "ShadowRun",
     "add_attack_parser",
+    "default_out",
     "load_shadow_run",
+    "log_attack_results",
+    "make_loggers",
+    "roc_figure",
     "run_attack",
+    "write_outputs",
 ]
 
 METHODS = ("loss", "lira", "rmia")
+#: the experiment trackers ``memcallbacks attack --log`` can write to
+TRACKERS = ("wandb", "tensorboard", "mlflow", "csv")
 #: below this many reference runs, LiRA uses one global variance by default
 GLOBAL_VARIANCE_BELOW = 64
 _T = TypeVar("_T")
@@ -74,6 +88,7 @@ class ShadowRun:
         run_index: the run's index.
         num_runs: the planned number of runs of a balanced split, or ``None`` (independent halves).
         correct: bool ``[N]`` or ``None``.
+        label_fingerprint: the hash of every pool label (``None`` when not recorded).
     """
 
     path: Path
@@ -84,6 +99,7 @@ class ShadowRun:
     run_index: int
     num_runs: int | None = None
     correct: np.ndarray | None = field(default=None, repr=False)
+    label_fingerprint: str | None = None
 
 
 def find_shadow_dir(path: str | os.PathLike[str]) -> Path:
@@ -170,6 +186,7 @@ def load_shadow_run(path: str | os.PathLike[str]) -> ShadowRun:
         run_index=run_index,
         num_runs=num_runs if num_runs > 0 else None,
         correct=None if correct is None else np.asarray(correct, dtype=bool),
+        label_fingerprint=str(inc["label_fingerprint"]) if "label_fingerprint" in inc else None,
     )
 
 
@@ -182,8 +199,15 @@ def check_compatible(runs: Sequence[ShadowRun]) -> None:
             + "; train more runs with --run-index 1, 2, ..."
         )
     first = runs[0]
+    labelled = next((r for r in runs if r.label_fingerprint is not None), None)
     seen: dict[bytes, Path] = {}
     for run in runs:
+        if labelled is not None and run.label_fingerprint not in (None, labelled.label_fingerprint):
+            raise AttackInputError(
+                f"{str(run.path)!r} trained with other labels than {str(labelled.path)!r} (label fingerprints "
+                f"{run.label_fingerprint} and {labelled.label_fingerprint}): another label-noise seed or label "
+                "mapping? Every run must use one labelled pool"
+            )
         if run.fingerprint != first.fingerprint or run.inclusion.size != first.inclusion.size:
             raise AttackInputError(
                 f"{str(run.path)!r} was trained from another pool (fingerprint {run.fingerprint}, {run.inclusion.size} "
@@ -269,6 +293,14 @@ class AttackResult:
                 per_target_auc=self.per_target_auc[label],
             )
             out["attacks"][label] = entry
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """The aggregate numbers as flat tracker keys: ``attack/<label>/auc``, ``/advantage``,
+        ``/tpr@0.1%fpr``, ``/tpr@1%fpr``, ``/n_members``, ``/n_nonmembers``, ``/n_excluded``."""
+        out: dict[str, float] = {}
+        for label, report in self.reports.items():
+            out.update(report.to_metrics(f"attack/{label}"))
         return out
 
     def table(self) -> str:
@@ -409,18 +441,15 @@ def _per_target_auc(scores: np.ndarray, member: np.ndarray) -> float:
     return attack_report(scores, member, fprs=()).auc
 
 
-def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``attack.json`` and ``roc.png`` (log-log ROC per attack, matplotlib Agg) into ``out``."""
-    folder = Path(out)
-    json_path = _io.save_json(folder / "attack.json", result.to_json())
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def roc_figure(result: AttackResult) -> Any:
+    """The log-log ROC of every attack in one matplotlib figure (no pyplot state; the caller keeps it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from memcallbacks.trackers import log_log_roc_axes
 
     fig = Figure(figsize=(5.0, 4.5))
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     floor = 1e-5
     for label, report in result.reports.items():
@@ -433,10 +462,185 @@ def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str
     log_log_roc_axes(ax, floor)
     ax.set_title(f"Membership inference over {len(result.runs)} shadow runs")
     ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``attack.json``, then ``roc.png`` (log-log ROC per attack) into ``out``.
+
+    ``memcallbacks report`` reads them back (:func:`memcallbacks._rundir.read_attack`).
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    png_path = _io.atomic_write_bytes(folder / "roc.png", buf.getvalue())
-    return {"json": json_path, "png": png_path}
+    roc_figure(result).savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return _rundir.write_attack(Path(out), result.to_json(), buf.getvalue())
+
+
+def default_out(result: AttackResult) -> Path:
+    """Where ``memcallbacks attack`` writes without ``--out``: ``attack/`` (``attack_offline/`` for the
+    offline attacks) beside the first run's ``shadow/`` folder, i.e. in its memcallbacks run
+    directory, where ``memcallbacks report <first run>`` finds it."""
+    shadow = result.runs[0]
+    base = shadow.parent if shadow.name == _rundir.SHADOW else shadow
+    return base / (_rundir.ATTACK + ("_offline" if result.settings.get("offline") else ""))
+
+
+# -- experiment trackers ---------------------------------------------------------------------------
+def _tracker_warning(who: str, what: str, error: BaseException) -> None:
+    from memcallbacks.trackers import TrackerWarning
+
+    warnings.warn(
+        f"memcallbacks attack: {who} failed to {what} ({type(error).__name__}: {error}); "
+        "attack.json keeps the numbers",
+        TrackerWarning,
+        stacklevel=3,
+    )
+
+
+def log_attack_results(result: AttackResult, loggers: Sequence[Any], *, step: int = 0) -> int:
+    """Log the attack's aggregate results to Lightning loggers (W&B, TensorBoard, MLflow, CSV).
+
+    Each logger gets the settings as hyperparameters and the scalars of :meth:`AttackResult.metrics`
+    (``attack/<label>/auc``, ``attack/<label>/tpr@0.1%fpr``, ``attack/<label>/tpr@1%fpr``, ...)
+    through ``log_metrics``; W&B, TensorBoard and MLflow also get the comparison table
+    (``attack/summary``), each attack's ROC curve (``attack/<label>/roc``, at most 2,000 points) and
+    the log-log ROC figure (``attack/roc``) in the form :mod:`memcallbacks.trackers` gives each
+    backend (CSV takes scalars only; MLflow renames ``@`` and ``%`` in keys). Only aggregates are
+    sent: no per-sample score, no sample id. A logger that raises is warned about
+    (:class:`~memcallbacks.trackers.TrackerWarning`) and counted; nothing is raised. The loggers
+    stay open: finalize them (and ``wandb.finish()``) when done.
+
+    Args:
+        result: what :func:`run_attack` returned.
+        loggers: a Lightning logger or a list of them.
+        step: the step the scalars are logged at, ``>= 0``.
+
+    Returns:
+        The number of failed logger calls (0 when every tracker got everything).
+
+    Raises:
+        TypeError: ``result`` is not an :class:`AttackResult`, or an item of ``loggers`` is not a
+            Lightning logger.
+
+    Example:
+        >>> from pytorch_lightning.loggers import CSVLogger
+        >>> logger = CSVLogger("logs", name="attack")  # doctest: +SKIP
+        >>> log_attack_results(run_attack(dirs), [logger]); logger.finalize("success")  # doctest: +SKIP
+        0
+    """
+    from memcallbacks import trackers
+
+    if not isinstance(result, AttackResult):
+        raise TypeError(
+            f"`result` must be what run_attack returned (an AttackResult), got {type(result).__name__}"
+        )
+    step = check_int("step", step, minimum=0, hint="e.g. step=0")
+    loggers = [loggers] if hasattr(loggers, "log_metrics") else list(loggers)
+    for logger in loggers:
+        if not callable(getattr(logger, "log_metrics", None)) or not callable(
+            getattr(logger, "log_hyperparams", None)
+        ):
+            raise TypeError(
+                f"`loggers` must be Lightning loggers (with log_metrics), got {type(logger).__name__}; pass e.g. "
+                "[TensorBoardLogger('tb_logs'), CSVLogger('logs')]"
+            )
+    fprs = list(result.settings["fprs"])
+    columns = ["attack", "auc", *(f"tpr@{format_fpr(x)}fpr" for x in fprs), "n_members", "n_nonmembers"]
+    rows = [
+        [label, r.auc, *(r.tpr_at_fpr[x] for x in fprs), r.n_members, r.n_nonmembers]
+        for label, r in result.reports.items()
+    ]
+    fig = roc_figure(result)
+    records: list[trackers.Record] = [trackers.Table("attack/summary", columns, rows, epoch=step)]
+    records += [
+        trackers.RocCurve(f"attack/{label}/roc", r.fpr, r.tpr, epoch=step, title=f"ROC of {label}")
+        for label, r in result.reports.items()
+    ]
+    records.append(trackers.Figure("attack/roc", fig, epoch=step))
+    failures = 0
+    with warnings.catch_warnings():
+        # Lightning renames `tpr@1%fpr` to `tpr1fpr` for MLflow and says so for every key
+        warnings.filterwarnings("ignore", message=".*MLFlow only allows.*")
+        for logger in loggers:
+            try:
+                logger.log_hyperparams({f"attack/{k}": v for k, v in result.settings.items()})
+            except Exception as e:  # noqa: BLE001 - a tracker must not lose the results
+                _tracker_warning(type(logger).__name__, "log the settings", e)
+                failures += 1
+        for record in records:  # W&B: these join the row that log_metrics commits next
+            failures += trackers.emit_to(loggers, record)
+        for logger in loggers:
+            try:
+                logger.log_metrics(result.metrics(), step=step)
+            except Exception as e:  # noqa: BLE001
+                _tracker_warning(type(logger).__name__, "log the metrics", e)
+                failures += 1
+    return failures
+
+
+def make_loggers(
+    names: Sequence[str], folder: str | os.PathLike[str], *, project: str, run_name: str
+) -> tuple[list[Any], int]:
+    """Open one Lightning logger per tracker name under ``folder`` (what ``--log`` does).
+
+    W&B opens a run in ``<folder>/wandb`` (``WANDB_MODE=offline`` needs no account), TensorBoard and
+    CSV write to ``<folder>/tensorboard|csv/<run_name>``, MLflow to ``$MLFLOW_TRACKING_URI`` or
+    ``sqlite:///<folder>/mlflow.db`` (experiment ``project``). A tracker that cannot be opened is
+    warned about and counted.
+
+    Returns:
+        ``(loggers, failures)``.
+    """
+    from pytorch_lightning import loggers as L
+
+    root = Path(folder)
+    opened: list[Any] = []
+    failures = 0
+    for name in names:
+        check_choice("names", name, TRACKERS)
+        try:
+            if name == "csv":
+                opened.append(L.CSVLogger(str(root / "csv"), name=run_name))
+            elif name == "tensorboard":
+                opened.append(
+                    L.TensorBoardLogger(str(root / "tensorboard"), name=run_name, default_hp_metric=False)
+                )
+            elif name == "wandb":
+                import wandb
+
+                root.mkdir(parents=True, exist_ok=True)
+                run = wandb.init(project=project, name=run_name, dir=str(root), job_type="attack")
+                opened.append(L.WandbLogger(experiment=run, save_dir=str(root)))
+            else:  # mlflow
+                uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+                root.mkdir(parents=True, exist_ok=True)
+                opened.append(
+                    L.MLFlowLogger(
+                        experiment_name=project,
+                        run_name=run_name,
+                        tracking_uri=uri,
+                        artifact_location=None
+                        if os.environ.get("MLFLOW_TRACKING_URI")
+                        else str((root / "mlflow-artifacts").resolve()),
+                    )
+                )
+        except Exception as e:  # noqa: BLE001 - a tracker that cannot open must not lose the results
+            _tracker_warning(name, "open its run", e)
+            failures += 1
+    return opened, failures
+
+
+def close_loggers(loggers: Sequence[Any]) -> int:
+    """Finalize loggers opened by :func:`make_loggers` (and finish the W&B run); returns the failures."""
+    failures = 0
+    for logger in loggers:
+        try:
+            logger.finalize("success")
+            if "WandbLogger" in {c.__name__ for c in type(logger).__mro__}:
+                logger.experiment.finish()
+        except Exception as e:  # noqa: BLE001
+            _tracker_warning(type(logger).__name__, "close its run", e)
+            failures += 1
+    return failures
 
 
 # -- command line (called from memcallbacks.cli) ------------------------------------------------
@@ -448,7 +652,10 @@ def add_attack_parser(sub: Any) -> argparse.ArgumentParser:
         description=(
             "Membership inference across shadow runs recorded with ShadowScoreRecorder: each run in turn is the "
             "target and the others its references. Prints AUC and TPR at 0.1% and 1% FPR per attack; writes "
-            "attack.json and a log-log roc.png into --out. Exit code 2 on bad input."
+            "attack.json and a log-log roc.png into --out (default: the first run's memcallbacks/attack folder, "
+            "where `memcallbacks report` finds them). With --log, also logs the aggregate numbers and the ROC "
+            "figure to experiment-tracker runs (never per-sample scores). Exit codes: 0 success, 2 bad input, "
+            "1 results written but a tracker failed (named on stderr)."
         ),
     )
     add_run_dirs_argument(p)
@@ -468,8 +675,27 @@ def add_attack_parser(sub: Any) -> argparse.ArgumentParser:
         "--rmia-a", type=_unit_float, default=0.3, help="RMIA's offline parameter a in [0, 1] (default: 0.3)"
     )
     p.add_argument(
-        "--out", type=Path, default=Path("attack_report"), help="output folder (default: attack_report)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: attack/, or attack_offline/ with --offline, in the first run's "
+        "memcallbacks run directory, beside its shadow/ folder)",
     )
+    p.add_argument(
+        "--log",
+        choices=TRACKERS,
+        action="append",
+        help="also log AUC, TPR at low FPR, the summary table and the ROC figure to this tracker, repeatable "
+        "(aggregates only; W&B honours WANDB_MODE=offline, MLflow MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="where the trackers write (wandb/, tensorboard/, csv/, mlflow.db; default: the --out folder)",
+    )
+    p.add_argument("--project", default=None, help="W&B project / MLflow experiment (default: memcallbacks)")
+    p.add_argument("--run-name", default=None, help="tracker run name (default: attack)")
     return p
 
 
@@ -501,6 +727,18 @@ def _unit_float(text: str) -> float:
 def attack_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Body of ``memcallbacks attack``: 0 on success; bad input exits 2 through ``parser.error``."""
     fixed = {"auto": None, "global": True, "per-sample": False}[args.variance]
+    if not args.log:
+        given = [
+            f
+            for f, v in (
+                ("--log-dir", args.log_dir),
+                ("--project", args.project),
+                ("--run-name", args.run_name),
+            )
+            if v is not None
+        ]
+        if given:
+            parser.error(f"argument {given[0]}: only used with --log wandb|tensorboard|mlflow|csv")
     try:
         result = run_attack(
             args.run_dirs,
@@ -511,7 +749,8 @@ def attack_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         )
     except AttackInputError as e:
         parser.error(str(e))
-    paths = write_or_exit(parser, args.out, lambda: write_outputs(result, args.out))
+    out = args.out if args.out is not None else default_out(result)
+    paths = write_or_exit(parser, out, lambda: write_outputs(result, out))  # JSON first, trackers after
     print(
         f"{len(result.runs)} shadow runs, pool of {result.settings['pool_size']} samples, each run the target once"
     )
@@ -519,4 +758,77 @@ def attack_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     print(f"written: {paths['json']}")
     print(f"         {paths['png']}")
     sys.stdout.flush()
+    if not args.log:
+        return 0
+    return _log_command(result, args, out)
+
+
+def _log_command(result: AttackResult, args: argparse.Namespace, out: Path) -> int:
+    """``--log``: 0 when every tracker got everything, else 1 (each failure named on stderr)."""
+    names = list(dict.fromkeys(args.log))
+    from memcallbacks.trackers import TrackerWarning
+
+    with _quiet_trackers(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrackerWarning)
+        loggers, failures = make_loggers(
+            names,
+            args.log_dir if args.log_dir is not None else out,
+            project=args.project or "memcallbacks",
+            run_name=args.run_name or "attack",
+        )
+        failures += log_attack_results(result, loggers)
+        failures += close_loggers(loggers)
+    for w in caught:
+        if issubclass(w.category, TrackerWarning):
+            text = str(w.message)
+            print(
+                text if text.startswith("memcallbacks") else f"memcallbacks attack: {text}", file=sys.stderr
+            )
+        else:  # the trackers' own warnings, shown as usual
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for logger in loggers:
+        where = _logged_where(logger)
+        if where:
+            print(f"tracker run: {where}")
+    if failures:
+        print(
+            f"memcallbacks attack: {failures} tracker call(s) failed; the results are in "
+            f"{out / _rundir.ATTACK_FILE} (exit code 1)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_trackers() -> Iterator[None]:
+    """MLflow's and Lightning's start-up notices off ("Creating initial MLflow database tables")."""
+    names = {
+        "mlflow": logging.WARNING,
+        "alembic": logging.WARNING,
+        "pytorch_lightning.loggers.mlflow": logging.ERROR,
+    }
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        import mlflow  # noqa: F401 - configures its logger on import: quieten it afterwards
+    except ImportError:
+        pass
+    for n, level in names.items():
+        logging.getLogger(n).setLevel(level)
+    try:
+        yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def _logged_where(logger: Any) -> str:
+    names = {c.__name__ for c in type(logger).__mro__}
+    try:
+        if "WandbLogger" in names:
+            return f"W&B run {logger.experiment.dir}"
+        if "MLFlowLogger" in names:
+            return f"MLflow run {logger.run_id} at {logger._tracking_uri}"
+        return f"{type(logger).__name__} {logger.log_dir}"
+    except Exception:  # noqa: BLE001 - a description only
+        return ""

@@ -3,7 +3,8 @@
 Also available as ``python -m memcallbacks``. Exit codes: 0 success, 2 bad command-line input
 (a flag out of range, a path that does not exist or cannot be written; one line on stderr, no
 traceback), 1 a report written with a section missing because a run-directory file could not be
-read (the file is named on stderr and in the report).
+read (the file is named on stderr and in the report), or attack results written but a tracker of
+``attack --log`` failed (named on stderr; ``attack.json`` holds the numbers).
 """
 
 from __future__ import annotations
@@ -106,6 +107,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=None,
         help="where to write the report (default: <run directory>/report, where the demo writes it)",
     )
+    r.add_argument(
+        "--attack",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="also show the results of `memcallbacks attack` written to DIR (its --out folder), repeatable; "
+        "the run directory's own attack/ and attack_<x>/ folders are shown without it",
+    )
     from memcallbacks.attack import add_attack_parser
     from memcallbacks.counterfactual import add_memorisation_parser
 
@@ -163,8 +172,14 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         run_dir = find_run_dir(args.run_dir)
     except (FileNotFoundError, NotADirectoryError) as e:
         parser.error(f"argument run_dir: {e}")
+    for folder in args.attack or []:
+        if not (folder / "attack.json").is_file() and not (folder.is_file() and folder.suffix == ".json"):
+            parser.error(
+                f"argument --attack: {str(folder)!r} holds no attack.json; pass the --out folder of "
+                "`memcallbacks attack`"
+            )
     try:
-        paths = build_report(run_dir, out=args.out)
+        paths = build_report(run_dir, out=args.out, attacks=args.attack or ())
     except NotADirectoryError as e:
         parser.error(f"argument --out: {e}")
     except PermissionError as e:

@@ -4,7 +4,8 @@ A character language model (:class:`~memcallbacks.toy.WindowLM`; with ``--dp`` i
 twin :class:`~memcallbacks.toy.DPWindowLM`) is trained on generated payment records
 into which secret canaries ``"my pin is NNNNNN."`` are inserted 1-32 times (Carlini et al.
 2019), plus audit canaries each included with probability 1/2 (Steinke et al. 2023). Attached:
-:class:`~memcallbacks.LossTrajectoryTracker` (ranking by the language-model score ``min_loss``),
+:class:`~memcallbacks.LossTrajectoryTracker` (ranking by the language-model score
+``calibrated_loss``: the lowest loss reached, calibrated by the zlib entropy of each text),
 :class:`~memcallbacks.MembershipInferenceMonitor`, two
 :class:`~memcallbacks.SequenceMemorisationMonitor` (training text vs held-out text, and the
 canary sentences vs fresh canaries never trained on, ``name="canaries"``),
@@ -230,6 +231,7 @@ def run_demo(
         SequenceMemorisationMonitor,
     )
     from memcallbacks._validate import check_bool, check_choice, check_int, check_real, check_seed
+    from memcallbacks.metrics import zlib_entropy
     from memcallbacks.toy import (
         DPWindowLM,
         TokenDataset,
@@ -291,8 +293,16 @@ def run_demo(
         mia = MembershipInferenceMonitor(
             members, nonmembers, sample_loss_fn=lm_sample_loss, collate_fn=collate_tokens, run_dir=run_dir
         )
-        # language models: a memorised sequence has a *low* loss, so rank by the lowest loss reached
-        tracker = LossTrajectoryTracker(source="step", correct_key=None, score="min_loss", run_dir=run_dir)
+        # language models: a memorised sequence has a *low* loss, but so has templated text; rank by the
+        # lowest loss reached below a reference that was not trained on it, the text's zlib entropy
+        # (nats per character, the units of the per-character mean loss the model returns)
+        tracker = LossTrajectoryTracker(
+            source="step",
+            correct_key=None,
+            score="calibrated_loss",
+            reference=zlib_entropy([texts[i] for i in range(len(texts))]),
+            run_dir=run_dir,
+        )
         # extraction of the first 32 tokens of training text (16-token prompt, 16-token continuation)
         # against held-out text, and of the canaries' secrets ("my pin is " + BOS = 11 tokens,
         # "NNNNNN." = 7) against fresh canaries of the same format that were never trained on

@@ -167,6 +167,37 @@ class _KVState:
                 data.value_cache = [v.index_select(0, idx) if v.numel() else v for v in data.value_cache]
         return _KVState(self.kind, data, int(idx.numel()), self.length)
 
+    def crop(self, length: int) -> _KVState | None:
+        """The state after the first ``length`` positions (views, no copy), or None where it cannot be cut.
+
+        A causal model's cache of ``T`` tokens holds, at positions ``< length``, what a pass over
+        the first ``length`` tokens alone computes (later tokens never reach earlier positions).
+        None for a sliding-window layer that has already dropped its oldest positions.
+        """
+        if not 1 <= length <= self.length:
+            raise ValueError(f"`length` must be in [1, {self.length}], got {length}")
+        if self.kind == "legacy":
+            data: Any = tuple(
+                tuple(t[:, :, :length] if i < 2 else t for i, t in enumerate(layer)) for layer in self.data
+            )
+            return _KVState(self.kind, data, self.batch, length)
+        data = _clone_cache(self.data)
+        if isinstance(getattr(data, "layers", None), list):
+            for layer in data.layers:
+                if getattr(layer, "keys", None) is None or not layer.keys.numel():
+                    continue
+                if type(layer).__name__ == "DynamicSlidingWindowLayer":
+                    if getattr(layer, "cumulative_length", None) != layer.keys.shape[-2]:
+                        return None  # the window has slid: the first positions are gone
+                    layer.cumulative_length = length
+                layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+        else:
+            data.key_cache = [k[:, :, :length] if k.numel() else k for k in data.key_cache]
+            data.value_cache = [v[:, :, :length] if v.numel() else v for v in data.value_cache]
+            if isinstance(getattr(data, "_seen_tokens", None), int):
+                data._seen_tokens = length
+        return _KVState(self.kind, data, self.batch, length)
+
     def model_input(self) -> Any:
         """What to hand the model: a shallow copy of the cache that its in-place update may extend."""
         return self.data if self.kind == "legacy" else _clone_cache(self.data)
@@ -227,6 +258,10 @@ class HFIncrementalLM(torch.nn.Module):
     The wrapper is itself an ``nn.Module`` whose ``forward(input_ids)`` returns the logits
     ``[B, T, V]``, so the batched path runs on it too. It holds no parameters of its own.
 
+    :meth:`prefill`, :meth:`crop_state` and :meth:`greedy` serve
+    :class:`memcallbacks.SequenceMemorisationMonitor`: one teacher-forced pass keeps its cache,
+    cut back to the prefix it starts greedy decoding, so the prefix never runs twice.
+
     Args:
         model: a ``transformers`` causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...),
             or any module called as ``model(input_ids=..., past_key_values=..., use_cache=True)``
@@ -268,7 +303,7 @@ class HFIncrementalLM(torch.nn.Module):
     def _name(self) -> str:
         return type(self.model).__name__
 
-    def _call(self, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    def _call(self, input_ids: torch.Tensor, cache: Any, need_cache: bool = True) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": True}
         if cache is not None:
             kwargs[self._cache_kw] = cache
@@ -283,7 +318,7 @@ class HFIncrementalLM(torch.nn.Module):
             pkv = out[1]
         else:
             pkv = getattr(out, "past_key_values", None)
-        if pkv is None:
+        if pkv is None and need_cache:
             raise TypeError(
                 f"{self._name()} returned no `past_key_values` (KV cache) with use_cache=True, so "
                 f"memcallbacks.hf.HFIncrementalLM cannot continue from a prefix; {_FALLBACK}"
@@ -367,6 +402,75 @@ class HFIncrementalLM(torch.nn.Module):
         else:
             idx = torch.repeat_interleave(rows, int(repeats))
         return state.select(idx)
+
+    # -- one scoring pass, then greedy decoding from its cache ------------------------------
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, _KVState | None]:
+        """One teacher-forced pass over ``input_ids [B, T]``: the logits ``[B, T, V]`` and the cache.
+
+        The cache is None when the model returns none, or one of a format this adapter does not
+        know (greedy decoding then runs the prefix again: :meth:`greedy` without a state). Rows
+        may be right-padded: a causal model's cache at a position only depends on the tokens up
+        to it, so :meth:`crop_state` gives every row's cache after any prefix of its real tokens.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+            raise ValueError(
+                f"`input_ids` must be a LongTensor [B, T] with T >= 1, got {tuple(input_ids.shape)}"
+            )
+        logits, pkv = self._call(input_ids, None, need_cache=False)
+        batch, length = int(input_ids.shape[0]), int(input_ids.shape[1])
+        if pkv is None or _kv_tensors(pkv) is None:
+            return logits, None
+        try:
+            return logits, self._state(pkv, batch, length)
+        except TypeError:
+            return logits, None
+
+    def crop_state(self, state: _KVState, length: int, rows: torch.Tensor | None = None) -> _KVState | None:
+        """The cache after the first ``length`` tokens, for the batch ``rows`` (all when None).
+
+        None where the cache cannot be cut back (a sliding-window layer that has already dropped
+        its first positions). The result shares no tensors that a later step would write into.
+        """
+        if not isinstance(state, _KVState):
+            raise TypeError(f"`state` must come from prefill/init_state/step, got {type(state).__name__}")
+        cropped = state.crop(int(length))
+        if cropped is None or rows is None:
+            return cropped
+        return cropped.select(rows.to(device=_state_device(state), dtype=torch.long))
+
+    def greedy(
+        self,
+        prefix_ids: torch.Tensor,
+        steps: int,
+        *,
+        state: _KVState | None = None,
+        next_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Greedy continuation ``[B, steps]`` of ``prefix_ids [B, P]``: the argmax token, ``steps`` times.
+
+        Given ``state`` (the cache after exactly the prefix, e.g. from :meth:`crop_state`) and
+        ``next_logits [B, V]`` (the logits at the prefix's last position), the prefix is not run
+        again: ``steps - 1`` one-token passes in all. Without them the prefix runs once first.
+        The cache is stepped in place (no copy per step) and may be of any format the model
+        accepts back; no host synchronisation in the loop.
+        """
+        if (state is None) != (next_logits is None):
+            raise ValueError(
+                "pass both `state` and `next_logits` (the cache and logits after the prefix), or neither"
+            )
+        if state is None or next_logits is None:
+            logits, cache = self._call(prefix_ids, None)
+            next_logits = logits[:, -1]
+        else:
+            cache = state.model_input()
+        out = torch.empty((next_logits.shape[0], steps), dtype=torch.long, device=next_logits.device)
+        for j in range(steps):
+            token = next_logits.argmax(dim=-1)
+            out[:, j] = token
+            if j + 1 < steps:
+                logits, cache = self._call(token.unsqueeze(1), cache)
+                next_logits = logits[:, -1]
+        return out
 
 
 def _state_device(state: _KVState) -> torch.device:

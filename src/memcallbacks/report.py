@@ -10,8 +10,8 @@ backend):
 - the data map (Swayamdipta et al. 2020): mean loss vs variability per training sample,
   coloured by forgetting events (Toneva et al. 2019) when correctness was recorded, the training
   copies of the canaries and the most memorised samples marked, ranked by the tracker's own
-  memorisation score (``meta.json["score_by"]``: ``mean_loss`` for classifiers, ``min_loss`` for
-  language models);
+  memorisation score (``meta.json["score_by"]``: ``mean_loss`` for classifiers, ``calibrated_loss``
+  or ``min_loss`` for language models);
 - exposure vs repetition count, one line per evaluated epoch (Carlini et al. 2019);
 - the ROC of the loss-threshold membership attack on log-log axes with TPR at the logged FPRs
   marked (Carlini et al. 2022);
@@ -20,7 +20,10 @@ backend):
   non-members (Carlini et al. 2023) and the AUCs of the loss, Min-K% Prob and zlib scores; and the
   (n, p)-discoverable extraction rate against the number of tries n, the greedy rate marked
   (Hayes et al. 2024);
-- epsilon over epochs: DP-SGD accountant and the one-run audit lower bound (Steinke et al. 2023).
+- epsilon over epochs: DP-SGD accountant and the one-run audit lower bound (Steinke et al. 2023);
+- attacks across shadow runs (``memcallbacks attack``: loss, LiRA, RMIA): the comparison table
+  (AUC, TPR at 0.1% and 1% FPR) and the log-log ROC, as ``attack.json`` and ``roc.png`` hold them,
+  from the run directory's ``attack/`` and ``attack_<x>/`` folders and the ``attacks`` given.
 
 The report goes to ``<run_dir>/report`` unless ``out`` is given, whichever folder was passed
 (the run directory or a folder above it, such as the demo's ``--out``).
@@ -37,7 +40,7 @@ import base64
 import html
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,10 +50,12 @@ import numpy as np
 
 from memcallbacks import _io
 from memcallbacks._rundir import (
+    ATTACK,
     MEMBERSHIP,
     REPORT,
     SEQUENCE,
     TRAJECTORY,
+    AttackFiles,
     AuditFiles,
     DPFiles,
     ExposureFiles,
@@ -61,7 +66,10 @@ from memcallbacks._rundir import (
     as_number,
     find_run_dir,
     mean_by_repetition,
+    read_attack,
 )
+from memcallbacks.metrics.membership import format_fpr
+from memcallbacks.trackers import _markdown_table
 
 __all__ = ["CanaryRanking", "build_report", "canary_copies_ranked", "find_run_dir", "report_dir"]
 
@@ -71,6 +79,7 @@ class _Section:
     title: str
     lines: list[str] = field(default_factory=list)  # Markdown bullet lines (plain text)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)  # (header, rows)
     problems: list[str] = field(default_factory=list)  # unreadable files, for the caller
 
 
@@ -101,7 +110,10 @@ def _prepare_out(out: Path) -> Path:
 
 
 def build_report(
-    run_dir: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    attacks: Sequence[str | os.PathLike[str]] = (),
 ) -> dict[str, Any]:
     """Write the figures, ``report.html`` (figures embedded) and ``summary.md`` for a run directory.
 
@@ -112,6 +124,8 @@ def build_report(
         run_dir: the folder the callbacks wrote (default ``<trainer.log_dir>/memcallbacks``), or
             a folder above it (the demo's output folder, ``lightning_logs``).
         out: output folder; default ``<run directory>/report``.
+        attacks: more ``memcallbacks attack`` output folders (or ``attack.json`` files) to show,
+            besides the run directory's own ``attack/`` and ``attack_<x>/`` folders.
 
     Returns:
         ``{"html": Path, "markdown": Path, "figures": [Path, ...], "problems": [str, ...],
@@ -157,6 +171,14 @@ def build_report(
             )
         )
     builders.append(("Privacy: DP-SGD epsilon and the one-run audit", _privacy_section))
+    attack_sources = [root / sub for sub in run.attack_folders()]
+    attack_sources += [
+        Path(a) for a in attacks if Path(a).resolve() not in {p.resolve() for p in attack_sources}
+    ]
+    figure_names: set[str] = set()
+    for source in attack_sources:
+        title = f"{_ATTACK_TITLE}, `{_shown(source, root)}`"
+        builders.append((title, partial(_attack_section, source=source, title=title, names=figure_names)))
     for title, build in builders:
         try:
             section = build(run, out_dir)
@@ -481,6 +503,7 @@ def _trajectory_section(run: RunDirectory, out_dir: Path, subdir: str = TRAJECTO
 #: what each memorisation score ranks by (``LossTrajectoryTracker(score=...)``), higher = more memorised
 _SCORE_MEANING = {
     "mean_loss": "highest mean loss over epochs: samples fitted late, for classifiers",
+    "calibrated_loss": "reference loss minus the lowest loss reached: memorised text, for language models",
     "min_loss": "lowest loss reached: memorised text, for language models",
     "low_loss": "lowest last loss: memorised text, for language models",
     "loss_drop": "largest drop from the first-visit loss to the last",
@@ -810,6 +833,70 @@ def _privacy_section(run: RunDirectory, out_dir: Path) -> _Section | None:
     return s
 
 
+_ATTACK_TITLE = "Attacks across shadow runs (loss, LiRA, RMIA)"
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to the run directory when it is inside it."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _attack_section(
+    run: RunDirectory, out_dir: Path, *, source: Path, title: str, names: set[str]
+) -> _Section | None:
+    att: AttackFiles = read_attack(source)
+    s = _Section(title)
+    st = att.settings
+    mode = "offline: references that did not train on the sample" if st.get("offline") else "online"
+    s.lines.append(
+        f"{st.get('num_runs')} shadow runs, pool of {st.get('pool_size')} samples, scores "
+        f"{st.get('score_kind')}; each run in turn the target, the others its references ({mode}); "
+        "scores of every target pooled into one ROC, members positive"
+    )
+    s.lines.append(
+        f"LiRA variance {'global' if st.get('fixed_variance') else 'per sample'}; RMIA a = {st.get('a')}, "
+        f"gamma = {st.get('gamma')} (Carlini et al. 2022; Zarifzadeh et al. 2024)"
+    )
+    header = ["attack", "AUC", *(f"TPR@{format_fpr(x)}FPR" for x in att.fprs), "AUC per target (min-max)"]
+    rows = []
+    for row in att.rows:
+        finite = [v for v in row.per_target_auc if math.isfinite(v)]
+        spread = f"{_fmt(min(finite), 4)}-{_fmt(max(finite), 4)}" if finite else "n/a"
+        rows.append([row.label, _fmt(row.auc, 4), *(_fmt(row.tpr_at_fpr[x], 4) for x in att.fprs), spread])
+    s.tables.append((header, rows))
+    n_non = att.rows[0].n_nonmembers
+    low = min(att.fprs, default=0.001)
+    s.lines.append(
+        f"{att.rows[0].n_members} member and {n_non} non-member scores pooled: FPR {format_fpr(low)} allows "
+        f"{int(n_non * low)} false positive(s), so TPR there is {'coarse' if n_non * low < 10 else 'resolved'}"
+    )
+    s.lines.append(f"numbers read from {att.folder / 'attack.json'}")
+    figure = att.figure
+    if figure is None:
+        note = f"{str(att.folder / 'roc.png')!r} is missing: re-run `memcallbacks attack` to draw the ROC"
+        s.lines.append(note)
+        s.problems.append(note)
+        return s
+    tail = att.folder.name[len(ATTACK) + 1 :] if att.folder.name.startswith(ATTACK + "_") else att.folder.name
+    stem = "attack_roc" + ("" if att.folder.name == ATTACK else "_" + _safe_name(tail))
+    name, k = f"{stem}.png", 2
+    while name in names:
+        name, k = f"{stem}_{k}.png", k + 1
+    names.add(name)
+    _io.atomic_write_bytes(out_dir / name, figure.read_bytes())
+    s.figures.append(
+        (name, "ROC of each attack on log-log axes, every target pooled (roc.png of the attack)")
+    )
+    return s
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "attack"
+
+
 def _read_or_note(reader: Callable[[], Any]) -> Any:
     try:
         return reader()
@@ -824,6 +911,8 @@ def _markdown(root: Path, sections: list[_Section]) -> str:
         out += [f"## {s.title}", ""]
         out += [f"- {line}" for line in s.lines]
         out.append("")
+        for header, rows in s.tables:
+            out += [_markdown_table(header, rows), ""]
         out += [f"![{cap}]({name})" for name, cap in s.figures]
         out.append("")
     out.append("Per-sample values stay in the run directory; nothing here was sent to a tracker.")
@@ -835,7 +924,9 @@ def _html(root: Path, out_dir: Path, sections: list[_Section]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>memcallbacks report</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
         "figure{display:inline-block;margin:0.5em}img{max-width:460px}figcaption{font-size:0.85em;color:#555}"
-        "h2{border-bottom:1px solid #ddd}</style></head><body>",
+        "h2{border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:0.5em 0}"
+        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:right}td:first-child{text-align:left}"
+        "</style></head><body>",
         "<h1>memcallbacks report</h1>",
         f"<p>Run directory: <code>{html.escape(str(root))}</code></p>",
     ]
@@ -844,6 +935,11 @@ def _html(root: Path, out_dir: Path, sections: list[_Section]) -> str:
         for line in s.lines:
             parts.append(f"<li>{html.escape(line).replace('**', '')}</li>")
         parts.append("</ul>")
+        for header, rows in s.tables:
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+            for cells in rows:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            parts.append("</table>")
         for name, cap in s.figures:
             data = base64.b64encode((out_dir / name).read_bytes()).decode()
             parts.append(

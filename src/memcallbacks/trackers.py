@@ -73,6 +73,7 @@ __all__ = [
     "Record",
     "TrackerWarning",
     "emit",
+    "emit_to",
     "MAX_HISTOGRAM_BINS",
 ]
 
@@ -195,18 +196,40 @@ def emit(
     Example:
         >>> emit(trainer, Alert("Leakage", "mem/canary/exposure_max = 18.2 bits > 15.0", epoch=7))  # doctest: +SKIP
     """
-    if not isinstance(record, (Histogram, Table, LineSeries, RocCurve, Figure, Alert)):
-        raise TypeError(
-            f"`record` must be a memcallbacks.trackers record (Histogram, Table, LineSeries, RocCurve, "
-            f"Figure, Alert), got {type(record).__name__}"
-        )
+    _check_record(record)
     if not getattr(trainer, "is_global_zero", True):
         return
+    emit_to(
+        getattr(trainer, "loggers", None) or [],
+        record,
+        allow_per_sample=allow_per_sample,
+        allow_secrets=allow_secrets,
+    )
+
+
+def emit_to(
+    loggers: Sequence[Any], record: Record, *, allow_per_sample: bool = False, allow_secrets: bool = False
+) -> int:
+    """:func:`emit` without a Trainer: send ``record`` to each of ``loggers`` (e.g. after training).
+
+    Returns:
+        How many loggers failed (each failure is warned about once per logger, never raised);
+        a record withheld by the privacy opt-ins counts as no failure.
+
+    Raises:
+        TypeError: ``record`` is not one of the record types.
+
+    Example:
+        >>> emit_to([TensorBoardLogger("tb_logs")], Figure("attack/roc", fig, epoch=0))  # doctest: +SKIP
+        0
+    """
+    _check_record(record)
     if (getattr(record, "per_sample", False) and not allow_per_sample) or (
         getattr(record, "secret", False) and not allow_secrets
     ):
-        return
-    for logger in getattr(trainer, "loggers", None) or []:
+        return 0
+    failed = 0
+    for logger in loggers:
         adapter = _adapter_for(logger)
         if adapter is None:
             continue
@@ -214,6 +237,16 @@ def emit(
             adapter(logger, record)
         except Exception as e:  # noqa: BLE001 - a tracker must never stop training
             _warn_once(logger, record, e)
+            failed += 1
+    return failed
+
+
+def _check_record(record: Any) -> None:
+    if not isinstance(record, (Histogram, Table, LineSeries, RocCurve, Figure, Alert)):
+        raise TypeError(
+            f"`record` must be a memcallbacks.trackers record (Histogram, Table, LineSeries, RocCurve, "
+            f"Figure, Alert), got {type(record).__name__}"
+        )
 
 
 # -- containing the failures of Lightning's own logger calls ----------------------------------------

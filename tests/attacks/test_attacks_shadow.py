@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.shadow_runs import make_pool, train_shadow_run
+from helpers.shadow_runs import make_pool, train_shadow_run, write_shadow_files
 from memcallbacks import _io
-from memcallbacks.attack import run_attack
-from memcallbacks.callbacks.shadow import ShadowScoreRecorder, _auto_score, pool_fingerprint, shadow_split
+from memcallbacks.attack import AttackInputError, run_attack
+from memcallbacks.callbacks.shadow import (
+    ShadowScoreRecorder,
+    _auto_score,
+    label_fingerprint,
+    pool_fingerprint,
+    shadow_split,
+)
 from memcallbacks.cli import main
 from memcallbacks.metrics import logit_confidence
 
@@ -58,6 +64,44 @@ def test_pool_fingerprint_sees_size_order_and_values() -> None:
     assert pool_fingerprint(pool) != pool_fingerprint(make_pool(51))
     reversed_pool = [pool[i] for i in reversed(range(50))]
     assert pool_fingerprint(pool) != pool_fingerprint(reversed_pool)
+
+
+def test_label_fingerprint_sees_every_label_where_the_pool_fingerprint_samples_32() -> None:
+    pool = make_pool(200)
+    x, y = pool.tensors
+    hashed = set(np.unique(np.linspace(0, 199, 32).round().astype(int)).tolist())
+    i = next(k for k in range(200) if k not in hashed)
+    y2 = y.clone()
+    y2[i] = (y2[i] + 1) % 10
+    relabelled = torch.utils.data.TensorDataset(x, y2)
+    assert pool_fingerprint(relabelled) == pool_fingerprint(pool)  # one label off the 32 hashed items
+    assert label_fingerprint(relabelled) != label_fingerprint(pool)
+    assert label_fingerprint(torch.utils.data.TensorDataset(x + 1, y)) == label_fingerprint(pool)
+    assert label_fingerprint([{"x": 0, "labels": 1}, {"x": 1, "labels": 0}]) != label_fingerprint(
+        [{"x": 0, "labels": 0}, {"x": 1, "labels": 1}]
+    )
+    assert label_fingerprint([torch.zeros(2), torch.ones(2)]) is None  # no labels: nothing to compare
+
+
+def test_attack_refuses_runs_trained_with_other_labels(tmp_path: Path) -> None:
+    dirs = write_shadow_files(tmp_path)
+
+    def stamp(run: Path, value: str | None) -> None:
+        path = run / "memcallbacks" / "shadow" / "inclusion.npz"
+        arrays = _io.load_npz(path)
+        arrays.pop("label_fingerprint", None)
+        if value is not None:
+            arrays["label_fingerprint"] = np.array(value)
+        _io.save_npz(path, **arrays)
+
+    for run in dirs[:3]:
+        stamp(run, "aaaaaaaaaaaaaaaa")
+    stamp(dirs[3], None)  # recorded before label fingerprints: accepted
+    assert run_attack(dirs, methods=("loss",)).settings["num_runs"] == 4
+    stamp(dirs[3], "bbbbbbbbbbbbbbbb")
+    with pytest.raises(AttackInputError, match="other labels") as info:
+        run_attack(dirs, methods=("loss",))
+    assert str(dirs[3]) in str(info.value) and str(dirs[0]) in str(info.value)
 
 
 def test_recorder_state_refuses_another_split() -> None:
@@ -113,6 +157,7 @@ def test_recorder_writes_the_split_and_every_pool_score(four_runs) -> None:
     rec = _io.load_npz(folder / "scores.npz")
     assert np.array_equal(inc["inclusion"], shadow_split(240, run_index=1, num_runs=4, seed=0).inclusion)
     assert str(inc["fingerprint"]) == str(rec["fingerprint"]) == pool_fingerprint(pool)
+    assert str(inc["label_fingerprint"]) == label_fingerprint(pool)
     assert int(inc["run_index"]) == 1 and int(inc["num_runs"]) == 4
     assert str(rec["score_kind"]) == "logit_confidence" and rec["scores"].dtype == np.float32
     x, y = pool.tensors
@@ -163,6 +208,24 @@ def test_cli_attack_prints_the_table_and_writes_json_and_png(four_runs, tmp_path
     # 4 balanced runs: every sample keeps 1 in- and 1 out-reference, too few for its own std, so the
     # per-sample variant falls back to the pooled std and gives the global variant's numbers
     assert per_sample["attacks"]["lira-online"]["auc"] == summary["attacks"]["lira-online"]["auc"]
+
+
+@pytest.mark.slow
+def test_attack_of_real_runs_lands_in_the_first_run_and_its_report_shows_the_table(four_runs, capsys) -> None:
+    dirs, _, _ = four_runs
+    assert main(["attack", *map(str, dirs)]) == 0  # default --out: <run0>/memcallbacks/attack
+    folder = dirs[0] / "memcallbacks" / "attack"
+    summary = json.loads((folder / "attack.json").read_text())
+    assert main(["report", str(dirs[0])]) == 0
+    md = (dirs[0] / "memcallbacks" / "report" / "summary.md").read_text()
+    for label in ("loss", "lira-online", "rmia-online"):
+        entry = summary["attacks"][label]
+        assert (
+            f"| {label} | {entry['auc']:.4f} | {entry['tpr@0.1%fpr']:.4f} | {entry['tpr@1%fpr']:.4f} |" in md
+        )
+    report_png = dirs[0] / "memcallbacks" / "report" / "attack_roc.png"
+    assert report_png.read_bytes() == (folder / "roc.png").read_bytes()
+    capsys.readouterr()
 
 
 def _expect_exit_2(argv: list[str], capsys, *needles: str) -> None:

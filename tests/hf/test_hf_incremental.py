@@ -225,3 +225,96 @@ def test_exposure_monitor_wraps_a_held_gpt2_by_itself() -> None:
     expected = [int(np.sum(scores <= by_secret[c.secret])) for c in cs]  # ties count against, itself included
     assert result.rank.tolist() == expected
     assert result.rank_exact.all()
+
+
+# -- one scoring pass, then greedy decoding from its cache cut back to the prefix ------------------
+def _mistral(sliding_window: int) -> Any:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=V, max_position_embeddings=64, sliding_window=sliding_window, bos_token_id=1, eos_token_id=1,
+        pad_token_id=0,
+    )  # fmt: skip
+    return MistralForCausalLM(config).eval()
+
+
+def _peaky(model: torch.nn.Module) -> torch.nn.Module:
+    """Sharper next-token distributions (scaled output layer), so greedy ids vary along a sequence."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(30.0)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:.*past_key_values.*deprecated:FutureWarning")
+@pytest.mark.parametrize("make", [_gpt2, _llama, _LegacyTupleGPT2], ids=["gpt2", "llama", "legacy"])
+def test_cropped_scoring_cache_decodes_as_a_pass_over_the_prefix(make: Any) -> None:
+    model = make().eval()
+    _peaky(model.inner if isinstance(model, _LegacyTupleGPT2) else model)
+    lm = HFIncrementalLM(model)
+    torch.manual_seed(1)
+    ids = torch.randint(2, V, (4, 14))
+    ids[1, 9:] = 0  # right padding after the prefix: changes nothing before it
+    with torch.inference_mode():
+        logits, state = lm.prefill(ids)
+        assert state is not None and state.length == 14
+        rows = torch.tensor([0, 1, 3])
+        cropped = lm.crop_state(state, 6, rows)
+        assert cropped is not None and cropped.batch == 3 and cropped.length == 6
+        got = lm.greedy(ids[rows, :6], 10, state=cropped, next_logits=logits[rows, 5])
+        again = lm.greedy(ids[rows, :6], 10, state=cropped, next_logits=logits[rows, 5])
+        rerun = lm.greedy(ids[rows, :6], 10)  # the prefix run on its own first
+        # the cut-back cache holds what a pass over the prefix alone computes
+        prefix_state, _ = lm.init_state(ids[rows, :6])
+        for (k1, v1), (k2, v2) in zip(_kv(cropped), _kv(prefix_state)):
+            assert (
+                k1.shape == k2.shape
+                and torch.allclose(k1, k2, atol=1e-5)
+                and torch.allclose(v1, v2, atol=1e-5)
+            )
+        # the next position after the cut: logits of a full pass over prefix + one token (positions right)
+        _, logp = lm.step(cropped, ids[rows, 6])
+        assert torch.allclose(logp, torch.log_softmax(lm(ids[rows, :7])[:, -1], -1), atol=1e-4)
+        # full passes over the growing sequence: the reference greedy continuation
+        seq = ids[rows, :6]
+        for _ in range(10):
+            seq = torch.cat([seq, lm(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(got, rerun) and torch.equal(got, again)  # decoding never wrote into the state
+    assert torch.equal(got, seq[:, 6:])
+    assert len({tuple(r) for r in got.tolist()}) > 1  # the continuation depends on the prefix
+
+
+def _kv(state: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from memcallbacks.hf import _kv_tensors
+
+    layers = _kv_tensors(state.data)
+    assert layers is not None
+    return layers
+
+
+def test_a_sliding_window_that_has_slid_is_not_cropped() -> None:
+    lm = HFIncrementalLM(_peaky(_mistral(sliding_window=4)))
+    ids = torch.randint(2, V, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        _, slid = lm.prefill(ids)
+        assert slid is not None and lm.crop_state(slid, 5) is None  # the first positions are gone
+        logits, short = lm.prefill(ids[:, :3])  # within the window: nothing dropped yet
+        assert short is not None
+        cropped = lm.crop_state(short, 2)
+        assert cropped is not None
+        got = lm.greedy(ids[:, :2], 6, state=cropped, next_logits=logits[:, 1])
+        assert torch.equal(got, lm.greedy(ids[:, :2], 6))
+
+
+def test_prefill_without_a_known_cache_and_greedy_arguments() -> None:
+    lm = HFIncrementalLM(_OddCache())
+    logits, state = lm.prefill(torch.tensor([[1, 2, 3]]))
+    assert state is None and tuple(logits.shape) == (1, 3, V)
+    gpt2 = HFIncrementalLM(_gpt2())
+    with pytest.raises(ValueError, match="pass both `state` and `next_logits`"):
+        gpt2.greedy(torch.tensor([[1, 2]]), 3, next_logits=torch.zeros(1, V))
+    _, state = gpt2.prefill(torch.tensor([[1, 2, 3]]))
+    assert state is not None
+    with pytest.raises(ValueError, match=r"`length` must be in \[1, 3\], got 4"):
+        gpt2.crop_state(state, 4)

@@ -16,6 +16,7 @@ from memcallbacks.metrics import (
     top_k,
     trajectory_statistics,
     unlearned_fraction,
+    zlib_entropy,
 )
 
 NAN = np.nan
@@ -264,12 +265,56 @@ def test_memorisation_scores_by_hand() -> None:
     np.testing.assert_allclose(memorisation_score(stats, by="loss_drop"), [1.0, 0.5, np.nan, 0.8])
     assert top_k(memorisation_score(stats, by="min_loss"), 4).tolist() == [3, 0, 1, 2]  # unvisited last
     with pytest.raises(
-        ValueError, match="`by` can be 'mean_loss', 'min_loss', 'low_loss', 'loss_drop', got 'x'"
+        ValueError,
+        match="`by` can be 'mean_loss', 'min_loss', 'low_loss', 'loss_drop', 'calibrated_loss', got 'x'",
     ):
         memorisation_score(stats, by="x")
     legacy = TrajectoryStatistics(**{**stats.__dict__, "first": None})
     with pytest.raises(ValueError, match="first-visit loss"):
         memorisation_score(legacy, by="loss_drop")
+
+
+def test_calibrated_loss_by_hand() -> None:
+    """reference - min: the per-token log-likelihood ratio against the reference (Watson et al. 2022)."""
+    losses = np.array([[2.0, 0.5, 1.0], [np.nan, 3.0, 2.5], [np.nan] * 3, [1.0, np.nan, 0.2]])
+    stats = trajectory_statistics(losses)
+    reference = [0.9, 4.0, 1.0, np.nan]
+    score = memorisation_score(stats, by="calibrated_loss", reference=reference)
+    # 0.9 - 0.5, 4.0 - 2.5, never visited, no reference
+    np.testing.assert_allclose(score, [0.4, 1.5, np.nan, np.nan])
+    assert top_k(score, 4).tolist() == [1, 0, 2, 3]  # the NaNs last
+    # the other scores ignore the reference
+    np.testing.assert_array_equal(
+        memorisation_score(stats, by="min_loss", reference=reference),
+        memorisation_score(stats, by="min_loss"),
+    )
+    with pytest.raises(ValueError, match="needs `reference=`"):
+        memorisation_score(stats, by="calibrated_loss")
+    with pytest.raises(ValueError, match=r"one loss per sample \(4\), got shape \(3,\)"):
+        memorisation_score(stats, by="calibrated_loss", reference=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="`reference` must be finite"):
+        memorisation_score(stats, by="calibrated_loss", reference=[1.0, np.inf, 1.0, 1.0])
+    with pytest.raises(TypeError, match="`reference` must hold real numbers"):
+        memorisation_score(stats, by="calibrated_loss", reference=["a", "b", "c", "d"])
+
+
+def test_zlib_entropy_by_hand() -> None:
+    """Compressed bits in nats per token: zlib level 9 writes b"hello" in 13 bytes (2 header, 7 deflate, 4 adler32)."""
+    nats = 8 * np.log(2.0) * 13
+    np.testing.assert_allclose(zlib_entropy(["hello"]), [nats / 5])
+    np.testing.assert_allclose(zlib_entropy([b"hello", "hello"], num_tokens=[2, 13]), [nats / 2, nats / 13])
+    np.testing.assert_allclose(zlib_entropy("hello"), [nats / 5])  # one text
+    # a repetitive text compresses: far fewer nats per character than a short one
+    assert zlib_entropy(["ab" * 200])[0] < 0.2 * zlib_entropy(["ab"])[0]
+    assert zlib_entropy([]).shape == (0,)
+    with pytest.raises(ValueError, match="text 1 has 0 tokens"):
+        zlib_entropy(["a", ""])
+    with pytest.raises(ValueError, match="text 0 has 0 tokens"):
+        zlib_entropy(["a"], num_tokens=[0])
+    with pytest.raises(ValueError, match=r"one count per text \(2\)"):
+        zlib_entropy(["a", "b"], num_tokens=[1])
+    with pytest.raises(TypeError, match=r"`texts\[1\]` must be a str or bytes, got int"):
+        zlib_entropy(["a", 3])
 
 
 def test_first_visit_survives_state_dict_and_older_states() -> None:

@@ -151,15 +151,15 @@ def test_demo_prints_the_extraction_rates_and_the_lm_ranking_it_logged(demo_run)
     keys = ["mem/extract/exact_rate", "mem/extract/prob_rate/n100", "mem/extract/exact_rate_nonmember"]
     expected = [last(k) for k in keys] + [last(k + "/canaries") for k in keys]
     assert [float(v) for v in line.groups()] == pytest.approx(expected, abs=5e-4 + 1e-6)
-    # the LM ranking: the tracker ranks by min_loss; the printed share is the report's
+    # the LM ranking: the tracker ranks by calibrated_loss (zlib reference); the printed share is the report's
     run = RunDirectory(out / "memcallbacks")
     traj, exp = run.trajectory(), run.exposure()
-    assert traj is not None and exp is not None and traj.score_by == "min_loss"
+    assert traj is not None and exp is not None and traj.score_by == "calibrated_loss"
     ranked = canary_copies_ranked(traj, exp)
     assert ranked is not None and ranked.copies == 96
     assert (
-        f"most memorised by `min_loss`: {ranked.in_top} of the 96 copies ({100 * ranked.share:.0f}%) of the "
+        f"most memorised by `calibrated_loss`: {ranked.in_top} of the 96 copies ({100 * ranked.share:.0f}%) of the "
         f"canaries inserted >= 16 times rank in the top 1% ({ranked.top_size} samples)"
     ) in printed
     md = (out / "memcallbacks" / "report" / "summary.md").read_text()
-    assert f"{ranked.in_top} of the 96 training copies" in md and "ranked by `min_loss`" in md
+    assert f"{ranked.in_top} of the 96 training copies" in md and "ranked by `calibrated_loss`" in md

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,6 +105,97 @@ def test_gpt2_kv_cache_and_dict_items(tmp_path: Path) -> None:
     with torch.inference_mode():
         a = evaluate_windows(_LanguageModel(model, None, "auto"), windows, lengths, **kw)  # type: ignore[arg-type]
         b = evaluate_windows(_LanguageModel(model, None, "full"), windows, lengths, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a[:, 5:].numpy(), b[:, 5:].numpy())
+
+
+def _peaky_gpt2() -> HFLM:
+    torch.manual_seed(3)
+    model = HFLM().eval()
+    with torch.no_grad():
+        model.model.lm_head.weight.mul_(30.0)  # sharper next-token distributions: varied greedy ids
+    return model
+
+
+def _variable_windows(width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probes of 10..40 tokens: short rows (right-padded, not decoded) mixed with long ones in a batch."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 40, (20,), generator=g).tolist()
+    return _window_tensor([torch.randint(2, TOK.vocab_size, (n,), generator=g) for n in lengths], width)
+
+
+def test_decoding_starts_from_the_scoring_pass_cache() -> None:
+    """One pass over each window; greedy decoding steps from its cache cut to the prefix (no prefix pass)."""
+    model = _peaky_gpt2()
+    windows, lengths = _variable_windows(24)
+    n_long = int((lengths >= 24).sum())
+    assert 0 < n_long < 20
+    seen: list[tuple[int, int]] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    kw: dict[str, Any] = dict(
+        prefix_len=10,
+        suffix_len=14,
+        min_k=0.2,
+        sampling=[(1.0, None), (0.7, 5)],
+        batch_size=8,
+        device=torch.device("cpu"),
+    )
+    with torch.inference_mode():
+        cached = _LanguageModel(model, None, "auto")
+        a = evaluate_windows(cached, windows, lengths, **kw)
+        hook.remove()
+        full = _LanguageModel(model, None, "full")
+        b = evaluate_windows(full, windows, lengths, **kw)
+    assert cached.mode == "kv_cache" and full.mode == "full"
+    expected: list[tuple[int, int]] = [(1, 1)]  # the vocabulary probe
+    for i in range(0, 20, 8):
+        batch, n_dec = min(8, 20 - i), int((lengths[i : i + 8] >= 24).sum())
+        expected += [(batch, 24)] + [(n_dec, 1)] * (13 if n_dec else 0)  # suffix_len - 1 one-token steps
+    assert seen == expected
+    assert not any(shape[1] == 10 for shape in seen)  # the prefix never ran on its own
+    # the same numbers as full forward passes over the growing sequences
+    np.testing.assert_array_equal(a[:, 6:].numpy(), b[:, 6:].numpy())
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, equal_nan=True)
+    long = (lengths >= 24).numpy()
+    assert np.isfinite(a[long, 2].numpy()).all() and np.isnan(a[~long, 2].numpy()).all()
+    assert len({tuple(r) for r in a[long, 6:].numpy().tolist()}) > 1
+
+
+class _NoCacheGPT2(torch.nn.Module):
+    """A Hugging Face style model that never returns a KV cache."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:  # what marks an HF model
+        raise NotImplementedError
+
+    def forward(
+        self, input_ids: torch.Tensor, use_cache: bool = True, **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        return {"logits": self.inner(input_ids=input_ids, use_cache=False).logits}
+
+
+def test_a_model_without_a_cache_falls_back_to_full_passes() -> None:
+    model = _peaky_gpt2()
+    windows, lengths = _variable_windows(24)
+    kw: dict[str, Any] = dict(
+        prefix_len=10,
+        suffix_len=14,
+        min_k=0.2,
+        sampling=[(1.0, None)],
+        batch_size=8,
+        device=torch.device("cpu"),
+    )
+    with torch.inference_mode():
+        lm = _LanguageModel(_NoCacheGPT2(model.model), None, "auto")
+        a = evaluate_windows(lm, windows, lengths, **kw)
+        b = evaluate_windows(_LanguageModel(model, None, "full"), windows, lengths, **kw)
+    assert (
+        lm.mode == "full" and lm.fallback_reason is not None and "no `past_key_values`" in lm.fallback_reason
+    )
     np.testing.assert_array_equal(a[:, 5:].numpy(), b[:, 5:].numpy())
 
 

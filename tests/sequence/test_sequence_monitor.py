@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,41 @@ def test_scores_match_an_independent_computation() -> None:
             np.testing.assert_array_equal(out[i, 6:].numpy().astype(int), greedy[8:].numpy())
             assert out[i, 2].item() == float(bool((greedy[8:] == s[8:]).all()))
             assert out[i, 3].item() == pytest.approx((greedy[8:] == s[8:]).double().mean().item())
+
+
+def test_np_rates_of_non_members_hand_worked() -> None:
+    """(n, p) rates on non-member probes: the baseline of what sampling reproduces without training."""
+    monitor = _monitor(
+        n_tries=(1, 3), p_threshold=0.45, sampling=[{"temperature": 1.0}, {"temperature": 0.5, "top_k": 5}]
+    )
+    monitor._member_indices, monitor._nonmember_indices = np.arange(2), np.arange(4)
+    monitor._zlib = np.ones(6)
+    nan = math.nan
+    q = {"member": [0.9, 0.2], "nonmember": [0.6, 0.3, 0.1, nan]}  # the last non-member is short
+    rows = []
+    for who in ("member", "nonmember"):
+        for i, qi in enumerate(q[who]):
+            exact = nan if math.isnan(qi) else 0.0
+            rows.append([1.0 + i, -1.0, exact, exact, math.log(qi), math.log(qi / 2)])
+    metrics = monitor._metrics(np.array(rows), epoch=0)
+    # q >= 0.45 after n tries, 1 - (1 - q)^n: members 0.9 | 0.2 -> n=3: 0.488 (both pass)
+    assert metrics["mem/extract/prob_rate/n1"] == pytest.approx(1 / 2)
+    assert metrics["mem/extract/prob_rate/n3"] == pytest.approx(1.0)
+    # non-members 0.6 | 0.3 -> n=3: 0.657 | 0.1 -> n=3: 0.271 (fails); the short probe is left out
+    assert metrics["mem/extract/prob_rate_nonmember/n1"] == pytest.approx(1 / 3)
+    assert metrics["mem/extract/prob_rate_nonmember/n3"] == pytest.approx(2 / 3)
+    assert metrics["mem/extract/prob_mean_nonmember"] == pytest.approx((0.6 + 0.3 + 0.1) / 3)
+    # the second scheme: q / 2 = 0.3 | 0.15 | 0.05 -> n=3: 0.657 | 0.386 | 0.143
+    assert metrics["mem/extract/prob_rate_nonmember/n1/s1"] == 0.0
+    assert metrics["mem/extract/prob_rate_nonmember/n3/s1"] == pytest.approx(1 / 3)
+    assert metrics["mem/extract/prob_mean_nonmember/s1"] == pytest.approx((0.3 + 0.15 + 0.05) / 3)
+    without = _monitor(n_tries=(1, 3))
+    without._member_indices, without._nonmember_indices, without._zlib = (
+        np.arange(2),
+        np.arange(0),
+        np.ones(2),
+    )
+    assert not any("nonmember" in k for k in without._metrics(np.array(rows[:2])[:, :5], epoch=0))
 
 
 def test_full_passes_give_the_cached_result() -> None:

@@ -108,7 +108,7 @@ def test_sample_index_none_is_a_clear_error(tmp_path: Path, fault: str) -> None:
         (
             {"score": "auc"},
             ValueError,
-            r"`score` can be 'mean_loss', 'min_loss', 'low_loss', 'loss_drop', got 'auc'",
+            r"`score` can be 'mean_loss', 'min_loss', 'low_loss', 'loss_drop', 'calibrated_loss', got 'auc'",
         ),
         ({"index_key": None}, TypeError, r"`index_key` must be a non-empty string"),
         ({"index_key": "sample_loss"}, ValueError, r"must differ"),

@@ -18,8 +18,9 @@ One teacher-forced forward pass per probe batch gives the loss, Min-K% Prob, the
 numerator and every sampling scheme's ``q``; greedy decoding then runs once over the member
 (and non-member) prefixes, reusing the model's state: an
 :class:`~memcallbacks.scoring.IncrementalLM` (``init_state``/``step``), a Hugging Face KV cache
-(``use_cache=True``, ``past_key_values``), or, when neither is offered, full forward passes over
-the growing sequence (about ``suffix_len`` times the cost; warned once).
+(the scoring pass's own cache cut back to the prefix, so the prefix never runs twice; the
+conventions live in :class:`memcallbacks.hf.HFIncrementalLM`), or, when neither is offered, full
+forward passes over the growing sequence (about ``suffix_len`` times the cost; warned once).
 
 Distributed runs: the probes are split across ranks (contiguous shards of equal length, the last
 padded by repeating the final probe), each rank evaluates its shard, one all-gather reassembles
@@ -29,7 +30,6 @@ the per-probe results in probe order, and every rank computes the metrics from t
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import warnings
@@ -53,6 +53,7 @@ from memcallbacks._validate import (
 )
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
 from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.hf import HFIncrementalLM, _forward_params
 from memcallbacks.metrics.membership import membership_inference
 from memcallbacks.metrics.sequence import _min_k, _suffix_logq, extraction_probability, zlib_length
 
@@ -243,7 +244,7 @@ def _hf_model(module: Any) -> Any:
 
 
 def _logits_of(out: Any, ids: torch.Tensor, who: str) -> torch.Tensor:
-    logits = getattr(out, "logits", out)
+    logits = out.get("logits", out) if isinstance(out, Mapping) else getattr(out, "logits", out)
     if isinstance(logits, (list, tuple)) and logits:
         logits = logits[0]
     if (
@@ -264,22 +265,14 @@ def _logits_of(out: Any, ids: torch.Tensor, who: str) -> torch.Tensor:
     return logits.float() if logits.dtype != torch.float64 else logits
 
 
-def _cache_of(output: Any) -> Any:
-    """The KV cache of a Hugging Face output (``cache`` in recent releases, ``past_key_values`` before)."""
-    for name in ("cache", "past_key_values"):
-        value = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def _cache_kwarg(model: Any) -> str:
-    """The keyword that passes a cache back to ``model.forward`` (``cache`` or ``past_key_values``)."""
+def _cached_lm(hf: Any) -> HFIncrementalLM | None:
+    """The KV-cache conventions (call, crop, step) for ``hf``: one implementation, in :mod:`memcallbacks.hf`."""
+    if hf is None:
+        return None
     try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+        return HFIncrementalLM(hf)
+    except (ImportError, TypeError):
+        return None
 
 
 class _LanguageModel:
@@ -289,6 +282,11 @@ class _LanguageModel:
         self.module = module
         self.forward_fn = forward_fn
         self.hf: Any = _hf_model(module) if forward_fn is None else None
+        self.cached = _cached_lm(self.hf) if decoding != "full" else None
+        self._no_cache_kwargs = (
+            {"use_cache": False} if self.hf is not None and "use_cache" in _forward_params(self.hf) else {}
+        )
+        self._prefill_unusable = False  # the scoring pass returned no cache this model can crop
         self.requested = decoding
         self.mode: str | None = None  # resolved on the first decode: incremental | kv_cache | full
         self.fallback_reason: str | None = None
@@ -296,9 +294,26 @@ class _LanguageModel:
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         if self.forward_fn is not None:
             return _logits_of(self.forward_fn(self.module, ids), ids, "`forward_fn`")
-        if self.hf is not None:
-            return _logits_of(self.hf(input_ids=ids), ids, type(self.hf).__name__)
+        if self.hf is not None:  # no KV cache: nothing decodes from this pass
+            return _logits_of(self.hf(input_ids=ids, **self._no_cache_kwargs), ids, type(self.hf).__name__)
         return _logits_of(self.module(ids), ids, f"`{type(self.module).__name__}(token_ids)`")
+
+    def decodes_from_scoring_pass(self) -> bool:
+        """Whether greedy decoding starts from the scoring pass's KV cache (the cache path, chosen or untried)."""
+        return (
+            self.cached is not None
+            and not self._prefill_unusable
+            and self.mode in (None, "kv_cache")
+            and self._candidates()[0] == "kv_cache"
+        )
+
+    def logits_and_state(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Teacher-forced logits and the model's KV cache after every token (None when unusable)."""
+        assert self.cached is not None
+        logits, state = self.cached.prefill(ids)
+        if state is None:
+            self._prefill_unusable = True
+        return _logits_of(logits, ids, type(self.hf).__name__), state
 
     def _candidates(self) -> list[str]:
         if self.requested == "full":
@@ -308,13 +323,16 @@ class _LanguageModel:
             getattr(self.module, "step", None)
         ):
             cands.append("incremental")
-        if self.hf is not None:
+        if self.cached is not None:
             cands.append("kv_cache")
         return [*cands, "full"]
 
-    def greedy(self, prefix: torch.Tensor, steps: int) -> torch.Tensor:
+    def greedy(
+        self, prefix: torch.Tensor, steps: int, start: tuple[Any, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Greedy ids ``[B, steps]``; ``start``: the KV cache after the prefix and the next logits (cache path)."""
         if self.mode is not None:
-            return self._greedy(self.mode, prefix, steps)
+            return self._greedy(self.mode, prefix, steps, start)
         errors: list[str] = []
         for mode in self._candidates():
             if mode == "full" and self.requested == "cache":
@@ -324,7 +342,7 @@ class _LanguageModel:
                     "use decoding='auto'"
                 )
             try:
-                out = self._greedy(mode, prefix, steps)
+                out = self._greedy(mode, prefix, steps, start)
             except Exception as e:  # noqa: BLE001 - try the next path; the last one re-raises
                 if mode == "full":
                     raise
@@ -336,8 +354,15 @@ class _LanguageModel:
             return out
         raise AssertionError("unreachable")
 
-    def _greedy(self, mode: str, prefix: torch.Tensor, steps: int) -> torch.Tensor:
+    def _greedy(
+        self, mode: str, prefix: torch.Tensor, steps: int, start: tuple[Any, torch.Tensor] | None
+    ) -> torch.Tensor:
         b = prefix.shape[0]
+        if mode == "kv_cache":
+            assert self.cached is not None
+            if start is not None:
+                return self.cached.greedy(prefix, steps, state=start[0], next_logits=start[1])
+            return self.cached.greedy(prefix, steps)
         out = torch.empty((b, steps), dtype=torch.long, device=prefix.device)
         if mode == "incremental":
             state, logp = self.module.init_state(prefix)
@@ -351,22 +376,6 @@ class _LanguageModel:
                 out[:, j] = tok
                 if j + 1 < steps:
                     state, logp = self.module.step(state, tok)
-            return out
-        if mode == "kv_cache":
-            res = self.hf(input_ids=prefix, use_cache=True)
-            cache, name = _cache_of(res), _cache_kwarg(self.hf)
-            if cache is None:
-                raise ValueError(
-                    "the model returned no cache (`past_key_values`/`cache`) with use_cache=True"
-                )
-            nxt = _logits_of(res, prefix, type(self.hf).__name__)[:, -1]
-            for j in range(steps):
-                tok = nxt.argmax(dim=-1)
-                out[:, j] = tok
-                if j + 1 < steps:
-                    res = self.hf(input_ids=tok.unsqueeze(1), use_cache=True, **{name: cache})
-                    cache = _cache_of(res)
-                    nxt = _logits_of(res, tok.unsqueeze(1), type(self.hf).__name__)[:, -1]
             return out
         seq = prefix
         for j in range(steps):
@@ -396,6 +405,12 @@ def evaluate_windows(
     the CPU. Rows shorter than ``W`` get NaN for the extraction columns and for generated ids. Runs
     under whatever mode/grad context the caller set; no host sync inside the loop. ``max_id``: the
     largest probe token id, checked against the logits' vocabulary.
+
+    With a KV cache (a Hugging Face model), the scoring pass keeps the model's cache; cut back to
+    the prefix, it is where greedy decoding of that batch's long rows starts (the prefix is not
+    run twice: ``suffix_len - 1`` one-token steps follow one pass over the window). A causal model's
+    cache at a position depends on the tokens up to it only, so the right padding of short rows
+    changes nothing, and the decoded ids equal decoding from a pass over the prefix alone.
     """
     n, width = windows.shape
     k_schemes, steps = len(sampling), suffix_len
@@ -417,10 +432,25 @@ def evaluate_windows(
                 "pass a top_k in [1, vocabulary size] or None"
             )
     positions = torch.arange(width - 1, device=device)
+    gen_cols = slice(len(_COLUMNS) + k_schemes, None)
+    decoded = torch.zeros(n, dtype=torch.bool)  # on the CPU: rows decoded from their scoring pass
+
+    def decode_rows(sel: torch.Tensor, ids: torch.Tensor, begin: tuple[Any, torch.Tensor] | None) -> None:
+        generated = lm.greedy(ids[:, :prefix_len], steps, begin)
+        match = (generated == ids[:, prefix_len:]).double()
+        at = sel.to(device)
+        out[at, 2] = match.min(dim=1).values
+        out[at, 3] = match.mean(dim=1)
+        out[at, gen_cols] = generated.double()
+
     for start in range(0, n, batch_size):
         ids = windows[start : start + batch_size].to(device)
         length = lengths[start : start + batch_size].to(device)
-        logits = lm.logits(ids)
+        state = None
+        if decode and lm.decodes_from_scoring_pass():
+            logits, state = lm.logits_and_state(ids)
+        else:
+            logits = lm.logits(ids)
         targets = ids[:, 1:]
         tok_lp = logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
             logits[:, :-1], dim=-1
@@ -442,17 +472,25 @@ def evaluate_windows(
                     logits[:, prefix_len - 1 : width - 1], ids[:, prefix_len:], temperature, top_k
                 )
             out[rows, len(_COLUMNS) + s] = torch.where(is_long[:, 0], logq.double(), math.nan)
-        del logits
-    if decode and long_rows.numel():
-        for start in range(0, long_rows.numel(), batch_size):
-            sel = long_rows[start : start + batch_size]
-            ids = windows[sel].to(device)
-            generated = lm.greedy(ids[:, :prefix_len], steps)
-            match = (generated == ids[:, prefix_len:]).double()
-            at = sel.to(device)
-            out[at, 2] = match.min(dim=1).values
-            out[at, 3] = match.mean(dim=1)
-            out[at, len(_COLUMNS) + k_schemes :] = generated.double()
+        if state is not None:  # decode this batch's long rows from the scoring pass's cache
+            local = (lengths[start : start + ids.shape[0]] >= width).nonzero().flatten()  # on the CPU
+            every = local.numel() == ids.shape[0]
+            at = local.to(device)
+            nxt = (logits[:, prefix_len - 1] if every else logits[at, prefix_len - 1]).clone()
+            del logits  # [B, W, V] is not held while decoding
+            if local.numel():
+                assert lm.cached is not None
+                prefix_state = lm.cached.crop_state(state, prefix_len, None if every else at)
+                state = None  # only the cut-back copy lives on
+                begin = None if prefix_state is None else (prefix_state, nxt)
+                decode_rows(local + start, ids if every else ids[at], begin)
+                decoded[local + start] = True
+        else:
+            del logits
+    rest = long_rows[~decoded[long_rows]] if decode else long_rows[:0]
+    for start in range(0, rest.numel(), batch_size):  # without a scoring-pass cache: batches of long rows
+        sel = rest[start : start + batch_size]
+        decode_rows(sel, windows[sel].to(device), None)
     return out
 
 
@@ -482,6 +520,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     ``mem/extract/prob_mean``                      mean single-sample probability ``q`` (first scheme)
     ``mem/extract/prob_rate/n<n>/s<i>``,           the same for the ``i``-th further scheme (i >= 1)
     ``mem/extract/prob_mean/s<i>``
+    ``.../prob_rate_nonmember/n<n>[/s<i>]``,       the same on the non-member probes: the (n, p)
+    ``.../prob_mean_nonmember[/s<i>]``             baseline of text the model never trained on
     ``mem/mia_lm/auc/loss``, ``.../auc/min_k``,    ROC AUC (members positive, exact ROC) of the mean
     ``.../auc/zlib``                               token loss, Min-K% Prob and zlib ratio scores
     ``mem/mia_lm/tpr@1%fpr/loss``, ``/min_k``,     TPR at FPR <= 1% for each score
@@ -871,28 +911,32 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "mem/extract/token_match": _mean(members[long_m, 3]),
             "mem/extract/skipped": float((~long_m).sum()),
         }
-        log_q = members[long_m, len(_COLUMNS) : len(_COLUMNS) + k]
         for s in range(k):
-            lq = np.minimum(log_q[:, s], 0.0)
-            lq = lq[~np.isnan(lq)]  # NaN logits: excluded (all NaN gives NaN, never a safe 0)
-            q_rates = {
-                n: _mean((extraction_probability(lq, n) >= self.p_threshold).astype(np.float64))
-                for n in self.n_tries
-            }
+            q_rates, q_mean = self._np_rates(members[long_m, len(_COLUMNS) + s])
             if s == 0:
                 for n, rate in q_rates.items():
                     metrics[f"mem/extract/prob_rate/n{n}"] = rate
-                metrics["mem/extract/prob_mean"] = _mean(np.exp(lq))
+                metrics["mem/extract/prob_mean"] = q_mean
             else:
                 for n, rate in q_rates.items():
                     metrics[f"mem/extract/prob_rate/n{n}/s{s}"] = rate
-                metrics[f"mem/extract/prob_mean/s{s}"] = _mean(np.exp(lq))
+                metrics[f"mem/extract/prob_mean/s{s}"] = q_mean
         if nonmembers.shape[0] == 0:
             return metrics
         long_n = np.isfinite(nonmembers[:, 2])
         metrics["mem/extract/exact_rate_nonmember"] = _mean(nonmembers[long_n, 2])
         metrics["mem/extract/token_match_nonmember"] = _mean(nonmembers[long_n, 3])
         metrics["mem/extract/skipped_nonmember"] = float((~long_n).sum())
+        for s in range(k):  # the (n, p) baseline: what sampling reproduces of text never trained on
+            q_rates, q_mean = self._np_rates(nonmembers[long_n, len(_COLUMNS) + s])
+            if s == 0:
+                for n, rate in q_rates.items():
+                    metrics[f"mem/extract/prob_rate_nonmember/n{n}"] = rate
+                metrics["mem/extract/prob_mean_nonmember"] = q_mean
+            else:
+                for n, rate in q_rates.items():
+                    metrics[f"mem/extract/prob_rate_nonmember/n{n}/s{s}"] = rate
+                metrics[f"mem/extract/prob_mean_nonmember/s{s}"] = q_mean
 
         assert self._zlib is not None
         zlib_m, zlib_n = self._split(self._zlib)
@@ -920,6 +964,16 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         metrics["mem/mia_lm/tpr@1%fpr/min_k"] = min_k[1]
         metrics["mem/mia_lm/tpr@1%fpr/zlib"] = zlib[1]
         return metrics
+
+    def _np_rates(self, log_q: np.ndarray) -> tuple[dict[int, float], float]:
+        """(n, p) rates per ``n`` and the mean ``q`` of the probes' ``log q`` (one sampling scheme)."""
+        lq = np.minimum(log_q, 0.0)
+        lq = lq[~np.isnan(lq)]  # NaN logits: excluded (all NaN gives NaN, never a safe 0)
+        rates = {
+            n: _mean((extraction_probability(lq, n) >= self.p_threshold).astype(np.float64))
+            for n in self.n_tries
+        }
+        return rates, _mean(np.exp(lq))
 
     def _attack(self, member_losses: np.ndarray, nonmember_losses: np.ndarray) -> tuple[float, float]:
         ok_m, ok_n = np.isfinite(member_losses), np.isfinite(nonmember_losses)
@@ -1006,6 +1060,11 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self, trainer: pl.Trainer, epoch: int, scores: np.ndarray, metrics: dict[str, float]
     ) -> None:
         rates = [metrics[f"mem/extract/prob_rate/n{n}"] for n in self.n_tries]
+        baseline = (  # the same rates on non-members, when there are some
+            [metrics[f"mem/extract/prob_rate_nonmember/n{n}"] for n in self.n_tries]
+            if "mem/extract/exact_rate_nonmember" in metrics
+            else []
+        )
         self.emit(
             trainer,
             trackers.LineSeries(
@@ -1014,6 +1073,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                 ys={
                     f"(n, p={self.p_threshold:g}) rate": rates,
                     "greedy exact rate": [metrics["mem/extract/exact_rate"]] * len(rates),
+                    **({"non-member (n, p) rate": baseline} if baseline else {}),
                 },
                 epoch=epoch,
                 title=f"Extraction rate vs tries, epoch {epoch}",

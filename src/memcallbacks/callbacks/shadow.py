@@ -19,7 +19,8 @@ What the recorder writes (``<trainer.log_dir>/memcallbacks/shadow/``, rank 0, at
 
 * ``inclusion.npz`` at set-up: ``inclusion`` (bool ``[N]``, True = this run trains on the sample),
   ``fingerprint`` (see :func:`pool_fingerprint`), ``pool_size``, ``run_index``, ``num_runs``
-  (-1 when not given), ``seed``, ``keep_fraction``;
+  (-1 when not given), ``seed``, ``keep_fraction``, and ``label_fingerprint`` (a hash of every
+  pool item's label, :func:`label_fingerprint`) when the items carry labels;
 * ``scores.npz`` at the end of fit, after one evaluation pass over the whole pool in eval mode,
   float32, autocast off: ``scores`` (float32 ``[N]``), ``correct`` (bool ``[N]``, when known),
   ``score_kind`` (``"logit_confidence"`` for classifiers: ``log(p_y / (1 - p_y))`` of the true
@@ -49,6 +50,7 @@ __all__ = [
     "SCORE_KINDS",
     "ShadowScoreRecorder",
     "ShadowSplit",
+    "label_fingerprint",
     "pool_fingerprint",
     "shadow_split",
 ]
@@ -113,6 +115,50 @@ def pool_fingerprint(pool: Any, *, num_items: int = 32) -> str:
         digest.update(f"#{int(i)}".encode())
         _item_bytes(pool[int(i)], digest)
     return digest.hexdigest()[:16]
+
+
+def label_fingerprint(pool: Any) -> str | None:
+    """A short hash of the label of *every* pool item, in order (``None`` when items carry no label).
+
+    :func:`pool_fingerprint` hashes 32 items, so two pools that differ only in some labels (another
+    label-noise seed, a relabelled class) can share it; runs trained on them measure different
+    things. The attack and ``memcallbacks memorisation`` refuse runs whose label fingerprints
+    differ. The label is an item's second element (``(x, y)`` items) or its ``labels`` / ``label``
+    / ``y`` / ``target`` / ``targets`` entry (dict items); a language model's ``(x, y)`` item hashes
+    its target tokens. It reads every item once (rank 0, at set-up).
+
+    Args:
+        pool: a map-style dataset (``__len__``, ``__getitem__``).
+
+    Returns:
+        16 hexadecimal characters, or ``None`` when an item has no label.
+
+    Example:
+        >>> label_fingerprint([(0, 1), (2, 3)]) == label_fingerprint([(5, 1), (6, 3)])  # inputs not hashed
+        True
+        >>> label_fingerprint([(0, 1), (2, 3)]) == label_fingerprint([(0, 1), (2, 4)])
+        False
+        >>> label_fingerprint([0, 1]) is None
+        True
+    """
+    n = _pool_size(pool)
+    digest = hashlib.sha256(f"labels:{n}".encode())
+    for i in range(n):
+        label = _item_label(pool[i])
+        if label is None:
+            return None
+        digest.update(f"#{i}".encode())
+        _item_bytes(label, digest)
+    return digest.hexdigest()[:16]
+
+
+def _item_label(item: Any) -> Any:
+    if isinstance(item, Mapping):
+        key = next((k for k in _probe._LABEL_KEYS if k in item), None)
+        return None if key is None else item[key]
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return item[1]
+    return None
 
 
 def _pool_size(pool: Any) -> int:
@@ -409,16 +455,19 @@ class ShadowScoreRecorder(MemorisationCallback):
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero:
             s = self.split
-            _io.save_npz(
-                self.run_dir / "inclusion.npz",
-                inclusion=s.inclusion,
-                fingerprint=np.array(self.fingerprint),
-                pool_size=np.int64(s.inclusion.size),
-                run_index=np.int64(s.run_index),
-                num_runs=np.int64(-1 if s.num_runs is None else s.num_runs),
-                seed=np.int64(s.seed),
-                keep_fraction=np.float64(s.keep_fraction),
-            )
+            arrays: dict[str, Any] = {
+                "inclusion": s.inclusion,
+                "fingerprint": np.array(self.fingerprint),
+                "pool_size": np.int64(s.inclusion.size),
+                "run_index": np.int64(s.run_index),
+                "num_runs": np.int64(-1 if s.num_runs is None else s.num_runs),
+                "seed": np.int64(s.seed),
+                "keep_fraction": np.float64(s.keep_fraction),
+            }
+            labels = label_fingerprint(self.pool)
+            if labels is not None:
+                arrays["label_fingerprint"] = np.array(labels)
+            _io.save_npz(self.run_dir / "inclusion.npz", **arrays)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         train = _probe.dataset_of(getattr(trainer, "train_dataloader", None))

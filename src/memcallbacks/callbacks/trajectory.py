@@ -8,7 +8,8 @@ memorisation scores of :func:`memcallbacks.metrics.memorisation_score`: by defau
 loss over training (the area under the loss curve; cf. Pleiss et al., NeurIPS 2020), which
 ranks mislabelled and atypical samples -- the ones a classifier has to memorise -- first; for
 language models, where a memorised sequence has a *low* loss, the lowest loss a sample reached
-(or its drop from the first visit, a calibrated loss, Watson et al., ICLR 2022).
+calibrated by a per-sample reference loss (``reference=``, e.g. the zlib entropy of the text;
+Watson et al., ICLR 2022; Carlini et al., USENIX Security 2021), or uncalibrated.
 
 Two sources of per-sample losses:
 
@@ -46,12 +47,13 @@ from memcallbacks._probe import (
     evaluate_sharded,
     random_subset,
 )
-from memcallbacks._validate import check_choice, check_int, check_seed
+from memcallbacks._validate import check_choice, check_float_array, check_int, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.indexed import IndexedDataset
 from memcallbacks.metrics.dynamics import (
     MEMORISATION_SCORES,
     TrajectoryStatistics,
+    check_reference,
     memorisation_score,
     top_k,
     unlearned_fraction,
@@ -95,6 +97,7 @@ def _validate_init(
     memory_budget_bytes: Any,
     top_k: Any,
     score: Any,
+    reference: Any,
     name: Any,
 ) -> None:
     """Every argument check of :class:`LossTrajectoryTracker` (the dtype is checked by the store)."""
@@ -121,6 +124,15 @@ def _validate_init(
     check_memory_budget(memory_budget_bytes)
     check_int("top_k", top_k, minimum=0, hint="use 0 to emit no table at fit end")
     check_choice("score", score, MEMORISATION_SCORES)
+    if score == "calibrated_loss" and reference is None:
+        raise ValueError(
+            "`score='calibrated_loss'` needs `reference=`: one reference loss per training sample (dataset "
+            "index order), e.g. memcallbacks.metrics.zlib_entropy(texts) or a reference model's losses"
+        )
+    if reference is not None:
+        check_float_array(
+            reference, "reference", allow_nan=True, hint="; pass one reference loss per sample (NaN: none)"
+        )
     for arg, fn in (("sample_loss_fn", sample_loss_fn), ("probe_collate_fn", probe_collate_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"`{arg}` must be a callable or None, got {fn!r}")
@@ -183,8 +195,9 @@ class LossTrajectoryTracker(MemorisationCallback):
     ``epoch_XXXX.npy`` (column ``j`` of the store; ``meta.json["epochs"][j]`` is its trainer
     epoch), ``correct_XXXX.npy``, ``statistics.npz`` (per-sample statistics; ``score`` is the
     mean loss, ``first`` the first-visit loss; ``min_loss = -min``, ``low_loss = -last``,
-    ``loss_drop = first - last``) and ``meta.json`` (``score_by`` names the tracker's ranking) at the end
-    of every recorded epoch.
+    ``loss_drop = first - last``; with ``reference``, ``reference`` per row and ``calibrated_loss =
+    reference - min``) and ``meta.json`` (``score_by`` names the tracker's ranking) at the end of every
+    recorded epoch.
 
     Args:
         source: ``"step"`` (losses returned by ``training_step``) or ``"probe"`` (a fixed probe
@@ -209,16 +222,24 @@ class LossTrajectoryTracker(MemorisationCallback):
         memory_budget_bytes: beyond this the store keeps epochs on disk, memory-mapped.
         top_k: rows of the most-memorised table emitted at fit end.
         score: default ranking of :meth:`most_memorised` and of the fit-end table:
-            ``"mean_loss"`` (default; classifiers), ``"min_loss"`` (language models),
-            ``"low_loss"`` or ``"loss_drop"`` (language models, probe source); see
-            :func:`memcallbacks.metrics.memorisation_score`.
+            ``"mean_loss"`` (default; classifiers), ``"calibrated_loss"`` (language models, with
+            ``reference``), ``"min_loss"`` (language models), ``"low_loss"`` or ``"loss_drop"``
+            (language models, probe source); see :func:`memcallbacks.metrics.memorisation_score`.
+        reference: per-sample reference losses for ``"calibrated_loss"``, in the units of the
+            tracked loss and indexed like :attr:`sample_ids` (the training set's dataset index; the
+            probe dataset's with ``probe_dataset=``): e.g.
+            :func:`memcallbacks.metrics.zlib_entropy` of the training texts, or a reference model's
+            per-sample losses (in fine-tuning: the pre-trained model's). NaN: no reference (the
+            sample ranks last). Not saved in checkpoints: pass it again when resuming.
         name: distinguishes two trackers in one Trainer: sub-folder ``trajectory_<name>`` and keys
             ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``).
         run_dir: root folder instead of ``<trainer.log_dir>/memcallbacks``.
         log_per_sample: allow sending the per-sample table to third-party trackers.
 
     Raises:
-        ValueError: unknown ``source`` or ``score``, ``loss_key="loss"``, bad sizes or dtype.
+        ValueError: unknown ``source`` or ``score``, ``loss_key="loss"``, bad sizes or dtype,
+            ``score="calibrated_loss"`` without ``reference``, a ``reference`` that does not cover
+            every sample (at ``fit``) or holds an infinity.
         TypeError: a string, float or bool where an integer is expected, and the like.
 
     Example:
@@ -250,6 +271,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         top_k: int = 20,
         score: str = "mean_loss",
+        reference: Any = None,
         name: str | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
@@ -260,9 +282,13 @@ class LossTrajectoryTracker(MemorisationCallback):
             correct_key=correct_key, probe_dataset=probe_dataset, probe_size=probe_size,
             probe_seed=probe_seed, sample_loss_fn=sample_loss_fn, probe_batch_size=probe_batch_size,
             probe_collate_fn=probe_collate_fn, memory_budget_bytes=memory_budget_bytes, top_k=top_k,
-            score=score, name=name,
+            score=score, reference=reference, name=name,
         )  # fmt: skip
         self.source, self.num_samples, self.name, self.score = source, num_samples, name, score
+        self.reference = (
+            None if reference is None else check_float_array(reference, "reference", allow_nan=True)
+        )
+        self._row_reference: np.ndarray | None = None  # reference[sample_ids], set with the samples
         self.loss_key, self.index_key, self.correct_key = loss_key, index_key, correct_key
         self.probe_dataset, self.probe_size, self.probe_seed = probe_dataset, int(probe_size), int(probe_seed)
         self.sample_loss_fn = sample_loss_fn or default_sample_loss_and_correct_fn
@@ -313,6 +339,7 @@ class LossTrajectoryTracker(MemorisationCallback):
                 f"this run has {n}; resume with the same dataset (or num_samples)"
             )
         self._sample_ids = ids
+        self._row_reference = self._reference_of(ids, n)
         zero = trainer.is_global_zero
         self.store = TrajectoryStore(
             n,
@@ -354,6 +381,21 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._steps = [(loss, index, partial.get("correct"))]
         if partial.get("correct") is not None or self._has_correct is None:
             self._has_correct = partial.get("correct") is not None
+
+    def _reference_of(self, ids: np.ndarray, n: int) -> np.ndarray | None:
+        """The reference loss of each store row, or ``None``; raises when ``reference`` does not cover them."""
+        if self.reference is None:
+            return None
+        size = self.reference.shape[0]
+        if (self.source == "step" and size != n) or (ids.size and int(ids.max()) >= size):
+            upto = (
+                f" with dataset indices up to {int(ids.max())}" if self.source == "probe" and ids.size else ""
+            )
+            raise ValueError(
+                f"`reference` holds {size} losses but the tracker records {n} samples{upto}; pass one "
+                "reference loss per training sample, in dataset index order"
+            )
+        return check_reference(self.reference[ids], ids.shape[0])
 
     def _resolve_samples(self, trainer: pl.Trainer) -> tuple[int, np.ndarray]:
         if self.source == "probe":
@@ -633,11 +675,12 @@ class LossTrajectoryTracker(MemorisationCallback):
                 "stored as NaN (not visited) and counted in mem/traj/nonfinite"
             )
         stats = self.store.statistics()
+        if trainer.is_global_zero:  # first, so the write overlaps the metrics and logging below
+            self._write_summary(stats, durable=False)  # derived from the epoch files; synced at fit end
         visited = idx[finite]
         metrics = self._metrics(column, correct_column, visited, nonfinite, unexpected, stats)
         self.log_metrics(pl_module, metrics)
         if trainer.is_global_zero:
-            self._write_summary(stats)
             self.emit(
                 trainer,
                 trackers.Histogram(
@@ -680,7 +723,7 @@ class LossTrajectoryTracker(MemorisationCallback):
                 out["mem/traj/correct_frac" + sfx] = float(correct[visited].mean())
         return out
 
-    def _write_summary(self, stats: TrajectoryStatistics | None = None) -> None:
+    def _write_summary(self, stats: TrajectoryStatistics | None = None, *, durable: bool = True) -> None:
         assert self.store is not None and self._sample_ids is not None
         if stats is None:
             stats = self.store.statistics()
@@ -698,6 +741,8 @@ class LossTrajectoryTracker(MemorisationCallback):
         }
         if stats.first is not None:  # loss_drop = first - last, low_loss = -last
             arrays["first"] = stats.first
+        if self._row_reference is not None:  # calibrated_loss = reference - min
+            arrays["reference"] = self._row_reference
         if stats.forgetting_events is not None:
             arrays.update(
                 correctness=stats.correctness,
@@ -721,19 +766,25 @@ class LossTrajectoryTracker(MemorisationCallback):
             "files": "epoch_XXXX.npy: column j of the [N, E] float matrix (NaN = not visited), "
             "trainer epoch = epochs[j]; correct_XXXX.npy: bool; statistics.npz: per-sample statistics "
             "(score = mean loss; first = first-visit loss; min_loss = -min, low_loss = -last, "
-            "loss_drop = first - last)",
+            "loss_drop = first - last, calibrated_loss = reference - min)",
         }
         # derived from the epoch files (written synchronously by the store): off the training loop
-        self.write_in_background(_rundir.write_trajectory_summary, self.run_dir, arrays, meta)
+        self.write_in_background(
+            _rundir.write_trajectory_summary, self.run_dir, arrays, meta, durable=durable
+        )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero or self.top_k == 0:
+        if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero:
+            return
+        # the epoch-end summaries were replaced without waiting for the disk: make the last one durable
+        self.write_in_background(_rundir.sync_trajectory_summary, self.run_dir)
+        if self.top_k == 0:
             return
         stats = self.store.statistics()
-        rows_idx = top_k(memorisation_score(stats, by=self.score), self.top_k, tiebreak=stats.variability)
+        score = memorisation_score(stats, by=self.score, reference=self._row_reference)
+        rows_idx = top_k(score, self.top_k, tiebreak=stats.variability)
         rows_idx = rows_idx[stats.count[rows_idx] > 0]
         traj = self.store.trajectories(rows_idx)
-        score = memorisation_score(stats, by=self.score)
         assert self._sample_ids is not None
         rows = [
             [
@@ -783,6 +834,9 @@ class LossTrajectoryTracker(MemorisationCallback):
 
         * ``"mean_loss"`` (the default ``score``; classifiers): mean loss over the recorded epochs,
           samples fitted late or never, typically mislabelled or atypical ones (Pleiss et al. 2020).
+        * ``"calibrated_loss"`` (language models; needs the tracker's ``reference``): the reference
+          loss minus the lowest loss reached, the difficulty-calibrated loss of Watson et al. 2022
+          (with the zlib reference, Carlini et al. 2021): memorised text, not merely easy text.
         * ``"min_loss"`` (language models): minus the lowest loss reached. A memorised sequence has
           a *low* loss: canaries and other text copied many times end far below ordinary text.
         * ``"low_loss"``: minus the last loss (the model as it is now).
@@ -791,15 +845,20 @@ class LossTrajectoryTracker(MemorisationCallback):
 
         Args:
             k: how many (>= 0).
-            by: ``"mean_loss"``, ``"min_loss"``, ``"low_loss"`` or ``"loss_drop"``; ``None`` uses
-                ``score``.
+            by: ``"mean_loss"``, ``"calibrated_loss"``, ``"min_loss"``, ``"low_loss"`` or
+                ``"loss_drop"``; ``None`` uses ``score``.
 
         Returns:
             int64 array of at most ``k`` sample indices.
+
+        Raises:
+            ValueError: ``by="calibrated_loss"`` on a tracker made without ``reference``.
         """
         stats = self.statistics()
         rows = top_k(
-            memorisation_score(stats, by=self.score if by is None else by), k, tiebreak=stats.variability
+            memorisation_score(stats, by=self.score if by is None else by, reference=self._row_reference),
+            k,
+            tiebreak=stats.variability,
         )
         return self.sample_ids[rows]
 

@@ -49,6 +49,7 @@ from memcallbacks.metrics.dynamics import (
     top_k,
     trajectory_statistics,
     unlearned_fraction,
+    zlib_entropy,
 )
 from memcallbacks.metrics.exposure import (
     ExposureResult,
@@ -127,6 +128,7 @@ __all__ = [
     "trajectory_attack_scores",
     "trajectory_statistics",
     "unlearned_fraction",
+    "zlib_entropy",
     "zlib_ratio",
 ]
 

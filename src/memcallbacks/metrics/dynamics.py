@@ -42,10 +42,11 @@ __all__ = [
     "top_k",
     "trajectory_statistics",
     "unlearned_fraction",
+    "zlib_entropy",
 ]
 
 #: The rankings :func:`memorisation_score` offers (``by=``); the first is the default.
-MEMORISATION_SCORES = ("mean_loss", "min_loss", "low_loss", "loss_drop")
+MEMORISATION_SCORES = ("mean_loss", "min_loss", "low_loss", "loss_drop", "calibrated_loss")
 _LN2 = math.log(2.0)
 
 
@@ -393,7 +394,9 @@ def trajectory_statistics(losses: Any, correct: Any = None) -> TrajectoryStatist
     return accumulator.compute()
 
 
-def memorisation_score(stats: TrajectoryStatistics, by: str = "mean_loss") -> NDArray[np.float64]:
+def memorisation_score(
+    stats: TrajectoryStatistics, by: str = "mean_loss", *, reference: Any = None
+) -> NDArray[np.float64]:
     """Per-sample memorisation score, higher = more memorised; ``by`` chooses which.
 
     ``by="mean_loss"`` (default; classifiers): the mean loss over the recorded epochs, the
@@ -404,42 +407,58 @@ def memorisation_score(stats: TrajectoryStatistics, by: str = "mean_loss") -> ND
     digits with 10% flipped labels the mean loss ranks flipped samples with AUROC 0.999.
     Break ties with ``stats.variability`` (``top_k(score, k, tiebreak=stats.variability)``).
 
-    ``by="min_loss"`` (language models, step capture): minus the lowest loss the sample
-    reached. In a language model a memorised sequence has a *low* loss, so the highest mean
-    loss finds hard or noisy text, not memorised text; a sequence copied into the training
-    data many times ends far below text whose randomness no model can predict (names,
-    amounts), the loss-threshold signal of Yeom et al., CSF 2018 and of the extraction attack
-    of Carlini et al., USENIX Security 2021. The lowest loss is steadier than the last one (one
-    noisy epoch does not move it). On the payment corpus of :mod:`memcallbacks.toy` with
-    canaries inserted 1-32 times (6,063 sequences, 5 epochs), 98% of the copies of the canaries
-    inserted 16 or 32 times ranked in the top 1% by ``min_loss`` (92% by ``low_loss``, none by
-    ``mean_loss``).
+    ``by="calibrated_loss"`` (language models; needs ``reference``): the sample's reference
+    loss minus the lowest loss it reached, ``reference - min``. A memorised sequence has a
+    *low* loss, but so has text that is easy for any model (templates, boilerplate); the
+    difficulty calibration of Watson et al., "On the Importance of Difficulty Calibration in
+    Membership Inference Attacks", ICLR 2022, subtracts what a reference that was not trained
+    on the sample achieves, so the score measures what training did to the sample. It is the
+    per-token log-likelihood ratio ``(log p_model(x) - log p_ref(x)) / T`` at the model's best
+    visit. The reference is one loss per sample in the units of the tracked loss (for a mean
+    token loss: nats per token): a reference model's loss (a model trained on other data of
+    the same distribution; in fine-tuning, the pre-trained model before fine-tuning), or, with
+    no reference model, the zlib entropy of the text (:func:`zlib_entropy`), the
+    model-free reference of Carlini et al., "Extracting Training Data from Large Language
+    Models", USENIX Security 2021. zlib cannot compress very short texts, so it gives them a
+    high reference; compare texts of similar length, or use a reference model, when the
+    lengths differ a lot. On the demo (``memcallbacks demo``: 10,000 payment records, canaries
+    inserted 1-32 times, 2 epochs until early stopping) 94 of the 96 copies (98%) of the
+    canaries inserted 16 or 32 times rank in the top 1% with the zlib reference (18, 19%, by
+    ``min_loss``), above every single-copy canary of the same length and format.
+
+    ``by="min_loss"`` (language models, no reference): minus the lowest loss the sample
+    reached. A sequence copied into the training data many times ends far below text whose
+    randomness no model can predict (names, amounts), the loss-threshold signal of Yeom et
+    al., CSF 2018; templated text that any model predicts well ranks high too. The lowest loss
+    is steadier than the last one (one noisy epoch does not move it).
 
     ``by="low_loss"``: minus the loss at the last visit (the model as it is now).
 
     ``by="loss_drop"``: the loss at the first visit minus the loss at the last visit, a
-    calibrated loss in the sense of Watson et al., "On the Importance of Difficulty
-    Calibration in Membership Inference Attacks", ICLR 2022, with the model at the first
-    visit as the reference, so text that is hard for any model is not mistaken for memorised
-    text. Use it with ``source="probe"``, where the first visit is one evaluation of every
-    sample by the same model. With step capture the first visits are spread over the first
-    epoch, whose early steps see losses far above its late ones: on the canary corpus above
-    the drop ranked no canary copy in the top 1%.
+    calibrated loss (Watson et al. 2022) with the model at the first visit as the reference.
+    Use it with ``source="probe"``, where the first visit is one evaluation of every sample by
+    the same model. With step capture the first visits are spread over the first epoch, whose
+    early steps see losses far above its late ones: on the canary corpus above the drop ranked
+    no canary copy in the top 1%.
 
-    Unvisited samples get NaN (``top_k`` puts them last).
+    Unvisited samples, and samples whose reference is NaN, get NaN (``top_k`` puts them last).
 
     Args:
         stats: statistics from :func:`trajectory_statistics` or
             :meth:`TrajectoryAccumulator.compute`.
         by: one of :data:`MEMORISATION_SCORES`: ``"mean_loss"``, ``"min_loss"``, ``"low_loss"``,
-            ``"loss_drop"``.
+            ``"loss_drop"``, ``"calibrated_loss"``.
+        reference: ``[N]`` per-sample reference losses (NaN: no reference), used by
+            ``"calibrated_loss"`` and ignored by the others.
 
     Returns:
         float64 array of shape ``[N]``.
 
     Raises:
         TypeError: if ``stats`` is not a :class:`TrajectoryStatistics`.
-        ValueError: unknown ``by``, or ``"loss_drop"`` on statistics without first-visit losses.
+        ValueError: unknown ``by``; ``"loss_drop"`` on statistics without first-visit losses;
+            ``"calibrated_loss"`` without ``reference``, or a reference of another length or
+            with an infinite value.
 
     Example:
         >>> import numpy as np
@@ -450,6 +469,8 @@ def memorisation_score(stats: TrajectoryStatistics, by: str = "mean_loss") -> ND
         array([-0.1, -0.1])
         >>> memorisation_score(stats, by="loss_drop")
         array([1.9, 0.2])
+        >>> memorisation_score(stats, by="calibrated_loss", reference=[2.5, 0.4])
+        array([2.4, 0.3])
     """
     if not isinstance(stats, TrajectoryStatistics):
         raise TypeError(f"`stats` must be a TrajectoryStatistics, got {type(stats).__name__}")
@@ -460,12 +481,99 @@ def memorisation_score(stats: TrajectoryStatistics, by: str = "mean_loss") -> ND
         return -np.asarray(stats.min, dtype=np.float64)
     if by == "low_loss":
         return -np.asarray(stats.last, dtype=np.float64)
+    if by == "calibrated_loss":
+        return check_reference(reference, stats.num_samples) - np.asarray(stats.min, dtype=np.float64)
     if stats.first is None:
         raise ValueError(
             "`by='loss_drop'` needs each sample's first-visit loss, which these statistics lack; "
             "recompute them with trajectory_statistics() or TrajectoryAccumulator"
         )
     return np.asarray(stats.first, dtype=np.float64) - np.asarray(stats.last, dtype=np.float64)
+
+
+def check_reference(reference: Any, num_samples: int) -> NDArray[np.float64]:
+    """``reference`` as a float64 ``[num_samples]`` array of reference losses (NaN allowed, no inf).
+
+    Raises:
+        ValueError: ``reference`` is ``None``, not 1-D, of another length, or holds an infinity.
+        TypeError: it does not hold real numbers.
+    """
+    if reference is None:
+        raise ValueError(
+            "`by='calibrated_loss'` needs `reference=`: one reference loss per sample in the units of the "
+            "tracked loss, e.g. zlib_entropy(texts) or a reference model's per-sample losses "
+            "(LossTrajectoryTracker(reference=...))"
+        )
+    values = check_float_array(
+        reference,
+        "reference",
+        allow_nan=True,
+        allow_empty=True,
+        hint="; pass one finite reference loss per sample (NaN where there is none)",
+    )
+    if values.shape != (num_samples,):
+        raise ValueError(
+            f"`reference` must hold one loss per sample ({num_samples}), got shape {tuple(values.shape)}"
+        )
+    return values
+
+
+def zlib_entropy(texts: Any, num_tokens: Any = None) -> NDArray[np.float64]:
+    """zlib entropy of each text in nats per token: a model-free reference loss.
+
+    Carlini et al., "Extracting Training Data from Large Language Models", USENIX Security
+    2021, calibrate a language model's loss by the text's zlib entropy, the length of its
+    zlib-compressed form: text the model finds far more likely than a general-purpose
+    compressor does is suspected memorised. Here the compressed length in bits (zlib level 9,
+    :func:`memcallbacks.metrics.sequence.zlib_length`) is converted to nats and divided by the number of
+    tokens the loss averages over, ``8 ln 2 * zlib_length(text) / num_tokens``, so it can be
+    passed as ``reference=`` to :func:`memorisation_score` (``by="calibrated_loss"``) and
+    :class:`~memcallbacks.LossTrajectoryTracker` next to a mean token loss. Very short texts
+    do not compress (the zlib header and checksum alone are 6 bytes), so their reference is
+    high.
+
+    Args:
+        texts: ``N`` strings (UTF-8) or bytes, in the order of the samples (dataset index).
+        num_tokens: ``[N]`` number of tokens each sample's loss is averaged over (for a causal
+            LM: the scored next-token targets); ``None``: the number of characters (bytes for
+            ``bytes``), right for character-level models whose loss averages over the text's
+            characters.
+
+    Returns:
+        float64 array ``[N]`` (nats per token).
+
+    Raises:
+        TypeError: an item is neither ``str`` nor ``bytes``.
+        ValueError: an empty text, a token count below 1, or ``num_tokens`` of another length.
+
+    Example:
+        >>> import math, zlib
+        >>> nats = 8 * math.log(2) * len(zlib.compress(b"hello", 9))  # 13 bytes
+        >>> bool(np.isclose(zlib_entropy(["hello"])[0], nats / 5))
+        True
+    """
+    from memcallbacks.metrics.sequence import zlib_length
+
+    items = [texts] if isinstance(texts, (str, bytes)) else list(texts)
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, bytes)):
+            raise TypeError(f"`texts[{i}]` must be a str or bytes, got {type(item).__name__}")
+    if num_tokens is None:
+        counts = np.array([len(t) for t in items], dtype=np.float64)
+    else:
+        counts = check_float_array(num_tokens, "num_tokens", allow_empty=True)
+        if counts.shape != (len(items),):
+            raise ValueError(
+                f"`num_tokens` must hold one count per text ({len(items)}), got shape {tuple(counts.shape)}"
+            )
+    if counts.size and counts.min() < 1:
+        i = int(np.argmin(counts))
+        raise ValueError(
+            f"text {i} has {counts[i]:g} tokens; every text needs at least one (drop empty texts, or pass "
+            "the number of scored tokens as `num_tokens`)"
+        )
+    bits = np.array([8 * zlib_length(t) for t in items], dtype=np.float64)
+    return bits * _LN2 / counts
 
 
 def unlearned_fraction(stats: TrajectoryStatistics) -> float:
