@@ -57,7 +57,7 @@ _HF_FIX = (
 )
 
 
-def _check_reduction(reduction: Any) -> str:
+def check_reduction(reduction: Any) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(
             f"`reduction` must be 'mean' (average NLL over each sample's scored tokens) or 'sum' "
@@ -88,7 +88,7 @@ def _split_xy(batch: Any) -> tuple[Any, torch.Tensor]:
     )
 
 
-def _logits(out: Any) -> torch.Tensor:
+def output_logits(out: Any) -> torch.Tensor:
     logits = out.get("logits", out) if isinstance(out, Mapping) else getattr(out, "logits", out)
     if isinstance(logits, (list, tuple)) and logits:
         logits = logits[0]
@@ -109,7 +109,7 @@ def _accepts_keyword(module: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _hf_forward(module: Any, batch: Mapping[str, Any]) -> Any:
+def hf_forward(module: Any, batch: Mapping[str, Any]) -> Any:
     """Calls ``module`` the Hugging Face way, without labels (the model must not compute its own loss)."""
     input_ids = batch["input_ids"]
     if not _accepts_keyword(module, "input_ids"):
@@ -170,7 +170,7 @@ def causal_lm_sample_loss(
         >>> round(float(loss[0]), 4)  # one scored token (2), log 4
         1.3863
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if logits.dim() != 3 or labels.dim() != 2 or tuple(logits.shape[:2]) != tuple(labels.shape):
         raise ValueError(
             f"a causal-LM loss needs logits [B, T, V] and labels [B, T] of the same B and T, got logits "
@@ -247,7 +247,7 @@ def _hf_loss_and_correct(
                 f"{in_shape}), but the model is a {other}, not a causal LM, so shifting the labels by one "
                 f"token would be wrong. {_HF_FIX}."
             )
-    logits = _logits(_hf_forward(module, batch))
+    logits = output_logits(hf_forward(module, batch))
     if causal:
         if logits.dim() != 3 or tuple(logits.shape[:2]) != in_shape:
             raise ValueError(
@@ -264,11 +264,11 @@ def _hf_loss_and_correct(
 
 
 def _loss_and_correct(module: Any, batch: Any, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if isinstance(batch, Mapping) and "input_ids" in batch:
         return _hf_loss_and_correct(module, batch, reduction)
     x, y = _split_xy(batch)
-    return _per_sample_ce(_logits(module(x)), y, reduction)
+    return _per_sample_ce(output_logits(module(x)), y, reduction)
 
 
 def default_sample_loss_fn(module: Any, batch: Any, *, reduction: str = "mean") -> torch.Tensor:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from memcallbacks._probe import _check_reduction, _hf_forward, _logits, causal_lm_sample_loss
+from memcallbacks._probe import causal_lm_sample_loss, check_reduction, hf_forward, output_logits
 from memcallbacks._validate import check_bool
 
 __all__ = [
@@ -294,7 +294,7 @@ class HFIncrementalLM(torch.nn.Module):
                 f"`model` must be a transformers causal LM (an nn.Module), got {type(model).__name__}"
             )
         self.model = model
-        params = _forward_params(model)
+        params = forward_params(model)
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._return_dict = "return_dict" in params
         self._max_positions = _max_positions(model)
@@ -310,7 +310,7 @@ class HFIncrementalLM(torch.nn.Module):
         if self._return_dict:
             kwargs["return_dict"] = True
         out = self.model(**kwargs)
-        logits = _logits(out)
+        logits = output_logits(out)
         if isinstance(out, Mapping):
             keys = list(out.keys())
             pkv = out["cache"] if "cache" in keys else out.get("past_key_values")
@@ -360,7 +360,7 @@ class HFIncrementalLM(torch.nn.Module):
         kwargs: dict[str, Any] = {"input_ids": input_ids}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        return _logits(self.model(**kwargs))
+        return output_logits(self.model(**kwargs))
 
     def init_state(self, prefix_ids: torch.Tensor) -> tuple[_KVState, torch.Tensor]:
         """Runs the prefix ``[1, T]``; returns the cache and the next token's log-probabilities ``[1, V]``."""
@@ -481,7 +481,8 @@ def _state_device(state: _KVState) -> torch.device:
     return torch.device("cpu")
 
 
-def _forward_params(model: Any) -> set[str]:
+def forward_params(model: Any) -> set[str]:
+    """The parameter names of ``model.forward`` (empty when they cannot be read); not in ``__all__``."""
     forward = getattr(model, "forward", model)
     try:
         return set(inspect.signature(forward).parameters)
@@ -527,7 +528,7 @@ class _HFSampleLoss:
                 raise TypeError(f"{self!r} needs `{self.labels_key}` in the batch, got keys {sorted(batch)}")
             labels = batch["input_ids"]  # language modelling of the input itself
         loss, correct = causal_lm_sample_loss(
-            _logits(_hf_forward(module, batch)), labels, mask, shift=self.shift, reduction=self.reduction
+            output_logits(hf_forward(module, batch)), labels, mask, shift=self.shift, reduction=self.reduction
         )
         return (loss, correct) if self.with_correct else loss
 
@@ -556,7 +557,7 @@ def causal_lm_sample_loss_fn(
         >>> fn
         causal_lm_sample_loss_fn(reduction='sum', labels_key='labels', with_correct=False)
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     return _HFSampleLoss(True, reduction, _check_key(labels_key), check_bool("with_correct", with_correct))
 
 
@@ -572,7 +573,7 @@ def token_sample_loss_fn(
         >>> token_sample_loss_fn()
         token_sample_loss_fn(reduction='mean', labels_key='labels', with_correct=False)
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     return _HFSampleLoss(False, reduction, _check_key(labels_key), check_bool("with_correct", with_correct))
 
 

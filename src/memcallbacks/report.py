@@ -69,7 +69,7 @@ from memcallbacks._rundir import (
     read_attack,
 )
 from memcallbacks.metrics.membership import format_fpr
-from memcallbacks.trackers import _markdown_table
+from memcallbacks.trackers import markdown_table
 
 __all__ = ["CanaryRanking", "build_report", "canary_copies_ranked", "find_run_dir", "report_dir"]
 
@@ -912,7 +912,7 @@ def _markdown(root: Path, sections: list[_Section]) -> str:
         out += [f"- {line}" for line in s.lines]
         out.append("")
         for header, rows in s.tables:
-            out += [_markdown_table(header, rows), ""]
+            out += [markdown_table(header, rows), ""]
         out += [f"![{cap}]({name})" for name, cap in s.figures]
         out.append("")
     out.append("Per-sample values stay in the run directory; nothing here was sent to a tracker.")

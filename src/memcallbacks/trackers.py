@@ -558,7 +558,7 @@ def _render(record: LineSeries | RocCurve) -> Any:
     return fig
 
 
-def _markdown_table(columns: Sequence[str], rows: list[list[Any]]) -> str:
+def markdown_table(columns: Sequence[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -665,7 +665,7 @@ def _tensorboard_emit(logger: Any, record: Record) -> None:
             global_step=step,
         )
     elif isinstance(record, Table):
-        writer.add_text(record.key, _markdown_table(record.columns, _table_rows(record)), global_step=step)
+        writer.add_text(record.key, markdown_table(record.columns, _table_rows(record)), global_step=step)
     elif isinstance(record, (LineSeries, RocCurve)):
         writer.add_figure(record.key, _render(record), global_step=step, close=False)
     elif isinstance(record, Figure):

@@ -112,10 +112,14 @@ def test_cli_logs_to_an_offline_wandb_run(
 
 @pytest.mark.slow  # starts a real tracker run
 def test_cli_logs_to_mlflow_sqlite(
-    dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
+
+    # the command honours $MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri (called by any earlier
+    # MLFlowLogger in this worker) leaves set: without it the store is <out>/mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     out = tmp_path / "out"
     code, _, err = _cli(capsys, *dirs, "--out", out, "--log", "mlflow", "--project", "audit")

@@ -53,7 +53,7 @@ from memcallbacks._validate import (
 )
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
 from memcallbacks.data.indexed import IndexedDataset
-from memcallbacks.hf import HFIncrementalLM, _forward_params
+from memcallbacks.hf import HFIncrementalLM, forward_params
 from memcallbacks.metrics.membership import membership_inference
 from memcallbacks.metrics.sequence import _min_k, _suffix_logq, extraction_probability, zlib_length
 
@@ -284,7 +284,7 @@ class _LanguageModel:
         self.hf: Any = _hf_model(module) if forward_fn is None else None
         self.cached = _cached_lm(self.hf) if decoding != "full" else None
         self._no_cache_kwargs = (
-            {"use_cache": False} if self.hf is not None and "use_cache" in _forward_params(self.hf) else {}
+            {"use_cache": False} if self.hf is not None and "use_cache" in forward_params(self.hf) else {}
         )
         self._prefill_unusable = False  # the scoring pass returned no cache this model can crop
         self.requested = decoding

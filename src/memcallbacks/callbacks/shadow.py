@@ -282,7 +282,7 @@ def _auto_score(module: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor, st
     if isinstance(batch, Mapping) and "input_ids" in batch:
         labels = next((batch[k] for k in _probe._LABEL_KEYS if k in batch), None)
         if isinstance(labels, torch.Tensor) and labels.dim() == 1:
-            logits = _probe._logits(_probe._hf_forward(module, batch))
+            logits = _probe.output_logits(_probe.hf_forward(module, batch))
             if logits.dim() == 2:
                 return (
                     _logit_confidence_torch(logits, labels),
@@ -292,7 +292,7 @@ def _auto_score(module: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor, st
         loss, correct = _probe.default_sample_loss_and_correct_fn(module, batch)
         return -loss, correct, "neg_loss"
     x, y = _probe._split_xy(batch)
-    logits = _probe._logits(module(x))
+    logits = _probe.output_logits(module(x))
     if logits.dim() == 2 and y.dim() == 1:
         return _logit_confidence_torch(logits, y), logits.argmax(-1) == y, "logit_confidence"
     loss, correct = _probe._per_sample_ce(logits, y)
