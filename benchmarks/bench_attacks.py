@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memcallbacks import _io
+from memcallbacks import _rundir
 from memcallbacks.attack import run_attack, write_outputs
 from memcallbacks.callbacks.shadow import shadow_split
 
@@ -38,21 +38,9 @@ def write_runs(root: Path, runs: int, pool: int, seed: int = 0) -> list[Path]:
         split = shadow_split(pool, run_index=i, num_runs=runs, seed=seed)
         scores = difficulty + 1.5 * split.inclusion + rng.normal(0.0, 1.0, size=pool)
         folder = root / f"run{i}" / "memcallbacks" / "shadow"
-        _io.save_npz(
-            folder / "inclusion.npz",
-            inclusion=split.inclusion,
-            fingerprint=np.array("benchmark0000000"),
-            pool_size=np.int64(pool),
-            run_index=np.int64(i),
-            num_runs=np.int64(runs),
-            seed=np.int64(seed),
-            keep_fraction=np.float64(0.5),
-        )
-        _io.save_npz(
-            folder / "scores.npz",
-            scores=scores.astype(np.float32),
-            score_kind=np.array("logit_confidence"),
-            fingerprint=np.array("benchmark0000000"),
+        _rundir.write_shadow_inclusion(folder, split, "benchmark0000000")
+        _rundir.write_shadow_scores(
+            folder, scores, score_kind="logit_confidence", fingerprint="benchmark0000000"
         )
         dirs.append(root / f"run{i}")
     return dirs

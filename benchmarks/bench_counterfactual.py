@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memcallbacks import _io
+from memcallbacks import _rundir
 from memcallbacks.callbacks.shadow import shadow_split
 from memcallbacks.counterfactual import run_memorisation, write_outputs
 from memcallbacks.metrics import counterfactual_memorisation, spearman
@@ -42,23 +42,13 @@ def write_runs(root: Path, runs: int, pool: int, seed: int = 0) -> tuple[list[Pa
         split = shadow_split(pool, run_index=i, num_runs=runs, seed=seed)
         c = rng.random(pool) < p_out + lift * split.inclusion
         folder = root / f"run{i}" / "memcallbacks" / "shadow"
-        fingerprint = np.array("benchmark0000000")
-        _io.save_npz(
-            folder / "inclusion.npz",
-            inclusion=split.inclusion,
-            fingerprint=fingerprint,
-            pool_size=np.int64(pool),
-            run_index=np.int64(i),
-            num_runs=np.int64(runs),
-            seed=np.int64(seed),
-            keep_fraction=np.float64(0.5),
-        )
-        _io.save_npz(
-            folder / "scores.npz",
-            scores=np.where(c, 2.0, -2.0).astype(np.float32),
+        _rundir.write_shadow_inclusion(folder, split, "benchmark0000000")
+        _rundir.write_shadow_scores(
+            folder,
+            np.where(c, 2.0, -2.0),
+            score_kind="logit_confidence",
+            fingerprint="benchmark0000000",
             correct=c,
-            score_kind=np.array("logit_confidence"),
-            fingerprint=fingerprint,
         )
         dirs.append(root / f"run{i}")
         correct.append(c)

@@ -149,7 +149,7 @@ def main() -> None:
         for start in range(0, windows.shape[0], args.batch_size):
             lm.logits(windows[start : start + args.batch_size])
 
-    def scoring(sampling: list[tuple[float, int | None]]) -> Callable[[], Any]:
+    def scoring(sampling: list[tuple[float, int | None]], decode: bool = False) -> Callable[[], Any]:
         return lambda: evaluate_windows(
             lm,
             windows,
@@ -160,25 +160,14 @@ def main() -> None:
             sampling=sampling,
             batch_size=args.batch_size,
             device=device,
-            decode=False,
+            decode=decode,
         )
 
     def greedy() -> None:
         for start in range(0, windows.shape[0], args.batch_size):
             lm.greedy(windows[start : start + args.batch_size, :prefix], suffix)
 
-    def evaluation() -> None:
-        evaluate_windows(
-            lm,
-            windows,
-            lengths,
-            prefix_len=prefix,
-            suffix_len=suffix,
-            min_k=0.2,
-            sampling=schemes,
-            batch_size=args.batch_size,
-            device=device,
-        )
+    evaluation = scoring(schemes, decode=True)  # the monitor's whole per-probe work
 
     figures: dict[str, Callable[[], Any]] = {
         "bare": bare,

@@ -181,6 +181,54 @@ def write_exposure(folder: Path, arrays: Mapping[str, Any], secrets: Mapping[str
         _io.save_json(Path(folder) / "secrets.json", dict(secrets))
 
 
+def write_shadow_inclusion(
+    folder: Path, split: Any, fingerprint: str, *, label_fingerprint: str | None = None
+) -> None:
+    """A shadow run's ``inclusion.npz``: its half of the pool and the pool's fingerprint(s).
+
+    ``split`` is a :class:`~memcallbacks.callbacks.shadow.ShadowSplit` (``inclusion``,
+    ``run_index``, ``num_runs``, ``seed``, ``keep_fraction``); ``num_runs`` None is stored as -1.
+    """
+    arrays: dict[str, Any] = {
+        "inclusion": split.inclusion,
+        "fingerprint": np.array(fingerprint),
+        "pool_size": np.int64(split.inclusion.size),
+        "run_index": np.int64(split.run_index),
+        "num_runs": np.int64(-1 if split.num_runs is None else split.num_runs),
+        "seed": np.int64(split.seed),
+        "keep_fraction": np.float64(split.keep_fraction),
+    }
+    if label_fingerprint is not None:
+        arrays["label_fingerprint"] = np.array(label_fingerprint)
+    _io.save_npz(Path(folder) / "inclusion.npz", **arrays)
+
+
+def write_shadow_scores(
+    folder: Path,
+    scores: Any,
+    *,
+    score_kind: str,
+    fingerprint: str,
+    correct: Any = None,
+    epochs_completed: int | None = None,
+    global_step: int | None = None,
+) -> None:
+    """A shadow run's ``scores.npz``: every pool sample's score (float32) at the end of fit, its
+    kind, the pool fingerprint, and optionally per-sample correctness and where training stopped."""
+    arrays: dict[str, Any] = {
+        "scores": np.asarray(scores, dtype=np.float32),
+        "score_kind": np.array(score_kind),
+        "fingerprint": np.array(fingerprint),
+    }
+    if correct is not None:
+        arrays["correct"] = np.asarray(correct, dtype=bool)
+    if epochs_completed is not None:
+        arrays["epochs_completed"] = np.int64(epochs_completed)
+    if global_step is not None:
+        arrays["global_step"] = np.int64(global_step)
+    _io.save_npz(Path(folder) / "scores.npz", **arrays)
+
+
 def write_audit_inclusion(folder: Path, included: Any, seed: int) -> None:
     """``inclusion.npz``: the ``included`` mask and the ``seed`` that drew it."""
     _io.save_npz(Path(folder) / "inclusion.npz", included=included, seed=np.int64(seed))

@@ -268,10 +268,13 @@ def _reference_result(
     )
 
 
-def _require_references(name: str, references: Sequence[str] | None) -> Sequence[str]:
+def _score_with_references(
+    name: str, module: Any, canaries: CanarySet, config: ExposureConfig, references: Sequence[str] | None
+) -> np.ndarray:
+    """Scores of the canaries' secrets, then of the sampled references (``[C + R]``)."""
     if not references:
         raise ValueError(f"the {name!r} exposure strategy needs sampled references; pass `references=`")
-    return references
+    return score_candidates(module, canaries, [*canaries.secrets, *references], config)
 
 
 class Extrapolated(ExposureStrategy):
@@ -287,8 +290,7 @@ class Extrapolated(ExposureStrategy):
         config: ExposureConfig,
         references: Sequence[str] | None = None,
     ) -> ExposureResult:
-        refs = _require_references(self.name, references)
-        scores = score_candidates(module, canaries, [*canaries.secrets, *refs], config)
+        scores = _score_with_references(self.name, module, canaries, config, references)
         return _reference_result(self.name, canaries, scores)
 
 
@@ -320,8 +322,7 @@ class Hybrid(ExposureStrategy):
         config: ExposureConfig,
         references: Sequence[str] | None = None,
     ) -> ExposureResult:
-        refs = _require_references(self.name, references)
-        scores = score_candidates(module, canaries, [*canaries.secrets, *refs], config)
+        scores = _score_with_references(self.name, module, canaries, config, references)
         n = len(canaries)
         exact = np.full(n, np.nan)
         bound = np.full(n, np.nan)

@@ -15,4 +15,5 @@ cannot be unpickled there.
 * :mod:`helpers.every_monitor`: one model and data set that carry every monitor at once.
 * :mod:`helpers.wandb_reader`: reads an offline W&B run back.
 * :mod:`helpers.shadow_runs`: synthetic pools and real shadow runs for the attack tests.
+* :mod:`helpers.report_figures`: the figure files the report writes.
 """

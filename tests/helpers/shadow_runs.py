@@ -61,7 +61,7 @@ def write_shadow_files(
     """Hand-made shadow runs without training: the recorder's two files, as it writes them, in
     ``root/run<i>/memcallbacks/shadow`` for a balanced split of ``runs``; members score ``signal`` higher
     on average (a sample's base score plus noise, as a trained model's confidences spread)."""
-    from memcallbacks import _io
+    from memcallbacks import _rundir
     from memcallbacks.callbacks.shadow import shadow_split
 
     g = np.random.default_rng(seed)
@@ -70,24 +70,15 @@ def write_shadow_files(
     for i in range(runs):
         split = shadow_split(pool_size, run_index=i, num_runs=runs, seed=seed)
         folder = root / f"run{i}" / "memcallbacks" / "shadow"
-        _io.save_npz(
-            folder / "inclusion.npz",
-            inclusion=split.inclusion,
-            fingerprint=np.array("hand-made-pool"),
-            pool_size=np.int64(pool_size),
-            run_index=np.int64(i),
-            num_runs=np.int64(runs),
-            seed=np.int64(seed),
-            keep_fraction=np.float64(0.5),
-        )
+        _rundir.write_shadow_inclusion(folder, split, "hand-made-pool")
         scores = base + signal * split.inclusion + 0.3 * g.normal(size=pool_size)
-        _io.save_npz(
-            folder / "scores.npz",
-            scores=scores.astype(np.float32),
-            score_kind=np.array("logit_confidence"),
-            fingerprint=np.array("hand-made-pool"),
-            epochs_completed=np.int64(3),
-            global_step=np.int64(30),
+        _rundir.write_shadow_scores(
+            folder,
+            scores,
+            score_kind="logit_confidence",
+            fingerprint="hand-made-pool",
+            epochs_completed=3,
+            global_step=30,
         )
         dirs.append(root / f"run{i}")
     return dirs

@@ -8,18 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers.report_figures import FIGURES
 from memcallbacks import _io
 from memcallbacks.report import build_report, report_dir
-
-FIGURES = {
-    "exposure_vs_repetitions.png",
-    "mia_roc.png",
-    "gap_auc.png",
-    "data_map.png",
-    "epsilon.png",
-    "sequence_epochs.png",
-    "extraction_vs_tries.png",
-}
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.report_figures import DEMO_FIGURES as FIGURES
 from helpers.wandb_reader import history_rows, wait_for_run_file
 from memcallbacks import _io
 from memcallbacks.report import find_run_dir
-
-FIGURES = {
-    "exposure_vs_repetitions.png",
-    "mia_roc.png",
-    "gap_auc.png",
-    "data_map.png",
-    "epsilon.png",
-    "sequence_epochs.png",
-    "extraction_vs_tries.png",
-    "sequence_epochs_canaries.png",
-    "extraction_vs_tries_canaries.png",
-}
 
 
 @pytest.fixture(scope="module")

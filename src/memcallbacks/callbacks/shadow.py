@@ -42,7 +42,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset, Subset
 
-from memcallbacks import _io, _probe
+from memcallbacks import _probe, _rundir
 from memcallbacks._validate import check_choice, check_int, check_probability, check_seed
 from memcallbacks.callbacks._base import MemorisationCallback
 
@@ -454,20 +454,9 @@ class ShadowScoreRecorder(MemorisationCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero:
-            s = self.split
-            arrays: dict[str, Any] = {
-                "inclusion": s.inclusion,
-                "fingerprint": np.array(self.fingerprint),
-                "pool_size": np.int64(s.inclusion.size),
-                "run_index": np.int64(s.run_index),
-                "num_runs": np.int64(-1 if s.num_runs is None else s.num_runs),
-                "seed": np.int64(s.seed),
-                "keep_fraction": np.float64(s.keep_fraction),
-            }
-            labels = label_fingerprint(self.pool)
-            if labels is not None:
-                arrays["label_fingerprint"] = np.array(labels)
-            _io.save_npz(self.run_dir / "inclusion.npz", **arrays)
+            _rundir.write_shadow_inclusion(
+                self.run_dir, self.split, self.fingerprint, label_fingerprint=label_fingerprint(self.pool)
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         train = _probe.dataset_of(getattr(trainer, "train_dataloader", None))
@@ -523,15 +512,14 @@ class ShadowScoreRecorder(MemorisationCallback):
                     "they are saved as they are and the attack will refuse this run"
                 )
             if trainer.is_global_zero:
-                arrays: dict[str, Any] = {
-                    "scores": self._scores,
-                    "score_kind": np.array(self._recorded_kind),
-                    "fingerprint": np.array(self.fingerprint),
-                    "epochs_completed": np.int64(trainer.current_epoch),
-                    "global_step": np.int64(trainer.global_step),
-                }
-                if self._correct is not None:
-                    arrays["correct"] = self._correct
-                _io.save_npz(self.run_dir / "scores.npz", **arrays)
+                _rundir.write_shadow_scores(
+                    self.run_dir,
+                    self._scores,
+                    score_kind=self._recorded_kind,
+                    fingerprint=self.fingerprint,
+                    correct=self._correct,
+                    epochs_completed=trainer.current_epoch,
+                    global_step=trainer.global_step,
+                )
         finally:
             super().on_train_end(trainer, pl_module)
