@@ -3,7 +3,7 @@
 Writes N run directories in the format ``ShadowScoreRecorder`` writes (``shadow/inclusion.npz``
 from :func:`memcallbacks.shadow_split`, ``shadow/scores.npz`` with synthetic logit confidences:
 per-sample difficulty plus a membership shift plus run noise), then times
-:func:`memcallbacks.attack.run_attack` end to end: loading and checking the runs, every run as the
+:func:`memcallbacks.offline.attack.run_attack` end to end: loading and checking the runs, every run as the
 target once, the pooled exact ROC per attack. Online and offline are timed separately; the
 ``memcallbacks attack`` CLI adds only the JSON and the PNG (timed too).
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from memcallbacks import _rundir
-from memcallbacks.attack import run_attack, write_outputs
+from memcallbacks import rundir
 from memcallbacks.callbacks.shadow import shadow_split
+from memcallbacks.offline.attack import run_attack, write_outputs
 
 
 def write_runs(root: Path, runs: int, pool: int, seed: int = 0) -> list[Path]:
@@ -38,8 +38,8 @@ def write_runs(root: Path, runs: int, pool: int, seed: int = 0) -> list[Path]:
         split = shadow_split(pool, run_index=i, num_runs=runs, seed=seed)
         scores = difficulty + 1.5 * split.inclusion + rng.normal(0.0, 1.0, size=pool)
         folder = root / f"run{i}" / "memcallbacks" / "shadow"
-        _rundir.write_shadow_inclusion(folder, split, "benchmark0000000")
-        _rundir.write_shadow_scores(
+        rundir.write_shadow_inclusion(folder, split, "benchmark0000000")
+        rundir.write_shadow_scores(
             folder, scores, score_kind="logit_confidence", fingerprint="benchmark0000000"
         )
         dirs.append(root / f"run{i}")

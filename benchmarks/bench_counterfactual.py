@@ -3,7 +3,7 @@
 Times (1) the estimator alone, :func:`memcallbacks.metrics.counterfactual_memorisation` on an
 ``[R, N]`` correctness matrix and inclusion mask (one masked reduction, no per-sample loop), and
 (2) ``memcallbacks memorisation`` end to end through
-:func:`memcallbacks.counterfactual.run_memorisation` and ``write_outputs``: R run directories in
+:func:`memcallbacks.offline.counterfactual.run_memorisation` and ``write_outputs``: R run directories in
 the format ``ShadowScoreRecorder`` writes (``shadow/inclusion.npz`` from
 :func:`memcallbacks.shadow_split`, ``shadow/scores.npz`` with synthetic correctness), loaded,
 checked, estimated, the leave-one-out proxy totals, and the .npz/.json/.png/.md outputs, plus
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from memcallbacks import _rundir
+from memcallbacks import rundir
 from memcallbacks.callbacks.shadow import shadow_split
-from memcallbacks.counterfactual import run_memorisation, write_outputs
 from memcallbacks.metrics import counterfactual_memorisation, spearman
+from memcallbacks.offline.counterfactual import run_memorisation, write_outputs
 
 
 def write_runs(root: Path, runs: int, pool: int, seed: int = 0) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -42,8 +42,8 @@ def write_runs(root: Path, runs: int, pool: int, seed: int = 0) -> tuple[list[Pa
         split = shadow_split(pool, run_index=i, num_runs=runs, seed=seed)
         c = rng.random(pool) < p_out + lift * split.inclusion
         folder = root / f"run{i}" / "memcallbacks" / "shadow"
-        _rundir.write_shadow_inclusion(folder, split, "benchmark0000000")
-        _rundir.write_shadow_scores(
+        rundir.write_shadow_inclusion(folder, split, "benchmark0000000")
+        rundir.write_shadow_scores(
             folder,
             np.where(c, 2.0, -2.0),
             score_kind="logit_confidence",

@@ -1,7 +1,7 @@
 """Benchmark: exact exposure over a 10**6 secret space, three ways, plus one extrapolated evaluation.
 
 (a) a per-candidate Python loop (one forward per candidate; a sample is timed and scaled),
-(b) batched naive scoring (``memcallbacks.scoring.score_sequences``; ``--naive-sample`` candidates
+(b) batched naive scoring (``memcallbacks.lm.scoring.score_sequences``; ``--naive-sample`` candidates
     timed and scaled linearly unless ``--full``),
 (c) the shared-prefix trie (``score_space_trie``), all 10**6 candidates,
 and one extrapolated-exposure evaluation of the canaries against 10,000 references
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer
+from memcallbacks.demos.toy import CharLSTMLM, WindowLM
+from memcallbacks.lm.scoring import score_sequences, score_space_trie
 from memcallbacks.metrics.exposure import exposure_from_rank
-from memcallbacks.scoring import score_sequences, score_space_trie
-from memcallbacks.toy import CharLSTMLM, WindowLM
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

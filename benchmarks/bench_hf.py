@@ -4,7 +4,7 @@ The model is ``GPT2LMHeadModel`` built from a config (2 layers, 64 wide, 2 heads
 init, no download; ``--vocab`` tokens, 1024 by default, the size of a small locally trained
 BPE vocabulary). Two ways to score the space:
 
-(a) the KV-cache trie: ``memcallbacks.hf.HFIncrementalLM`` + ``score_space_trie``, every one of
+(a) the KV-cache trie: ``memcallbacks.lm.hf.HFIncrementalLM`` + ``score_space_trie``, every one of
     the 10**6 candidates, then the exact rank (and exposure) of each of the 12 canaries;
 (b) the generic batched path, ``score_sequences`` (a full forward per candidate), timed on
     ``--naive-sample`` candidates (10,000 by default) and extrapolated linearly to 10**6.
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from memcallbacks import CanarySet, CharTokenizer
-from memcallbacks.hf import HFIncrementalLM
+from memcallbacks.lm.hf import HFIncrementalLM
+from memcallbacks.lm.scoring import score_sequences, score_space_trie
 from memcallbacks.metrics.exposure import exposure_from_rank, exposure_rank_in_space
-from memcallbacks.scoring import score_sequences, score_space_trie
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

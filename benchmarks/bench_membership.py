@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
 
 from memcallbacks import MembershipInferenceMonitor
-from memcallbacks._probe import random_subset
+from memcallbacks.callbacks.probes import random_subset
 
 
 class MLP(pl.LightningModule):

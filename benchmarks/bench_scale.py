@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memcallbacks.data.store import TrajectoryStore
 from memcallbacks.metrics.dynamics import trajectory_statistics
-from memcallbacks.store import TrajectoryStore
 
 
 def epoch_column(n: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:

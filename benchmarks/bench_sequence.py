@@ -2,7 +2,7 @@
 
 Probes: ``--probes`` member and ``--probes`` non-member sequences of ``--tokens`` tokens (two
 generated payment records each, truncated), prefix = suffix = ``tokens / 2``. The model is the
-demo's :class:`~memcallbacks.toy.WindowLM` (``--model lstm`` for :class:`CharLSTMLM`, ``--model
+demo's :class:`~memcallbacks.demos.toy.WindowLM` (``--model lstm`` for :class:`CharLSTMLM`, ``--model
 gpt2`` for a small GPT-2 built from a config, KV-cache decoding). Figures, each the median of
 ``--repeats`` interleaved runs under ``torch.inference_mode()`` in eval mode, same batch size:
 
@@ -44,7 +44,7 @@ import torch
 
 from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
 from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
-from memcallbacks.toy import CharLSTMLM, TokenDataset, WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, WindowLM, lm_loader, make_payment_corpus
 
 
 class GPT2LM(pl.LightningModule):

@@ -4,7 +4,7 @@ The pool is sklearn's 1,797 bundled digits (no download) with 10% of the labels 
 class (fixed seed). Each of 16 shadow runs trains a small MLP on its seeded half of the pool with
 :class:`memcallbacks.ShadowScoreRecorder` (every pool sample's end-of-training correctness) and a
 :class:`memcallbacks.LossTrajectoryTracker` (the run's own per-sample loss trajectories). Then
-:func:`memcallbacks.counterfactual.run_memorisation` computes Feldman & Zhang's counterfactual
+:func:`memcallbacks.offline.counterfactual.run_memorisation` computes Feldman & Zhang's counterfactual
 memorisation ``mem(i)`` = accuracy on ``i`` of the runs that trained on it minus that of the runs
 that did not (NeurIPS 2020), and the Spearman correlation of each in-run signal with it.
 
@@ -37,8 +37,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder
-from memcallbacks.counterfactual import MemorisationResult, run_memorisation, write_outputs
-from memcallbacks.toy import MLPClassifier, digits_dataset
+from memcallbacks.demos.toy import MLPClassifier, digits_dataset
+from memcallbacks.offline.counterfactual import MemorisationResult, run_memorisation, write_outputs
 
 
 def train_run(pool: TensorDataset, run_index: int, args: argparse.Namespace) -> Path:

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, DPEpsilonLogger, PrivacyAuditMonitor
-from memcallbacks.toy import DPWindowLM, WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.demos.toy import DPWindowLM, WindowLM, lm_loader, make_payment_corpus
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """A Hugging Face GPT-2 in Lightning memorises canaries: membership inference and exact exposure.
 
 A ``transformers`` GPT-2 built from a config (2 layers, 64 wide, random init, no download)
-learns generated payment records (:func:`memcallbacks.toy.make_payment_corpus`) tokenised by
+learns generated payment records (:func:`memcallbacks.demos.toy.make_payment_corpus`) tokenised by
 a byte-level BPE tokenizer trained here with the ``tokenizers`` library. Canaries
 ``"my pin is NNNNNN."`` (6 digits, ``|R| = 10**6``) are inserted 1, 4, 16 and 64 times.
 Training runs in ``lightning.pytorch`` on Hugging Face style dict batches
@@ -10,7 +10,7 @@ Training runs in ``lightning.pytorch`` on Hugging Face style dict batches
 * :class:`~memcallbacks.MembershipInferenceMonitor` with no ``sample_loss_fn``: the default
   per-sample loss recognises the causal-LM batch and applies the one-token shift;
 * :class:`~memcallbacks.CanaryExposureMonitor`: the monitor finds the GPT-2 inside the
-  LightningModule (:func:`memcallbacks.hf.as_incremental`) and scores with its KV cache, so
+  LightningModule (:func:`memcallbacks.lm.hf.as_incremental`) and scores with its KV cache, so
   ``--exposure-method auto`` is the exact exposure over all 10**6 secrets (Carlini et al.,
   "The Secret Sharer", USENIX Security 2019);
 * :meth:`~memcallbacks.LeakageEarlyStopping.exposure`: training stops once a canary's
@@ -46,8 +46,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from memcallbacks import CanarySet
+from memcallbacks.demos.toy import make_payment_corpus
 from memcallbacks.lightning import CanaryExposureMonitor, LeakageEarlyStopping, MembershipInferenceMonitor
-from memcallbacks.toy import make_payment_corpus
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 

@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from memcallbacks import IndexedDataset, LossTrajectoryTracker
+from memcallbacks.demos.toy import MLPClassifier, digits_dataset
 from memcallbacks.metrics import memorisation_score
-from memcallbacks.toy import MLPClassifier, digits_dataset
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:

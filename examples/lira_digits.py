@@ -38,8 +38,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from memcallbacks import ShadowScoreRecorder
-from memcallbacks.attack import AttackResult, run_attack, write_outputs
-from memcallbacks.toy import MLPClassifier, digits_dataset
+from memcallbacks.demos.toy import MLPClassifier, digits_dataset
+from memcallbacks.offline.attack import AttackResult, run_attack, write_outputs
 
 
 def train_run(pool: TensorDataset, run_index: int, args: argparse.Namespace) -> Path:

@@ -2,7 +2,7 @@
 
 Reproduces the central experiment of Carlini et al., "The Secret Sharer: Evaluating and
 Testing Unintended Memorization in Neural Networks" (USENIX Security 2019) at toy scale:
-a character language model (by default :class:`memcallbacks.toy.WindowLM`, the next
+a character language model (by default :class:`memcallbacks.demos.toy.WindowLM`, the next
 character from the previous 12; ``--model lstm`` for the character LSTM) is trained on
 generated payment records into which canaries
 ``"my pin is NNNNNN."`` are inserted 1, 2, 4, 8, 16 and 32 times (two canaries per count).
@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer
-from memcallbacks.toy import CharLSTMLM, WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.demos.toy import CharLSTMLM, WindowLM, lm_loader, make_payment_corpus
 
 
 def _parser() -> argparse.ArgumentParser:

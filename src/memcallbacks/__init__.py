@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "Canary": "memcallbacks.data.canaries",
     "CharTokenizer": "memcallbacks.data.canaries",
     # storage
-    "TrajectoryStore": "memcallbacks.store",
+    "TrajectoryStore": "memcallbacks.data.store",
     # callbacks
     "LossTrajectoryTracker": "memcallbacks.callbacks.trajectory",
     "MembershipInferenceMonitor": "memcallbacks.callbacks.membership",
@@ -44,9 +44,9 @@ _EXPORTS: dict[str, str] = {
     "shadow_split": "memcallbacks.callbacks.shadow",
     "pool_fingerprint": "memcallbacks.callbacks.shadow",
     "label_fingerprint": "memcallbacks.callbacks.shadow",
-    "run_attack": "memcallbacks.attack",
-    "log_attack_results": "memcallbacks.attack",
-    "run_memorisation": "memcallbacks.counterfactual",
+    "run_attack": "memcallbacks.offline.attack",
+    "log_attack_results": "memcallbacks.offline.attack",
+    "run_memorisation": "memcallbacks.offline.counterfactual",
     # metrics (also importable from memcallbacks.metrics)
     "MembershipReport": "memcallbacks.metrics.membership",
     "AttackReport": "memcallbacks.metrics.attacks",
@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "LossThresholdMIA": "memcallbacks.metrics.classes",
     "TrajectoryStatistics": "memcallbacks.metrics.dynamics",
     # Hugging Face adapter (needs the hf extra when used)
-    "HFIncrementalLM": "memcallbacks.hf",
+    "HFIncrementalLM": "memcallbacks.lm.hf",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -74,7 +74,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
-    from memcallbacks.attack import log_attack_results, run_attack
     from memcallbacks.callbacks.audit import PrivacyAuditMonitor
     from memcallbacks.callbacks.dp import DPEpsilonLogger
     from memcallbacks.callbacks.exposure import CanaryExposureMonitor
@@ -88,13 +87,14 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     )
     from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping
     from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
-    from memcallbacks.counterfactual import run_memorisation
     from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
     from memcallbacks.data.indexed import IndexedDataset, split_index
-    from memcallbacks.hf import HFIncrementalLM
+    from memcallbacks.data.store import TrajectoryStore
+    from memcallbacks.lm.hf import HFIncrementalLM
     from memcallbacks.metrics.attacks import AttackReport
     from memcallbacks.metrics.classes import LossThresholdMIA
     from memcallbacks.metrics.counterfactual import CounterfactualResult
     from memcallbacks.metrics.dynamics import TrajectoryStatistics
     from memcallbacks.metrics.membership import MembershipReport
-    from memcallbacks.store import TrajectoryStore
+    from memcallbacks.offline.attack import log_attack_results, run_attack
+    from memcallbacks.offline.counterfactual import run_memorisation

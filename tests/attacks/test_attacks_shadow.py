@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from helpers.shadow_runs import make_pool, train_shadow_run, write_shadow_files
-from memcallbacks import _io
-from memcallbacks.attack import AttackInputError, run_attack
 from memcallbacks.callbacks.shadow import (
     ShadowScoreRecorder,
     _auto_score,
@@ -22,6 +20,8 @@ from memcallbacks.callbacks.shadow import (
 )
 from memcallbacks.cli import main
 from memcallbacks.metrics import logit_confidence
+from memcallbacks.offline.attack import AttackInputError, run_attack
+from memcallbacks.utilities import fileio
 
 # -- the split and the fingerprint ---------------------------------------------------------------
 
@@ -88,11 +88,11 @@ def test_attack_refuses_runs_trained_with_other_labels(tmp_path: Path) -> None:
 
     def stamp(run: Path, value: str | None) -> None:
         path = run / "memcallbacks" / "shadow" / "inclusion.npz"
-        arrays = _io.load_npz(path)
+        arrays = fileio.load_npz(path)
         arrays.pop("label_fingerprint", None)
         if value is not None:
             arrays["label_fingerprint"] = np.array(value)
-        _io.save_npz(path, **arrays)
+        fileio.save_npz(path, **arrays)
 
     for run in dirs[:3]:
         stamp(run, "aaaaaaaaaaaaaaaa")
@@ -153,8 +153,8 @@ def test_recorder_writes_the_split_and_every_pool_score(four_runs) -> None:
     dirs, runs, pool = four_runs
     run_dir, recorder, model = runs[1]
     folder = run_dir / "memcallbacks" / "shadow"
-    inc = _io.load_npz(folder / "inclusion.npz")
-    rec = _io.load_npz(folder / "scores.npz")
+    inc = fileio.load_npz(folder / "inclusion.npz")
+    rec = fileio.load_npz(folder / "scores.npz")
     assert np.array_equal(inc["inclusion"], shadow_split(240, run_index=1, num_runs=4, seed=0).inclusion)
     assert str(inc["fingerprint"]) == str(rec["fingerprint"]) == pool_fingerprint(pool)
     assert str(inc["label_fingerprint"]) == label_fingerprint(pool)
@@ -251,20 +251,20 @@ def test_cli_attack_bad_input_names_the_run_directory(four_runs, tmp_path: Path,
         return target / "memcallbacks" / "shadow"
 
     other_pool = copy("other_pool")
-    inc = _io.load_npz(other_pool / "inclusion.npz")
+    inc = fileio.load_npz(other_pool / "inclusion.npz")
     inc["fingerprint"] = np.array("0123456789abcdef")
-    _io.save_npz(other_pool / "inclusion.npz", **inc)
-    rec = _io.load_npz(other_pool / "scores.npz")
+    fileio.save_npz(other_pool / "inclusion.npz", **inc)
+    rec = fileio.load_npz(other_pool / "scores.npz")
     rec["fingerprint"] = np.array("0123456789abcdef")
-    _io.save_npz(other_pool / "scores.npz", **rec)
+    fileio.save_npz(other_pool / "scores.npz", **rec)
     _expect_exit_2(
         ["attack", *map(str, dirs[:2]), str(other_pool), *out], capsys, str(other_pool), "another pool"
     )
 
     nan_run = copy("nan_run")
-    rec = _io.load_npz(nan_run / "scores.npz")
+    rec = fileio.load_npz(nan_run / "scores.npz")
     rec["scores"][7] = np.nan
-    _io.save_npz(nan_run / "scores.npz", **rec)
+    fileio.save_npz(nan_run / "scores.npz", **rec)
     _expect_exit_2(
         ["attack", *map(str, dirs[:2]), str(nan_run), *out], capsys, str(nan_run), "NaN", "sample 7"
     )
@@ -306,7 +306,7 @@ def test_recorder_warns_when_the_run_trains_on_other_data_and_resume_checks_the_
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from memcallbacks.toy import MLPClassifier
+    from memcallbacks.demos.toy import MLPClassifier
 
     pool = make_pool(64, dim=6)
 
@@ -383,7 +383,7 @@ def test_language_model_runs_record_minus_the_loss_and_rmia_reads_them(tmp_path:
             callbacks=[recorder],
         ).fit(model, DataLoader(recorder.train_dataset, batch_size=8, shuffle=True))
         dirs.append(tmp_path / f"lm{i}")
-        rec = _io.load_npz(tmp_path / f"lm{i}" / "memcallbacks" / "shadow" / "scores.npz")
+        rec = fileio.load_npz(tmp_path / f"lm{i}" / "memcallbacks" / "shadow" / "scores.npz")
         assert str(rec["score_kind"]) == "neg_loss"
         with torch.no_grad():
             expected = F.cross_entropy(

@@ -12,8 +12,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from helpers.shadow_runs import write_shadow_files
 from helpers.wandb_reader import history_rows, wait_for_run_file
-from memcallbacks.attack import log_attack_results, run_attack
 from memcallbacks.cli import main
+from memcallbacks.offline.attack import log_attack_results, run_attack
 
 LABELS = ("loss", "lira-online", "rmia-online")
 
@@ -169,8 +169,8 @@ def test_an_unknown_tracker_exits_2_naming_the_choices(
 def test_python_api_counts_and_warns_a_failing_logger_and_checks_its_arguments(
     dirs: list[Path], tmp_path: Path
 ) -> None:
-    from memcallbacks.attack import make_loggers
-    from memcallbacks.trackers import TrackerWarning
+    from memcallbacks.loggers import TrackerWarning
+    from memcallbacks.offline.attack import make_loggers
 
     result = run_attack(dirs, methods=("loss",))
     blocker = tmp_path / "file"

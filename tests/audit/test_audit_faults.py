@@ -17,7 +17,7 @@ from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import LeakageEarlyStopping, PrivacyAuditMonitor
-from memcallbacks._io import load_json, load_npz
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 
 def _canaries(m: int = 20, dim: int = 8, seed: int = 1) -> TensorDataset:

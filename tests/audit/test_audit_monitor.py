@@ -17,9 +17,9 @@ from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import PrivacyAuditMonitor
-from memcallbacks._io import load_json, load_npz
 from memcallbacks.callbacks.audit import default_num_guesses
 from memcallbacks.metrics.audit import epsilon_lower_bound
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 
 def _canaries(m: int = 40, seed: int = 1) -> TensorDataset:
@@ -257,7 +257,7 @@ class BigramLM(torch.nn.Module):
 
 def test_token_canaries_score_minus_log_perplexity_and_inject_repetitions() -> None:
     from memcallbacks import CanarySet, CharTokenizer
-    from memcallbacks.scoring import score_sequences
+    from memcallbacks.lm.scoring import score_sequences
 
     tok = CharTokenizer()
     cs = CanarySet("my pin is {secret}.", tok, repetitions=(2,), per_count=10, seed=0)

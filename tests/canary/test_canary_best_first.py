@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from helpers.language_models import NaiveOnlyLM, tiny_window_lm
 from memcallbacks import CanarySet, CharTokenizer
-from memcallbacks.scoring import BestFirstResult, rank_best_first, score_space_trie
-from memcallbacks.toy import CharLSTMLM, WindowLM
+from memcallbacks.demos.toy import CharLSTMLM, WindowLM
+from memcallbacks.lm.scoring import BestFirstResult, rank_best_first, score_space_trie
 
 TOK = CharTokenizer()
 TRIE_NODES = 1 + 4 + 16 + 64  # root and the inner nodes of a 4-character trie over "0123"

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from helpers.language_models import NaiveOnlyLM, tiny_window_lm
 from helpers.training import trainer as make_trainer
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer
-from memcallbacks._io import load_npz
-from memcallbacks.scoring import score_space_trie
-from memcallbacks.toy import WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.demos.toy import WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.lm.scoring import score_space_trie
+from memcallbacks.utilities.fileio import load_npz
 
 TOK = CharTokenizer()
 

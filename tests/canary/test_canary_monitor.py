@@ -12,13 +12,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-import memcallbacks.trackers as trackers_module
+import memcallbacks.loggers as trackers_module
 from helpers.language_models import NaiveOnlyLM, PooledLM, PositionalLM, ShortContextLM, tiny_window_lm
 from helpers.training import trainer as make_trainer
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer
-from memcallbacks._io import load_npz
+from memcallbacks.demos.toy import lm_loader, make_payment_corpus
 from memcallbacks.metrics.exposure import exposure_extrapolated
-from memcallbacks.toy import lm_loader, make_payment_corpus
+from memcallbacks.utilities.fileio import load_npz
 
 TOK = CharTokenizer()
 

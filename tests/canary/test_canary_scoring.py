@@ -11,7 +11,8 @@ import torch
 
 from helpers.language_models import NaiveOnlyLM, PooledLM
 from memcallbacks import CanarySet, CharTokenizer
-from memcallbacks.scoring import (
+from memcallbacks.demos.toy import CharLSTMLM, WindowLM
+from memcallbacks.lm.scoring import (
     IncrementalLM,
     beam_search,
     is_incremental,
@@ -20,7 +21,6 @@ from memcallbacks.scoring import (
     score_shared_prefix,
     score_space_trie,
 )
-from memcallbacks.toy import CharLSTMLM, WindowLM
 
 
 class FixedLogits(torch.nn.Module):

@@ -1,7 +1,7 @@
-"""Every Lightning internal memcallbacks reads, through memcallbacks._compat: fails loudly if Lightning moves it.
+"""Every Lightning internal memcallbacks reads, through memcallbacks.utilities.compat: fails loudly if Lightning moves it.
 
 If one of these tests fails after a Lightning upgrade, fix the named function in
-``src/memcallbacks/_compat.py`` (the only module allowed to touch Lightning internals).
+``src/memcallbacks/compat.py`` (the only module allowed to touch Lightning internals).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
-from memcallbacks import _compat
+from memcallbacks.utilities import compat
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "memcallbacks"
 
@@ -29,12 +29,12 @@ class _Probe(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.done_at_validation.append(_compat.is_training_done(trainer))
-            self.source = _compat.val_data_source(trainer)
+            self.done_at_validation.append(compat.is_training_done(trainer))
+            self.source = compat.val_data_source(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.logged = _compat.keys_logged_this_epoch(trainer)
-        self.trainer_of = _compat.trainer_of(pl_module)
+        self.logged = compat.keys_logged_this_epoch(trainer)
+        self.trainer_of = compat.trainer_of(pl_module)
 
 
 def test_compat_functions_read_what_they_promise(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_compat_functions_read_what_they_promise(tmp_path: Path) -> None:
     assert "user/train_key" in probe.logged
     assert probe.source is not None and hasattr(probe.source, "instance")
     assert probe.trainer_of is t
-    assert _compat.trainer_of(TinyClassifier()) is None  # not attached: None, not an error
+    assert compat.trainer_of(TinyClassifier()) is None  # not attached: None, not an error
 
 
 def test_no_module_outside_compat_touches_the_internals() -> None:
@@ -65,11 +65,11 @@ def test_no_module_outside_compat_touches_the_internals() -> None:
     offenders = [
         f"{p.relative_to(SRC)}:{i + 1}"
         for p in SRC.rglob("*.py")
-        if p.name != "_compat.py"
+        if p.name != "compat.py"
         for i, line in enumerate(p.read_text().splitlines())
         if internal.search(line)
     ]
-    # membership.py's validation data source belongs to its owner; it can call _compat.val_data_source
+    # membership.py's validation data source belongs to its owner; it can call compat.val_data_source
     assert [o for o in offenders if not o.startswith("callbacks/membership.py")] == []
 
 

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from memcallbacks import IndexedDataset
-from memcallbacks._dist import columns_by_index, first_occurrence
-from memcallbacks._probe import (
+from memcallbacks.callbacks.probes import (
     default_sample_loss_and_correct_fn,
     default_sample_loss_fn,
     evaluate_sample_losses,
@@ -20,6 +19,7 @@ from memcallbacks._probe import (
     random_subset,
     shard_positions,
 )
+from memcallbacks.utilities.distributed import columns_by_index, first_occurrence
 
 
 def test_first_occurrence_keeps_each_index_once_in_order():
@@ -146,7 +146,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from memcallbacks._probe import default_sample_loss_and_correct_fn, evaluate_sample_losses, evaluate_sharded
+from memcallbacks.callbacks.probes import default_sample_loss_and_correct_fn, evaluate_sample_losses, evaluate_sharded
 
 
 class Net(pl.LightningModule):

@@ -7,48 +7,50 @@ import numpy as np
 import pytest
 import torch
 
-from memcallbacks import _io
+from memcallbacks.utilities import fileio
 
 
 def test_save_and_load_npz_roundtrip(tmp_path):
-    path = _io.save_npz(tmp_path / "a.npz", x=np.arange(5), y=torch.tensor([1.5, float("nan")]))
-    data = _io.load_npz(path)
+    path = fileio.save_npz(tmp_path / "a.npz", x=np.arange(5), y=torch.tensor([1.5, float("nan")]))
+    data = fileio.load_npz(path)
     np.testing.assert_array_equal(data["x"], np.arange(5))
     assert data["y"][0] == 1.5 and np.isnan(data["y"][1])
 
 
 def test_no_temporary_file_left_and_replace_is_whole(tmp_path):
-    _io.save_npy(tmp_path / "e.npy", np.zeros(3))
-    _io.save_npy(tmp_path / "e.npy", np.ones(4))
+    fileio.save_npy(tmp_path / "e.npy", np.zeros(3))
+    fileio.save_npy(tmp_path / "e.npy", np.ones(4))
     assert sorted(os.listdir(tmp_path)) == ["e.npy"]
-    np.testing.assert_array_equal(_io.load_npy(tmp_path / "e.npy"), np.ones(4))
+    np.testing.assert_array_equal(fileio.load_npy(tmp_path / "e.npy"), np.ones(4))
 
 
 def test_failed_write_keeps_old_file(tmp_path):
-    _io.save_json(tmp_path / "m.json", {"a": 1})
+    fileio.save_json(tmp_path / "m.json", {"a": 1})
     with pytest.raises(TypeError):
-        _io.save_json(tmp_path / "m.json", {"a": object()})
-    assert _io.load_json(tmp_path / "m.json") == {"a": 1}
+        fileio.save_json(tmp_path / "m.json", {"a": object()})
+    assert fileio.load_json(tmp_path / "m.json") == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["m.json"]
 
 
 def test_json_nan_becomes_null(tmp_path):
-    _io.save_json(tmp_path / "m.json", {"v": float("nan"), "w": np.float32(2.5), "t": torch.tensor([1, 2])})
+    fileio.save_json(
+        tmp_path / "m.json", {"v": float("nan"), "w": np.float32(2.5), "t": torch.tensor([1, 2])}
+    )
     assert json.loads((tmp_path / "m.json").read_text()) == {"v": None, "w": 2.5, "t": [1, 2]}
 
 
 def test_object_arrays_are_refused_on_save(tmp_path):
     with pytest.raises(TypeError, match="`bad` has dtype object"):
-        _io.save_npz(tmp_path / "a.npz", bad=np.array([{"a": 1}], dtype=object))
+        fileio.save_npz(tmp_path / "a.npz", bad=np.array([{"a": 1}], dtype=object))
 
 
 def test_pickle_bearing_files_are_refused(tmp_path):
     np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickled"):
-        _io.load_npy(tmp_path / "evil.npy")
+        fileio.load_npy(tmp_path / "evil.npy")
     np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickled"):
-        _io.load_npz(tmp_path / "evil.npz")
+        fileio.load_npz(tmp_path / "evil.npz")
 
 
 # -- clear errors for damaged files (issue 13) -----------------------------------------------
@@ -68,34 +70,34 @@ def test_truncated_npy_names_the_file_and_says_truncated(tmp_path):
             with pytest.raises(
                 ValueError, match=f"cannot load '.*{name}': the .npy file is truncated or damaged"
             ):
-                _io.load_npy(tmp_path / name, mmap=mmap)
+                fileio.load_npy(tmp_path / name, mmap=mmap)
     (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(ValueError, match="empty.npy': the file is empty"):
-        _io.load_npy(tmp_path / "empty.npy")
+        fileio.load_npy(tmp_path / "empty.npy")
 
 
 def test_garbage_npy_is_not_called_a_pickle(tmp_path):
     (tmp_path / "garbage.npy").write_bytes(b"hello, this is not an array" * 4)
     with pytest.raises(ValueError, match="garbage.npy': it is not a .npy file") as info:
-        _io.load_npy(tmp_path / "garbage.npy")
+        fileio.load_npy(tmp_path / "garbage.npy")
     assert "pickle" not in str(info.value)
     (tmp_path / "garbage.npz").write_bytes(b"hello, this is not an archive" * 4)
     with pytest.raises(ValueError, match="garbage.npz': it is not a .npz file"):
-        _io.load_npz(tmp_path / "garbage.npz")
+        fileio.load_npz(tmp_path / "garbage.npz")
 
 
 def test_truncated_npz_names_the_file(tmp_path):
-    path = _io.save_npz(tmp_path / "t.npz", x=np.arange(1000.0))
+    path = fileio.save_npz(tmp_path / "t.npz", x=np.arange(1000.0))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="t.npz': the .npz file is truncated or damaged"):
-        _io.load_npz(path)
+        fileio.load_npz(path)
 
 
 _FULL_DISK = r"""
 import resource, signal, sys
 import numpy as np
-from memcallbacks import _io
+from memcallbacks.utilities import fileio
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the limit makes write() fail with EFBIG instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 {body}
@@ -115,7 +117,7 @@ def _run_with_small_file_limit(body, tmp_path):
 def test_a_failed_write_names_the_file(tmp_path):
     body = """
 try:
-    _io.save_npy(sys.argv[1] + "/big.npy", np.zeros(100_000))
+    fileio.save_npy(sys.argv[1] + "/big.npy", np.zeros(100_000))
 except OSError as e:
     print("ERR", e.errno, e.filename, e)
 """
@@ -137,7 +139,7 @@ class Growing(MemorisationCallback):
     subdir = "growing"
     def on_memorisation_epoch_end(self, trainer, pl_module):
         n = 1_000 if trainer.current_epoch == 0 else 100_000  # epoch 1 writes 800 kB: over the limit
-        self.write_in_background(_io.save_npy, self.run_dir / f"epoch_{trainer.current_epoch}.npy", np.zeros(n))
+        self.write_in_background(fileio.save_npy, self.run_dir / f"epoch_{trainer.current_epoch}.npy", np.zeros(n))
 
 class Model(pl.LightningModule):
     def __init__(self):

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memcallbacks import _io
+from memcallbacks.data.store import TrajectoryStore
 from memcallbacks.report import build_report
-from memcallbacks.store import TrajectoryStore
+from memcallbacks.utilities import fileio
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "memcallbacks"
 
@@ -53,14 +53,14 @@ def test_io_loaders_refuse_pickles(tmp_path: Path) -> None:
     npy.write_bytes(_pickled_npy(marker))
     _pickled_npz(npz, marker, ("x",))
     with pytest.raises(ValueError, match=REFUSAL):
-        _io.load_npy(npy)
+        fileio.load_npy(npy)
     with pytest.raises(ValueError, match=REFUSAL):
-        _io.load_npy(npy, mmap=True)
+        fileio.load_npy(npy, mmap=True)
     with pytest.raises(ValueError, match=REFUSAL):
-        _io.load_npz(npz)
+        fileio.load_npz(npz)
     # writing refuses object arrays too, so the package never produces such files
     with pytest.raises(TypeError, match="dtype object"):
-        _io.save_npy(tmp_path / "b.npy", np.array([object()], dtype=object))
+        fileio.save_npy(tmp_path / "b.npy", np.array([object()], dtype=object))
     assert not marker.exists()
 
 

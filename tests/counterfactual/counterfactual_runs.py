@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from helpers.shadow_runs import make_pool as shadow_pool
 from helpers.training import trainer as quiet_trainer
 from memcallbacks import IndexedDataset, LossTrajectoryTracker, ShadowScoreRecorder
-from memcallbacks.toy import MLPClassifier
+from memcallbacks.demos.toy import MLPClassifier
 
 
 def make_pool(n: int = 48, *, seed: int = 0) -> TensorDataset:

@@ -13,10 +13,10 @@ from counterfactual_runs import make_lm_pool, make_pool, train_lm_run, train_run
 from scipy import stats
 from torch.utils.data import TensorDataset
 
-from memcallbacks import _io
 from memcallbacks.cli import main
-from memcallbacks.counterfactual import MemorisationInputError, run_memorisation, trajectory_pool_ids
 from memcallbacks.metrics import counterfactual_memorisation
+from memcallbacks.offline.counterfactual import MemorisationInputError, run_memorisation, trajectory_pool_ids
+from memcallbacks.utilities import fileio
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,7 @@ def test_bad_input_exits_2_naming_the_run_directory(
 def _with_labels(src: Path, dst: Path, labels: np.ndarray) -> Path:
     shutil.copytree(src, dst)
     path = dst / "memcallbacks" / "shadow" / "scores.npz"
-    _io.save_npz(path, **_io.load_npz(path), labels=labels)
+    fileio.save_npz(path, **fileio.load_npz(path), labels=labels)
     return dst
 
 

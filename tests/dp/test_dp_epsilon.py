@@ -21,10 +21,10 @@ from helpers.data import make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import DPEpsilonLogger, PrivacyAuditMonitor
-from memcallbacks._io import load_json
-from memcallbacks._probe import evaluate_sample_losses
 from memcallbacks.callbacks.dp import is_poisson_loader, make_private
+from memcallbacks.callbacks.probes import evaluate_sample_losses
 from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.utilities.fileio import load_json
 
 N, BATCH, SIGMA = 256, 32, 1.0
 

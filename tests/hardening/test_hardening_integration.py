@@ -29,7 +29,7 @@ from memcallbacks import (
     PrivacyAuditMonitor,
     split_index,
 )
-from memcallbacks._io import load_json, load_npy, load_npz
+from memcallbacks.utilities.fileio import load_json, load_npy, load_npz
 
 
 def _module_class(namespace: str) -> type:
@@ -222,13 +222,13 @@ def test_run_directory_files_get_the_usual_permissions(tmp_path: Path) -> None:
     so a TensorBoard server or a teammate running as another user can read the run directory."""
     import os
 
-    from memcallbacks import _io
+    from memcallbacks.utilities import fileio
 
     umask = os.umask(0o022)
     os.umask(umask)
     for path in (
-        _io.save_json(tmp_path / "a.json", {"x": 1}),
-        _io.save_npz(tmp_path / "b.npz", x=np.zeros(2)),
-        _io.save_npy(tmp_path / "c.npy", np.zeros(2)),
+        fileio.save_json(tmp_path / "a.json", {"x": 1}),
+        fileio.save_npz(tmp_path / "b.npz", x=np.zeros(2)),
+        fileio.save_npy(tmp_path / "c.npy", np.zeros(2)),
     ):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from helpers.state import snapshot
-from memcallbacks import trackers
+from memcallbacks import loggers
 from memcallbacks.callbacks._base import MemorisationCallback
 
 
@@ -85,30 +85,30 @@ class RecordEmitter(MemorisationCallback):
         epoch = trainer.current_epoch
         self.log_metrics(pl_module, {"mem/test/score": 0.5 + epoch, "mem/test/other": 2.0 * epoch})
         rng = np.random.default_rng(epoch)
-        self.emit(trainer, trackers.Histogram("mem/test/hist", rng.normal(size=200), epoch, num_bins=2000))
+        self.emit(trainer, loggers.Histogram("mem/test/hist", rng.normal(size=200), epoch, num_bins=2000))
         self.emit(
-            trainer, trackers.Table("mem/test/table", ["id", "loss"], [[0, 0.5], [1, float(epoch)]], epoch)
+            trainer, loggers.Table("mem/test/table", ["id", "loss"], [[0, 0.5], [1, float(epoch)]], epoch)
         )
         self.emit(
             trainer,
-            trackers.Table("mem/test/per_sample", ["id", "loss"], [[7, 0.1]], epoch, per_sample=True),
+            loggers.Table("mem/test/per_sample", ["id", "loss"], [[7, 0.1]], epoch, per_sample=True),
         )
         self.emit(
             trainer,
-            trackers.LineSeries(
+            loggers.LineSeries(
                 "mem/test/series", [1, 2, 4], {"a": [0.0, 1.0, 2.0], "b": [1.0, 1.0, 3.0]}, epoch
             ),
         )
         fpr = np.array([0.0, 0.001, 0.01, 0.1, 1.0])
-        self.emit(trainer, trackers.RocCurve("mem/test/roc", fpr, np.sqrt(fpr), epoch))
+        self.emit(trainer, loggers.RocCurve("mem/test/roc", fpr, np.sqrt(fpr), epoch))
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(2, 2))
         FigureCanvasAgg(fig)
         fig.add_subplot(1, 1, 1).plot([0, 1], [0, epoch])
-        self.emit(trainer, trackers.Figure("mem/test/figure", fig, epoch))
-        self.emit(trainer, trackers.Alert("Test alert", f"alert text at epoch {epoch}", epoch))
+        self.emit(trainer, loggers.Figure("mem/test/figure", fig, epoch))
+        self.emit(trainer, loggers.Alert("Test alert", f"alert text at epoch {epoch}", epoch))
 
 
 class RisingScore(MemorisationCallback):

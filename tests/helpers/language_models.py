@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memcallbacks.toy import WindowLM
+from memcallbacks.demos.toy import WindowLM
 
 
 def tiny_window_lm(vocab_size: int) -> WindowLM:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.training import trainer as quiet_trainer
 from memcallbacks.callbacks.shadow import ShadowScoreRecorder
-from memcallbacks.toy import MLPClassifier
+from memcallbacks.demos.toy import MLPClassifier
 
 
 def make_pool(
@@ -61,7 +61,7 @@ def write_shadow_files(
     """Hand-made shadow runs without training: the recorder's two files, as it writes them, in
     ``root/run<i>/memcallbacks/shadow`` for a balanced split of ``runs``; members score ``signal`` higher
     on average (a sample's base score plus noise, as a trained model's confidences spread)."""
-    from memcallbacks import _rundir
+    from memcallbacks import rundir
     from memcallbacks.callbacks.shadow import shadow_split
 
     g = np.random.default_rng(seed)
@@ -70,9 +70,9 @@ def write_shadow_files(
     for i in range(runs):
         split = shadow_split(pool_size, run_index=i, num_runs=runs, seed=seed)
         folder = root / f"run{i}" / "memcallbacks" / "shadow"
-        _rundir.write_shadow_inclusion(folder, split, "hand-made-pool")
+        rundir.write_shadow_inclusion(folder, split, "hand-made-pool")
         scores = base + signal * split.inclusion + 0.3 * g.normal(size=pool_size)
-        _rundir.write_shadow_scores(
+        rundir.write_shadow_scores(
             folder,
             scores,
             score_kind="logit_confidence",

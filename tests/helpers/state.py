@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memcallbacks import _io
+from memcallbacks.utilities import fileio
 
 
 def snapshot(callbacks: list[Any], *, full_store: bool = True) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def snapshot(callbacks: list[Any], *, full_store: bool = True) -> dict[str, Any]
 
 
 def load_tree(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every non-hidden file under ``root`` loaded through memcallbacks._io (relative path -> content)."""
+    """Every non-hidden file under ``root`` loaded through memcallbacks.utilities.fileio (relative path -> content)."""
     out: dict[str, Any] = {}
     root = Path(root)
     for path in sorted(root.rglob("*")):
@@ -73,11 +73,11 @@ def load_tree(root: str | os.PathLike[str]) -> dict[str, Any]:
             continue
         rel = str(path.relative_to(root))
         if path.suffix == ".npz":
-            out[rel] = _io.load_npz(path)
+            out[rel] = fileio.load_npz(path)
         elif path.suffix == ".npy":
-            out[rel] = _io.load_npy(path)
+            out[rel] = fileio.load_npy(path)
         elif path.suffix == ".json":
-            out[rel] = _io.load_json(path)
+            out[rel] = fileio.load_json(path)
         elif path.suffix == ".pt":
             out[rel] = torch.load(path, weights_only=True)
         else:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from helpers.wandb_reader import history_rows, wait_for_run_file
-from memcallbacks.hf import as_incremental
-from memcallbacks.scoring import rank_best_first, score_sequences
+from memcallbacks.lm.hf import as_incremental
+from memcallbacks.lm.scoring import rank_best_first, score_sequences
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_gpt2_canaries.py"
 

@@ -21,9 +21,8 @@ from transformers import (
 )
 
 from memcallbacks import CanarySet, CharTokenizer
-from memcallbacks.hf import HFIncrementalLM, as_incremental, find_hf_model
-from memcallbacks.metrics.exposure import exposure_rank
-from memcallbacks.scoring import (
+from memcallbacks.lm.hf import HFIncrementalLM, as_incremental, find_hf_model
+from memcallbacks.lm.scoring import (
     IncrementalLM,
     beam_search,
     rank_best_first,
@@ -31,6 +30,7 @@ from memcallbacks.scoring import (
     score_shared_prefix,
     score_space_trie,
 )
+from memcallbacks.metrics.exposure import exposure_rank
 
 TOK = CharTokenizer()
 V = TOK.vocab_size
@@ -188,9 +188,9 @@ def test_as_incremental_rule() -> None:
 
 def test_as_incremental_does_not_import_transformers() -> None:
     code = (
-        "import sys, torch; from memcallbacks.hf import as_incremental; "
+        "import sys, torch; from memcallbacks.lm.hf import as_incremental; "
         "assert as_incremental(torch.nn.Linear(2, 2)) is None; "
-        "import memcallbacks._probe as p; p.default_sample_loss_fn(torch.nn.Linear(2, 2), "
+        "import memcallbacks.callbacks.probes as p; p.default_sample_loss_fn(torch.nn.Linear(2, 2), "
         "{'input_ids': torch.zeros(3, 2), 'labels': torch.tensor([0, 1, 0])}); "
         "assert 'transformers' not in sys.modules, 'imported'"
     )
@@ -286,7 +286,7 @@ def test_cropped_scoring_cache_decodes_as_a_pass_over_the_prefix(make: Any) -> N
 
 
 def _kv(state: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from memcallbacks.hf import _kv_tensors
+    from memcallbacks.lm.hf import _kv_tensors
 
     layers = _kv_tensors(state.data)
     assert layers is not None

@@ -17,13 +17,13 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from memcallbacks._probe import (
+from memcallbacks.callbacks.probes import evaluate_sample_losses
+from memcallbacks.lm.hf import causal_lm_sample_loss_fn, token_sample_loss_fn
+from memcallbacks.lm.losses import (
     causal_lm_sample_loss,
     default_sample_loss_and_correct_fn,
     default_sample_loss_fn,
-    evaluate_sample_losses,
 )
-from memcallbacks.hf import causal_lm_sample_loss_fn, token_sample_loss_fn
 
 V = 50
 

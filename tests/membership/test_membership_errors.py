@@ -17,7 +17,7 @@ from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor
-from memcallbacks._io import load_npz
+from memcallbacks.utilities.fileio import load_npz
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])

@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 from helpers.data import BlobsDataModule, loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
-from memcallbacks import MembershipInferenceMonitor, trackers
-from memcallbacks._io import load_json, load_npz
+from memcallbacks import MembershipInferenceMonitor, loggers
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 
 def _csv_rows(tmp_path: Path) -> list[dict[str, str]]:
@@ -226,18 +226,18 @@ def test_small_slices_are_not_logged(tmp_path: Path) -> None:
 
 def test_records_roc_and_histograms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records: list[Any] = []
-    real_emit = trackers.emit
+    real_emit = loggers.emit
 
     def capture(trainer: Any, record: Any, **kw: Any) -> None:
         records.append(record)
         real_emit(trainer, record, **kw)
 
-    monkeypatch.setattr(trackers, "emit", capture)
+    monkeypatch.setattr(loggers, "emit", capture)
     tl, vl = loaders(make_blobs(40, seed=0), make_blobs(40, seed=1))
     monitor = MembershipInferenceMonitor(calibrate=True)
     trainer(tmp_path, max_epochs=2, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
-    rocs = [r for r in records if isinstance(r, trackers.RocCurve)]
-    hists = [r for r in records if isinstance(r, trackers.Histogram)]
+    rocs = [r for r in records if isinstance(r, loggers.RocCurve)]
+    hists = [r for r in records if isinstance(r, loggers.Histogram)]
     assert [(r.key, r.epoch) for r in rocs] == [
         ("mem/mia/roc", 0),
         ("mem/mia_cal/roc", 0),

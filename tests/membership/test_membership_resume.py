@@ -13,7 +13,7 @@ from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor
-from memcallbacks._io import load_json, load_npz
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 
 def _run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> MembershipInferenceMonitor:

@@ -16,8 +16,8 @@ from helpers.data import loaders
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import MembershipInferenceMonitor
-from memcallbacks._io import load_json, load_npz
 from memcallbacks.metrics import membership_inference, trajectory_attack
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*non-member\\(s\\), fewer than 1/FPR:UserWarning")
 

@@ -21,9 +21,9 @@ from memcallbacks import (
     PrivacyAuditMonitor,
     SequenceMemorisationMonitor,
 )
-from memcallbacks._rundir import find_run_dir
-from memcallbacks.demo import lm_sample_loss
-from memcallbacks.toy import DPWindowLM, TokenDataset, collate_tokens, lm_loader, make_payment_corpus
+from memcallbacks.demos.demo import lm_sample_loss
+from memcallbacks.demos.toy import DPWindowLM, TokenDataset, collate_tokens, lm_loader, make_payment_corpus
+from memcallbacks.rundir import find_run_dir
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The report's attack section: `memcallbacks attack` results (attack.json, roc.png) read back through
-`_rundir.read_attack`, shown as a table with the file's numbers and the ROC figure in HTML and Markdown."""
+`rundir.read_attack`, shown as a table with the file's numbers and the ROC figure in HTML and Markdown."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from helpers.shadow_runs import write_shadow_files
-from memcallbacks import _io
-from memcallbacks._rundir import ATTACK_FORMAT_VERSION, RunDirectory, RunDirectoryError, read_attack
-from memcallbacks.attack import run_attack
 from memcallbacks.cli import main
+from memcallbacks.offline.attack import run_attack
 from memcallbacks.report import build_report
+from memcallbacks.rundir import ATTACK_FORMAT_VERSION, RunDirectory, RunDirectoryError, read_attack
+from memcallbacks.utilities import fileio
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -78,7 +78,7 @@ def test_report_attack_flag_shows_results_written_elsewhere(
     dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = run_attack(dirs, methods=("loss", "lira"))
-    from memcallbacks.attack import write_outputs
+    from memcallbacks.offline.attack import write_outputs
 
     write_outputs(result, tmp_path / "elsewhere")
     files = read_attack(tmp_path / "elsewhere")
@@ -127,7 +127,7 @@ def test_report_attack_flag_shows_results_written_elsewhere(
 def test_a_damaged_or_foreign_attack_json_is_named_and_the_rest_of_the_report_stays(
     dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, says: str
 ) -> None:
-    from memcallbacks.attack import write_outputs
+    from memcallbacks.offline.attack import write_outputs
 
     folder = dirs[0] / "memcallbacks" / "attack"
     write_outputs(run_attack(dirs, methods=("loss",)), folder)
@@ -144,7 +144,7 @@ def test_a_damaged_or_foreign_attack_json_is_named_and_the_rest_of_the_report_st
 
 
 def test_a_missing_figure_is_reported_and_the_table_still_shown(dirs: list[Path], tmp_path: Path) -> None:
-    from memcallbacks.attack import write_outputs
+    from memcallbacks.offline.attack import write_outputs
 
     folder = dirs[0] / "memcallbacks" / "attack"
     write_outputs(run_attack(dirs, methods=("loss",)), folder)
@@ -153,4 +153,4 @@ def test_a_missing_figure_is_reported_and_the_table_still_shown(dirs: list[Path]
     assert any("roc.png" in p and "missing" in p for p in paths["problems"])
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "| loss |" in md and "attack_roc.png" not in md
-    assert _io.load_json(folder / "attack.json")["attacks"]["loss"]["auc"] > 0.5
+    assert fileio.load_json(folder / "attack.json")["attacks"]["loss"]["auc"] > 0.5

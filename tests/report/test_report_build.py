@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from helpers.report_figures import FIGURES
-from memcallbacks import _io
 from memcallbacks.report import build_report, report_dir
+from memcallbacks.utilities import fileio
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_report_numbers_are_the_logged_ones(run, report):
     from sklearn.metrics import roc_auc_score
 
     md = report["markdown"].read_text()
-    mem = _io.load_npz(run["root"] / "membership" / "losses.npz")
+    mem = fileio.load_npz(run["root"] / "membership" / "losses.npz")
     m, n = mem["member_losses"][-1], mem["nonmember_losses"][-1]
     auc = roc_auc_score(np.r_[np.ones(m.size), np.zeros(n.size)], -np.r_[m, n])
     assert re.search(rf"last evaluation \(epoch 2\): AUC {auc:.3f}", md)
@@ -162,10 +162,10 @@ def test_data_map_ranks_by_the_trackers_score(run, report):
 def test_audit_bound_at_zero_is_explained(run, tmp_path):
     root = tmp_path / "memcallbacks"
     shutil.copytree(run["root"] / "audit", root / "audit")
-    summary = _io.load_json(root / "audit" / "audit.json")
+    summary = fileio.load_json(root / "audit" / "audit.json")
     for row in summary["history"]:
         row["epsilon_lb"] = 0.0
-    _io.save_json(root / "audit" / "audit.json", summary)
+    fileio.save_json(root / "audit" / "audit.json", summary)
     md = build_report(root)["markdown"].read_text()
     assert "0 = nothing proved" in md and "a lower bound, not an estimate" in md
 
@@ -219,7 +219,7 @@ def test_a_named_sequence_monitor_gets_its_own_figures(run, tmp_path):
 
 
 def test_sequence_section_reads_the_logged_rates(tmp_path):
-    from memcallbacks._rundir import write_sequence
+    from memcallbacks.rundir import write_sequence
 
     root = tmp_path / "memcallbacks"
     history = [

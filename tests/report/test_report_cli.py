@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from memcallbacks.cli import main
-from memcallbacks.demo import DemoOutputError, _prepare_out
+from memcallbacks.demos.demo import DemoOutputError, _prepare_out
 
 
 def exit_code(argv: list[str]) -> int:
@@ -51,7 +51,7 @@ def test_demo_bogus_flag_prints_the_demo_usage(capsys):
 
 def test_no_traceback_from_the_console_script(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "memcallbacks", "demo", "--sentences", "5"],
+        [sys.executable, "-m", "memcallbacks.cli", "demo", "--sentences", "5"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,8 +11,8 @@ import pytest
 
 from helpers.report_figures import DEMO_FIGURES as FIGURES
 from helpers.wandb_reader import history_rows, wait_for_run_file
-from memcallbacks import _io
 from memcallbacks.report import find_run_dir
+from memcallbacks.utilities import fileio
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
         assert f"id='{name}'" in html and f"({name})" in md
     assert html.count("data:image/png;base64,") == len(written)
     # the numbers in the summary are the monitors' own
-    exposure = _io.load_npz(run_dir / "canary" / "exposure.npz")
+    exposure = fileio.load_npz(run_dir / "canary" / "exposure.npz")
     reps, last = exposure["repetitions"], exposure["exposure"][-1]
     assert f"x32: {last[reps == 32].mean():5.1f}" in printed and f"x32: {last[reps == 32].mean():.1f}" in md
     assert "(epoch 1): x1:" in md
@@ -75,7 +75,7 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     ):
         assert key in keys, key
     logged_auc = [r["mem/mia/auc"] for r in rows if "mem/mia/auc" in r]
-    written = _io.load_json(run_dir / "membership" / "metrics.json")["history"][-1]["mem/mia/auc"]
+    written = fileio.load_json(run_dir / "membership" / "metrics.json")["history"][-1]["mem/mia/auc"]
     assert logged_auc[-1] == pytest.approx(written, abs=1e-6)
     assert (
         f"membership-inference AUC (1,000 members vs 1,000 held out, after epoch 1): {written:.3f}" in printed
@@ -103,7 +103,7 @@ def test_report_cli_rebuilds_from_the_run_dir_alone(demo_run, tmp_path):
     out, _ = demo_run
     target = tmp_path / "again"
     proc = subprocess.run(
-        [sys.executable, "-m", "memcallbacks", "report", str(out), "--out", str(target)],
+        [sys.executable, "-m", "memcallbacks.cli", "report", str(out), "--out", str(target)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -120,8 +120,8 @@ def test_demo_prints_the_extraction_rates_and_the_lm_ranking_it_logged(demo_run)
     import csv
     import re
 
-    from memcallbacks._rundir import RunDirectory
     from memcallbacks.report import canary_copies_ranked
+    from memcallbacks.rundir import RunDirectory
 
     out, printed = demo_run
     with open(out / "csv" / "version_0" / "metrics.csv") as f:

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memcallbacks import _io
-from memcallbacks._rundir import (
+from memcallbacks.rundir import (
     RunDirectory,
     RunDirectoryError,
     find_run_dir,
@@ -27,6 +26,7 @@ from memcallbacks._rundir import (
     write_stopping,
     write_trajectory_summary,
 )
+from memcallbacks.utilities import fileio
 
 
 def logged(run: dict[str, Any], key: str) -> dict[int, float]:
@@ -158,7 +158,7 @@ def test_writers_reproduce_the_files_they_are_given(run, tmp_path):
         "canary/exposure.npz",
         "audit/epoch_0002.npz",
     ):
-        a, b = _io.load_npz(run["root"] / name), _io.load_npz(dst / name)
+        a, b = fileio.load_npz(run["root"] / name), fileio.load_npz(dst / name)
         assert a.keys() == b.keys(), name
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -169,7 +169,7 @@ def test_writers_reproduce_the_files_they_are_given(run, tmp_path):
         "stopping.json",
         "trajectory/meta.json",
     ):
-        assert _io.load_json(run["root"] / name) == _io.load_json(dst / name), name
+        assert fileio.load_json(run["root"] / name) == fileio.load_json(dst / name), name
     assert RunDirectory(dst).exposure().secrets == {"c00_r1": "123456"}  # type: ignore[union-attr]
 
 
@@ -202,7 +202,7 @@ def test_a_broken_file_is_named(run, tmp_path, name, content, reader, says):
 
 def test_an_array_missing_from_a_file_is_named(run, tmp_path):
     root = tmp_path / "memcallbacks"
-    arrays = _io.load_npz(run["root"] / "canary" / "exposure.npz")
+    arrays = fileio.load_npz(run["root"] / "canary" / "exposure.npz")
     del arrays["exposure"]
     write_exposure(root / "canary", arrays)
     with pytest.raises(RunDirectoryError, match=r"exposure.npz.*lacks the array\(s\) \['exposure'\]"):

@@ -11,8 +11,8 @@ import torch
 from helpers.callbacks import RankDump
 from helpers.training import trainer
 from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
-from memcallbacks._io import load_npz
-from memcallbacks.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
+from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
+from memcallbacks.utilities.fileio import load_npz
 
 TOK = CharTokenizer()
 TEXTS = make_payment_corpus(40, seed=0)

@@ -11,7 +11,7 @@ import torch
 
 from helpers.training import trainer
 from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
-from memcallbacks.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
+from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
 
 TOK = CharTokenizer()
 TEXTS = make_payment_corpus(12, seed=0)

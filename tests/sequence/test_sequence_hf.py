@@ -13,7 +13,7 @@ import torch
 from helpers.training import trainer
 from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
 from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
-from memcallbacks.toy import make_payment_corpus
+from memcallbacks.demos.toy import make_payment_corpus
 
 TOK = CharTokenizer()
 TEXTS = make_payment_corpus(48, seed=0)

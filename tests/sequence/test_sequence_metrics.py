@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from memcallbacks.demos.toy import CharLSTMLM
 from memcallbacks.metrics import (
     exact_match_rate,
     extraction_probability,
@@ -17,7 +18,6 @@ from memcallbacks.metrics import (
     token_match_rate,
     zlib_ratio,
 )
-from memcallbacks.toy import CharLSTMLM
 
 
 # -- Min-K% Prob ---------------------------------------------------------------------------

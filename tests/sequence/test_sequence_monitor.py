@@ -16,11 +16,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from helpers.training import trainer
 from memcallbacks import CharTokenizer, LeakageEarlyStopping, SequenceMemorisationMonitor
-from memcallbacks._io import load_json, load_npz
-from memcallbacks._rundir import RunDirectory
 from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
+from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
 from memcallbacks.metrics import membership_inference, min_k_prob
-from memcallbacks.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
+from memcallbacks.rundir import RunDirectory
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 TOK = CharTokenizer()
 TEXTS = make_payment_corpus(48, seed=0)

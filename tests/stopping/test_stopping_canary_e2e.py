@@ -11,9 +11,9 @@ import torch
 
 from helpers.training import trainer
 from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, LeakageEarlyStopping
+from memcallbacks.demos.toy import WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.lm.scoring import score_sequences
 from memcallbacks.metrics.exposure import exposure_rank
-from memcallbacks.scoring import score_sequences
-from memcallbacks.toy import WindowLM, lm_loader, make_payment_corpus
 
 
 def _exposure_max(model: WindowLM, cs: CanarySet) -> float:

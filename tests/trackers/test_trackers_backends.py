@@ -1,4 +1,4 @@
-"""trackers.emit against TensorBoard, a failing logger and the privacy gate, read back from disk."""
+"""loggers.emit against TensorBoard, a failing logger and the privacy gate, read back from disk."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers.callbacks import RecordEmitter
 from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
-from memcallbacks import trackers
+from memcallbacks import loggers
 
 
 def _fit(tmp_path: Path, logger: object, epochs: int = 2, **kw: object) -> pl.Trainer:
@@ -39,7 +39,7 @@ def test_tensorboard_reads_back_scalars_histograms_images_text(tmp_path: Path) -
     hists = acc.Histograms("mem/test/hist")
     assert [h.step for h in hists] == [0, 1]  # step = epoch
     assert hists[0].histogram_value.num == 200
-    assert len(hists[0].histogram_value.bucket) <= trackers.MAX_HISTOGRAM_BINS
+    assert len(hists[0].histogram_value.bucket) <= loggers.MAX_HISTOGRAM_BINS
     assert {"mem/test/figure", "mem/test/series", "mem/test/roc"} <= set(tags["images"])
     assert [i.step for i in acc.Images("mem/test/roc")] == [0, 1]
     text_tags = set(tags["tensors"])  # add_text is stored as a text tensor summary
@@ -85,10 +85,10 @@ class BrokenTensorBoardLogger(pl.loggers.TensorBoardLogger):
 def test_logger_that_raises_warns_once_and_training_completes(tmp_path: Path) -> None:
     broken = BrokenTensorBoardLogger(str(tmp_path), name="broken")
     csv = pl.loggers.CSVLogger(str(tmp_path), name="csv")
-    with pytest.warns(trackers.TrackerWarning) as caught:
+    with pytest.warns(loggers.TrackerWarning) as caught:
         t = _fit(tmp_path, [broken, csv], epochs=3)
     assert t.current_epoch == 3
-    ours = [w for w in caught if issubclass(w.category, trackers.TrackerWarning)]
+    ours = [w for w in caught if issubclass(w.category, loggers.TrackerWarning)]
     assert len(ours) == 1  # 3 epochs x 6 records failed; reported once
     assert "BrokenTensorBoardLogger" in str(ours[0].message) and "tracker unreachable" in str(ours[0].message)
     assert "mem/test/score" in (Path(csv.log_dir) / "metrics.csv").read_text()
@@ -100,10 +100,10 @@ def test_emit_rejects_non_records_and_skips_other_ranks(tmp_path: Path) -> None:
         loggers = [BrokenTensorBoardLogger(str(tmp_path))]
 
     with pytest.raises(TypeError, match="`record` must be"):
-        trackers.emit(FakeTrainer(), {"mem/x": 1.0})  # type: ignore[arg-type]
+        loggers.emit(FakeTrainer(), {"mem/x": 1.0})  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        trackers.emit(FakeTrainer(), trackers.Alert("t", "x", 0))  # rank != 0: nothing is called
+        loggers.emit(FakeTrainer(), loggers.Alert("t", "x", 0))  # rank != 0: nothing is called
 
 
 def test_privacy_opt_ins_gate_per_sample_and_secret_records(tmp_path: Path) -> None:
@@ -116,13 +116,11 @@ def test_privacy_opt_ins_gate_per_sample_and_secret_records(tmp_path: Path) -> N
         loggers = [logger]
 
     rows = [[1, "my pin is 123456"]]
-    trackers.emit(T(), trackers.Table("mem/p/secret", ["id", "s"], rows, 0, secret=True))
-    trackers.emit(T(), trackers.Table("mem/p/sample", ["id", "s"], rows, 0, per_sample=True))
-    trackers.emit(
-        T(), trackers.Table("mem/p/secret_ok", ["id", "s"], rows, 0, secret=True), allow_secrets=True
-    )
-    trackers.emit(
-        T(), trackers.Table("mem/p/sample_ok", ["id", "s"], rows, 0, per_sample=True), allow_per_sample=True
+    loggers.emit(T(), loggers.Table("mem/p/secret", ["id", "s"], rows, 0, secret=True))
+    loggers.emit(T(), loggers.Table("mem/p/sample", ["id", "s"], rows, 0, per_sample=True))
+    loggers.emit(T(), loggers.Table("mem/p/secret_ok", ["id", "s"], rows, 0, secret=True), allow_secrets=True)
+    loggers.emit(
+        T(), loggers.Table("mem/p/sample_ok", ["id", "s"], rows, 0, per_sample=True), allow_per_sample=True
     )
     logger.experiment.flush()
     acc = EventAccumulator(logger.log_dir)

@@ -15,7 +15,7 @@ from helpers.callbacks import RisingScore
 from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
-from memcallbacks.trackers import ContainedLogger, TrackerWarning, contain_failures
+from memcallbacks.loggers import ContainedLogger, TrackerWarning, contain_failures
 
 
 class DownTracker(Logger):

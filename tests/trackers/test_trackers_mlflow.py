@@ -1,4 +1,4 @@
-"""trackers.emit against MLflow (sqlite store) and several loggers at once, read back from disk."""
+"""loggers.emit against MLflow (sqlite store) and several loggers at once, read back from disk."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers.callbacks import RecordEmitter
 from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
-from memcallbacks import trackers
+from memcallbacks import loggers
 
 
 def _fit(tmp_path: Path, logger: object, epochs: int = 2, **kw: object) -> pl.Trainer:
@@ -59,7 +59,7 @@ def test_mlflow_sqlite_reads_back_metrics_and_artifacts(tmp_path: Path) -> None:
     hist = json.loads(local.read_text())
     expected = np.random.default_rng(1).normal(size=200)
     assert hist["count"] == 200 and hist["mean"] == pytest.approx(expected.mean())
-    assert len(hist["counts"]) == trackers.MAX_HISTOGRAM_BINS and sum(hist["counts"]) == 200
+    assert len(hist["counts"]) == loggers.MAX_HISTOGRAM_BINS and sum(hist["counts"]) == 200
     table = Path(
         client.download_artifacts(run_id, "memcallbacks/mem/test/table/epoch_0001.json", str(tmp_path / "dl"))
     )
@@ -77,7 +77,7 @@ def test_several_loggers_each_get_their_form_csv_gets_scalars(tmp_path: Path) ->
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ml = pl.loggers.MLFlowLogger(experiment_name="m", tracking_uri=uri, artifact_location=str(tmp_path / "a"))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", trackers.TrackerWarning)
+        warnings.simplefilter("error", loggers.TrackerWarning)
         _fit(tmp_path, [csv, tb, ml], epochs=1)
     acc = EventAccumulator(tb.log_dir, size_guidance={"histograms": 0})
     acc.Reload()

@@ -1,4 +1,4 @@
-"""trackers.emit against real W&B (offline and disabled), read back from disk."""
+"""loggers.emit against real W&B (offline and disabled), read back from disk."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from helpers.wandb_reader import history_rows, read_records, wait_for_run_file
-from memcallbacks import trackers
+from memcallbacks import loggers
 
 
 def _fit(tmp_path: Path, logger: object, epochs: int = 2, **kw: object) -> pl.Trainer:
@@ -45,7 +45,7 @@ def test_wandb_offline_writes_scalars_histogram_table_by_epoch(
     assert [r["epoch"] for r in hist_rows] == [0, 1]  # one histogram per epoch, in that epoch's row
     for r in hist_rows:
         assert r["mem/test/hist/_type"] == "histogram"
-        assert len(r["mem/test/hist/values"]) == trackers.MAX_HISTOGRAM_BINS  # 2000 asked, capped
+        assert len(r["mem/test/hist/values"]) == loggers.MAX_HISTOGRAM_BINS  # 2000 asked, capped
         assert sum(r["mem/test/hist/values"]) == 200
         assert r["mem/test/score"] == pytest.approx(0.5 + r["epoch"])  # rich record joined the epoch's row
     table_row = [r for r in rows if "mem/test/table/_type" in r][-1]
@@ -63,7 +63,7 @@ def test_wandb_disabled_mode_trains_without_warning(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", trackers.TrackerWarning)
+        warnings.simplefilter("error", loggers.TrackerWarning)
         t = _fit(tmp_path, pl.loggers.WandbLogger(save_dir=str(tmp_path), project="p"), epochs=1)
     wandb.finish()
     assert t.current_epoch == 1

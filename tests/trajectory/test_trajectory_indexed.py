@@ -131,7 +131,7 @@ def test_getitems_batches_equal_per_item_batches(kind: str) -> None:
 
 
 def test_getitems_keeps_custom_collate_working() -> None:
-    from memcallbacks.toy import collate_tokens
+    from memcallbacks.demos.toy import collate_tokens
 
     items = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
     ds = IndexedDataset(items)

@@ -13,10 +13,10 @@ from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
 from memcallbacks import CanarySet, CharTokenizer, LossTrajectoryTracker
-from memcallbacks._io import load_npz
-from memcallbacks._rundir import RunDirectory, RunDirectoryError
+from memcallbacks.demos.toy import WindowLM, lm_loader, make_payment_corpus
 from memcallbacks.metrics import memorisation_score, top_k
-from memcallbacks.toy import WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.rundir import RunDirectory, RunDirectoryError
+from memcallbacks.utilities.fileio import load_npz
 
 
 @pytest.mark.slow
@@ -115,9 +115,9 @@ def test_demo_defaults_rank_canaries_inserted_16_and_32_times_in_the_top_percent
     Measured when written: the run stops after epoch 1; 94 of the 96 copies (98%) rank in the top
     1% (103 of 10,242 samples) by ``calibrated_loss`` (zlib reference), 18 (19%) by ``min_loss``.
     """
-    from memcallbacks._rundir import RunDirectory as Run
-    from memcallbacks.demo import run_demo
+    from memcallbacks.demos.demo import run_demo
     from memcallbacks.report import canary_copies_ranked
+    from memcallbacks.rundir import RunDirectory as Run
 
     result = run_demo(out=tmp_path / "demo", loggers=("csv",), stop_bits=18.0, report=False)
     top1 = result["canary_top1"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memcallbacks.data.store import TrajectoryStore
 from memcallbacks.metrics.dynamics import trajectory_statistics
-from memcallbacks.store import TrajectoryStore
 
 N = 1_000_000
 EPOCHS = 20

@@ -15,8 +15,8 @@ from helpers.data import loaders, make_blobs
 from helpers.models import FaultyClassifier, NoCorrectClassifier, TinyClassifier, per_sample_losses
 from helpers.training import trainer
 from memcallbacks import LossTrajectoryTracker
-from memcallbacks._io import load_json, load_npz
 from memcallbacks.metrics import memorisation_score, top_k, trajectory_statistics
+from memcallbacks.utilities.fileio import load_json, load_npz
 
 
 def _csv_rows(tr: Any) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ resuming loses nothing. The work runs once per epoch whichever hook comes first.
 
 Scalars are logged with ``pl_module.log_dict`` (they reach every logger and
 ``trainer.callback_metrics``, so ``EarlyStopping`` and :class:`LeakageEarlyStopping` see
-them); every rank logs the same values. Rich records go through :mod:`memcallbacks.trackers`.
+them); every rank logs the same values. Rich records go through :mod:`memcallbacks.loggers`.
 
 Run-directory writes submitted with :meth:`MemorisationCallback.write_in_background` are
 flushed at the end of the epoch that submitted them (``on_train_epoch_end``): a failed write
@@ -37,8 +37,9 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 
-from memcallbacks import _compat, _io, trackers
-from memcallbacks._validate import check_bool, check_int, check_path
+from memcallbacks import loggers
+from memcallbacks.utilities import compat, fileio
+from memcallbacks.utilities.validation import check_bool, check_int, check_path
 
 __all__ = [
     "MemorisationCallback",
@@ -99,7 +100,7 @@ def resolve_run_root(trainer: Any, run_dir: Path | None, owner: str, subdir: str
         root = Path(log_dir if log_dir is not None else trainer.default_root_dir) / "memcallbacks"
     if trainer.is_global_zero:
         try:
-            _io.make_writable_folder(root / subdir if subdir else root)
+            fileio.make_writable_folder(root / subdir if subdir else root)
         except OSError as e:
             raise PermissionError(
                 f"{owner}: cannot write the run directory {str(root)!r} ({e.strerror}); "
@@ -187,7 +188,7 @@ class MemorisationCallback(Callback):
         self.log_secrets = check_bool("log_secrets", log_secrets)
         self._run_dir: Path | None = self._run_dir_arg
         self._last_epoch_done = -1
-        self._writer: _io.BackgroundWriter | None = None
+        self._writer: fileio.BackgroundWriter | None = None
 
     # -- run directory -------------------------------------------------------------------
     @property
@@ -220,7 +221,7 @@ class MemorisationCallback(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":  # validation inside fit only
             return
-        if _compat.is_training_done(trainer):
+        if compat.is_training_done(trainer):
             self._run_epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -265,7 +266,7 @@ class MemorisationCallback(Callback):
                 sync_dist=False,
                 add_dataloader_idx=False,
             )
-            trainer = _compat.trainer_of(pl_module)
+            trainer = compat.trainer_of(pl_module)
             if trainer is not None:
                 try:
                     epochs = _LOGGED_EPOCHS.setdefault(trainer, {})
@@ -273,13 +274,13 @@ class MemorisationCallback(Callback):
                 except TypeError:  # not weak-referenceable: freshness falls back to Lightning's results
                     pass
 
-    def emit(self, trainer: pl.Trainer, record: trackers.Record) -> None:
+    def emit(self, trainer: pl.Trainer, record: loggers.Record) -> None:
         """Send a rich record to the trackers, honouring this callback's privacy opt-ins."""
         suffix = self._name_suffix()
         key = getattr(record, "key", None)
         if suffix and isinstance(key, str):  # an Alert has no key: its title says which callback
             record = dataclasses.replace(record, key=f"{key}{suffix}")  # type: ignore[arg-type]
-        trackers.emit(trainer, record, allow_per_sample=self.log_per_sample, allow_secrets=self.log_secrets)
+        loggers.emit(trainer, record, allow_per_sample=self.log_per_sample, allow_secrets=self.log_secrets)
 
     # -- background writes ---------------------------------------------------------------
     def write_in_background(self, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -290,7 +291,7 @@ class MemorisationCallback(Callback):
         at fit end, teardown and on exceptions.
         """
         if self._writer is None:
-            self._writer = _io.BackgroundWriter(f"memcallbacks-{self.subdir}")
+            self._writer = fileio.BackgroundWriter(f"memcallbacks-{self.subdir}")
         self._writer.submit_as(f"{type(self).__name__}, epoch {self._last_epoch_done}", fn, *args, **kwargs)
 
     def flush(self) -> None:

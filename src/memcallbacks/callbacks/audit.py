@@ -13,8 +13,8 @@ Training Run", NeurIPS 2023 (their Algorithm 1 with the analysis of Theorems 3.1
    excluded half is never trained on.
 3. At the end of every ``every_n_epochs``-th epoch every canary gets a membership score
    (higher = "more likely trained on"): ``-loss`` for data points (the per-sample loss of
-   :func:`memcallbacks._probe.evaluate_sample_losses`, eval mode), ``-log-perplexity`` of the
-   secret for token canaries (:func:`memcallbacks.scoring.score_sequences`), or the
+   :func:`memcallbacks.callbacks.probes.evaluate_sample_losses`, eval mode), ``-log-perplexity`` of the
+   secret for token canaries (:func:`memcallbacks.lm.scoring.score_sequences`), or the
    user's ``score_fn``.
 4. The auditor guesses "in" for the ``k_pos`` highest scores and "out" for the ``k_neg`` lowest
    and abstains on the rest. ``k_pos`` and ``k_neg`` are fixed when the monitor is built
@@ -63,11 +63,12 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from memcallbacks import _probe, _rundir, trackers
-from memcallbacks._validate import check_int, check_real, check_seed
+from memcallbacks import loggers, rundir
+from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.canaries import _ListDataset
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound
+from memcallbacks.utilities.validation import check_int, check_real, check_seed
 
 __all__ = ["PrivacyAuditMonitor", "default_num_guesses"]
 
@@ -190,7 +191,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
         score_fn: ``(pl_module, canaries) -> array [m]``, higher = more likely trained on;
             replaces the default score.
         sample_loss_fn: per-sample loss of a batch of data-point canaries (default
-            cross-entropy, see :func:`memcallbacks._probe.default_sample_loss_fn`).
+            cross-entropy, see :func:`memcallbacks.callbacks.probes.default_sample_loss_fn`).
         batch_size: evaluation batch size.
         collate_fn: collate function for data-point canaries.
         every_n_epochs: evaluate every this many epochs.
@@ -227,7 +228,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
         seed: int = 0,
         included: Sequence[bool] | np.ndarray | torch.Tensor | None = None,
         score_fn: ScoreFn | None = None,
-        sample_loss_fn: _probe.SampleLossFn = _probe.default_sample_loss_fn,
+        sample_loss_fn: probes.SampleLossFn = probes.default_sample_loss_fn,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         every_n_epochs: int = 1,
@@ -331,7 +332,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
                 raw = raw.detach().cpu().numpy()
             scores = np.asarray(raw, dtype=np.float64)
         elif self.is_token_canaries:
-            from memcallbacks import scoring
+            from memcallbacks.lm import scoring
 
             log_ppl = scoring.score_sequences(
                 pl_module,
@@ -344,7 +345,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
             scores = -np.asarray(log_ppl, dtype=np.float64)
         else:
             try:
-                losses, _ = _probe.evaluate_sample_losses(
+                losses, _ = probes.evaluate_sample_losses(
                     pl_module,
                     self.canaries,
                     self.sample_loss_fn,
@@ -450,7 +451,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
                 self._summary(),
             )
             self._inclusion_written = True
-        self.emit(trainer, trackers.Histogram(key="mem/audit/scores", values=scores, epoch=epoch))
+        self.emit(trainer, loggers.Histogram(key="mem/audit/scores", values=scores, epoch=epoch))
         if self.log_per_sample:
             rows = [
                 [i, float(s), bool(inc), int(g)]
@@ -458,7 +459,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
             ]
             self.emit(
                 trainer,
-                trackers.Table(
+                loggers.Table(
                     key="mem/audit/canary_scores",
                     columns=["canary", "score", "included", "guess"],
                     rows=rows,
@@ -551,9 +552,9 @@ def _write_evaluation(
 ) -> None:
     """One evaluation's files: ``inclusion.npz`` (first evaluation of a process), ``epoch_XXXX.npz``, ``audit.json``."""
     if inclusion is not None:
-        _rundir.write_audit_inclusion(folder, inclusion[0], inclusion[1])
-    _rundir.write_audit_epoch(folder, epoch, **arrays)
-    _rundir.write_audit_summary(folder, summary)
+        rundir.write_audit_inclusion(folder, inclusion[0], inclusion[1])
+    rundir.write_audit_epoch(folder, epoch, **arrays)
+    rundir.write_audit_summary(folder, summary)
 
 
 def _describe_item(item: Any) -> str:

@@ -37,10 +37,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from memcallbacks import _compat, _probe, _rundir
-from memcallbacks._validate import check_bool, check_choice, check_real
+from memcallbacks import rundir
+from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.callbacks.audit import check_delta
+from memcallbacks.utilities import compat
+from memcallbacks.utilities.validation import check_bool, check_choice, check_real
 
 __all__ = ["DPEpsilonLogger", "is_poisson_loader", "make_private"]
 
@@ -69,7 +71,7 @@ def is_poisson_loader(loader: Any) -> bool:
         )
     except ImportError:  # pragma: no cover
         return False
-    loaders = list(_probe._unwrap_loader(loader))
+    loaders = list(probes._unwrap_loader(loader))
     if not loaders:
         return False
     poisson_samplers = (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler)
@@ -132,7 +134,7 @@ def make_private(
     check_choice("accountant", accountant, ("rdp", "gdp", "prv"))
     poisson_sampling = check_bool("poisson_sampling", poisson_sampling)
     opacus = _import_opacus()
-    trainer = _compat.trainer_of(pl_module)
+    trainer = compat.trainer_of(pl_module)
     if trainer is None:
         raise RuntimeError(
             "make_private() needs the LightningModule attached to a Trainer; call it inside "
@@ -143,7 +145,7 @@ def make_private(
         )
     trainer.fit_loop.setup_data()
     loader = trainer.train_dataloader
-    loaders = list(_probe._unwrap_loader(loader))
+    loaders = list(probes._unwrap_loader(loader))
     if len(loaders) != 1:
         raise ValueError(
             f"make_private() needs exactly one training DataLoader, found {len(loaders)}; "
@@ -358,7 +360,7 @@ class DPEpsilonLogger(MemorisationCallback):
             self._save_json()
 
     def _save_json(self) -> None:
-        _rundir.write_dp(
+        rundir.write_dp(
             self.run_dir,
             {
                 "accountant": self.accountant_name,

@@ -50,19 +50,25 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from memcallbacks import _rundir, trackers
-from memcallbacks._dist import broadcast_object
-from memcallbacks._validate import check_bool, check_choice, check_int, check_optional_bool, check_seed
+from memcallbacks import loggers, rundir
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.canaries import CanarySet
-from memcallbacks.exposure_strategies import (
+from memcallbacks.lm.canary_rank import (
     EXPOSURE_STRATEGIES,
     ExposureConfig,
     resolve_exposure_method,
     score_candidates,
 )
+from memcallbacks.lm.scoring import ScoreFn, beam_search, is_incremental
 from memcallbacks.metrics.exposure import ExposureResult, mean_by_repetition
-from memcallbacks.scoring import ScoreFn, beam_search, is_incremental
+from memcallbacks.utilities.distributed import broadcast_object
+from memcallbacks.utilities.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_bool,
+    check_seed,
+)
 
 __all__ = ["CanaryExposureMonitor"]
 
@@ -127,13 +133,13 @@ class CanaryExposureMonitor(MemorisationCallback):
     The user-side change: build a :class:`~memcallbacks.CanarySet`, insert it into the
     training texts with ``canaries.inject(texts)``, and pass it here. The module must map
     token ids ``[B, T]`` to logits ``[B, T, V]`` (or return ``.logits``), or you pass
-    ``score_fn``. A module implementing :class:`memcallbacks.scoring.IncrementalLM` gets the
+    ``score_fn``. A module implementing :class:`memcallbacks.lm.scoring.IncrementalLM` gets the
     shared-prefix fast paths (a trie over the whole space for exact exposure, and exact
     ranks of exposed canaries by best-first search beyond ``max_exact``).
 
     Every candidate is scored as it is tokenised inside the canary text, so a subword
     tokenizer (byte-level BPE) is handled (see :meth:`CanarySet.candidate_sequences`). The
-    methods are the strategies of :mod:`memcallbacks.exposure_strategies`.
+    methods are the strategies of :mod:`memcallbacks.lm.canary_rank`.
 
     A diverged model (NaN/inf scores) logs NaN exposure and rank, counts the scores in
     ``mem/canary/nonfinite`` and warns once; training is not stopped here (use
@@ -154,7 +160,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         num_references: sampled candidates for the extrapolation (default 10,000).
         max_exact: the largest space scored exactly (default 10**6).
         max_expansions: best-first node-expansion budget per evaluation, shared by the canaries
-            (default 100,000; see :func:`memcallbacks.scoring.ranks_best_first`).
+            (default 100,000; see :func:`memcallbacks.lm.scoring.ranks_best_first`).
         reference_seed: seed of the reference draw (default ``canaries.seed + 1``).
         score_fn: ``score_fn(module, token_ids [B, T], target_mask [B, T]) -> Tensor[B]``,
             the log-perplexity of the masked (secret) tokens; disables the fast paths.
@@ -164,7 +170,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             when its secret is any of the ``beam_width`` beams.
         every_n_epochs: evaluate every this many epochs.
         run_dir: root of the run directory (default ``<trainer.log_dir>/memcallbacks``).
-        log_per_sample: send the per-canary table (ids, no secrets) to trackers.
+        log_per_sample: send the per-canary table (ids, no secrets) to loggers.
         log_secrets: include the secrets in the table sent to trackers and write
             ``secrets.json`` to the run directory.
         progress: progress bar while scoring (None: when slow and stdout is a terminal).
@@ -316,7 +322,7 @@ class CanaryExposureMonitor(MemorisationCallback):
 
     def _scoring_module(self, pl_module: Any) -> Any:
         """The module scored: a Hugging Face causal LM (or a LightningModule holding one as an
-        attribute) is wrapped in :class:`memcallbacks.hf.HFIncrementalLM`, so the trie and the
+        attribute) is wrapped in :class:`memcallbacks.lm.hf.HFIncrementalLM`, so the trie and the
         best-first search reuse its KV cache; anything else (or a custom ``score_fn``) as is."""
         if (
             self.score_fn is not None
@@ -324,7 +330,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             or not self.__dict__.get("_use_adapter", True)
         ):
             return pl_module
-        from memcallbacks.hf import as_incremental
+        from memcallbacks.lm.hf import as_incremental
 
         return as_incremental(pl_module) or pl_module
 
@@ -389,7 +395,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         self.log_metrics(pl_module, self._metrics(result, extracted))
         if trainer.is_global_zero:
             secrets = {c.id: c.secret for c in self.canaries} if self.log_secrets else None
-            self.write_in_background(_rundir.write_exposure, self.run_dir, self._arrays(), secrets)
+            self.write_in_background(rundir.write_exposure, self.run_dir, self._arrays(), secrets)
         self._emit_records(trainer, epoch)
 
     def _record(self, epoch: int, result: ExposureResult, extracted: np.ndarray | None) -> None:
@@ -476,7 +482,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         }
         self.emit(
             trainer,
-            trackers.LineSeries(
+            loggers.LineSeries(
                 key="mem/canary/exposure_vs_repetitions",
                 xs=[float(r) for r in counts],
                 ys=series,
@@ -508,7 +514,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             rows.append(row)
         self.emit(
             trainer,
-            trackers.Table(
+            loggers.Table(
                 key="mem/canary/canaries",
                 columns=columns,
                 rows=rows,

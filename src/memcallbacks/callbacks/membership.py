@@ -27,17 +27,17 @@ non-members; with ``m = 1,000`` non-members, TPR at 0.1% FPR rests on a single s
 probe sizes are logged (``mem/mia/n_members``, ``mem/mia/n_nonmembers``) so a reader can
 judge this; ``metrics.membership_inference`` warns when ``m < 1/x``.
 
-Precision: probes are evaluated with autocast switched off (:func:`memcallbacks._probe.full_precision`),
+Precision: probes are evaluated with autocast switched off (:func:`memcallbacks.callbacks.probes.full_precision`),
 so under ``precision="bf16-mixed"`` or ``"16-mixed"`` the losses are those of a float32 evaluation
 of the same weights, like every other memcallbacks measurement.
 
-Distributed runs: :func:`memcallbacks._probe.evaluate_sharded` splits the probes across ranks
+Distributed runs: :func:`memcallbacks.callbacks.probes.evaluate_sharded` splits the probes across ranks
 (contiguous shards of equal length, the last padded by repeating the final sample, no
 ``DistributedSampler``), each rank evaluates its shard, one all-gather reassembles the vectors
 in probe order, and every rank computes the metrics from the same numbers, so every rank logs
 identical values (``EarlyStopping`` sees the same value everywhere). Rank 0 writes the run
 directory and the tracker records; the files are written by a background thread (atomic renames
-through :mod:`memcallbacks._io`), flushed at the end of fit or by
+through :mod:`memcallbacks.utilities.fileio`), flushed at the end of fit or by
 :meth:`MembershipInferenceMonitor.flush`.
 """
 
@@ -54,8 +54,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from memcallbacks import _compat, _probe, _rundir, trackers
-from memcallbacks._validate import check_bool, check_int, check_seed
+from memcallbacks import loggers, rundir
+from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
 from memcallbacks.metrics.membership import (
     MembershipReport,
@@ -69,6 +69,8 @@ from memcallbacks.metrics.membership import (
     slice_aucs,
 )
 from memcallbacks.metrics.trajectory_mia import trajectory_attack_scores
+from memcallbacks.utilities import compat
+from memcallbacks.utilities.validation import check_bool, check_int, check_seed
 
 __all__ = ["MembershipInferenceMonitor"]
 
@@ -162,7 +164,7 @@ def _validate_init(
     name: Any,
 ) -> dict[str, Any]:
     """Every argument check of :class:`MembershipInferenceMonitor`; returns the normalised values."""
-    loss_fn = sample_loss_fn if sample_loss_fn is not None else _probe.default_sample_loss_fn
+    loss_fn = sample_loss_fn if sample_loss_fn is not None else probes.default_sample_loss_fn
     if not callable(loss_fn):
         raise TypeError(
             f"`sample_loss_fn` must be callable (module, batch) -> Tensor[B], got {type(sample_loss_fn).__name__}"
@@ -329,7 +331,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         nonmembers: Any = None,
         *,
         num_probe: int = 1000,
-        sample_loss_fn: _probe.SampleLossFn | None = None,
+        sample_loss_fn: probes.SampleLossFn | None = None,
         every_n_epochs: int = 1,
         fprs: Iterable[float] = (0.001, 0.01, 0.1),
         calibrate: bool = False,
@@ -360,7 +362,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.name: str | None = args["name"]
         self.subdir = "membership" if self.name is None else f"membership_{self.name}"
         self.num_probe: int = args["num_probe"]
-        self.sample_loss_fn: _probe.SampleLossFn = args["sample_loss_fn"]
+        self.sample_loss_fn: probes.SampleLossFn = args["sample_loss_fn"]
         self.fprs: tuple[float, ...] = args["fprs"]
         self.calibrate: bool = args["calibrate"]
         self.trajectory_attack: bool = args["trajectory_attack"]
@@ -369,8 +371,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.batch_size: int = args["batch_size"]
         self.collate_fn: Callable[[list[Any]], Any] | None = args["collate_fn"]
         self.seed: int = args["seed"]
-        self._members_arg = _probe.as_probe_dataset("members", members)
-        self._nonmembers_arg = _probe.as_probe_dataset("nonmembers", nonmembers)
+        self._members_arg = probes.as_probe_dataset("members", members)
+        self._nonmembers_arg = probes.as_probe_dataset("nonmembers", nonmembers)
         if self._members_arg is not None and self._nonmembers_arg is not None:
             self._check_same_structure(self._members_arg, self._nonmembers_arg)
 
@@ -478,7 +480,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
 
     def _check_same_structure(self, members: Dataset[Any], nonmembers: Dataset[Any]) -> None:
         first_m, first_n = self._first_item(members), self._first_item(nonmembers)
-        a, b = _probe.item_structure(first_m), _probe.item_structure(first_n)
+        a, b = probes.item_structure(first_m), probes.item_structure(first_n)
         if a != b:
             raise ValueError(
                 "`members` and `nonmembers` must yield items of the same structure (they are batched and "
@@ -486,7 +488,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
                 "both give e.g. `(x, y)` pairs"
             )
         if self.collate_fn is None:  # the default collate stacks members and non-members in one batch
-            shapes_m, shapes_n = _probe.item_shapes(first_m), _probe.item_shapes(first_n)
+            shapes_m, shapes_n = probes.item_shapes(first_m), probes.item_shapes(first_n)
             if shapes_m != shapes_n:
                 source = "`nonmembers`" if self._nonmembers_arg is not None else "the validation dataset"
                 raise ValueError(
@@ -502,7 +504,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
             if self._member_indices is None:
                 self._member_indices = np.arange(len(base), dtype=np.int64)  # type: ignore[arg-type]
         else:
-            base = _probe.dataset_of(trainer.train_dataloader)  # type: ignore[assignment]
+            base = probes.dataset_of(trainer.train_dataloader)  # type: ignore[assignment]
             if base is None:
                 raise RuntimeError(
                     "MembershipInferenceMonitor could not find the training dataset behind "
@@ -514,26 +516,26 @@ class MembershipInferenceMonitor(MemorisationCallback):
                     "the training dataset is empty or has no length; pass `members=` a map-style dataset"
                 )
             if self._member_indices is None:
-                _, idx = _probe.random_subset(base, self.num_probe, seed=self.seed)
+                _, idx = probes.random_subset(base, self.num_probe, seed=self.seed)
                 self._member_indices = idx.astype(np.int64)
         self._check_indices("members", base, self._member_indices)
         return Subset(base, self._member_indices.tolist())
 
     def _validation_dataset(self, trainer: pl.Trainer) -> Dataset[Any] | None:
-        ds = _probe.dataset_of(getattr(trainer, "val_dataloaders", None))
+        ds = probes.dataset_of(getattr(trainer, "val_dataloaders", None))
         if ds is not None:
             return ds
         # not loaded yet (num_sanity_val_steps=0, check_val_every_n_epoch > 1): ask the data source
         try:
-            source = _compat.val_data_source(trainer)
+            source = compat.val_data_source(trainer)
             if source is not None and source.instance is not None and source.is_defined():
-                return _probe.dataset_of(source.dataloader())
+                return probes.dataset_of(source.dataloader())
         except Exception as e:  # noqa: BLE001 - fall through to the datamodule and the error below
             rank_zero_warn(f"MembershipInferenceMonitor: requesting the validation dataloader failed: {e!r}")
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and callable(getattr(dm, "val_dataloader", None)):
             try:
-                return _probe.dataset_of(dm.val_dataloader())
+                return probes.dataset_of(dm.val_dataloader())
             except Exception:  # noqa: BLE001
                 return None
         return None
@@ -593,7 +595,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         n = len(self._members)
         probe: Dataset[Any] = ConcatDataset([self._members, self._nonmembers])
         try:
-            losses, _ = _probe.evaluate_sharded(
+            losses, _ = probes.evaluate_sharded(
                 trainer,
                 pl_module,
                 probe,
@@ -612,7 +614,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         """After a failed evaluation: if the members evaluate alone, blame the held-out set by name."""
         assert self._members is not None
         try:
-            _probe.evaluate_sample_losses(
+            probes.evaluate_sample_losses(
                 pl_module,
                 self._members,
                 self.sample_loss_fn,
@@ -783,7 +785,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
 
         The arrays are snapshotted here; the writer only serialises them (uncompressed ``.npz``:
         float losses barely compress, and zlib cost grows with the epochs) and renames atomically
-        through :mod:`memcallbacks._io`. A write error surfaces at the next evaluation or at the
+        through :mod:`memcallbacks.utilities.fileio`. A write error surfaces at the next evaluation or at the
         end of fit; :meth:`flush` waits for the pending write.
         """
         assert self._member_indices is not None and self._nonmember_indices is not None
@@ -801,25 +803,25 @@ class MembershipInferenceMonitor(MemorisationCallback):
             "n_members": len(self._member_indices),
             "n_nonmembers": len(self._nonmember_indices),
         }
-        self.write_in_background(_rundir.write_membership, self.run_dir, arrays, summary)
+        self.write_in_background(rundir.write_membership, self.run_dir, arrays, summary)
 
     def _emit_records(self, trainer: pl.Trainer, epoch: int) -> None:
         if self.report is None:
             return
         m, nm = self._last_scores["members"], self._last_scores["nonmembers"]
         fpr, tpr, _ = roc_curve(m, nm)
-        self.emit(trainer, trackers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="loss-threshold MIA"))
+        self.emit(trainer, loggers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="loss-threshold MIA"))
         if self.calibrate and self.calibrated_report is not None:
             fpr_c, tpr_c, _ = roc_curve(self._last_scores["cal_members"], self._last_scores["cal_nonmembers"])
             self.emit(
-                trainer, trackers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA")
+                trainer, loggers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA")
             )
         if self.trajectory_report is not None and "traj_members" in self._last_scores:
             fpr_t, tpr_t, _ = roc_curve(
                 -self._last_scores["traj_members"], -self._last_scores["traj_nonmembers"]
             )
             self.emit(
-                trainer, trackers.RocCurve("mem/mia_traj/roc", fpr_t, tpr_t, epoch, title="trajectory MIA")
+                trainer, loggers.RocCurve("mem/mia_traj/roc", fpr_t, tpr_t, epoch, title="trajectory MIA")
             )
-        self.emit(trainer, trackers.Histogram("mem/mia/member_losses", m, epoch))
-        self.emit(trainer, trackers.Histogram("mem/mia/nonmember_losses", nm, epoch))
+        self.emit(trainer, loggers.Histogram("mem/mia/member_losses", m, epoch))
+        self.emit(trainer, loggers.Histogram("mem/mia/nonmember_losses", nm, epoch))

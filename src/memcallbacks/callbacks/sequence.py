@@ -17,9 +17,9 @@ measures on the first ``prefix_len + suffix_len`` tokens of each (the *probe win
 One teacher-forced forward pass per probe batch gives the loss, Min-K% Prob, the zlib ratio's
 numerator and every sampling scheme's ``q``; greedy decoding then runs once over the member
 (and non-member) prefixes, reusing the model's state: an
-:class:`~memcallbacks.scoring.IncrementalLM` (``init_state``/``step``), a Hugging Face KV cache
+:class:`~memcallbacks.lm.scoring.IncrementalLM` (``init_state``/``step``), a Hugging Face KV cache
 (the scoring pass's own cache cut back to the prefix, so the prefix never runs twice; the
-conventions live in :class:`memcallbacks.hf.HFIncrementalLM`), or, when neither is offered, full
+conventions live in :class:`memcallbacks.lm.hf.HFIncrementalLM`), or, when neither is offered, full
 forward passes over the growing sequence (about ``suffix_len`` times the cost; warned once).
 
 Distributed runs: the probes are split across ranks (contiguous shards of equal length, the last
@@ -41,9 +41,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from memcallbacks import _dist, _rundir, trackers
-from memcallbacks._probe import as_probe_dataset, seeded_indices
-from memcallbacks._validate import (
+from memcallbacks import loggers, rundir
+from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
+from memcallbacks.callbacks.probes import as_probe_dataset, seeded_indices
+from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.lm.hf import HFIncrementalLM, forward_params
+from memcallbacks.metrics.membership import membership_inference
+from memcallbacks.metrics.sequence import _min_k, _suffix_logq, extraction_probability, zlib_length
+from memcallbacks.utilities import distributed
+from memcallbacks.utilities.validation import (
     check_choice,
     check_int,
     check_probability,
@@ -51,11 +57,6 @@ from memcallbacks._validate import (
     check_seed,
     is_int,
 )
-from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
-from memcallbacks.data.indexed import IndexedDataset
-from memcallbacks.hf import HFIncrementalLM, forward_params
-from memcallbacks.metrics.membership import membership_inference
-from memcallbacks.metrics.sequence import _min_k, _suffix_logq, extraction_probability, zlib_length
 
 __all__ = ["SequenceMemorisationMonitor"]
 
@@ -266,7 +267,7 @@ def _logits_of(out: Any, ids: torch.Tensor, who: str) -> torch.Tensor:
 
 
 def _cached_lm(hf: Any) -> HFIncrementalLM | None:
-    """The KV-cache conventions (call, crop, step) for ``hf``: one implementation, in :mod:`memcallbacks.hf`."""
+    """The KV-cache conventions (call, crop, step) for ``hf``: one implementation, in :mod:`memcallbacks.lm.hf`."""
     if hf is None:
         return None
     try:
@@ -581,7 +582,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             (``sequence_<name>``) and logged keys, which end in ``/<name>``
             (``mem/extract/exact_rate/<name>``); ``history`` keeps the plain keys.
         run_dir: override the run directory root.
-        log_per_sample: send the per-sample table to trackers.
+        log_per_sample: send the per-sample table to loggers.
         log_secrets: include the sequences' text in that table and save greedy continuations.
 
     Raises:
@@ -603,7 +604,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         tensor(0.0420)
     """
 
-    subdir = _rundir.SEQUENCE
+    subdir = rundir.SEQUENCE
 
     def __init__(
         self,
@@ -667,7 +668,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self.name = name
         if name is not None:
             self.subdir = (
-                f"{_rundir.SEQUENCE}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
+                f"{rundir.SEQUENCE}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
             )
         self._members_arg = as_probe_dataset("members", members, item="token sequence")
         self._nonmembers_arg = as_probe_dataset("nonmembers", nonmembers, item="token sequence")
@@ -762,7 +763,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         return seeded_indices(len(base), self.num_probe, [self.seed, salt])
 
     def _validation_dataset(self, trainer: pl.Trainer) -> Any:
-        from memcallbacks._probe import dataset_of
+        from memcallbacks.callbacks.probes import dataset_of
 
         ds = dataset_of(getattr(trainer, "val_dataloaders", None))
         if ds is None:
@@ -779,7 +780,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     def _resolve(self, trainer: pl.Trainer) -> None:
         if self._windows is not None:
             return
-        from memcallbacks._probe import dataset_of
+        from memcallbacks.callbacks.probes import dataset_of
 
         members = self._members_arg
         if members is None:
@@ -853,7 +854,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             self._lm = _LanguageModel(pl_module, self.forward_fn, self.decoding_requested)
         total = self._windows.shape[0]
         windows, lengths = self._windows, self._lengths
-        world = _dist.world_size(trainer)
+        world = distributed.world_size(trainer)
         strategy = type(getattr(trainer, "strategy", None)).__name__
         if world > 1 and strategy in _SHARDED_STRATEGIES:
             raise RuntimeError(
@@ -893,7 +894,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                 f"the model offers no usable IncrementalLM or KV cache ({self._lm.fallback_reason})",
             )
         if world > 1:
-            out = _dist.gather_concat(trainer, out)[:total]
+            out = distributed.gather_concat(trainer, out)[:total]
         return out.cpu().numpy()
 
     # -- metrics -------------------------------------------------------------------------------
@@ -1048,7 +1049,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "n_members": 0 if self._member_indices is None else len(self._member_indices),
             "n_nonmembers": 0 if self._nonmember_indices is None else len(self._nonmember_indices),
         }
-        self.write_in_background(_rundir.write_sequence, self.run_dir, self._arrays(), summary)
+        self.write_in_background(rundir.write_sequence, self.run_dir, self._arrays(), summary)
 
     def _text(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if int(i) >= 0]
@@ -1067,7 +1068,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         )
         self.emit(
             trainer,
-            trackers.LineSeries(
+            loggers.LineSeries(
                 key="mem/extract/prob_rate_vs_n",
                 xs=[float(n) for n in self.n_tries],
                 ys={
@@ -1095,7 +1096,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                 if a.size and b.size:
                     fpr, tpr, _ = roc_curve(a, b)
                     self.emit(
-                        trainer, trackers.RocCurve(f"mem/mia_lm/roc/{score}", fpr, tpr, epoch, title=score)
+                        trainer, loggers.RocCurve(f"mem/mia_lm/roc/{score}", fpr, tpr, epoch, title=score)
                     )
         if not self.log_per_sample or self.num_top == 0 or self._member_indices is None:
             return
@@ -1123,7 +1124,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             rows.append(row)
         self.emit(
             trainer,
-            trackers.Table(
+            loggers.Table(
                 key="mem/extract/top_sequences",
                 columns=columns,
                 rows=rows,

@@ -12,7 +12,7 @@ training script run N times (``--run-index i``), each run on a random half of on
     loader = DataLoader(recorder.train_dataset, batch_size=64, shuffle=True)
     pl.Trainer(callbacks=[recorder]).fit(model, loader)
 
-and ``memcallbacks attack RUN_DIR...`` (or :func:`memcallbacks.attack.run_attack`) uses each run in
+and ``memcallbacks attack RUN_DIR...`` (or :func:`memcallbacks.offline.attack.run_attack`) uses each run in
 turn as the target and the others as references.
 
 What the recorder writes (``<trainer.log_dir>/memcallbacks/shadow/``, rank 0, atomic, no pickle):
@@ -42,9 +42,11 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset, Subset
 
-from memcallbacks import _probe, _rundir
-from memcallbacks._validate import check_choice, check_int, check_probability, check_seed
+from memcallbacks import rundir
+from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.lm import losses
+from memcallbacks.utilities.validation import check_choice, check_int, check_probability, check_seed
 
 __all__ = [
     "SCORE_KINDS",
@@ -154,7 +156,7 @@ def label_fingerprint(pool: Any) -> str | None:
 
 def _item_label(item: Any) -> Any:
     if isinstance(item, Mapping):
-        key = next((k for k in _probe._LABEL_KEYS if k in item), None)
+        key = next((k for k in losses.LABEL_KEYS if k in item), None)
         return None if key is None else item[key]
     if isinstance(item, (tuple, list)) and len(item) >= 2:
         return item[1]
@@ -280,22 +282,22 @@ def _logit_confidence_torch(logits: torch.Tensor, y: torch.Tensor) -> torch.Tens
 def _auto_score(module: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Logit confidence for ``[B, C]`` logits with ``[B]`` labels, else minus the default loss."""
     if isinstance(batch, Mapping) and "input_ids" in batch:
-        labels = next((batch[k] for k in _probe._LABEL_KEYS if k in batch), None)
+        labels = next((batch[k] for k in losses.LABEL_KEYS if k in batch), None)
         if isinstance(labels, torch.Tensor) and labels.dim() == 1:
-            logits = _probe.output_logits(_probe.hf_forward(module, batch))
+            logits = losses.output_logits(losses.hf_forward(module, batch))
             if logits.dim() == 2:
                 return (
                     _logit_confidence_torch(logits, labels),
                     logits.argmax(-1) == labels,
                     "logit_confidence",
                 )
-        loss, correct = _probe.default_sample_loss_and_correct_fn(module, batch)
+        loss, correct = probes.default_sample_loss_and_correct_fn(module, batch)
         return -loss, correct, "neg_loss"
-    x, y = _probe._split_xy(batch)
-    logits = _probe.output_logits(module(x))
+    x, y = losses.split_xy(batch)
+    logits = losses.output_logits(module(x))
     if logits.dim() == 2 and y.dim() == 1:
         return _logit_confidence_torch(logits, y), logits.argmax(-1) == y, "logit_confidence"
-    loss, correct = _probe._per_sample_ce(logits, y)
+    loss, correct = losses.per_sample_cross_entropy(logits, y)
     return -loss, correct, "neg_loss"
 
 
@@ -454,12 +456,12 @@ class ShadowScoreRecorder(MemorisationCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero:
-            _rundir.write_shadow_inclusion(
+            rundir.write_shadow_inclusion(
                 self.run_dir, self.split, self.fingerprint, label_fingerprint=label_fingerprint(self.pool)
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        train = _probe.dataset_of(getattr(trainer, "train_dataloader", None))
+        train = probes.dataset_of(getattr(trainer, "train_dataloader", None))
         expected = int(self.split.indices.size)
         if train is not None and hasattr(train, "__len__") and len(train) != expected:
             rank_zero_warn(
@@ -481,7 +483,7 @@ class ShadowScoreRecorder(MemorisationCallback):
 
         def fn(module: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             if forced == "neg_loss":
-                loss, correct = _probe.default_sample_loss_and_correct_fn(module, batch)
+                loss, correct = probes.default_sample_loss_and_correct_fn(module, batch)
                 score, kind = -loss, "neg_loss"
             else:
                 score, correct, kind = _auto_score(module, batch)
@@ -499,7 +501,7 @@ class ShadowScoreRecorder(MemorisationCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             fn, kinds = self._score_fn()
-            scores, correct = _probe.evaluate_sharded(
+            scores, correct = probes.evaluate_sharded(
                 trainer, pl_module, self.pool, fn, batch_size=self.batch_size, collate_fn=self.collate_fn
             )
             self._scores = scores.numpy().astype(np.float32)
@@ -512,7 +514,7 @@ class ShadowScoreRecorder(MemorisationCallback):
                     "they are saved as they are and the attack will refuse this run"
                 )
             if trainer.is_global_zero:
-                _rundir.write_shadow_scores(
+                rundir.write_shadow_scores(
                     self.run_dir,
                     self._scores,
                     score_kind=self._recorded_kind,

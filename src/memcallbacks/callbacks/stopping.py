@@ -16,7 +16,7 @@ mode="min")`` (which also stops when a ``mem/*`` value rises above ``x``):
   the order of ``callbacks=[...]``.
 - Several conditions (any of them stops), ``restore="best_safe"`` (the returned model is
   the last one measured below every threshold), a reason in ``stopping.json`` and an alert
-  on the trackers.
+  on the loggers.
 
 Resuming a run this callback stopped stops again at once (the stop is part of the checkpoint
 state, like Lightning's ``EarlyStopping``); pass ``continue_after_stop=True`` to train on.
@@ -46,14 +46,15 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from memcallbacks import _compat, _io, _rundir, trackers
-from memcallbacks._validate import check_bool, check_choice, check_int, check_path, check_real
+from memcallbacks import loggers, rundir
 from memcallbacks.callbacks._base import (
     MemorisationCallback,
     logged_epochs,
     resolve_run_root,
     warn_fast_dev_run,
 )
+from memcallbacks.utilities import compat, fileio
+from memcallbacks.utilities.validation import check_bool, check_choice, check_int, check_path, check_real
 
 __all__ = ["LeakageCondition", "LeakageEarlyStopping"]
 
@@ -196,7 +197,7 @@ class LeakageEarlyStopping(Callback):
     monitor notifies it; the order of ``callbacks=[...]`` does not matter), using only values
     logged this epoch. The decision is
     reduced across ranks (any rank past the threshold stops every rank). On stopping it sets
-    ``trainer.should_stop``, logs a warning line, sends a :class:`~memcallbacks.trackers.Alert`
+    ``trainer.should_stop``, logs a warning line, sends a :class:`~memcallbacks.loggers.Alert`
     to the trackers, stores :attr:`stopped_epoch` and :attr:`reason`, and writes
     ``<trainer.log_dir>/memcallbacks/stopping.json``.
 
@@ -351,7 +352,7 @@ class LeakageEarlyStopping(Callback):
             raise RuntimeError(
                 "LeakageEarlyStopping.stopping_path is known once the Trainer has called setup()"
             )
-        return self._root / _rundir.STOPPING_FILE
+        return self._root / rundir.STOPPING_FILE
 
     @property
     def best_safe_path(self) -> Path:
@@ -408,7 +409,7 @@ class LeakageEarlyStopping(Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Decide at the validation that closes a training epoch, once every monitor has done the epoch
-        if self._in_fit(trainer) and _compat.is_training_done(trainer) and self._monitors_done(trainer):
+        if self._in_fit(trainer) and compat.is_training_done(trainer) and self._monitors_done(trainer):
             self._decide_once(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -429,7 +430,7 @@ class LeakageEarlyStopping(Callback):
         ):
             return
         # a run that was not stopped says so (stopping.json exists either way)
-        _rundir.write_stopping(
+        rundir.write_stopping(
             self._root,
             {
                 "stopped": False,
@@ -526,7 +527,7 @@ class LeakageEarlyStopping(Callback):
         if self.save_best_safe and trainer.is_global_zero:
             from safetensors.torch import save as safetensors_save
 
-            _io.atomic_write_bytes(
+            fileio.atomic_write_bytes(
                 self.best_safe_path,
                 safetensors_save({k: v.contiguous() for k, v in self._best_safe_weights.items()}),
             )
@@ -567,9 +568,9 @@ class LeakageEarlyStopping(Callback):
 
         if trainer.is_global_zero:
             _log.warning(self.reason)
-            trackers.emit(
+            loggers.emit(
                 trainer,
-                trackers.Alert(
+                loggers.Alert(
                     title="memcallbacks: leakage early stopping",
                     text=self.reason,
                     epoch=epoch,
@@ -577,7 +578,7 @@ class LeakageEarlyStopping(Callback):
                 ),
             )
             if self._root is not None:
-                _rundir.write_stopping(
+                rundir.write_stopping(
                     self._root,
                     {
                         "stopped": True,
@@ -636,5 +637,5 @@ def _fresh_keys(trainer: pl.Trainer) -> set[str]:
     """Keys logged during the current epoch (see the module docstring)."""
     epoch = trainer.current_epoch
     fresh = {k for k, e in logged_epochs(trainer).items() if e == epoch}
-    fresh.update(_compat.keys_logged_this_epoch(trainer))  # keys logged another way (self.log)
+    fresh.update(compat.keys_logged_this_epoch(trainer))  # keys logged another way (self.log)
     return fresh

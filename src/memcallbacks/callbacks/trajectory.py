@@ -1,7 +1,7 @@
 """LossTrajectoryTracker: every sample's loss at every epoch, and the statistics built on them.
 
 Records per-sample loss trajectories during training (docs/architecture.md, "Data flow") into a
-:class:`~memcallbacks.store.TrajectoryStore` and logs the training-dynamics statistics of
+:class:`~memcallbacks.data.store.TrajectoryStore` and logs the training-dynamics statistics of
 :mod:`memcallbacks.metrics.dynamics`: Dataset Cartography's confidence and variability
 (Swayamdipta et al., EMNLP 2020), forgetting events (Toneva et al., ICLR 2019), and the
 memorisation scores of :func:`memcallbacks.metrics.memorisation_score`: by default the mean
@@ -23,7 +23,7 @@ Two sources of per-sample losses:
   rest of the epoch on top.
 * ``source="probe"``: a fixed probe set (given, or a seeded random subset of the training
   data) evaluated in eval mode every ``every_n_epochs`` with ``sample_loss_fn``; in DDP each
-  rank evaluates a shard and the shards are gathered (:func:`memcallbacks._probe.evaluate_sharded`).
+  rank evaluates a shard and the shards are gathered (:func:`memcallbacks.callbacks.probes.evaluate_sharded`).
 """
 
 from __future__ import annotations
@@ -39,17 +39,16 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset, IterableDataset
 
-from memcallbacks import _rundir, trackers
-from memcallbacks._dist import gather_concat, world_size
-from memcallbacks._probe import (
+from memcallbacks import loggers, rundir
+from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.callbacks.probes import (
     dataset_of,
     default_sample_loss_and_correct_fn,
     evaluate_sharded,
     random_subset,
 )
-from memcallbacks._validate import check_choice, check_float_array, check_int, check_seed
-from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.data.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
 from memcallbacks.metrics.dynamics import (
     MEMORISATION_SCORES,
     TrajectoryStatistics,
@@ -58,7 +57,8 @@ from memcallbacks.metrics.dynamics import (
     top_k,
     unlearned_fraction,
 )
-from memcallbacks.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
+from memcallbacks.utilities.distributed import gather_concat, world_size
+from memcallbacks.utilities.validation import check_choice, check_float_array, check_int, check_seed
 
 __all__ = ["LossTrajectoryTracker"]
 
@@ -188,8 +188,8 @@ class LossTrajectoryTracker(MemorisationCallback):
     ``mem/traj/epochs``           number of epochs recorded so far
     ============================  =====================================================================
 
-    Also emits a :class:`~memcallbacks.trackers.Histogram` ``mem/traj/loss_histogram`` of this
-    epoch's losses, and at fit end a :class:`~memcallbacks.trackers.Table`
+    Also emits a :class:`~memcallbacks.loggers.Histogram` ``mem/traj/loss_histogram`` of this
+    epoch's losses, and at fit end a :class:`~memcallbacks.loggers.Table`
     ``mem/traj/most_memorised`` ranked by ``score`` (per-sample: sent only with
     ``log_per_sample=True``). The run directory (``<log_dir>/memcallbacks/trajectory``) gets
     ``epoch_XXXX.npy`` (column ``j`` of the store; ``meta.json["epochs"][j]`` is its trainer
@@ -234,7 +234,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         name: distinguishes two trackers in one Trainer: sub-folder ``trajectory_<name>`` and keys
             ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``).
         run_dir: root folder instead of ``<trainer.log_dir>/memcallbacks``.
-        log_per_sample: allow sending the per-sample table to third-party trackers.
+        log_per_sample: allow sending the per-sample table to third-party loggers.
 
     Raises:
         ValueError: unknown ``source`` or ``score``, ``loss_key="loss"``, bad sizes or dtype,
@@ -683,7 +683,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         if trainer.is_global_zero:
             self.emit(
                 trainer,
-                trackers.Histogram(
+                loggers.Histogram(
                     key="mem/traj/loss_histogram" + self._key_suffix,
                     values=column[visited].astype(np.float32),
                     epoch=int(trainer.current_epoch),
@@ -769,15 +769,13 @@ class LossTrajectoryTracker(MemorisationCallback):
             "loss_drop = first - last, calibrated_loss = reference - min)",
         }
         # derived from the epoch files (written synchronously by the store): off the training loop
-        self.write_in_background(
-            _rundir.write_trajectory_summary, self.run_dir, arrays, meta, durable=durable
-        )
+        self.write_in_background(rundir.write_trajectory_summary, self.run_dir, arrays, meta, durable=durable)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero:
             return
         # the epoch-end summaries were replaced without waiting for the disk: make the last one durable
-        self.write_in_background(_rundir.sync_trajectory_summary, self.run_dir)
+        self.write_in_background(rundir.sync_trajectory_summary, self.run_dir)
         if self.top_k == 0:
             return
         stats = self.store.statistics()
@@ -798,7 +796,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         ]
         self.emit(
             trainer,
-            trackers.Table(
+            loggers.Table(
                 key="mem/traj/most_memorised" + self._key_suffix,
                 columns=["sample_id", "score", "variability", "forgetting_events", "trajectory"],
                 rows=rows,

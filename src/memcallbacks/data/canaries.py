@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
-from memcallbacks._validate import check_int, check_seed, is_int
+from memcallbacks.utilities.validation import check_int, check_seed, is_int
 
 __all__ = ["Canary", "CanarySet", "CharTokenizer", "DIGITS", "encoder_of"]
 

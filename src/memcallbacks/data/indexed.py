@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
-from memcallbacks._validate import check_bool
+from memcallbacks.utilities.validation import check_bool
 
 __all__ = ["IndexedDataset", "split_index", "INDEX_KEY"]
 

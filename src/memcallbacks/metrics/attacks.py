@@ -32,13 +32,13 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from memcallbacks._validate import as_numpy, check_bool, check_float_array, check_real
 from memcallbacks.metrics.membership import (
     check_fprs,
     membership_inference,
     roc_curve,
     roc_summary_metrics,
 )
+from memcallbacks.utilities.validation import as_numpy, check_bool, check_float_array, check_real
 
 __all__ = [
     "AttackReport",

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import optimize, special, stats
 
-from memcallbacks._validate import as_numpy, check_float_array, check_int, check_real
+from memcallbacks.utilities.validation import as_numpy, check_float_array, check_int, check_real
 
 __all__ = ["audit_guesses", "count_correct", "epsilon_lower_bound", "p_value_audit"]
 

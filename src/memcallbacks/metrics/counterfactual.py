@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from memcallbacks._validate import as_numpy, check_float_array
+from memcallbacks.utilities.validation import as_numpy, check_float_array
 
 __all__ = ["CounterfactualResult", "SpearmanResult", "counterfactual_memorisation", "spearman"]
 

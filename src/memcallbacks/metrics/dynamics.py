@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from memcallbacks._validate import as_numpy, check_choice, check_float_array, check_int
+from memcallbacks.utilities.validation import as_numpy, check_choice, check_float_array, check_int
 
 __all__ = [
     "MEMORISATION_SCORES",

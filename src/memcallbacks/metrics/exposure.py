@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from memcallbacks._validate import check_float_array, check_real, is_int
+from memcallbacks.utilities.validation import check_float_array, check_real, is_int
 
 __all__ = [
     "ExposureResult",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from memcallbacks._validate import check_float_array, check_int, check_real
+from memcallbacks.utilities.validation import check_float_array, check_int, check_real
 
 __all__ = [
     "LOSS_RATIO_EPS",

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memcallbacks._validate import check_int, check_real, is_int
+from memcallbacks.utilities.validation import check_int, check_real, is_int
 
 __all__ = [
     "exact_match_rate",

@@ -34,8 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import expit
 
-from memcallbacks._validate import check_float_array, check_int, check_real, check_seed
 from memcallbacks.metrics.membership import MembershipReport, check_fprs, membership_inference
+from memcallbacks.utilities.validation import check_float_array, check_int, check_real, check_seed
 
 __all__ = ["feature_epochs", "trajectory_attack", "trajectory_attack_scores"]
 

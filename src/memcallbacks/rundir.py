@@ -3,7 +3,7 @@
 Every file a callback writes to the run directory (``<trainer.log_dir>/memcallbacks`` unless
 ``run_dir=`` is given) is named and written here, and read back here by the report, so a file
 name or key lives in one place. Writers take exactly the arrays and dicts the callbacks build
-and write them atomically through :mod:`memcallbacks._io` (never pickle); readers check that a
+and write them atomically through :mod:`memcallbacks.utilities.fileio` (never pickle); readers check that a
 file holds what its writer puts there and raise :class:`RunDirectoryError` naming the file
 otherwise.
 
@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from memcallbacks import _io
 from memcallbacks.metrics.exposure import mean_by_repetition
+from memcallbacks.utilities import fileio
 
 __all__ = [
     "ATTACK",
@@ -147,38 +147,38 @@ def write_trajectory_summary(
     """``statistics.npz`` (uncompressed: zlib on float64 costs ~6 ms per 1,000 samples) and ``meta.json``.
 
     The epoch files ``epoch_XXXX.npy`` / ``correct_XXXX.npy`` are the
-    :class:`~memcallbacks.store.TrajectoryStore`'s own. Both summary files are derived from
+    :class:`~memcallbacks.data.store.TrajectoryStore`'s own. Both summary files are derived from
     them, so the per-epoch versions are replaced atomically without waiting for the disk
     (``durable=False``; :func:`sync_trajectory_summary` flushes the last one at fit end).
     """
-    _io.save_npz(Path(folder) / "statistics.npz", compress=False, durable=durable, **arrays)
-    _io.save_json(Path(folder) / "meta.json", dict(meta), durable=durable)
+    fileio.save_npz(Path(folder) / "statistics.npz", compress=False, durable=durable, **arrays)
+    fileio.save_json(Path(folder) / "meta.json", dict(meta), durable=durable)
 
 
 def sync_trajectory_summary(folder: Path) -> None:
     """Flush the summary files of :func:`write_trajectory_summary` to disk (where they exist)."""
     for name in ("statistics.npz", "meta.json"):
         if (Path(folder) / name).exists():
-            _io.fsync_file(Path(folder) / name)
+            fileio.fsync_file(Path(folder) / name)
 
 
 def write_membership(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """``losses.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], "fprs": ..., ...}``)."""
-    _io.save_npz(Path(folder) / "losses.npz", compress=False, **arrays)
-    _io.save_json(Path(folder) / "metrics.json", dict(summary))
+    fileio.save_npz(Path(folder) / "losses.npz", compress=False, **arrays)
+    fileio.save_json(Path(folder) / "metrics.json", dict(summary))
 
 
 def write_sequence(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """``sequences.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], ...}``)."""
-    _io.save_npz(Path(folder) / "sequences.npz", compress=False, **arrays)
-    _io.save_json(Path(folder) / "metrics.json", dict(summary))
+    fileio.save_npz(Path(folder) / "sequences.npz", compress=False, **arrays)
+    fileio.save_json(Path(folder) / "metrics.json", dict(summary))
 
 
 def write_exposure(folder: Path, arrays: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> None:
     """``exposure.npz`` (compressed) and, only when ``secrets`` is given, ``secrets.json`` (id -> secret)."""
-    _io.save_npz(Path(folder) / "exposure.npz", **arrays)
+    fileio.save_npz(Path(folder) / "exposure.npz", **arrays)
     if secrets is not None:
-        _io.save_json(Path(folder) / "secrets.json", dict(secrets))
+        fileio.save_json(Path(folder) / "secrets.json", dict(secrets))
 
 
 def write_shadow_inclusion(
@@ -200,7 +200,7 @@ def write_shadow_inclusion(
     }
     if label_fingerprint is not None:
         arrays["label_fingerprint"] = np.array(label_fingerprint)
-    _io.save_npz(Path(folder) / "inclusion.npz", **arrays)
+    fileio.save_npz(Path(folder) / "inclusion.npz", **arrays)
 
 
 def write_shadow_scores(
@@ -226,29 +226,29 @@ def write_shadow_scores(
         arrays["epochs_completed"] = np.int64(epochs_completed)
     if global_step is not None:
         arrays["global_step"] = np.int64(global_step)
-    _io.save_npz(Path(folder) / "scores.npz", **arrays)
+    fileio.save_npz(Path(folder) / "scores.npz", **arrays)
 
 
 def write_audit_inclusion(folder: Path, included: Any, seed: int) -> None:
     """``inclusion.npz``: the ``included`` mask and the ``seed`` that drew it."""
-    _io.save_npz(Path(folder) / "inclusion.npz", included=included, seed=np.int64(seed))
+    fileio.save_npz(Path(folder) / "inclusion.npz", included=included, seed=np.int64(seed))
 
 
 def write_audit_epoch(folder: Path, epoch: int, *, scores: Any, guesses: Any, included: Any) -> None:
     """``epoch_XXXX.npz``: one evaluation's ``scores``, ``guesses`` and ``included``."""
-    _io.save_npz(
+    fileio.save_npz(
         Path(folder) / f"epoch_{int(epoch):04d}.npz", scores=scores, guesses=guesses, included=included
     )
 
 
 def write_audit_summary(folder: Path, summary: Mapping[str, Any]) -> None:
     """``audit.json``: the settings and the ``history`` of counts and bounds."""
-    _io.save_json(Path(folder) / "audit.json", dict(summary))
+    fileio.save_json(Path(folder) / "audit.json", dict(summary))
 
 
 def write_dp(folder: Path, summary: Mapping[str, Any]) -> None:
     """``dp.json``: accountant, delta, Poisson sampling, ``history`` of epsilon and steps per epoch."""
-    _io.save_json(Path(folder) / "dp.json", dict(summary))
+    fileio.save_json(Path(folder) / "dp.json", dict(summary))
 
 
 def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> dict[str, Path]:
@@ -256,23 +256,23 @@ def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> di
 
     The JSON is written first, so a failure later (the figure, a tracker) never loses the numbers.
     """
-    stamped = {"format": "memcallbacks.attack", "version": ATTACK_FORMAT_VERSION, **dict(summary)}
+    stamped = {"format": "memcallbacks.offline.attack", "version": ATTACK_FORMAT_VERSION, **dict(summary)}
     stamped["figure"] = ATTACK_FIGURE
     stamped["order"] = [str(label) for label in summary.get("attacks", {})]  # the JSON's keys are sorted
-    json_path = _io.save_json(Path(folder) / ATTACK_FILE, stamped)
-    png_path = _io.atomic_write_bytes(Path(folder) / ATTACK_FIGURE, roc_png)
+    json_path = fileio.save_json(Path(folder) / ATTACK_FILE, stamped)
+    png_path = fileio.atomic_write_bytes(Path(folder) / ATTACK_FIGURE, roc_png)
     return {"json": json_path, "png": png_path}
 
 
 def write_stopping(root: Path, info: Mapping[str, Any]) -> None:
     """``<root>/stopping.json``: the early-stopping decision (``stopped_epoch``, ``reason``, ...)."""
-    _io.save_json(Path(root) / STOPPING_FILE, dict(info))
+    fileio.save_json(Path(root) / STOPPING_FILE, dict(info))
 
 
 # -- reading helpers ---------------------------------------------------------------------------
 def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
     try:
-        arrays = _io.load_npz(path)
+        arrays = fileio.load_npz(path)
     except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
         if isinstance(e, FileNotFoundError):
             raise
@@ -285,7 +285,7 @@ def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
 
 def _load_json(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
     try:
-        obj = _io.load_json(path)
+        obj = fileio.load_json(path)
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -344,7 +344,7 @@ class TrajectoryFiles:
 
     def epoch_losses(self, j: int) -> np.ndarray:
         """Column ``j`` of the loss matrix (trainer epoch ``epochs[j]``), memory-mapped."""
-        return _io.load_npy(self.folder / f"epoch_{j:04d}.npy", mmap=True)
+        return fileio.load_npy(self.folder / f"epoch_{j:04d}.npy", mmap=True)
 
     @property
     def score_by(self) -> str:
@@ -584,11 +584,14 @@ def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
         )
     obj = _load_json(file)
     version = obj.get("version", ATTACK_FORMAT_VERSION)  # files from before the field: version 1
-    if obj.get("format", "memcallbacks.attack") != "memcallbacks.attack" or version != ATTACK_FORMAT_VERSION:
+    if (
+        obj.get("format", "memcallbacks.offline.attack") != "memcallbacks.offline.attack"
+        or version != ATTACK_FORMAT_VERSION
+    ):
         raise RunDirectoryError(
             file,
             f"is not an attack summary this memcallbacks reads (format {obj.get('format')!r}, version "
-            f"{version!r}; this version reads format 'memcallbacks.attack' version {ATTACK_FORMAT_VERSION})",
+            f"{version!r}; this version reads format 'memcallbacks.offline.attack' version {ATTACK_FORMAT_VERSION})",
             fix="re-run `memcallbacks attack` on the shadow runs with this memcallbacks to rewrite it",
         )
     for key in ("settings", "attacks"):

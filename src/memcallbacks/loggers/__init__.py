@@ -23,13 +23,13 @@ record                  ``WandbLogger``              ``TensorBoardLogger``      
                         to a logged text)
 ======================  ===========================  ==========================  ==============================
 
-W&B (docs/trackers.md): records are logged through the logger's run with ``epoch`` in
+W&B (docs/loggers.md): records are logged through the logger's run with ``epoch`` in
 the same call and ``commit=False``, so they join the row Lightning commits next (the
 epoch's scalars) instead of adding rows; ``run.define_metric("mem/*", step_metric="epoch")``
 is called once per run, and ``step=`` is never passed. Tables are logged as given: callers
 log a fixed-size summary each epoch and a snapshot at the end, never an ever-growing table.
 
-Privacy (docs/trackers.md): records flagged ``per_sample=True`` or ``secret=True`` are
+Privacy (docs/loggers.md): records flagged ``per_sample=True`` or ``secret=True`` are
 sent to third-party trackers only when the emitting callback was built with
 ``log_per_sample=True`` / ``log_secrets=True``; the callback passes that choice here.
 
@@ -43,9 +43,9 @@ is not contained.
 
 Example:
     >>> from memcallbacks import trackers
-    >>> record = trackers.Histogram("mem/traj/loss", values=[0.1, 0.5, 2.0], epoch=3)
-    >>> trackers.emit(trainer, record)  # doctest: +SKIP
-    >>> trainer = pl.Trainer(logger=trackers.contain_failures([WandbLogger(), CSVLogger(".")]))  # doctest: +SKIP
+    >>> record = loggers.Histogram("mem/traj/loss", values=[0.1, 0.5, 2.0], epoch=3)
+    >>> loggers.emit(trainer, record)  # doctest: +SKIP
+    >>> trainer = pl.Trainer(logger=loggers.contain_failures([WandbLogger(), CSVLogger(".")]))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def emit_to(
 def _check_record(record: Any) -> None:
     if not isinstance(record, (Histogram, Table, LineSeries, RocCurve, Figure, Alert)):
         raise TypeError(
-            f"`record` must be a memcallbacks.trackers record (Histogram, Table, LineSeries, RocCurve, "
+            f"`record` must be a memcallbacks.loggers record (Histogram, Table, LineSeries, RocCurve, "
             f"Figure, Alert), got {type(record).__name__}"
         )
 

@@ -1,7 +1,7 @@
 """Offline report: PNG figures, one self-contained HTML page and a Markdown summary.
 
 Reads only the run directory the callbacks wrote (no model, no tracker), through the readers of
-:mod:`memcallbacks._rundir`: the ``trajectory/``, ``membership/``, ``sequence/``, ``canary/``,
+:mod:`memcallbacks.rundir`: the ``trajectory/``, ``membership/``, ``sequence/``, ``canary/``,
 ``audit/`` and ``dp/`` folders and ``stopping.json``, whichever exist. The numbers are the ones the callbacks
 wrote (logged AUCs, gaps, bounds); what is drawn but not stored (the ROC curve, the mean exposure
 per insertion count) comes from the same functions the callbacks call. Figures (matplotlib, Agg
@@ -48,8 +48,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from memcallbacks import _io
-from memcallbacks._rundir import (
+from memcallbacks.loggers import markdown_table
+from memcallbacks.metrics.membership import format_fpr
+from memcallbacks.rundir import (
     ATTACK,
     MEMBERSHIP,
     REPORT,
@@ -68,8 +69,7 @@ from memcallbacks._rundir import (
     mean_by_repetition,
     read_attack,
 )
-from memcallbacks.metrics.membership import format_fpr
-from memcallbacks.trackers import markdown_table
+from memcallbacks.utilities import fileio
 
 __all__ = ["CanaryRanking", "build_report", "canary_copies_ranked", "find_run_dir", "report_dir"]
 
@@ -194,8 +194,8 @@ def build_report(
     if not sections:
         sections.append(_Section("Nothing recorded", ["the run directory holds no evaluations yet"]))
 
-    md_path = _io.atomic_write_bytes(out_dir / "summary.md", _markdown(root, sections).encode())
-    html_path = _io.atomic_write_bytes(out_dir / "report.html", _html(root, out_dir, sections).encode())
+    md_path = fileio.atomic_write_bytes(out_dir / "summary.md", _markdown(root, sections).encode())
+    html_path = fileio.atomic_write_bytes(out_dir / "report.html", _html(root, out_dir, sections).encode())
     figures = [out_dir / name for s in sections for name, _ in s.figures]
     return {"html": html_path, "markdown": md_path, "figures": figures, "problems": problems, "run_dir": root}
 
@@ -221,7 +221,7 @@ def _save(fig: Any, out_dir: Path, name: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    _io.atomic_write_bytes(out_dir / name, buf.getvalue())
+    fileio.atomic_write_bytes(out_dir / name, buf.getvalue())
     return name
 
 
@@ -352,7 +352,7 @@ def _membership_section(run: RunDirectory, out_dir: Path, subdir: str = MEMBERSH
         return None
     import matplotlib.pyplot as plt
 
-    from memcallbacks import trackers
+    from memcallbacks import loggers
     from memcallbacks.metrics.membership import roc_curve
 
     s = _Section(_titled("Membership inference (loss threshold)", subdir))
@@ -383,8 +383,8 @@ def _membership_section(run: RunDirectory, out_dir: Path, subdir: str = MEMBERSH
     if m.size and n.size:
         fpr, tpr, _ = roc_curve(m, n)
         # the trackers' own drawing (TensorBoard, MLflow): one picture of the ROC everywhere
-        fig = trackers._render(
-            trackers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="Membership-inference ROC")
+        fig = loggers._render(
+            loggers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="Membership-inference ROC")
         )
         ax = fig.axes[0]
         floor = ax.get_xlim()[0]
@@ -886,7 +886,7 @@ def _attack_section(
     while name in names:
         name, k = f"{stem}_{k}.png", k + 1
     names.add(name)
-    _io.atomic_write_bytes(out_dir / name, figure.read_bytes())
+    fileio.atomic_write_bytes(out_dir / name, figure.read_bytes())
     s.figures.append(
         (name, "ROC of each attack on log-log axes, every target pooled (roc.png of the attack)")
     )

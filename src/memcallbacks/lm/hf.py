@@ -3,17 +3,17 @@
 Two things make a ``transformers`` causal LM (GPT-2, Llama, ...) a first-class citizen of
 memcallbacks:
 
-* :class:`HFIncrementalLM` wraps the model as a :class:`memcallbacks.scoring.IncrementalLM`
+* :class:`HFIncrementalLM` wraps the model as a :class:`memcallbacks.lm.scoring.IncrementalLM`
   that reuses its key/value cache (``past_key_values``): the canary prefix runs once and
   each candidate secret only steps through its own tokens, so the shared-prefix trie
-  (:func:`memcallbacks.scoring.score_space_trie`, exact exposure over the whole randomness
+  (:func:`memcallbacks.lm.scoring.score_space_trie`, exact exposure over the whole randomness
   space; Carlini et al., "The Secret Sharer", USENIX Security 2019, Sec. 4) and the
-  best-first exact rank (:func:`memcallbacks.scoring.rank_best_first`, Sec. 8 of the same
+  best-first exact rank (:func:`memcallbacks.lm.scoring.rank_best_first`, Sec. 8 of the same
   paper) run on the model without user code. :func:`as_incremental` is the rule the
   exposure monitor applies to find such a model in a LightningModule.
 * :func:`causal_lm_sample_loss_fn` and :func:`token_sample_loss_fn` are per-sample loss
   functions for Hugging Face style dict batches, for when the default (which picks the
-  convention from the shapes, see :func:`memcallbacks._probe.default_sample_loss_fn`)
+  convention from the shapes, see :func:`memcallbacks.callbacks.probes.default_sample_loss_fn`)
   cannot tell.
 
 ``transformers`` is an optional dependency (``pip install memcallbacks[hf]``), imported
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from memcallbacks._probe import causal_lm_sample_loss, check_reduction, hf_forward, output_logits
-from memcallbacks._validate import check_bool
+from memcallbacks.lm.losses import causal_lm_sample_loss, check_reduction, hf_forward, output_logits
+from memcallbacks.utilities.validation import check_bool
 
 __all__ = [
     "HFIncrementalLM",
@@ -46,7 +46,7 @@ __all__ = [
 _INSTALL_HINT = "install the Hugging Face extra: `pip install memcallbacks[hf]` (transformers, tokenizers)"
 _FALLBACK = (
     "score without the adapter: give the exposure monitor a `score_fn`, or use the batched path "
-    "(memcallbacks.scoring.score_sequences), which only needs `model(input_ids).logits`"
+    "(memcallbacks.lm.scoring.score_sequences), which only needs `model(input_ids).logits`"
 )
 _KNOWN_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
 
@@ -55,7 +55,7 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(f"memcallbacks.hf needs `transformers`; {_INSTALL_HINT}") from e
+        raise ImportError(f"memcallbacks.lm.hf needs `transformers`; {_INSTALL_HINT}") from e
     return transformers
 
 
@@ -117,7 +117,7 @@ def as_incremental(module: Any) -> HFIncrementalLM | None:
     The exposure monitor applies this to the LightningModule it is given, so a
     ``transformers`` causal LM (or a LightningModule holding one as a direct attribute, see
     :func:`find_hf_model` for the rule) gets the KV-cache trie and best-first paths without
-    user code. A module that implements :class:`memcallbacks.scoring.IncrementalLM` itself
+    user code. A module that implements :class:`memcallbacks.lm.scoring.IncrementalLM` itself
     should be used as it is (this function returns None for anything not found by
     :func:`find_hf_model` or not a causal LM, e.g. an encoder).
 
@@ -238,7 +238,7 @@ def _kv_tensors(pkv: Any) -> list[tuple[Any, Any]] | None:
 # The adapter
 # --------------------------------------------------------------------------------------
 class HFIncrementalLM(torch.nn.Module):
-    """A ``transformers`` causal LM as a :class:`memcallbacks.scoring.IncrementalLM`, via its KV cache.
+    """A ``transformers`` causal LM as a :class:`memcallbacks.lm.scoring.IncrementalLM`, via its KV cache.
 
     The state is the model's key/value cache after the tokens seen so far: ``init_state``
     runs the canary prefix once, ``step`` appends one token per row reusing the cache, and
@@ -246,7 +246,7 @@ class HFIncrementalLM(torch.nn.Module):
     (exact exposure of the whole space: ``A + A**2 + ... + A**(L-1)`` one-token steps
     instead of ``A**L`` full sequences) and the best-first exact rank need (Carlini et al.,
     "The Secret Sharer", USENIX Security 2019, Sec. 4 and 8). Scores equal the batched path
-    (:func:`memcallbacks.scoring.score_sequences`) up to floating-point rounding.
+    (:func:`memcallbacks.lm.scoring.score_sequences`) up to floating-point rounding.
 
     Known cache formats: ``transformers``' ``DynamicCache`` (both the per-layer layout of
     recent releases and the ``key_cache``/``value_cache`` lists of older ones) and the
@@ -274,7 +274,7 @@ class HFIncrementalLM(torch.nn.Module):
 
     Example:
         >>> from transformers import GPT2Config, GPT2LMHeadModel
-        >>> from memcallbacks.scoring import IncrementalLM
+        >>> from memcallbacks.lm.scoring import IncrementalLM
         >>> config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=40, n_positions=32,
         ...                     bos_token_id=0, eos_token_id=0)
         >>> lm = HFIncrementalLM(GPT2LMHeadModel(config))
@@ -321,7 +321,7 @@ class HFIncrementalLM(torch.nn.Module):
         if pkv is None and need_cache:
             raise TypeError(
                 f"{self._name()} returned no `past_key_values` (KV cache) with use_cache=True, so "
-                f"memcallbacks.hf.HFIncrementalLM cannot continue from a prefix; {_FALLBACK}"
+                f"memcallbacks.lm.hf.HFIncrementalLM cannot continue from a prefix; {_FALLBACK}"
             )
         return logits, pkv
 
@@ -338,7 +338,7 @@ class HFIncrementalLM(torch.nn.Module):
         )
         if not ok:
             raise TypeError(
-                f"{self._name()} returned `past_key_values` of a format memcallbacks.hf.HFIncrementalLM does "
+                f"{self._name()} returned `past_key_values` of a format memcallbacks.lm.hf.HFIncrementalLM does "
                 f"not know ({type(pkv).__name__}); it knows transformers' DynamicCache (layers "
                 f"{'/'.join(_KNOWN_LAYERS)}) and tuples of per-layer (key, value) tensors [batch, heads, "
                 f"seq, head_dim]; {_FALLBACK}"
@@ -540,7 +540,7 @@ def causal_lm_sample_loss_fn(
 
     Calls ``module(input_ids=..., attention_mask=...)`` (never with labels) and scores
     ``batch[labels_key]`` (``input_ids`` when the batch has no labels) with
-    :func:`memcallbacks._probe.causal_lm_sample_loss`: logits at ``t`` score the label at
+    :func:`memcallbacks.lm.losses.causal_lm_sample_loss`: logits at ``t`` score the label at
     ``t + 1``; -100 labels and ``attention_mask == 0`` are left out.
 
     Args:

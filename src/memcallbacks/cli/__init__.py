@@ -1,6 +1,6 @@
 """Command line: ``memcallbacks demo``, ``report RUN_DIR``, ``attack RUN_DIR...``, ``memorisation RUN_DIR...``.
 
-Also available as ``python -m memcallbacks``. Exit codes: 0 success, 2 bad command-line input
+Also available as ``python -m memcallbacks.cli``. Exit codes: 0 success, 2 bad command-line input
 (a flag out of range, a path that does not exist or cannot be written; one line on stderr, no
 traceback), 1 a report written with a section missing because a run-directory file could not be
 read (the file is named on stderr and in the report), or attack results written but a tracker of
@@ -115,8 +115,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="also show the results of `memcallbacks attack` written to DIR (its --out folder), repeatable; "
         "the run directory's own attack/ and attack_<x>/ folders are shown without it",
     )
-    from memcallbacks.attack import add_attack_parser
-    from memcallbacks.counterfactual import add_memorisation_parser
+    from memcallbacks.offline.attack import add_attack_parser
+    from memcallbacks.offline.counterfactual import add_memorisation_parser
 
     return p, {
         "demo": d,
@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # the sub-command's own usage, not the top-level one
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "attack":
-        from memcallbacks.attack import attack_command
+        from memcallbacks.offline.attack import attack_command
 
         return attack_command(args, command)
     if args.command == "memorisation":
-        from memcallbacks.counterfactual import memorisation_command
+        from memcallbacks.offline.counterfactual import memorisation_command
 
         return memorisation_command(args, command)
     if args.command == "demo":
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from memcallbacks.demo import DemoOutputError, run_demo
+    from memcallbacks.demos.demo import DemoOutputError, run_demo
 
     try:
         run_demo(

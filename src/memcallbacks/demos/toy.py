@@ -12,7 +12,7 @@ generated (:func:`make_payment_corpus`).
   trains quickly on CPU (docs/dp.md).
 
 Both map token ids ``[B, T]`` to logits ``[B, T, V]`` and implement
-:class:`memcallbacks.scoring.IncrementalLM`, so exact exposure over 10**6 secrets uses the
+:class:`memcallbacks.lm.scoring.IncrementalLM`, so exact exposure over 10**6 secrets uses the
 trie path. Their ``training_step`` takes batches from :func:`lm_loader` (an
 :class:`~memcallbacks.data.indexed.IndexedDataset` of token sequences) and returns
 ``loss``, ``sample_loss`` and ``sample_index``, so loss trajectories work too.
@@ -183,7 +183,7 @@ class _CharLM(pl.LightningModule):
 
 
 class CharLSTMLM(_CharLM):
-    """Character LSTM language model (embedding 64, hidden 256), an :class:`~memcallbacks.scoring.IncrementalLM`.
+    """Character LSTM language model (embedding 64, hidden 256), an :class:`~memcallbacks.lm.scoring.IncrementalLM`.
 
     Args:
         vocab_size: number of token ids (``CharTokenizer().vocab_size``).

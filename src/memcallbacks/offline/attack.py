@@ -44,10 +44,11 @@ from typing import Any, TypeVar
 import numpy as np
 from scipy import special
 
-from memcallbacks import _io, _rundir
-from memcallbacks._validate import check_bool, check_choice, check_int, check_real
+from memcallbacks import rundir
 from memcallbacks.metrics.attacks import AttackReport, attack_report, lira_scores, rmia_scores
 from memcallbacks.metrics.membership import format_fpr
+from memcallbacks.utilities import fileio
+from memcallbacks.utilities.validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "AttackInputError",
@@ -146,8 +147,8 @@ def load_shadow_run(path: str | os.PathLike[str]) -> ShadowRun:
             "finish or re-run it"
         )
     try:
-        inc = _io.load_npz(folder / "inclusion.npz")
-        rec = _io.load_npz(folder / "scores.npz")
+        inc = fileio.load_npz(folder / "inclusion.npz")
+        rec = fileio.load_npz(folder / "scores.npz")
     except ValueError as e:
         raise AttackInputError(f"{where!r}: {e}") from e
     try:
@@ -446,7 +447,7 @@ def roc_figure(result: AttackResult) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from memcallbacks.trackers import log_log_roc_axes
+    from memcallbacks.loggers import log_log_roc_axes
 
     fig = Figure(figsize=(5.0, 4.5))
     FigureCanvasAgg(fig)
@@ -468,11 +469,11 @@ def roc_figure(result: AttackResult) -> Any:
 def write_outputs(result: AttackResult, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``attack.json``, then ``roc.png`` (log-log ROC per attack) into ``out``.
 
-    ``memcallbacks report`` reads them back (:func:`memcallbacks._rundir.read_attack`).
+    ``memcallbacks report`` reads them back (:func:`memcallbacks.rundir.read_attack`).
     """
     buf = io.BytesIO()
     roc_figure(result).savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return _rundir.write_attack(Path(out), result.to_json(), buf.getvalue())
+    return rundir.write_attack(Path(out), result.to_json(), buf.getvalue())
 
 
 def default_out(result: AttackResult) -> Path:
@@ -480,13 +481,13 @@ def default_out(result: AttackResult) -> Path:
     offline attacks) beside the first run's ``shadow/`` folder, i.e. in its memcallbacks run
     directory, where ``memcallbacks report <first run>`` finds it."""
     shadow = result.runs[0]
-    base = shadow.parent if shadow.name == _rundir.SHADOW else shadow
-    return base / (_rundir.ATTACK + ("_offline" if result.settings.get("offline") else ""))
+    base = shadow.parent if shadow.name == rundir.SHADOW else shadow
+    return base / (rundir.ATTACK + ("_offline" if result.settings.get("offline") else ""))
 
 
 # -- experiment trackers ---------------------------------------------------------------------------
 def _tracker_warning(who: str, what: str, error: BaseException) -> None:
-    from memcallbacks.trackers import TrackerWarning
+    from memcallbacks.loggers import TrackerWarning
 
     warnings.warn(
         f"memcallbacks attack: {who} failed to {what} ({type(error).__name__}: {error}); "
@@ -503,10 +504,10 @@ def log_attack_results(result: AttackResult, loggers: Sequence[Any], *, step: in
     (``attack/<label>/auc``, ``attack/<label>/tpr@0.1%fpr``, ``attack/<label>/tpr@1%fpr``, ...)
     through ``log_metrics``; W&B, TensorBoard and MLflow also get the comparison table
     (``attack/summary``), each attack's ROC curve (``attack/<label>/roc``, at most 2,000 points) and
-    the log-log ROC figure (``attack/roc``) in the form :mod:`memcallbacks.trackers` gives each
+    the log-log ROC figure (``attack/roc``) in the form :mod:`memcallbacks.loggers` gives each
     backend (CSV takes scalars only; MLflow renames ``@`` and ``%`` in keys). Only aggregates are
     sent: no per-sample score, no sample id. A logger that raises is warned about
-    (:class:`~memcallbacks.trackers.TrackerWarning`) and counted; nothing is raised. The loggers
+    (:class:`~memcallbacks.loggers.TrackerWarning`) and counted; nothing is raised. The loggers
     stay open: finalize them (and ``wandb.finish()``) when done.
 
     Args:
@@ -527,7 +528,7 @@ def log_attack_results(result: AttackResult, loggers: Sequence[Any], *, step: in
         >>> log_attack_results(run_attack(dirs), [logger]); logger.finalize("success")  # doctest: +SKIP
         0
     """
-    from memcallbacks import trackers
+    from memcallbacks import loggers as tracking
 
     if not isinstance(result, AttackResult):
         raise TypeError(
@@ -550,12 +551,12 @@ def log_attack_results(result: AttackResult, loggers: Sequence[Any], *, step: in
         for label, r in result.reports.items()
     ]
     fig = roc_figure(result)
-    records: list[trackers.Record] = [trackers.Table("attack/summary", columns, rows, epoch=step)]
+    records: list[tracking.Record] = [tracking.Table("attack/summary", columns, rows, epoch=step)]
     records += [
-        trackers.RocCurve(f"attack/{label}/roc", r.fpr, r.tpr, epoch=step, title=f"ROC of {label}")
+        tracking.RocCurve(f"attack/{label}/roc", r.fpr, r.tpr, epoch=step, title=f"ROC of {label}")
         for label, r in result.reports.items()
     ]
-    records.append(trackers.Figure("attack/roc", fig, epoch=step))
+    records.append(tracking.Figure("attack/roc", fig, epoch=step))
     failures = 0
     with warnings.catch_warnings():
         # Lightning renames `tpr@1%fpr` to `tpr1fpr` for MLflow and says so for every key
@@ -567,7 +568,7 @@ def log_attack_results(result: AttackResult, loggers: Sequence[Any], *, step: in
                 _tracker_warning(type(logger).__name__, "log the settings", e)
                 failures += 1
         for record in records:  # W&B: these join the row that log_metrics commits next
-            failures += trackers.emit_to(loggers, record)
+            failures += tracking.emit_to(loggers, record)
         for logger in loggers:
             try:
                 logger.log_metrics(result.metrics(), step=step)
@@ -766,7 +767,7 @@ def attack_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def _log_command(result: AttackResult, args: argparse.Namespace, out: Path) -> int:
     """``--log``: 0 when every tracker got everything, else 1 (each failure named on stderr)."""
     names = list(dict.fromkeys(args.log))
-    from memcallbacks.trackers import TrackerWarning
+    from memcallbacks.loggers import TrackerWarning
 
     with _quiet_trackers(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TrackerWarning)
@@ -793,7 +794,7 @@ def _log_command(result: AttackResult, args: argparse.Namespace, out: Path) -> i
     if failures:
         print(
             f"memcallbacks attack: {failures} tracker call(s) failed; the results are in "
-            f"{out / _rundir.ATTACK_FILE} (exit code 1)",
+            f"{out / rundir.ATTACK_FILE} (exit code 1)",
             file=sys.stderr,
         )
         return 1

@@ -46,7 +46,7 @@ def is_training_done(trainer: Any) -> bool:
         return bool(trainer.fit_loop.epoch_loop._is_training_done)
     except AttributeError as e:
         raise RuntimeError(
-            "memcallbacks._compat.is_training_done: this Lightning version has no "
+            "memcallbacks.utilities.compat.is_training_done: this Lightning version has no "
             f"`fit_loop.epoch_loop._is_training_done` ({e}); memcallbacks needs an update for it"
         ) from e
 
@@ -61,7 +61,7 @@ def keys_logged_this_epoch(trainer: Any) -> set[str]:
     """
     if not hasattr(trainer, "_results"):
         raise RuntimeError(
-            "memcallbacks._compat.keys_logged_this_epoch: this Lightning version has no `trainer._results`; "
+            "memcallbacks.utilities.compat.keys_logged_this_epoch: this Lightning version has no `trainer._results`; "
             "memcallbacks needs an update for it"
         )
     results = trainer._results
@@ -83,6 +83,6 @@ def val_data_source(trainer: Any) -> Any:
         return trainer.fit_loop.epoch_loop.val_loop._data_source
     except AttributeError as e:
         raise RuntimeError(
-            "memcallbacks._compat.val_data_source: this Lightning version has no "
+            "memcallbacks.utilities.compat.val_data_source: this Lightning version has no "
             f"`fit_loop.epoch_loop.val_loop._data_source` ({e}); memcallbacks needs an update for it"
         ) from e

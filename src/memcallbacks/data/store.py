@@ -6,7 +6,7 @@ per sample-epoch; float32 opt-in); an optional boolean correctness matrix sits b
 
 **Memory and disk.** With a ``directory``, each finished epoch is written there as
 ``epoch_XXXX.npy`` (and ``correct_XXXX.npy``), atomically (temporary name, then rename;
-:mod:`memcallbacks._io`). While the matrix fits in ``memory_budget_bytes`` the epochs are also
+:mod:`memcallbacks.utilities.fileio`). While the matrix fits in ``memory_budget_bytes`` the epochs are also
 kept in memory; once it would exceed the budget the in-memory copies are dropped and epochs
 are read back memory-mapped, so resident memory stays within the budget plus O(N). Without a
 directory the store lives in memory until it exceeds the budget, then spills to a temporary
@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from memcallbacks._io import load_npy, save_npy
-from memcallbacks._validate import check_bool, check_int, check_path
 from memcallbacks.metrics.dynamics import TrajectoryAccumulator, TrajectoryStatistics
+from memcallbacks.utilities.fileio import load_npy, save_npy
+from memcallbacks.utilities.validation import check_bool, check_int, check_path
 
 __all__ = ["TrajectoryStore", "DEFAULT_MEMORY_BUDGET_BYTES", "check_memory_budget"]
 

@@ -6,12 +6,12 @@ The strategies differ in how they get it:
 
 =================  ==========================================================================
 ``exact_list``     score every candidate (batched forward passes, or shared-prefix steps for an
-                   :class:`~memcallbacks.scoring.IncrementalLM`) and rank the canaries among them
+                   :class:`~memcallbacks.lm.scoring.IncrementalLM`) and rank the canaries among them
 ``exact_trie``     the same, scoring the space as a trie of single-token characters
-                   (:func:`~memcallbacks.scoring.score_space_trie`)
+                   (:func:`~memcallbacks.lm.scoring.score_space_trie`)
 ``extrapolated``   fit a skew-normal to the scores of sampled references (Sec. 4.3), capped at
                    ``log2|R|`` and at what the references prove
-``hybrid``         best-first search (:func:`~memcallbacks.scoring.ranks_best_first`, Sec. 8)
+``hybrid``         best-first search (:func:`~memcallbacks.lm.scoring.ranks_best_first`, Sec. 8)
                    for exact ranks of the exposed canaries within an expansion budget; the
                    others are extrapolated, never above what the budget proves
 =================  ==========================================================================
@@ -20,7 +20,7 @@ Each is an :class:`ExposureStrategy` whose ``compute(module, canaries, config, r
 returns a :class:`~memcallbacks.metrics.exposure.ExposureResult`; :data:`EXPOSURE_STRATEGIES`
 maps names to instances (register your own there), and :func:`resolve_exposure_method` turns
 ``"auto"``/``"exact"`` into one of them for a module. Rank and exposure maths live in
-:mod:`memcallbacks.metrics.exposure`; scoring in :mod:`memcallbacks.scoring`. No Lightning import.
+:mod:`memcallbacks.metrics.exposure`; scoring in :mod:`memcallbacks.lm.scoring`. No Lightning import.
 """
 
 from __future__ import annotations
@@ -33,20 +33,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from memcallbacks.data.canaries import CanarySet
-from memcallbacks.metrics.exposure import (
-    ExposureResult,
-    exposure_from_rank,
-    exposure_from_references,
-    exposure_rank,
-    exposure_rank_in_space,
-)
-from memcallbacks.scoring import (
+from memcallbacks.lm.scoring import (
     ScoreFn,
     is_incremental,
     ranks_best_first,
     score_sequences,
     score_shared_prefix,
     score_space_trie,
+)
+from memcallbacks.metrics.exposure import (
+    ExposureResult,
+    exposure_from_rank,
+    exposure_from_references,
+    exposure_rank,
+    exposure_rank_in_space,
 )
 
 __all__ = [
@@ -360,7 +360,7 @@ def resolve_exposure_method(
 
     Example:
         >>> from memcallbacks import CanarySet, CharTokenizer
-        >>> from memcallbacks.toy import WindowLM
+        >>> from memcallbacks.demos.toy import WindowLM
         >>> cs = CanarySet("pin {secret}", CharTokenizer(), length=8, seed=0)
         >>> resolve_exposure_method("auto", WindowLM(100), cs, ExposureConfig(), num_references=10_000)
         'hybrid'

@@ -49,16 +49,6 @@ from typing import Any
 
 import numpy as np
 
-from memcallbacks import _io
-from memcallbacks._rundir import RunDirectory, RunDirectoryError
-from memcallbacks._validate import check_bool, check_choice, check_int
-from memcallbacks.attack import (
-    AttackInputError,
-    ShadowRun,
-    add_run_dirs_argument,
-    load_shadow_run,
-    write_or_exit,
-)
 from memcallbacks.metrics.counterfactual import (
     CounterfactualResult,
     SpearmanResult,
@@ -66,6 +56,16 @@ from memcallbacks.metrics.counterfactual import (
     spearman,
 )
 from memcallbacks.metrics.dynamics import top_k
+from memcallbacks.offline.attack import (
+    AttackInputError,
+    ShadowRun,
+    add_run_dirs_argument,
+    load_shadow_run,
+    write_or_exit,
+)
+from memcallbacks.rundir import RunDirectory, RunDirectoryError
+from memcallbacks.utilities import fileio
+from memcallbacks.utilities.validation import check_bool, check_choice, check_int
 
 __all__ = [
     "PROXIES",
@@ -239,10 +239,10 @@ class MemorisationResult:
 def _extra_fields(run: ShadowRun) -> dict[str, np.ndarray]:
     """Optional arrays of ``scores.npz`` the attack does not read (``token_accuracy``, ``labels``...)."""
     try:
-        arrays = _io.load_npz(run.path / "scores.npz")
+        arrays = fileio.load_npz(run.path / "scores.npz")
     except ValueError as e:  # already read once by load_shadow_run: only a race could get here
         raise MemorisationInputError(f"{str(run.path)!r}: {e}") from e
-    inc = _io.load_npz(run.path / "inclusion.npz")
+    inc = fileio.load_npz(run.path / "inclusion.npz")
     return {
         k: v
         for k, v in {**inc, **arrays}.items()
@@ -587,7 +587,7 @@ def write_outputs(
     e = result.estimate
     summary = result.to_json(top=top, log_per_sample=log_per_sample)
     paths = {
-        "npz": _io.save_npz(
+        "npz": fileio.save_npz(
             folder / "memorisation.npz",
             mem=e.mem,
             se=e.se,
@@ -598,10 +598,10 @@ def write_outputs(
             fingerprint=np.array(result.fingerprint),
             signal=np.array(result.signal),
         ),
-        "json": _io.save_json(folder / "memorisation.json", summary),
-        "png": _io.atomic_write_bytes(folder / "mem_histogram.png", _histogram_png(result)),
+        "json": fileio.save_json(folder / "memorisation.json", summary),
+        "png": fileio.atomic_write_bytes(folder / "mem_histogram.png", _histogram_png(result)),
     }
-    paths["markdown"] = _io.atomic_write_bytes(
+    paths["markdown"] = fileio.atomic_write_bytes(
         folder / "memorisation.md", _markdown(result, summary, log_per_sample=log_per_sample).encode()
     )
     return paths

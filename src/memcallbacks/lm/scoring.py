@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memcallbacks._validate import check_int
+from memcallbacks.utilities.validation import check_int
 
 __all__ = [
     "BestFirstResult",
@@ -84,7 +84,7 @@ class IncrementalLM(Protocol):
       LongTensor ``[B]`` (zeros drop rows, so it also selects).
 
     Example:
-        >>> from memcallbacks.toy import CharLSTMLM
+        >>> from memcallbacks.demos.toy import CharLSTMLM
         >>> isinstance(CharLSTMLM(vocab_size=12), IncrementalLM)
         True
     """
@@ -330,7 +330,7 @@ def score_sequences(
 def _require_incremental(module: Any) -> None:
     if not is_incremental(module):
         raise TypeError(
-            f"{type(module).__name__} does not implement memcallbacks.scoring.IncrementalLM "
+            f"{type(module).__name__} does not implement memcallbacks.lm.scoring.IncrementalLM "
             "(init_state, step, expand_state); use score_sequences() instead"
         )
 
@@ -600,7 +600,7 @@ def rank_best_first(
 
     Example:
         >>> from memcallbacks import CanarySet, CharTokenizer
-        >>> from memcallbacks.toy import WindowLM
+        >>> from memcallbacks.demos.toy import WindowLM
         >>> cs = CanarySet("pin {secret}", CharTokenizer(), alphabet="0123", length=4, per_count=1,
         ...                repetitions=(1,), seed=0)
         >>> result = rank_best_first(WindowLM(CharTokenizer().vocab_size), cs, cs[0].secret)
@@ -648,7 +648,7 @@ def ranks_best_first(
 
     Example:
         >>> from memcallbacks import CanarySet, CharTokenizer
-        >>> from memcallbacks.toy import WindowLM
+        >>> from memcallbacks.demos.toy import WindowLM
         >>> cs = CanarySet("pin {secret}", CharTokenizer(), alphabet="0123", length=4, per_count=2,
         ...                repetitions=(1,), seed=0)
         >>> results = ranks_best_first(WindowLM(CharTokenizer().vocab_size), cs, cs.secrets)

@@ -1,7 +1,7 @@
 """``memcallbacks demo``: every monitor on a small canary language model, end to end.
 
-A character language model (:class:`~memcallbacks.toy.WindowLM`; with ``--dp`` its DP-SGD
-twin :class:`~memcallbacks.toy.DPWindowLM`) is trained on generated payment records
+A character language model (:class:`~memcallbacks.demos.toy.WindowLM`; with ``--dp`` its DP-SGD
+twin :class:`~memcallbacks.demos.toy.DPWindowLM`) is trained on generated payment records
 into which secret canaries ``"my pin is NNNNNN."`` are inserted 1-32 times (Carlini et al.
 2019), plus audit canaries each included with probability 1/2 (Steinke et al. 2023). Attached:
 :class:`~memcallbacks.LossTrajectoryTracker` (ranking by the language-model score
@@ -230,9 +230,7 @@ def run_demo(
         PrivacyAuditMonitor,
         SequenceMemorisationMonitor,
     )
-    from memcallbacks._validate import check_bool, check_choice, check_int, check_real, check_seed
-    from memcallbacks.metrics import zlib_entropy
-    from memcallbacks.toy import (
+    from memcallbacks.demos.toy import (
         DPWindowLM,
         TokenDataset,
         WindowLM,
@@ -240,6 +238,8 @@ def run_demo(
         lm_loader,
         make_payment_corpus,
     )
+    from memcallbacks.metrics import zlib_entropy
+    from memcallbacks.utilities.validation import check_bool, check_choice, check_int, check_real, check_seed
 
     epochs = check_int("epochs", epochs, minimum=1)
     sentences = check_int("sentences", sentences, minimum=100)
@@ -396,7 +396,7 @@ def run_demo(
 
 def _restored(run_dir: Path) -> int | None:
     """The epoch whose weights early stopping restored, as ``stopping.json`` records it."""
-    from memcallbacks._rundir import RunDirectory
+    from memcallbacks.rundir import RunDirectory
 
     stop = RunDirectory(run_dir).stopping()
     return None if stop is None else stop.restored_epoch
@@ -407,7 +407,7 @@ def _numbers(run_dir: Path, epoch: int | None = None, prefix: str = "") -> dict[
 
     The last evaluation, or the one at ``epoch``; keys get ``prefix``.
     """
-    from memcallbacks._rundir import RunDirectory
+    from memcallbacks.rundir import RunDirectory
 
     run = RunDirectory(run_dir)
     out: dict[str, Any] = {}
@@ -434,7 +434,7 @@ def _numbers(run_dir: Path, epoch: int | None = None, prefix: str = "") -> dict[
 
 def _extraction(run_dir: Path, repetitions: Sequence[int]) -> dict[str, Any] | None:
     """The last greedy and (n, p) extraction rates of both sequence monitors, from the run directory."""
-    from memcallbacks._rundir import RunDirectory, as_number
+    from memcallbacks.rundir import RunDirectory, as_number
 
     run = RunDirectory(run_dir)
     text, canary = run.sequence(), run.sequence("sequence_canaries")
@@ -463,8 +463,8 @@ def _extraction(run_dir: Path, repetitions: Sequence[int]) -> dict[str, Any] | N
 
 def _canary_top1(run_dir: Path) -> dict[str, Any] | None:
     """Training copies of the canaries inserted >= 16 times in the top 1% by the tracker's score."""
-    from memcallbacks._rundir import RunDirectory
     from memcallbacks.report import canary_copies_ranked
+    from memcallbacks.rundir import RunDirectory
 
     run = RunDirectory(run_dir)
     traj, exp = run.trajectory(), run.exposure()

@@ -1,7 +1,0 @@
-"""``python -m memcallbacks``: same as the ``memcallbacks`` console script."""
-
-import sys
-
-from memcallbacks.cli import main
-
-sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline analyses over finished runs: attacks across shadow runs, counterfactual memorisation."""

@@ -1,0 +1,1 @@
+"""Shared plumbing: atomic files, rank collectives, Lightning internals, argument validation."""
