@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "my pin is {secret}.", tok, length=6, repetitions=(1, 2, 4, 8, 16, 32), per_count=2, seed=0
     )
     chars = cs.char_token_ids()
-    assert chars is not None and len(cs) == 12
+    assert chars is not None
+    assert len(cs) == 12
     lm = HFIncrementalLM(model)
     res: dict[str, float] = {}
 

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
 
     train, val = data(args.train, args.val, args.dim, args.classes)
-    monitor = MembershipInferenceMonitor(num_probe=args.num_probe, run_dir=tempfile.mkdtemp())
+    monitor = MembershipInferenceMonitor(num_probes=args.num_probe, run_dir=tempfile.mkdtemp())
     parts = instrument(monitor)
     evals: list[float] = []
     in_training_bare: list[float] = []
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     model, _ = fit(train, val, args, monitor, extra=[Collect()])
     # epoch times: a separate run without the in-training bare passes of Collect
     _, with_times = fit(
-        train, val, args, MembershipInferenceMonitor(num_probe=args.num_probe, run_dir=tempfile.mkdtemp())
+        train, val, args, MembershipInferenceMonitor(num_probes=args.num_probe, run_dir=tempfile.mkdtemp())
     )
     _, bare_times = fit(train, val, args, None)
 

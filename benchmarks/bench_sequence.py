@@ -13,7 +13,7 @@ gpt2`` for a small GPT-2 built from a config, KV-cache decoding). Figures, each 
   issue 19 asks that the (n, p) part cost no more than the loss evaluation (``np_extra <= loss``);
 * ``greedy``: batched greedy decoding of the suffix from every prefix on its own (KV cache: one
   prefix pass, then ``suffix_len - 1`` one-token steps; IncrementalLM: ``init_state``, then steps);
-* ``evaluation``: the monitor's whole per-probe work (``evaluate_windows``: scoring + decoding);
+* ``evaluation``: the monitor's whole per-probe work (``memcallbacks.lm.windows.score_windows``: scoring + decoding);
   target ``evaluation / bare <= 3``. With a KV cache (GPT-2), decoding starts from the scoring
   pass's cache cut back to the prefix, so it costs ``greedy`` minus the prefix pass
   (``decoding in the evaluation`` below = ``evaluation - loss+np``);
@@ -43,8 +43,8 @@ import pytorch_lightning as pl
 import torch
 
 from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
-from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
 from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, WindowLM, lm_loader, make_payment_corpus
+from memcallbacks.lm.windows import LanguageModel, pad_windows, score_windows
 
 
 class GPT2LM(pl.LightningModule):
@@ -116,7 +116,7 @@ def main() -> None:
         TokenDataset(held_out, tok),
         prefix_len=prefix,
         suffix_len=suffix,
-        num_probe=args.probes,
+        num_probes=args.probes,
         batch_size=args.batch_size,
         sampling=[{"temperature": 1.0}, {"temperature": 0.7, "top_k": 40}],
     )
@@ -138,11 +138,11 @@ def main() -> None:
 
     seqs = [TokenDataset(members, tok)[i] for i in range(args.probes)]
     seqs += [TokenDataset(held_out, tok)[i] for i in range(args.probes)]
-    windows, lengths = _window_tensor(seqs, args.tokens)
+    windows, lengths = pad_windows(seqs, args.tokens)
     short = int((lengths < args.tokens).sum())
     device = torch.device("cpu")
     model.eval()
-    lm = _LanguageModel(model, None, "auto")
+    lm = LanguageModel(model, None, "auto")
     schemes = [(1.0, None), (0.7, 40)]
 
     def bare() -> None:
@@ -150,7 +150,7 @@ def main() -> None:
             lm.logits(windows[start : start + args.batch_size])
 
     def scoring(sampling: list[tuple[float, int | None]], decode: bool = False) -> Callable[[], Any]:
-        return lambda: evaluate_windows(
+        return lambda: score_windows(
             lm,
             windows,
             lengths,

@@ -37,7 +37,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, DPEpsilonLogger, PrivacyAuditMonitor
+from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, DPEpsilonMonitor, PrivacyAuditMonitor
 from memcallbacks.demos.toy import DPWindowLM, WindowLM, lm_loader, make_payment_corpus
 
 
@@ -98,8 +98,8 @@ def _train(args: argparse.Namespace, dp: bool) -> dict[str, Any]:
             max_grad_norm=args.max_grad_norm,
             lr=args.lr,
         )
-        epsilon_logger = DPEpsilonLogger(delta=args.delta)
-        callbacks.append(epsilon_logger)
+        epsilon_monitor = DPEpsilonMonitor(delta=args.delta)
+        callbacks.append(epsilon_monitor)
     else:
         model = WindowLM(tokenizer.vocab_size, lr=args.lr)
     trainer = pl.Trainer(
@@ -126,12 +126,12 @@ def _train(args: argparse.Namespace, dp: bool) -> dict[str, Any]:
         "exposure": last,
         "repetitions": reps,
         "mean_exposure": {r: float(last[reps == r].mean()) for r in counts},
-        "audit": audit.history[-1],
+        "audit": {k.removeprefix("mem/audit/"): v for k, v in audit.history[-1].items()},
         "seconds": seconds,
         "run_dir": audit.run_dir.parent,
     }
     if dp:
-        out["epsilon"] = epsilon_logger.history[-1]["epsilon"]
+        out["epsilon"] = epsilon_monitor.history[-1]["mem/dp/epsilon"]
     return out
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, run in (("no DP", nondp), ("DP-SGD", dp)):
         a = run["audit"]
         print(
-            f"one-run audit ({name}): {a['correct']}/{a['guesses']} guesses right, "
+            f"one-run audit ({name}): {a['correct']:.0f}/{a['guesses']:.0f} guesses right, "
             f"epsilon lower bound {a['epsilon_lb']:.2f}"
         )
     within = lb <= eps

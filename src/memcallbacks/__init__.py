@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# The one export list: public name -> module that defines it. ``__all__``, ``__getattr__`` and
+# ``__dir__`` derive from it; the ``TYPE_CHECKING`` block below repeats it for type checkers (a
+# test keeps the two equal).
 _EXPORTS: dict[str, str] = {
     # data
     "IndexedDataset": "memcallbacks.data.indexed",
@@ -29,21 +31,21 @@ _EXPORTS: dict[str, str] = {
     "CanarySet": "memcallbacks.data.canaries",
     "Canary": "memcallbacks.data.canaries",
     "CharTokenizer": "memcallbacks.data.canaries",
-    # storage
     "TrajectoryStore": "memcallbacks.data.store",
-    # callbacks
+    # callbacks, and their base class (the extension point for a new monitor)
+    "MemorisationCallback": "memcallbacks.callbacks._base",
     "LossTrajectoryTracker": "memcallbacks.callbacks.trajectory",
     "MembershipInferenceMonitor": "memcallbacks.callbacks.membership",
     "CanaryExposureMonitor": "memcallbacks.callbacks.exposure",
     "PrivacyAuditMonitor": "memcallbacks.callbacks.audit",
     "LeakageEarlyStopping": "memcallbacks.callbacks.stopping",
     "LeakageCondition": "memcallbacks.callbacks.stopping",
-    "DPEpsilonLogger": "memcallbacks.callbacks.dp",
+    "DPEpsilonMonitor": "memcallbacks.callbacks.dp",
     "SequenceMemorisationMonitor": "memcallbacks.callbacks.sequence",
     "ShadowScoreRecorder": "memcallbacks.callbacks.shadow",
     "shadow_split": "memcallbacks.callbacks.shadow",
-    "pool_fingerprint": "memcallbacks.callbacks.shadow",
-    "label_fingerprint": "memcallbacks.callbacks.shadow",
+    # reading a run directory, and the offline analyses over several runs
+    "RunDirectory": "memcallbacks.rundir",
     "run_attack": "memcallbacks.offline.attack",
     "log_attack_results": "memcallbacks.offline.attack",
     "run_memorisation": "memcallbacks.offline.counterfactual",
@@ -53,8 +55,6 @@ _EXPORTS: dict[str, str] = {
     "CounterfactualResult": "memcallbacks.metrics.counterfactual",
     "LossThresholdMIA": "memcallbacks.metrics.classes",
     "TrajectoryStatistics": "memcallbacks.metrics.dynamics",
-    # Hugging Face adapter (needs the hf extra when used)
-    "HFIncrementalLM": "memcallbacks.lm.hf",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -74,23 +74,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
+    from memcallbacks.callbacks._base import MemorisationCallback
     from memcallbacks.callbacks.audit import PrivacyAuditMonitor
-    from memcallbacks.callbacks.dp import DPEpsilonLogger
+    from memcallbacks.callbacks.dp import DPEpsilonMonitor
     from memcallbacks.callbacks.exposure import CanaryExposureMonitor
     from memcallbacks.callbacks.membership import MembershipInferenceMonitor
     from memcallbacks.callbacks.sequence import SequenceMemorisationMonitor
-    from memcallbacks.callbacks.shadow import (
-        ShadowScoreRecorder,
-        label_fingerprint,
-        pool_fingerprint,
-        shadow_split,
-    )
+    from memcallbacks.callbacks.shadow import ShadowScoreRecorder, shadow_split
     from memcallbacks.callbacks.stopping import LeakageCondition, LeakageEarlyStopping
     from memcallbacks.callbacks.trajectory import LossTrajectoryTracker
     from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
     from memcallbacks.data.indexed import IndexedDataset, split_index
     from memcallbacks.data.store import TrajectoryStore
-    from memcallbacks.lm.hf import HFIncrementalLM
     from memcallbacks.metrics.attacks import AttackReport
     from memcallbacks.metrics.classes import LossThresholdMIA
     from memcallbacks.metrics.counterfactual import CounterfactualResult
@@ -98,3 +93,4 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     from memcallbacks.metrics.membership import MembershipReport
     from memcallbacks.offline.attack import log_attack_results, run_attack
     from memcallbacks.offline.counterfactual import run_memorisation
+    from memcallbacks.rundir import RunDirectory

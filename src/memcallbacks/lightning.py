@@ -5,7 +5,7 @@ runs them as they are, but ``lightning.pytorch.cli.LightningCLI`` checks a YAML 
 against ``lightning.pytorch.Callback`` and rejects them. This module offers every callback of
 ``memcallbacks`` under the same name, as a subclass of both: the memcallbacks class first (one
 implementation, no copy) and ``lightning.pytorch.Callback`` mixed in. The classes are built on
-first access, for every callback in memcallbacks' export table; other names (``LeakageCondition``,
+first access, for every name :mod:`memcallbacks.callbacks` exports; other names (``LeakageCondition``,
 ``CanarySet``, ...) are memcallbacks' own objects.
 
 A class built here has the same ``__qualname__`` as the original, so its checkpoint state key
@@ -23,7 +23,7 @@ In a ``lightning.pytorch.cli.LightningCLI`` YAML file::
     trainer:
       callbacks:
         - class_path: memcallbacks.lightning.MembershipInferenceMonitor
-          init_args: {num_probe: 500}
+          init_args: {num_probes: 500}
         - class_path: memcallbacks.lightning.LeakageEarlyStopping
           init_args: {monitor: mem/mia/auc, threshold: 0.7}
 """
@@ -32,14 +32,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import memcallbacks
-
-_CALLBACK_MODULE_PREFIX = "memcallbacks.callbacks."
+from memcallbacks import callbacks
 
 
 def _callback_names() -> list[str]:
-    """Names in memcallbacks' export table that come from a callbacks module."""
-    return sorted(n for n, m in memcallbacks._EXPORTS.items() if m.startswith(_CALLBACK_MODULE_PREFIX))
+    """The names :mod:`memcallbacks.callbacks` exports."""
+    return sorted(callbacks.__all__)
 
 
 def _lightning_callback() -> type:
@@ -50,7 +48,7 @@ def _lightning_callback() -> type:
             "memcallbacks.lightning needs the `lightning` package (pip install lightning); with "
             "`pytorch_lightning` use the classes of `memcallbacks` itself"
         ) from e
-    return Callback  # type: ignore[no-any-return]
+    return Callback
 
 
 def for_lightning(cls: type) -> type:
@@ -73,13 +71,11 @@ def for_lightning(cls: type) -> type:
 
 
 def __getattr__(name: str) -> Any:
-    if name not in memcallbacks._EXPORTS or not memcallbacks._EXPORTS[name].startswith(
-        _CALLBACK_MODULE_PREFIX
-    ):
+    if name not in callbacks.__all__:
         raise AttributeError(
             f"module 'memcallbacks.lightning' has no attribute {name!r}; it offers {', '.join(_callback_names())}"
         )
-    value = getattr(memcallbacks, name)
+    value = getattr(callbacks, name)
     import pytorch_lightning as pl
 
     if isinstance(value, type) and issubclass(value, pl.Callback):

@@ -7,8 +7,8 @@ and write them atomically through :mod:`memcallbacks.utilities.fileio` (never pi
 file holds what its writer puts there and raise :class:`RunDirectoryError` naming the file
 otherwise.
 
-Layout (a ``trajectory``, ``membership`` or ``sequence`` callback given ``name="x"`` writes to
-``<folder>_x`` instead)::
+Layout (a callback given ``name="x"`` writes to ``<folder>_x`` instead, for every folder below:
+:func:`monitor_folder` is the rule, and :meth:`RunDirectory.folders` finds them all)::
 
     <run_dir>/
       trajectory/  epoch_XXXX.npy, correct_XXXX.npy   one column of the [N, E] loss matrix per
@@ -27,6 +27,12 @@ Layout (a ``trajectory``, ``membership`` or ``sequence`` callback given ``name="
                                                       (``attack_offline/`` with ``--offline``; any
                                                       ``attack_<x>/`` is read too)
       report/                                         ``memcallbacks report`` output
+
+Format versions: every summary a writer produces carries ``"format": FORMAT_VERSION`` (the JSON
+files ``meta.json``, ``metrics.json``, ``audit.json``, ``dp.json``, ``stopping.json``; the shadow
+files ``inclusion.npz`` and ``scores.npz`` hold a ``format`` array; ``attack.json`` has its own
+``format``/``version`` pair). Readers take a file without the field as version 1 and refuse a newer
+version with a :class:`RunDirectoryError` naming the file.
 
 Example:
     >>> import tempfile, numpy as np
@@ -57,10 +63,15 @@ __all__ = [
     "ATTACK",
     "ATTACK_FORMAT_VERSION",
     "AUDIT",
+    "BEST_SAFE_FILE",
     "CANARY",
     "DP",
+    "FORMAT_VERSION",
     "MEMBERSHIP",
+    "MONITOR_FOLDERS",
     "REPORT",
+    "SEQUENCE",
+    "SHADOW",
     "STOPPING_FILE",
     "TRAJECTORY",
     "AttackFiles",
@@ -72,20 +83,29 @@ __all__ = [
     "RunDirectory",
     "RunDirectoryError",
     "SequenceFiles",
+    "ShadowFiles",
     "StoppingFiles",
     "TrajectoryFiles",
     "as_number",
+    "check_format",
     "find_run_dir",
     "mean_by_repetition",
+    "monitor_folder",
     "read_attack",
+    "read_best_safe",
+    "read_shadow_inclusion",
+    "read_shadow_scores",
     "write_attack",
     "write_audit_epoch",
     "write_audit_inclusion",
     "write_audit_summary",
+    "write_best_safe",
     "write_dp",
     "write_exposure",
     "write_membership",
     "write_sequence",
+    "write_shadow_inclusion",
+    "write_shadow_scores",
     "write_stopping",
     "write_trajectory_summary",
 ]
@@ -99,12 +119,18 @@ DP = "dp"
 SEQUENCE = "sequence"
 REPORT = "report"
 SHADOW = "shadow"
+SHADOW_INCLUSION = "inclusion.npz"
+SHADOW_SCORES = "scores.npz"
 ATTACK = "attack"
 ATTACK_FILE = "attack.json"
 ATTACK_FIGURE = "roc.png"
 #: the ``version`` field of ``attack.json`` this memcallbacks writes and reads
 ATTACK_FORMAT_VERSION = 1
+#: the ``format`` field of every other summary file this memcallbacks writes (and the newest it reads)
+FORMAT_VERSION = 1
 STOPPING_FILE = "stopping.json"
+#: the safe weights of ``LeakageEarlyStopping(save_best_safe=True)`` (safetensors: tensors only, no pickle)
+BEST_SAFE_FILE = "stopping_best_safe.safetensors"
 #: what marks a folder as a run directory (any one of them)
 MARKERS = (
     TRAJECTORY,
@@ -114,11 +140,11 @@ MARKERS = (
     DP,
     SEQUENCE,
     STOPPING_FILE,
-    f"{SHADOW}/inclusion.npz",
+    f"{SHADOW}/{SHADOW_INCLUSION}",
     f"{ATTACK}/{ATTACK_FILE}",
 )
-#: callbacks whose instances take a ``name=``, written to ``<folder>_<name>``
-NAMED = (TRAJECTORY, MEMBERSHIP, SEQUENCE)
+#: every monitor's folder; a monitor given ``name=`` writes ``<folder>_<name>`` (:func:`monitor_folder`)
+MONITOR_FOLDERS = (TRAJECTORY, MEMBERSHIP, CANARY, AUDIT, DP, SEQUENCE, SHADOW)
 
 
 class RunDirectoryError(ValueError):
@@ -140,6 +166,26 @@ class RunDirectoryError(ValueError):
         )
 
 
+def monitor_folder(subdir: str, name: str | None = None) -> str:
+    """The folder of a monitor below the run directory: ``subdir``, or ``<subdir>_<name>`` when named.
+
+    Characters other than letters, digits, ``-``, ``_`` and ``.`` in ``name`` become ``_``, so a
+    name never leaves the run directory.
+
+    Example:
+        >>> monitor_folder(CANARY), monitor_folder(CANARY, "test set/v2")
+        ('canary', 'canary_test_set_v2')
+    """
+    if name is None:
+        return subdir
+    return f"{subdir}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(name))}"
+
+
+def _stamped(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` with ``"format": FORMAT_VERSION`` first."""
+    return {"format": FORMAT_VERSION, **{k: v for k, v in summary.items() if k != "format"}}
+
+
 # -- writers (called by the callbacks on rank 0) ---------------------------------------------
 def write_trajectory_summary(
     folder: Path, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, durable: bool = True
@@ -152,7 +198,7 @@ def write_trajectory_summary(
     (``durable=False``; :func:`sync_trajectory_summary` flushes the last one at fit end).
     """
     fileio.save_npz(Path(folder) / "statistics.npz", compress=False, durable=durable, **arrays)
-    fileio.save_json(Path(folder) / "meta.json", dict(meta), durable=durable)
+    fileio.save_json(Path(folder) / "meta.json", _stamped(meta), durable=durable)
 
 
 def sync_trajectory_summary(folder: Path) -> None:
@@ -165,13 +211,13 @@ def sync_trajectory_summary(folder: Path) -> None:
 def write_membership(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """``losses.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], "fprs": ..., ...}``)."""
     fileio.save_npz(Path(folder) / "losses.npz", compress=False, **arrays)
-    fileio.save_json(Path(folder) / "metrics.json", dict(summary))
+    fileio.save_json(Path(folder) / "metrics.json", _stamped(summary))
 
 
 def write_sequence(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """``sequences.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], ...}``)."""
     fileio.save_npz(Path(folder) / "sequences.npz", compress=False, **arrays)
-    fileio.save_json(Path(folder) / "metrics.json", dict(summary))
+    fileio.save_json(Path(folder) / "metrics.json", _stamped(summary))
 
 
 def write_exposure(folder: Path, arrays: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> None:
@@ -190,6 +236,7 @@ def write_shadow_inclusion(
     ``run_index``, ``num_runs``, ``seed``, ``keep_fraction``); ``num_runs`` None is stored as -1.
     """
     arrays: dict[str, Any] = {
+        "format": np.int64(FORMAT_VERSION),
         "inclusion": split.inclusion,
         "fingerprint": np.array(fingerprint),
         "pool_size": np.int64(split.inclusion.size),
@@ -200,7 +247,7 @@ def write_shadow_inclusion(
     }
     if label_fingerprint is not None:
         arrays["label_fingerprint"] = np.array(label_fingerprint)
-    fileio.save_npz(Path(folder) / "inclusion.npz", **arrays)
+    fileio.save_npz(Path(folder) / SHADOW_INCLUSION, **arrays)
 
 
 def write_shadow_scores(
@@ -216,6 +263,7 @@ def write_shadow_scores(
     """A shadow run's ``scores.npz``: every pool sample's score (float32) at the end of fit, its
     kind, the pool fingerprint, and optionally per-sample correctness and where training stopped."""
     arrays: dict[str, Any] = {
+        "format": np.int64(FORMAT_VERSION),
         "scores": np.asarray(scores, dtype=np.float32),
         "score_kind": np.array(score_kind),
         "fingerprint": np.array(fingerprint),
@@ -226,7 +274,7 @@ def write_shadow_scores(
         arrays["epochs_completed"] = np.int64(epochs_completed)
     if global_step is not None:
         arrays["global_step"] = np.int64(global_step)
-    fileio.save_npz(Path(folder) / "scores.npz", **arrays)
+    fileio.save_npz(Path(folder) / SHADOW_SCORES, **arrays)
 
 
 def write_audit_inclusion(folder: Path, included: Any, seed: int) -> None:
@@ -243,12 +291,12 @@ def write_audit_epoch(folder: Path, epoch: int, *, scores: Any, guesses: Any, in
 
 def write_audit_summary(folder: Path, summary: Mapping[str, Any]) -> None:
     """``audit.json``: the settings and the ``history`` of counts and bounds."""
-    fileio.save_json(Path(folder) / "audit.json", dict(summary))
+    fileio.save_json(Path(folder) / "audit.json", _stamped(summary))
 
 
 def write_dp(folder: Path, summary: Mapping[str, Any]) -> None:
     """``dp.json``: accountant, delta, Poisson sampling, ``history`` of epsilon and steps per epoch."""
-    fileio.save_json(Path(folder) / "dp.json", dict(summary))
+    fileio.save_json(Path(folder) / "dp.json", _stamped(summary))
 
 
 def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> dict[str, Path]:
@@ -266,7 +314,37 @@ def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> di
 
 def write_stopping(root: Path, info: Mapping[str, Any]) -> None:
     """``<root>/stopping.json``: the early-stopping decision (``stopped_epoch``, ``reason``, ...)."""
-    fileio.save_json(Path(root) / STOPPING_FILE, dict(info))
+    fileio.save_json(Path(root) / STOPPING_FILE, _stamped(info))
+
+
+def write_best_safe(path: str | os.PathLike[str], weights: Mapping[str, Any]) -> Path:
+    """The early-stopping safe weights (a state dict of tensors) as safetensors, atomically.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save as safetensors_save
+
+    return fileio.atomic_write_bytes(
+        Path(path), safetensors_save({k: v.contiguous() for k, v in weights.items()})
+    )
+
+
+def read_best_safe(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The safe weights :func:`write_best_safe` wrote (CPU tensors), or ``None`` if the file is gone.
+
+    A ``.pt`` file from an older memcallbacks is read with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.suffix == ".pt":
+        import torch
+
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(path), device="cpu"))
 
 
 # -- reading helpers ---------------------------------------------------------------------------
@@ -283,7 +361,29 @@ def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _load_json(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
+def check_format(path: str | os.PathLike[str], value: Any) -> int:
+    """The format version a summary file declares (``None``: written before the field, read as 1).
+
+    Raises:
+        RunDirectoryError: the version is not an integer, or is newer than :data:`FORMAT_VERSION`
+            (the message names the file).
+    """
+    if value is None:
+        return 1
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise RunDirectoryError(path, f"declares the format {value!r}, not a version number")
+    if value > FORMAT_VERSION:
+        raise RunDirectoryError(
+            path,
+            f"was written in format version {int(value)}, newer than this memcallbacks reads ({FORMAT_VERSION})",
+            fix="upgrade memcallbacks to read it",
+        )
+    return int(value)
+
+
+def _load_json(path: Path, required: Sequence[str] = (), *, versioned: bool = True) -> dict[str, Any]:
     try:
         obj = fileio.load_json(path)
     except FileNotFoundError:
@@ -292,6 +392,8 @@ def _load_json(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
         raise RunDirectoryError(path, f"not readable JSON ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise RunDirectoryError(path, f"holds a JSON {type(obj).__name__}, not an object")
+    if versioned:
+        check_format(path, obj.get("format"))
     missing = [k for k in required if k not in obj]
     if missing:
         raise RunDirectoryError(path, f"lacks the field(s) {missing}")
@@ -492,6 +594,43 @@ class DPFiles:
         return np.array([as_number(h.get("epsilon")) for h in self.history], dtype=np.float64)
 
 
+def read_shadow_inclusion(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """A shadow run's ``inclusion.npz`` (:func:`write_shadow_inclusion`), its format checked.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        RunDirectoryError: not a readable archive, a newer format, or without ``inclusion`` and
+            ``fingerprint`` (the message names the file).
+    """
+    path = Path(folder) / SHADOW_INCLUSION
+    arrays = _load_npz(path, ("inclusion", "fingerprint", "run_index"))
+    check_format(path, arrays.get("format"))
+    return arrays
+
+
+def read_shadow_scores(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """A shadow run's ``scores.npz`` (:func:`write_shadow_scores`), its format checked.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        RunDirectoryError: not a readable archive, a newer format, or without ``scores`` and
+            ``score_kind`` (the message names the file).
+    """
+    path = Path(folder) / SHADOW_SCORES
+    arrays = _load_npz(path, ("scores", "score_kind"))
+    check_format(path, arrays.get("format"))
+    return arrays
+
+
+@dataclass(frozen=True)
+class ShadowFiles:
+    """``shadow/``: the inclusion mask of a shadow run and, once fit ended, every pool sample's score."""
+
+    folder: Path
+    inclusion: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray] | None = None
+
+
 @dataclass(frozen=True)
 class StoppingFiles:
     """``stopping.json``: whether and why :class:`~memcallbacks.LeakageEarlyStopping` stopped the run."""
@@ -566,6 +705,32 @@ def _attack_number(path: Path, label: str, entry: Mapping[str, Any], key: str) -
     return as_number(value)
 
 
+def _attack_row(file: Path, label: str, entry: Any, fprs: Sequence[float]) -> AttackRow:
+    """One attack of ``attack.json``, checked: numbers or ``null``, counts that are counts."""
+    from memcallbacks.metrics.membership import format_fpr
+
+    if not isinstance(entry, dict):
+        raise RunDirectoryError(file, f"attack {label!r} is a JSON {type(entry).__name__}, not an object")
+    counts = [_attack_number(file, label, entry, k) for k in ("n_members", "n_nonmembers", "n_excluded")]
+    if not all(math.isfinite(c) and c >= 0 for c in counts):
+        raise RunDirectoryError(file, f"attack {label!r}: the sample counts {counts} are not counts")
+    per_target = entry.get("per_target_auc", [])
+    if not isinstance(per_target, list):
+        raise RunDirectoryError(file, f"attack {label!r}: `per_target_auc` is not a list")
+    return AttackRow(
+        label=label,
+        auc=_attack_number(file, label, entry, "auc"),
+        advantage=_attack_number(file, label, entry, "advantage"),
+        tpr_at_fpr={
+            float(x): _attack_number(file, label, entry, f"tpr@{format_fpr(float(x))}fpr") for x in fprs
+        },
+        n_members=int(counts[0]),
+        n_nonmembers=int(counts[1]),
+        n_excluded=int(counts[2]),
+        per_target_auc=tuple(as_number(v) for v in per_target),
+    )
+
+
 def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
     """Read what ``memcallbacks attack`` wrote: a folder holding ``attack.json``, or the file itself.
 
@@ -574,15 +739,13 @@ def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
         RunDirectoryError: the file is not readable JSON, was written by another format version, or
             lacks a field (the message names the file).
     """
-    from memcallbacks.metrics.membership import format_fpr
-
     given = Path(path)
     file = given if given.name == ATTACK_FILE or given.is_file() else given / ATTACK_FILE
     if not file.is_file():
         raise FileNotFoundError(
             f"{str(given)!r} holds no {ATTACK_FILE}; pass the --out folder of `memcallbacks attack`"
         )
-    obj = _load_json(file)
+    obj = _load_json(file, versioned=False)  # its own format/version pair, checked here
     version = obj.get("version", ATTACK_FORMAT_VERSION)  # files from before the field: version 1
     if (
         obj.get("format", "memcallbacks.offline.attack") != "memcallbacks.offline.attack"
@@ -608,32 +771,7 @@ def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
     labels = list(obj["attacks"])
     if isinstance(order, list) and sorted(map(str, order)) == sorted(labels):
         labels = [str(label) for label in order]
-    rows = []
-    for label in labels:
-        entry = obj["attacks"][label]
-        if not isinstance(entry, dict):
-            raise RunDirectoryError(file, f"attack {label!r} is a JSON {type(entry).__name__}, not an object")
-        counts = [_attack_number(file, label, entry, k) for k in ("n_members", "n_nonmembers", "n_excluded")]
-        if not all(math.isfinite(c) and c >= 0 for c in counts):
-            raise RunDirectoryError(file, f"attack {label!r}: the sample counts {counts} are not counts")
-        per_target = entry.get("per_target_auc", [])
-        if not isinstance(per_target, list):
-            raise RunDirectoryError(file, f"attack {label!r}: `per_target_auc` is not a list")
-        rows.append(
-            AttackRow(
-                label=str(label),
-                auc=_attack_number(file, label, entry, "auc"),
-                advantage=_attack_number(file, label, entry, "advantage"),
-                tpr_at_fpr={
-                    float(x): _attack_number(file, label, entry, f"tpr@{format_fpr(float(x))}fpr")
-                    for x in fprs
-                },
-                n_members=int(counts[0]),
-                n_nonmembers=int(counts[1]),
-                n_excluded=int(counts[2]),
-                per_target_auc=tuple(as_number(v) for v in per_target),
-            )
-        )
+    rows = [_attack_row(file, str(label), obj["attacks"][label], fprs) for label in labels]
     return AttackFiles(file.parent, obj, tuple(rows))
 
 
@@ -643,18 +781,34 @@ class RunDirectory:
     Raises:
         RunDirectoryError: (from the methods) a file is unreadable or lacks what its writer puts
             there; the message names the file.
+
+    Example:
+        >>> run = RunDirectory("lightning_logs/version_0/memcallbacks")
+        >>> run.membership() is None  # no MembershipInferenceMonitor wrote there
+        True
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
     def folders(self, kind: str) -> list[str]:
-        """The folders of ``kind`` (``"membership"``, ...): the default one first, then named ones."""
-        names = sorted(
-            p.name
-            for p in self.root.glob(f"{kind}_*")
-            if p.is_dir() and kind in NAMED and p.name != f"{kind}_"
-        )
+        """The folders of ``kind`` (one of :data:`MONITOR_FOLDERS`): the default one first, then the
+        ``<kind>_<name>`` folders of monitors given ``name=``, sorted.
+
+        Raises:
+            ValueError: ``kind`` is not a monitor folder.
+
+        Example:
+            >>> import tempfile
+            >>> root = Path(tempfile.mkdtemp())
+            >>> for sub in ("canary", "canary_b", "canary_a", "audit_x"):
+            ...     (root / sub).mkdir()
+            >>> RunDirectory(root).folders(CANARY), RunDirectory(root).folders(AUDIT)
+            (['canary', 'canary_a', 'canary_b'], ['audit_x'])
+        """
+        if kind not in MONITOR_FOLDERS:
+            raise ValueError(f"`kind` must be one of {', '.join(MONITOR_FOLDERS)}, got {kind!r}")
+        names = sorted(p.name for p in self.root.glob(f"{kind}_*") if p.is_dir() and p.name != f"{kind}_")
         return ([kind] if (self.root / kind).is_dir() else []) + names
 
     def trajectory(self, subdir: str = TRAJECTORY) -> TrajectoryFiles | None:
@@ -706,8 +860,8 @@ class RunDirectory:
         summary = _load_json(metrics_path, ("history",))
         return SequenceFiles(folder, arrays, _history(metrics_path, summary), summary)
 
-    def exposure(self) -> ExposureFiles | None:
-        folder = self.root / CANARY
+    def exposure(self, subdir: str = CANARY) -> ExposureFiles | None:
+        folder = self.root / subdir
         path = folder / "exposure.npz"
         if not path.exists():
             return None
@@ -719,21 +873,21 @@ class RunDirectory:
                 path, f"`exposure` has shape {arrays['exposure'].shape}, expected [epochs, {c} canaries]"
             )
         secrets_path = folder / "secrets.json"
-        secrets = _load_json(secrets_path) if secrets_path.exists() else None
+        secrets = _load_json(secrets_path, versioned=False) if secrets_path.exists() else None
         return ExposureFiles(
             arrays, None if secrets is None else {str(k): str(v) for k, v in secrets.items()}
         )
 
-    def audit(self) -> AuditFiles | None:
-        folder = self.root / AUDIT
+    def audit(self, subdir: str = AUDIT) -> AuditFiles | None:
+        folder = self.root / subdir
         path = folder / "audit.json"
         if not path.exists():
             return None
         summary = _load_json(path, ("num_canaries",))
         return AuditFiles(folder, summary, _history(path, summary))
 
-    def dp(self) -> DPFiles | None:
-        path = self.root / DP / "dp.json"
+    def dp(self, subdir: str = DP) -> DPFiles | None:
+        path = self.root / subdir / "dp.json"
         if not path.exists():
             return None
         summary = _load_json(path, ("delta",))
@@ -749,6 +903,14 @@ class RunDirectory:
             return None
         return read_attack(self.root / subdir)
 
+    def shadow(self, subdir: str = SHADOW) -> ShadowFiles | None:
+        """A shadow run's files (``inclusion.npz``, and ``scores.npz`` once fit has ended)."""
+        folder = self.root / subdir
+        if not (folder / SHADOW_INCLUSION).is_file():
+            return None
+        scores = read_shadow_scores(folder) if (folder / SHADOW_SCORES).is_file() else None
+        return ShadowFiles(folder, read_shadow_inclusion(folder), scores)
+
     def stopping(self) -> StoppingFiles | None:
         path = self.root / STOPPING_FILE
         if not path.exists():
@@ -760,7 +922,7 @@ def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds anything a memcallbacks callback writes."""
     if any((path / m).exists() for m in MARKERS):
         return True
-    return any(next(iter(path.glob(f"{kind}_*")), None) is not None for kind in NAMED)
+    return any(p.is_dir() for kind in MONITOR_FOLDERS for p in path.glob(f"{kind}_*"))
 
 
 def find_run_dir(path: str | os.PathLike[str]) -> Path:

@@ -22,7 +22,8 @@ def test_lira_digits_tiny_run_writes_both_modes_and_leaks(
     offline = json.loads((tmp_path / "attack-offline" / "attack.json").read_text())
     assert set(online["attacks"]) == {"loss", "lira-online", "rmia-online"}
     assert set(offline["attacks"]) == {"loss", "lira-offline", "rmia-offline"}
-    assert online["settings"]["num_runs"] == 4 and online["settings"]["pool_size"] == 1797
+    assert online["settings"]["num_runs"] == 4
+    assert online["settings"]["pool_size"] == 1797
     # after 8 epochs the MLP fits its half better than the other: every attack is above chance
     for summary in (online, offline):
         for entry in summary["attacks"].values():

@@ -95,7 +95,8 @@ def test_lira_fixed_variance_pools_within_sample_deviations() -> None:
     # sample 0 has one in value (9) only: its in-std is the pooled in-std; sample 1 has one too
     # -> no sample has 2 in values: the pooled in-std is the spread of all in values (9, 9): floored
     online = lira_scores([9.0, 9.0], ref, ref_in=ref_in)
-    assert np.isfinite(online).all() and (online > 0).all()
+    assert np.isfinite(online).all()
+    assert (online > 0).all()
 
 
 def _lira_loop(target, ref, ref_in, online, fixed):  # an independent, per-sample reference
@@ -145,9 +146,12 @@ def test_lira_nan_where_a_sample_lacks_in_or_out_references() -> None:
     ref = np.array([[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]])
     ref_in = np.array([[True, False, True], [False, False, True]])
     online = lira_scores([1.0, 1.0, 1.0], ref, ref_in=ref_in)
-    assert np.isfinite(online[0]) and np.isnan(online[1]) and np.isnan(online[2])
+    assert np.isfinite(online[0])
+    assert np.isnan(online[1])
+    assert np.isnan(online[2])
     offline = lira_scores([1.0, 1.0, 1.0], ref, ref_in=ref_in, online=False)
-    assert np.isfinite(offline[:2]).all() and np.isnan(offline[2])
+    assert np.isfinite(offline[:2]).all()
+    assert np.isnan(offline[2])
 
 
 def test_lira_rejects_bad_input() -> None:
@@ -213,7 +217,8 @@ def test_rmia_nan_reference_is_left_out() -> None:
     refs = np.array([[0.25, np.nan], [0.5, np.nan]])
     out = rmia_scores(target, refs, ref_in=np.array([[False, False], [True, False]]), population_idx=[0, 1])
     # sample 0: (0.5 + 0.25) / 2 -> LR 4/3; sample 1 has no reference: NaN (and is no population sample)
-    assert out[0] == 1.0 and np.isnan(out[1])
+    assert out[0] == 1.0
+    assert np.isnan(out[1])
 
 
 def test_rmia_rejects_bad_input() -> None:
@@ -242,8 +247,10 @@ def test_attack_report_hand_worked_and_same_as_the_loss_threshold_roc() -> None:
     # FPR <= 1/3 allows one false positive (0.8): TPR 3/3 at threshold 0.6
     assert report.tpr_at_fpr == {0.34: 1.0, 0.5: 1.0}
     reference = membership_inference(-scores[member], -scores[~member], fprs=(0.34, 0.5))
-    assert report.auc == reference.auc and report.advantage == reference.advantage
-    assert report.fpr[0] == 0.0 and report.tpr[-1] == 1.0
+    assert report.auc == reference.auc
+    assert report.advantage == reference.advantage
+    assert report.fpr[0] == 0.0
+    assert report.tpr[-1] == 1.0
     assert attack_report(-scores, member, fprs=(0.34,)).auc == pytest.approx(2 / 9)  # below 0.5 as is
 
 
@@ -262,15 +269,17 @@ def test_attack_report_excludes_nan_and_orders_infinities() -> None:
     member = np.array([True, True, False, False, False])
     with pytest.warns(UserWarning, match="1 of 5"):
         report = attack_report(scores, member, fprs=(0.5,))
-    assert report.n_excluded == 1 and report.n_nonmembers == 2 and report.auc == 1.0
+    assert report.n_excluded == 1
+    assert report.n_nonmembers == 2
+    assert report.auc == 1.0
 
 
 def test_attack_report_rejects_bad_input() -> None:
     with pytest.raises(TypeError, match="is_member"):
         attack_report([0.1, 0.2], [1, 0])
-    with pytest.raises(ValueError, match="members and non-members"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="members and non-members"):
             attack_report([0.1, np.nan], np.array([True, False]))
     with pytest.raises(ValueError, match="shape"):
         attack_report([0.1, 0.2], np.array([True]))
@@ -285,4 +294,5 @@ def test_rmia_break_ties_orders_equal_fractions_by_the_ratio_only() -> None:
     np.testing.assert_allclose(plain, [1.0, 1.0, 1.0, 0.5])
     refined = rmia_scores(target, refs, **kwargs, break_ties=True)
     assert list(np.argsort(-refined)) == [0, 1, 2, 3]
-    assert (refined - plain >= 0).all() and (refined - plain < 0.5).all()  # less than one step 1/|Z|
+    assert (refined - plain >= 0).all()
+    assert (refined - plain < 0.5).all()

@@ -84,7 +84,8 @@ def test_python_api_logs_aggregates_to_csv_and_tensorboard(dirs: list[Path], tmp
     # the summary table as Markdown text, with the JSON's numbers
     (text_event,) = acc.Tensors("attack/summary/text_summary")
     text = text_event.tensor_proto.string_val[0].decode()
-    assert "lira-online" in text and str(summary["attacks"]["lira-online"]["auc"]) in text
+    assert "lira-online" in text
+    assert str(summary["attacks"]["lira-online"]["auc"]) in text
 
 
 @pytest.mark.slow  # starts a real tracker run
@@ -106,7 +107,8 @@ def test_cli_logs_to_an_offline_wandb_run(
         for key in ("auc", "tpr@0.1%fpr", "tpr@1%fpr"):
             assert row[f"attack/{label}/{key}"] == summary["attacks"][label][key]
     assert row["attack/roc/_type"] == "image-file"
-    assert row["attack/summary/_type"] == "table-file" and row["attack/summary/nrows"] == 3
+    assert row["attack/summary/_type"] == "table-file"
+    assert row["attack/summary/nrows"] == 3
     assert not any("score" in k or "per_sample" in k for k in row)
 
 
@@ -145,10 +147,13 @@ def test_a_failing_tracker_keeps_the_json_and_exits_1(
     out = tmp_path / "out"
     code, printed, err = _cli(capsys, *dirs, "--out", out, "--log", "csv", "--log-dir", blocker)
     assert code == 1
-    assert "CSVLogger failed" in err and "tracker call(s) failed" in err and str(out / "attack.json") in err
+    assert "CSVLogger failed" in err
+    assert "tracker call(s) failed" in err
+    assert str(out / "attack.json") in err
     assert "Traceback" not in err
     summary = json.loads((out / "attack.json").read_text())  # written before the trackers ran
-    assert set(summary["attacks"]) == set(LABELS) and "lira-online" in printed
+    assert set(summary["attacks"]) == set(LABELS)
+    assert "lira-online" in printed
     assert (out / "roc.png").is_file()
 
 
@@ -157,20 +162,21 @@ def test_an_unknown_tracker_exits_2_naming_the_choices(
 ) -> None:
     code, _, err = _cli(capsys, *dirs, "--out", tmp_path / "out", "--log", "neptune")
     assert code == 2
-    assert "--log" in err and "neptune" in err
+    assert "--log" in err
+    assert "neptune" in err
     for name in ("wandb", "tensorboard", "mlflow", "csv"):
         assert name in err
     assert not (tmp_path / "out").exists()
     code, _, err = _cli(capsys, *dirs, "--out", tmp_path / "out", "--log-dir", tmp_path / "logs")
-    assert code == 2 and "argument --log-dir: only used with --log" in err
+    assert code == 2
+    assert "argument --log-dir: only used with --log" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_python_api_counts_and_warns_a_failing_logger_and_checks_its_arguments(
     dirs: list[Path], tmp_path: Path
 ) -> None:
-    from memcallbacks.loggers import TrackerWarning
-    from memcallbacks.offline.attack import make_loggers
+    from memcallbacks.loggers import TrackerWarning, make_loggers
 
     result = run_attack(dirs, methods=("loss",))
     blocker = tmp_path / "file"

@@ -33,11 +33,12 @@ def test_audit_separates_memorised_from_unseen_canaries(tmp_path: Path, trained_
     trainer(tmp_path, max_epochs=80, callbacks=[audit]).fit(model, train)
 
     last = audit.history[-1]
-    assert last["epoch"] == 79 and last["guesses"] == 40
+    assert last["epoch"] == 79
+    assert last["mem/audit/guesses"] == 40
     if trained_on_canaries:
         # the 100 included canaries are memorised: nearly every guess is right
-        assert last["accuracy"] >= 0.95
-        assert last["epsilon_lb"] > 2.0  # 40/40 right would give 2.55
+        assert last["mem/audit/accuracy"] >= 0.95
+        assert last["mem/audit/epsilon_lb"] > 2.0  # 40/40 right would give 2.55
     else:
-        assert last["accuracy"] <= 0.75
-        assert last["epsilon_lb"] < 0.5
+        assert last["mem/audit/accuracy"] <= 0.75
+        assert last["mem/audit/epsilon_lb"] < 0.5

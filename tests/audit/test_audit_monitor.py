@@ -37,7 +37,8 @@ def test_inclusion_is_a_seeded_fair_coin_per_canary() -> None:
     a = PrivacyAuditMonitor(_canaries(1000), seed=3)
     b = PrivacyAuditMonitor(_canaries(1000), seed=3)
     c = PrivacyAuditMonitor(_canaries(1000), seed=4)
-    assert a.included.dtype == np.bool_ and a.included.shape == (1000,)
+    assert a.included.dtype == np.bool_
+    assert a.included.shape == (1000,)
     np.testing.assert_array_equal(a.included, b.included)
     assert not np.array_equal(a.included, c.included)
     # independent of the canaries' content: numpy's documented generator, one uniform per canary
@@ -60,7 +61,8 @@ def test_included_dataset_and_inject_hold_exactly_the_included_canaries() -> Non
     assert len(train) == 50 + len(idx)
     assert torch.equal(train[50][0], canaries[int(idx[0])][0])
     monitor, half = PrivacyAuditMonitor.split(canaries, seed=0, k_pos=3, k_neg=3)
-    assert len(half) == len(idx) and monitor.k_pos == 3
+    assert len(half) == len(idx)
+    assert monitor.k_pos == 3
 
 
 def test_defaults_for_the_number_of_guesses() -> None:
@@ -138,7 +140,7 @@ def test_uninformative_scores_give_zero() -> None:
 
 # -- the callback in a real Trainer ---------------------------------------------------------
 class FixedScores:
-    """score_fn returning a preset score vector per call (one row per evaluation)."""
+    """canary_score_fn returning a preset score vector per call (one row per evaluation)."""
 
     def __init__(self, rows: list[np.ndarray]) -> None:
         self.rows = rows
@@ -155,7 +157,9 @@ def test_logged_keys_and_run_directory(tmp_path: Path) -> None:
     included = np.array([True, False] * 10)
     perfect = np.where(included, 1.0, 0.0) + np.arange(m) * 1e-3
     rows = [np.zeros(m) + np.arange(m) * 1e-3, perfect]  # epoch 0: guesses by index; epoch 1: perfect
-    audit = PrivacyAuditMonitor(_canaries(m), included=included, k_pos=4, k_neg=4, score_fn=FixedScores(rows))
+    audit = PrivacyAuditMonitor(
+        _canaries(m), included=included, k_pos=4, k_neg=4, canary_score_fn=FixedScores(rows)
+    )
     train, _ = loaders(make_blobs(32))
     trainer(tmp_path, max_epochs=2, callbacks=[audit]).fit(TinyClassifier(), train)
 
@@ -185,7 +189,7 @@ def test_logged_keys_and_run_directory(tmp_path: Path) -> None:
         0.05,
     )
     assert [h["correct"] for h in meta["history"]] == [4, 8]
-    assert audit.history[1]["epsilon_lb"] == pytest.approx(df["mem/audit/epsilon_lb"].iloc[1])
+    assert audit.history[1]["mem/audit/epsilon_lb"] == pytest.approx(df["mem/audit/epsilon_lb"].iloc[1])
 
 
 def test_default_score_is_minus_the_eval_mode_per_sample_loss(tmp_path: Path) -> None:

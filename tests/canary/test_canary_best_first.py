@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from helpers.language_models import NaiveOnlyLM, tiny_window_lm
 from memcallbacks import CanarySet, CharTokenizer
 from memcallbacks.demos.toy import CharLSTMLM, WindowLM
-from memcallbacks.lm.scoring import BestFirstResult, rank_best_first, score_space_trie
+from memcallbacks.lm.best_first import BestFirstResult, rank_best_first
+from memcallbacks.lm.scoring import score_space_trie
 
 TOK = CharTokenizer()
 TRIE_NODES = 1 + 4 + 16 + 64  # root and the inner nodes of a 4-character trie over "0123"
@@ -49,7 +50,8 @@ def test_every_candidate_rank_equals_the_whole_space_rank(model_cls) -> None:
     for i in every:
         # a small batch splits the frontier into many chunks
         result = rank_best_first(model, cs, cs.candidate(i), batch_size=5)
-        assert result.exact and result.lower_bound_rank == result.rank
+        assert result.exact
+        assert result.lower_bound_rank == result.rank
         assert result.explored <= TRIE_NODES
         got.append(result.rank)
     np.testing.assert_array_equal(got, expected[::2])
@@ -69,7 +71,8 @@ def test_memorised_canary_is_rank_one_after_few_expansions() -> None:
     assert expected[canary] == 1
     result = rank_best_first(model, cs, cs[0].secret)
     assert isinstance(result, BestFirstResult)
-    assert result.rank == 1 and result.exact
+    assert result.rank == 1
+    assert result.exact
     assert result.explored < 20  # far fewer than the 85 nodes of the whole trie
     assert model.training  # train mode restored
     # its score is the log-perplexity of the secret tokens, as the trie computes it
@@ -100,11 +103,13 @@ def test_budget_exhausted_gives_a_lower_bound() -> None:
     bounds = []
     for budget in (1, 2, 10, 30, 84):
         result = rank_best_first(model, cs, cs.candidate(worst), max_expansions=budget, batch_size=4)
-        assert result.rank is None and not result.exact
+        assert result.rank is None
+        assert not result.exact
         assert result.explored <= budget
         assert 1 <= result.lower_bound_rank <= expected[worst]
         bounds.append(result.lower_bound_rank)
-    assert bounds == sorted(bounds) and bounds[-1] > 1  # more budget, tighter bound
+    assert bounds == sorted(bounds)
+    assert bounds[-1] > 1
     enough = rank_best_first(model, cs, cs.candidate(worst), max_expansions=TRIE_NODES, batch_size=4)
     assert enough.rank == expected[worst] == enough.lower_bound_rank
 

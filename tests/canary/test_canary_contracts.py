@@ -56,10 +56,10 @@ def test_changed_canary_seed_raises_on_resume_and_when_where_args_carry_over(tmp
 
 def test_bad_arguments_name_the_argument() -> None:
     cs = canaries()
-    with pytest.raises(TypeError, match=r"`reference_seed` must be an integer.*'x'"):
-        CanaryExposureMonitor(cs, reference_seed="x")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`reference_seed` must be an integer in \[0, .*got -1"):
-        CanaryExposureMonitor(cs, reference_seed=-1)
+    with pytest.raises(TypeError, match=r"`seed` must be an integer.*'x'"):
+        CanaryExposureMonitor(cs, seed="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, .*got -1"):
+        CanaryExposureMonitor(cs, seed=-1)
     with pytest.raises(TypeError, match=r"`extraction` must be True or False"):
         CanaryExposureMonitor(cs, extraction="false")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"`progress` must be True or False"):
@@ -93,9 +93,8 @@ def test_two_monitors_need_distinct_names(tmp_path) -> None:
         assert float(logged[f"mem/canary/exposure_max/{monitor.name}"]) == pytest.approx(
             row["mem/canary/exposure_max"]
         )
-        assert (
-            monitor.run_dir / "exposure.npz"
-        ).is_file() and monitor.run_dir.name == f"canary_{monitor.name}"
+        assert (monitor.run_dir / "exposure.npz").is_file()
+        assert monitor.run_dir.name == f"canary_{monitor.name}"
     assert "mem/canary/exposure_max" not in logged
 
 
@@ -123,14 +122,17 @@ def test_diverged_model_logs_nan_never_a_safe_value(tmp_path, method) -> None:
     assert hist["epochs"].tolist() == [0, 1, 2]  # training was not ended
     rows = monitor.history  # the per-evaluation view says the same: NaN, never a safe value
     assert [math.isnan(r["mem/canary/exposure_max"]) for r in rows] == [False, True, True]
-    assert np.isfinite(hist["exposure"][0]).all() and hist["nonfinite"][0] == 0
-    assert np.isnan(hist["exposure"][1:]).all() and np.isnan(hist["rank"][1:]).all()
+    assert np.isfinite(hist["exposure"][0]).all()
+    assert hist["nonfinite"][0] == 0
+    assert np.isnan(hist["exposure"][1:]).all()
+    assert np.isnan(hist["rank"][1:]).all()
     assert (hist["nonfinite"][1:] > 0).all()
     metrics = trainer.callback_metrics
     assert math.isnan(float(metrics["mem/canary/exposure_max"]))
     assert math.isnan(float(metrics["mem/canary/exposure_mean/r8"]))
     assert math.isnan(float(metrics["mem/canary/rank_min"]))  # not |R|: that would read as safe
-    assert float(metrics["mem/canary/nonfinite"]) > 0 and float(metrics["mem/canary/saturated"]) == 0
+    assert float(metrics["mem/canary/nonfinite"]) > 0
+    assert float(metrics["mem/canary/saturated"]) == 0
     nan_warnings = [w for w in caught if "NaN or infinite" in str(w.message)]
     assert len(nan_warnings) == 1  # warned once
 
@@ -160,7 +162,8 @@ def test_hybrid_gives_an_exposed_canary_its_exact_rank() -> None:
     assert monitor._resolve_method(model) == "hybrid"
     result = monitor.compute(model)
     log2_space = math.log2(4096)
-    assert result.rank_exact[0] and result.rank[0] == true_rank[0]
+    assert result.rank_exact[0]
+    assert result.rank[0] == true_rank[0]
     assert result.exposure[0] == pytest.approx(log2_space - math.log2(true_rank[0]))
     for i in range(len(cs)):
         if result.rank_exact[i]:

@@ -83,11 +83,14 @@ def test_exact_exposure_matches_brute_force(tmp_path, model_fn) -> None:
     assert len(rows) == 2  # one per epoch, reaching the CSV logger
 
     saved = load_npz(monitor.run_dir / "exposure.npz")
-    assert saved["exposure"].shape == (2, 4) and saved["epochs"].tolist() == [0, 1]
-    assert saved["canary_ids"].tolist() == cs.ids and saved["repetitions"].tolist() == [1, 1, 8, 8]
+    assert saved["exposure"].shape == (2, 4)
+    assert saved["epochs"].tolist() == [0, 1]
+    assert saved["canary_ids"].tolist() == cs.ids
+    assert saved["repetitions"].tolist() == [1, 1, 8, 8]
     assert str(saved["method"]) == "exact"  # the file keeps its earlier vocabulary
     assert str(saved["strategy"]) in ("exact_trie", "exact_list")  # the trie needs an IncrementalLM
-    assert saved["rank_exact"].all() and np.isnan(saved["reference_rank"]).all()
+    assert saved["rank_exact"].all()
+    assert np.isnan(saved["reference_rank"]).all()
     assert not (monitor.run_dir / "secrets.json").exists()
     assert not any(
         str(v) in cs.secrets for arr in saved.values() if arr.dtype.kind == "U" for v in arr.ravel()
@@ -119,7 +122,9 @@ def test_extrapolated_matches_independent_fit_and_references_fixed(tmp_path, mon
 
     # records: one line series per epoch so far; the table is per-sample (no secrets) and not sent
     lines = [r for r, _ in records if isinstance(r, trackers_module.LineSeries)]
-    assert len(lines) == 2 and list(lines[-1].ys) == ["epoch 0", "epoch 1"] and lines[-1].xs == [1.0, 8.0]
+    assert len(lines) == 2
+    assert list(lines[-1].ys) == ["epoch 0", "epoch 1"]
+    assert lines[-1].xs == [1.0, 8.0]
     tables = [(r, kw) for r, kw in records if isinstance(r, trackers_module.Table)]
     assert all(t.per_sample and not t.secret and "secret" not in t.columns for t, _ in tables)
     assert all(not kw["allow_secrets"] for _, kw in tables)
@@ -133,7 +138,9 @@ def test_log_secrets_table_and_file(tmp_path, monkeypatch) -> None:
     make_trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(tiny_window_lm(TOK.vocab_size), loader(cs))
     assert json.loads((monitor.run_dir / "secrets.json").read_text()) == {c.id: c.secret for c in cs}
     table, kw = next((r, kw) for r, kw in records if isinstance(r, trackers_module.Table))
-    assert table.secret and kw["allow_secrets"] and table.columns[-1] == "secret"
+    assert table.secret
+    assert kw["allow_secrets"]
+    assert table.columns[-1] == "secret"
     assert [row[-1] for row in table.rows] == cs.secrets
 
 
@@ -148,10 +155,13 @@ def test_extraction_counts_emitted_secret() -> None:
     extracted = monitor._extract(model)
     assert extracted.tolist() == [False, True]
     assert result.exposure[1] == pytest.approx(math.log2(10**6))  # capped
-    assert result.saturated == 1 and result.reference_rank[1] == 1
-    assert result.rank[1] == 1 and not result.rank_exact[1]  # 1 is only a lower bound: extrapolated
+    assert result.saturated == 1
+    assert result.reference_rank[1] == 1
+    assert result.rank[1] == 1
+    assert not result.rank_exact[1]
     metrics = monitor._metrics(result, extracted)
-    assert metrics["mem/canary/extracted"] == 1.0 and metrics["mem/canary/reference_rank_min"] == 1.0
+    assert metrics["mem/canary/extracted"] == 1.0
+    assert metrics["mem/canary/reference_rank_min"] == 1.0
 
 
 def test_resume_gives_identical_numbers(tmp_path) -> None:
@@ -224,7 +234,8 @@ def test_ddp_all_ranks_log_the_same(tmp_path, rank_dump) -> None:
     )
     trainer.fit(tiny_window_lm(TOK.vocab_size), loader(cs))
     r0, r1 = (rank["metrics"] for rank in rank_dump.read())
-    assert "mem/canary/exposure_max" in r0 and r0 == r1
+    assert "mem/canary/exposure_max" in r0
+    assert r0 == r1
     saved = load_npz(next((tmp_path).rglob("exposure.npz")))
     assert saved["exposure"].shape == (1, 4)
     assert float(r0["mem/canary/exposure_mean"]) == pytest.approx(float(saved["exposure"].mean()), abs=1e-5)

@@ -12,9 +12,9 @@ import torch
 from helpers.language_models import NaiveOnlyLM, PooledLM
 from memcallbacks import CanarySet, CharTokenizer
 from memcallbacks.demos.toy import CharLSTMLM, WindowLM
+from memcallbacks.lm.decoding import beam_search
 from memcallbacks.lm.scoring import (
     IncrementalLM,
-    beam_search,
     is_incremental,
     log_perplexity,
     score_sequences,
@@ -51,7 +51,8 @@ def test_trie_equals_shared_prefix_equals_naive(model_cls) -> None:
     tok = CharTokenizer()
     cs = CanarySet("pin {secret}!", tok, length=3, repetitions=(1,), per_count=2, seed=3)
     model = model_cls(tok.vocab_size)
-    assert isinstance(model, IncrementalLM) and is_incremental(model)
+    assert isinstance(model, IncrementalLM)
+    assert is_incremental(model)
     model.train()
     cands = cs.enumerate_candidates()
     naive = score_sequences(
@@ -132,7 +133,8 @@ def test_custom_score_fn_hf_style_output() -> None:
     model = HFStyle()
     a = score_sequences(model, [[1, 2, 3]], 1)
     b = score_sequences(model.inner, [[1, 2, 3]], 1)
-    assert a == pytest.approx(b) and math.isfinite(a[0])
+    assert a == pytest.approx(b)
+    assert math.isfinite(a[0])
 
 
 def test_progress_bar_forced(capsys) -> None:

@@ -44,7 +44,8 @@ class CallOnly:
 def test_char_tokenizer_round_trip_and_errors() -> None:
     tok = CharTokenizer()
     ids = tok.encode("my pin is 12.")
-    assert ids[0] == tok.bos_token_id and tok.decode(ids) == "my pin is 12."
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids) == "my pin is 12."
     assert tok("ab")["input_ids"] == tok.encode("ab")
     with pytest.raises(ValueError, match="alphabet"):
         tok.encode("café")
@@ -56,9 +57,11 @@ def test_canaries_ids_secrets_tokens() -> None:
     cs = make()
     assert cs.ids == ["c00_r1", "c01_r1", "c02_r2", "c03_r2", "c04_r4", "c05_r4"]
     assert [c.repetitions for c in cs] == [1, 1, 2, 2, 4, 4]
-    assert cs.space_size == 10**6 and cs.log2_space_size == pytest.approx(19.9315685693)
+    assert cs.space_size == 10**6
+    assert cs.log2_space_size == pytest.approx(19.9315685693)
     secrets = cs.secrets
-    assert len(set(secrets)) == 6 and all(len(s) == 6 and s.isdigit() for s in secrets)
+    assert len(set(secrets)) == 6
+    assert all(len(s) == 6 and s.isdigit() for s in secrets)
     assert make().secrets == secrets  # seeded
     assert make(seed=1).secrets != secrets
     tok = CharTokenizer()
@@ -95,14 +98,16 @@ def test_space_enumeration_and_indexing() -> None:
     with pytest.raises(ValueError, match="limit"):
         make().enumerate_candidates(limit=1000)
     lst = make(candidates=["alice", "bob", "carol", "dave"], repetitions=(1,), per_count=2)
-    assert lst.space_size == 4 and set(lst.secrets) <= {"alice", "bob", "carol", "dave"}
+    assert lst.space_size == 4
+    assert set(lst.secrets) <= {"alice", "bob", "carol", "dave"}
     assert lst.enumerate_candidates() == ["alice", "bob", "carol", "dave"]
 
 
 def test_references_exclude_canaries_distinct_seeded() -> None:
     cs = make()
     refs = cs.sample_references(2000)
-    assert len(refs) == 2000 and len(set(refs)) == 2000
+    assert len(refs) == 2000
+    assert len(set(refs)) == 2000
     assert not set(refs) & set(cs.secrets)
     assert all(len(r) == 6 and r.isdigit() for r in refs)
     assert cs.sample_references(2000) == refs
@@ -113,7 +118,8 @@ def test_references_exclude_canaries_distinct_seeded() -> None:
     # a huge space goes through rejection sampling
     huge = make(alphabet="abcdefghijklmnopqrstuvwxyz", length=20)
     hrefs = huge.sample_references(50)
-    assert len(set(hrefs)) == 50 and not set(hrefs) & set(huge.secrets)
+    assert len(set(hrefs)) == 50
+    assert not set(hrefs) & set(huge.secrets)
 
 
 def test_references_are_uniform() -> None:
@@ -152,7 +158,8 @@ def test_state_dict_round_trip_weights_only() -> None:
     state = torch.load(buf, weights_only=True)
     other = make(seed=99)
     other.load_state_dict(state)
-    assert other.secrets == cs.secrets and other.ids == cs.ids
+    assert other.secrets == cs.secrets
+    assert other.ids == cs.ids
     assert [c.token_ids for c in other] == [c.token_ids for c in cs]
     assert other.injected_indices == cs.injected_indices
     with pytest.raises(ValueError, match="format"):

@@ -1,4 +1,4 @@
-"""Every Lightning internal memcallbacks reads, through memcallbacks.utilities.compat: fails loudly if Lightning moves it.
+"""Every Lightning internal that memcallbacks.utilities.compat reads: a test fails loudly if Lightning moves it.
 
 If one of these tests fails after a Lightning upgrade, fix the named function in
 ``src/memcallbacks/compat.py`` (the only module allowed to touch Lightning internals).
@@ -53,7 +53,8 @@ def test_compat_functions_read_what_they_promise(tmp_path: Path) -> None:
     t.fit(model, tl, vl)
     assert probe.done_at_validation == [False, True]  # mid-epoch validation, then the closing one
     assert "user/train_key" in probe.logged
-    assert probe.source is not None and hasattr(probe.source, "instance")
+    assert probe.source is not None
+    assert hasattr(probe.source, "instance")
     assert probe.trainer_of is t
     assert compat.trainer_of(TinyClassifier()) is None  # not attached: None, not an error
 
@@ -82,4 +83,5 @@ def test_stopper_does_not_reorder_trainer_callbacks(tmp_path: Path) -> None:
     t = trainer(tmp_path, max_epochs=5, callbacks=[stopper, monitor])
     order = list(t.callbacks)
     t.fit(TinyClassifier(), tl)
-    assert list(t.callbacks) == order and stopper.stopped_epoch == 1
+    assert list(t.callbacks) == order
+    assert stopper.stopped_epoch == 1

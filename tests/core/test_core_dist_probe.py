@@ -48,7 +48,8 @@ def test_default_loss_sequence_mean_over_positions_ignoring_padding():
     tok0 = F.cross_entropy(logits[0, :2], y[0, :2], reduction="none").mean()
     tok1 = F.cross_entropy(logits[1], y[1], reduction="none").mean()
     torch.testing.assert_close(loss, torch.stack([tok0, tok1]))
-    assert correct.dtype == torch.bool and correct.shape == (2,)
+    assert correct.dtype == torch.bool
+    assert correct.shape == (2,)
 
 
 def test_evaluate_restores_train_mode_and_matches_manual_forward():
@@ -75,7 +76,9 @@ def test_random_subset_is_seeded_and_sorted():
     ds = TensorDataset(torch.arange(100))
     a, ia = random_subset(ds, 10, seed=3)
     b, ib = random_subset(ds, 10, seed=3)
-    assert ia.tolist() == ib.tolist() and sorted(ia.tolist()) == ia.tolist() and len(a) == 10
+    assert ia.tolist() == ib.tolist()
+    assert sorted(ia.tolist()) == ia.tolist()
+    assert len(a) == 10
     _, all_idx = random_subset(ds, 1000, seed=3)
     assert all_idx.tolist() == list(range(100))
 
@@ -86,7 +89,8 @@ def test_shards_are_contiguous_equal_and_cover_every_position(n: int, world: int
     assert len({len(s) for s in shards}) == 1  # every rank runs as many batches
     flat = np.concatenate(shards)
     assert sorted(set(flat.tolist())) == list(range(n))
-    assert (np.diff(flat) >= 0).all() and (flat[n:] == n - 1).all()  # in order, padding repeats the last
+    assert (np.diff(flat) >= 0).all()  # in order
+    assert (flat[n:] == n - 1).all()  # padding repeats the last
     assert shard_positions(0, 2, 1).size == 0
 
 
@@ -122,7 +126,9 @@ def test_evaluate_sharded_on_one_process_is_the_plain_evaluation() -> None:
     a, ca = evaluate_sharded(None, net, ds, default_sample_loss_and_correct_fn, batch_size=4)
     b, cb = evaluate_sample_losses(net, ds, default_sample_loss_and_correct_fn, batch_size=4)
     torch.testing.assert_close(a, b)
-    assert ca is not None and cb is not None and ca.tolist() == cb.tolist()
+    assert ca is not None
+    assert cb is not None
+    assert ca.tolist() == cb.tolist()
 
 
 def test_probe_evaluation_switches_autocast_off() -> None:
@@ -202,7 +208,8 @@ def test_evaluate_sharded_under_real_ddp_gives_every_rank_the_full_vectors(tmp_p
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
     for r in ranks:  # 11 samples, shards of 6 (rank 1 padded): the padding is gone, order kept
-        assert r["loss"].shape == (11,) and r["correct"].dtype == bool
+        assert r["loss"].shape == (11,)
+        assert r["correct"].dtype == bool
         np.testing.assert_allclose(r["loss"], r["plain"], rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(r["correct"], r["plain_correct"])
     np.testing.assert_array_equal(ranks[0]["loss"], ranks[1]["loss"])

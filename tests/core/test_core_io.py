@@ -14,7 +14,8 @@ def test_save_and_load_npz_roundtrip(tmp_path):
     path = fileio.save_npz(tmp_path / "a.npz", x=np.arange(5), y=torch.tensor([1.5, float("nan")]))
     data = fileio.load_npz(path)
     np.testing.assert_array_equal(data["x"], np.arange(5))
-    assert data["y"][0] == 1.5 and np.isnan(data["y"][1])
+    assert data["y"][0] == 1.5
+    assert np.isnan(data["y"][1])
 
 
 def test_no_temporary_file_left_and_replace_is_whole(tmp_path):
@@ -123,9 +124,8 @@ except OSError as e:
 """
     out = _run_with_small_file_limit(body, tmp_path)
     assert "ERR 27" in out.stdout, out.stderr  # EFBIG, as ENOSPC would be: an OSError from write()
-    assert (
-        f"{tmp_path}/big.npy" in out.stdout and "File too large; memcallbacks could not write" in out.stdout
-    )
+    assert f"{tmp_path}/big.npy" in out.stdout
+    assert "File too large; memcallbacks could not write" in out.stdout
     assert not list(tmp_path.glob(".big.npy*"))  # the temporary file is gone
 
 

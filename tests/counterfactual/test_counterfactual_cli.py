@@ -63,9 +63,11 @@ def test_cli_writes_the_estimator_of_the_recorded_files(
     with np.load(tmp_path / "m" / "memorisation.npz") as saved:
         np.testing.assert_array_equal(saved["mem"], expected.mem)
         np.testing.assert_array_equal(saved["se"], expected.se)
-        assert (saved["n_in"] == 2).all() and (saved["n_out"] == 2).all()  # balanced: every sample in 2 of 4
+        assert (saved["n_in"] == 2).all()
+        assert (saved["n_out"] == 2).all()
     summary = json.loads((tmp_path / "m" / "memorisation.json").read_text())
-    assert summary["settings"]["signal"] == "correct" and summary["settings"]["num_runs"] == 4
+    assert summary["settings"]["signal"] == "correct"
+    assert summary["settings"]["num_runs"] == 4
     assert summary["summary"]["num_undefined"] == 0
     top = summary["most_memorised"]
     assert top[0]["mem"] == pytest.approx(np.nanmax(expected.mem))
@@ -76,7 +78,9 @@ def test_cli_writes_the_estimator_of_the_recorded_files(
     }
     assert (tmp_path / "m" / "mem_histogram.png").stat().st_size > 1000
     assert "## Counterfactual memorisation" in (tmp_path / "m" / "memorisation.md").read_text()
-    assert "most memorised pool samples" in out and "mean_loss" in out and "learned_epoch" in out
+    assert "most memorised pool samples" in out
+    assert "mean_loss" in out
+    assert "learned_epoch" in out
 
 
 def _hand_rho(run_dir: Path, others: list[Path], pool_ids_of_rows: np.ndarray | None = None) -> float:
@@ -98,7 +102,8 @@ def test_proxy_rho_uses_leave_one_out_mem_and_training_set_positions(runs: dict[
         got = result.proxies[str(dirs[k] / "memcallbacks" / "shadow")]["mean_loss"]
         assert got.rho == pytest.approx(_hand_rho(dirs[k], [d for j, d in enumerate(dirs) if j != k]))
         assert got.n == int(_recorded(dirs[k])[1].sum())  # every training sample of the run
-    assert result.expected["mean_loss"] == "+" and result.expected["min_loss"] == "-"
+    assert result.expected["mean_loss"] == "+"
+    assert result.expected["min_loss"] == "-"
 
 
 def test_trajectory_ids_that_are_pool_positions_are_mapped_as_such(runs: dict[str, list[Path]]) -> None:
@@ -106,10 +111,12 @@ def test_trajectory_ids_that_are_pool_positions_are_mapped_as_such(runs: dict[st
     result = run_memorisation(dirs)
     with np.load(dirs[0] / "memcallbacks" / "trajectory" / "statistics.npz") as st:
         n_train = int(_recorded(dirs[0])[1].sum())
-        assert st["count"].size == 48 and (st["count"] > 0).sum() == n_train
+        assert st["count"].size == 48
+        assert (st["count"] > 0).sum() == n_train
         ids = st["sample_ids"]
     got = result.proxies[str(dirs[0] / "memcallbacks" / "shadow")]["mean_loss"]
-    assert got.rho == pytest.approx(_hand_rho(dirs[0], dirs[1:], pool_ids_of_rows=ids)) and got.n == n_train
+    assert got.rho == pytest.approx(_hand_rho(dirs[0], dirs[1:], pool_ids_of_rows=ids))
+    assert got.n == n_train
 
 
 def test_trajectory_pool_ids_rules() -> None:
@@ -131,12 +138,12 @@ def test_samples_never_in_or_never_out_are_nan_and_counted(
     with np.load(tmp_path / "memorisation.npz") as saved:
         mem, n_in = saved["mem"], saved["n_in"]
     undefined = np.isnan(mem)
-    assert undefined.any() and np.array_equal(undefined, (n_in == 0) | (n_in == 2))
+    assert undefined.any()
+    assert np.array_equal(undefined, (n_in == 0) | (n_in == 2))
     summary = json.loads((tmp_path / "memorisation.json").read_text())["summary"]
     assert summary["num_undefined"] == int(undefined.sum())
-    assert summary["num_never_in"] == int((n_in == 0).sum()) and summary["num_never_out"] == int(
-        (n_in == 2).sum()
-    )
+    assert summary["num_never_in"] == int((n_in == 0).sum())
+    assert summary["num_never_out"] == int((n_in == 2).sum())
     assert f"undefined (NaN) for {int(undefined.sum())} samples" in out
     assert "no run directory holds a LossTrajectoryTracker folder" in out
 
@@ -153,21 +160,26 @@ def test_bad_input_exits_2_naming_the_run_directory(
 ) -> None:
     balanced = runs["balanced"]
     err = _expect_exit_2(capsys, balanced[0], "--out", tmp_path)
-    assert "at least 2 shadow runs" in err and str(balanced[0]) in err
+    assert "at least 2 shadow runs" in err
+    assert str(balanced[0]) in err
     err = _expect_exit_2(capsys, balanced[0], runs["other_pool"][0], "--out", tmp_path)
-    assert "another pool" in err and str(runs["other_pool"][0]) in err
+    assert "another pool" in err
+    assert str(runs["other_pool"][0]) in err
     # the same features with other labels: the fingerprint hashes items with their labels
     err = _expect_exit_2(capsys, balanced[0], runs["relabelled"][0], "--out", tmp_path)
-    assert "another pool" in err and str(runs["relabelled"][0]) in err
+    assert "another pool" in err
+    assert str(runs["relabelled"][0]) in err
     err = _expect_exit_2(capsys, balanced[0], balanced[0], "--out", tmp_path)
     assert "same run directory" in err
     err = _expect_exit_2(capsys, *balanced[:2], "--signal", "token_accuracy", "--out", tmp_path)
-    assert "per-token accuracy" in err and str(balanced[0]) in err
+    assert "per-token accuracy" in err
+    assert str(balanced[0]) in err
     broken = tmp_path / "broken"
     shutil.copytree(balanced[1], broken)
     (broken / "memcallbacks" / "shadow" / "scores.npz").unlink()
     err = _expect_exit_2(capsys, balanced[0], broken, "--out", tmp_path)
-    assert "no scores.npz" in err and str(broken) in err
+    assert "no scores.npz" in err
+    assert str(broken) in err
     assert not (tmp_path / "memorisation.json").exists()
 
 
@@ -186,15 +198,18 @@ def test_recorded_labels_must_agree_and_show_only_with_log_per_sample(
     b = _with_labels(runs["balanced"][1], tmp_path / "b", labels)
     c = _with_labels(runs["balanced"][2], tmp_path / "c", (labels + 1) % 3)
     err = _expect_exit_2(capsys, a, b, c, "--out", tmp_path / "x")
-    assert "other labels" in err and str(c) in err
+    assert "other labels" in err
+    assert str(c) in err
     code, out, _ = _cli(capsys, a, b, "--out", tmp_path / "plain")
-    assert code == 0 and "label" not in out.split("most memorised")[1].splitlines()[1]
+    assert code == 0
+    assert "label" not in out.split("most memorised")[1].splitlines()[1]
     plain = json.loads((tmp_path / "plain" / "memorisation.json").read_text())
     assert all("label" not in r for r in plain["most_memorised"])
     code, out, _ = _cli(capsys, a, b, "--log-per-sample", "--out", tmp_path / "opt")
     assert code == 0
     rows = json.loads((tmp_path / "opt" / "memorisation.json").read_text())["most_memorised"]
-    assert rows and all(r["label"] == int(labels[r["pool_id"]]) for r in rows)
+    assert rows
+    assert all(r["label"] == int(labels[r["pool_id"]]) for r in rows)
 
 
 def test_score_signal_uses_the_recorded_logit_confidence(runs: dict[str, list[Path]]) -> None:
@@ -208,7 +223,8 @@ def test_score_signal_uses_the_recorded_logit_confidence(runs: dict[str, list[Pa
     np.testing.assert_allclose(
         result.estimate.mem, counterfactual_memorisation(np.stack(scores), np.stack(included)).mem
     )
-    assert result.signal == "score" and torch.is_tensor(torch.as_tensor(result.estimate.mem))
+    assert result.signal == "score"
+    assert torch.is_tensor(torch.as_tensor(result.estimate.mem))
 
 
 def test_language_model_runs_use_minus_the_loss(tmp_path: Path) -> None:

@@ -23,8 +23,10 @@ def test_counterfactual_digits_tiny_run_flipped_labels_are_more_memorised(
     # a flipped label is predicted only by a model that trained on it (Feldman & Zhang 2020)
     assert flipped_mean > clean_mean + 0.1, (flipped_mean, clean_mean)
     printed = capsys.readouterr().out
-    assert "mean mem: flipped" in printed and "mean_loss" in printed
+    assert "mean mem: flipped" in printed
+    assert "mean_loss" in printed
     summary = json.loads((tmp_path / "memorisation" / "memorisation.json").read_text())
-    assert summary["settings"]["pool_size"] == 1797 and len(summary["proxies"]["per_run"]) == 4
+    assert summary["settings"]["pool_size"] == 1797
+    assert len(summary["proxies"]["per_run"]) == 4
     # the mean loss of a run ranks its training samples in the direction of mem
     assert summary["proxies"]["summary"]["mean_loss"]["rho_mean"] > 0

@@ -24,7 +24,8 @@ def test_estimator_equals_the_hand_computed_toy_values() -> None:
     assert r.mem.tolist() == [1.0, 0.5, 0.0]
     assert r.mean_in.tolist() == [1.0, 1.0, 0.5]
     assert r.mean_out.tolist() == [0.0, 0.5, 0.5]
-    assert r.n_in.tolist() == [2, 2, 2] and r.n_out.tolist() == [2, 2, 2]
+    assert r.n_in.tolist() == [2, 2, 2]
+    assert r.n_out.tolist() == [2, 2, 2]
     assert r.n_in.dtype == np.int64
 
 
@@ -50,16 +51,21 @@ def test_never_in_and_never_out_are_nan_and_counted_never_zero() -> None:
     included = np.array([[1, 0, 1, 1], [1, 0, 0, 0], [1, 0, 1, 0]], dtype=bool)
     r = counterfactual_memorisation(correct, included)
     # sample 0 in every run, sample 1 in none: NaN, not 0
-    assert np.isnan(r.mem[0]) and np.isnan(r.mem[1])
-    assert np.isnan(r.se[0]) and np.isnan(r.se[1])
-    assert np.isnan(r.mean_out[0]) and np.isnan(r.mean_in[1])
-    assert r.mean_in[0] == pytest.approx(2 / 3) and r.mean_out[1] == pytest.approx(2 / 3)
+    assert np.isnan(r.mem[0])
+    assert np.isnan(r.mem[1])
+    assert np.isnan(r.se[0])
+    assert np.isnan(r.se[1])
+    assert np.isnan(r.mean_out[0])
+    assert np.isnan(r.mean_in[1])
+    assert r.mean_in[0] == pytest.approx(2 / 3)
+    assert r.mean_out[1] == pytest.approx(2 / 3)
     assert (r.num_never_out, r.num_never_in, r.num_undefined) == (1, 1, 2)
     # sample 2: in runs 0, 2 (1, 0), out run 1 (1): mem defined, se undefined (one out-run)
     assert r.mem[2] == pytest.approx(0.5 - 1.0)
     assert np.isnan(r.se[2])
     # sample 3: in run 0 only (0), out runs 1, 2 (1, 1)
-    assert r.mem[3] == -1.0 and np.isnan(r.se[3])
+    assert r.mem[3] == -1.0
+    assert np.isnan(r.se[3])
 
 
 def test_matches_a_per_sample_loop_on_random_runs() -> None:
@@ -109,7 +115,8 @@ def test_spearman_ignores_nan_pairs_and_agrees_with_scipy() -> None:
     keep = ~(np.isnan(a) | np.isnan(b))
     ref = stats.spearmanr(a[keep], b[keep])
     assert result.n == 47
-    assert result.rho == pytest.approx(ref.statistic) and result.p_value == pytest.approx(ref.pvalue)
+    assert result.rho == pytest.approx(ref.statistic)
+    assert result.p_value == pytest.approx(ref.pvalue)
     # ties get average ranks: a monotone transform with ties
     assert spearman([1, 2, 2, 3], [10, 20, 20, 30]).rho == pytest.approx(1.0)
 
@@ -117,7 +124,9 @@ def test_spearman_ignores_nan_pairs_and_agrees_with_scipy() -> None:
 def test_spearman_is_nan_never_zero_without_a_ranking() -> None:
     assert math.isnan(spearman([1.0, 2.0], [2.0, 1.0]).rho)  # fewer than 3 pairs
     constant = spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
-    assert math.isnan(constant.rho) and math.isnan(constant.p_value) and constant.n == 4
+    assert math.isnan(constant.rho)
+    assert math.isnan(constant.p_value)
+    assert constant.n == 4
     assert spearman([np.nan] * 4, [1.0, 2.0, 3.0, 4.0]).n == 0
     with pytest.raises(ValueError, match="same shape"):
         spearman([1.0, 2.0, 3.0], [1.0, 2.0])

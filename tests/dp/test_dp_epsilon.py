@@ -1,4 +1,4 @@
-"""DP-SGD in Lightning (make_private) and DPEpsilonLogger, checked against closed-form GDP accounting."""
+"""DP-SGD in Lightning (make_private) and DPEpsilonMonitor, checked against closed-form GDP accounting."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from helpers.data import make_blobs
 from helpers.models import TinyClassifier
 from helpers.training import trainer
-from memcallbacks import DPEpsilonLogger, PrivacyAuditMonitor
+from memcallbacks import DPEpsilonMonitor, PrivacyAuditMonitor
 from memcallbacks.callbacks.dp import is_poisson_loader, make_private
 from memcallbacks.callbacks.probes import evaluate_sample_losses
 from memcallbacks.data.indexed import IndexedDataset
@@ -70,7 +70,7 @@ def _gdp_epsilon(q: float, steps: int, sigma: float, delta: float) -> float:
 
 
 def test_logged_epsilon_matches_closed_form_gdp_and_does_not_touch_the_accountant(tmp_path: Path) -> None:
-    cb = DPEpsilonLogger(delta=1e-5)
+    cb = DPEpsilonMonitor(delta=1e-5)
     model = DPClassifier(accountant="gdp")
     trainer(tmp_path, max_epochs=3, callbacks=[cb]).fit(model, _poisson_loader())
 
@@ -80,13 +80,17 @@ def test_logged_epsilon_matches_closed_form_gdp_and_does_not_touch_the_accountan
     assert list(df["epoch"]) == [0, 1, 2]
     np.testing.assert_allclose(df["mem/dp/epsilon"], expected, rtol=1e-5)
     np.testing.assert_allclose(df["mem/dp/delta"], 1e-5, rtol=1e-6)  # logged as float32
-    assert [h["steps"] for h in cb.history] == [8, 16, 24]
+    assert [h["epoch"] for h in cb.history] == [0, 1, 2]
+    assert [h["steps"] for h in load_json(Path(cb.run_dir) / "dp.json")["history"]] == [8, 16, 24]
     # the live accountant still holds its full history and reports the same number afterwards
     acc = model.privacy_engine.accountant
-    assert isinstance(acc, GaussianAccountant) and acc.history == [(SIGMA, BATCH / N, 24)]
+    assert isinstance(acc, GaussianAccountant)
+    assert acc.history == [(SIGMA, BATCH / N, 24)]
     assert acc.get_epsilon(1e-5) == pytest.approx(expected[-1], rel=1e-5)
     meta = load_json(Path(cb.run_dir) / "dp.json")
-    assert meta["accountant"] == "gdp" and meta["delta"] == 1e-5 and meta["poisson_sampling"] is True
+    assert meta["accountant"] == "gdp"
+    assert meta["delta"] == 1e-5
+    assert meta["poisson_sampling"] is True
     assert [h["epsilon"] for h in meta["history"]] == pytest.approx(expected, rel=1e-5)
 
 
@@ -103,7 +107,7 @@ def test_reading_epsilon_never_mutates_the_accountant() -> None:
     acc = PoppingAccountant()
     for _ in range(10):
         acc.step(noise_multiplier=1.0, sample_rate=0.01)
-    cb = DPEpsilonLogger(delta=1e-5, privacy_engine=acc)
+    cb = DPEpsilonMonitor(delta=1e-5, privacy_engine=acc)
     before = list(acc.history)
     first = cb.read_epsilon(acc)
     assert acc.history == before
@@ -121,7 +125,7 @@ def test_accountant_failure_warns_once_and_skips(tmp_path: Path) -> None:
 
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant = FailingAccountant()
-    cb = DPEpsilonLogger(delta=1e-5, privacy_engine=engine)
+    cb = DPEpsilonMonitor(delta=1e-5, privacy_engine=engine)
 
     class Model(DPClassifier):
         def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -133,7 +137,8 @@ def test_accountant_failure_warns_once_and_skips(tmp_path: Path) -> None:
         trainer(tmp_path, max_epochs=3, callbacks=[cb]).fit(Model(), _poisson_loader())
     failures = [w for w in caught if "could not compute epsilon" in str(w.message)]
     assert len(failures) == 1
-    assert "cannot compute epsilon" in str(failures[0].message) and "rdp" in str(failures[0].message)
+    assert "cannot compute epsilon" in str(failures[0].message)
+    assert "rdp" in str(failures[0].message)
     csvs = list(Path(tmp_path).rglob("metrics.csv"))  # nothing else is logged: no file at all
     assert not csvs or "mem/dp/epsilon" not in pd.read_csv(csvs[0]).columns
     assert cb.history == []
@@ -141,7 +146,7 @@ def test_accountant_failure_warns_once_and_skips(tmp_path: Path) -> None:
 
 def test_no_accountant_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="privacy_engine"):
-        trainer(tmp_path, max_epochs=1, callbacks=[DPEpsilonLogger()]).fit(
+        trainer(tmp_path, max_epochs=1, callbacks=[DPEpsilonMonitor()]).fit(
             TinyClassifier(), DataLoader(IndexedDataset(make_blobs(32)), batch_size=16)
         )
 
@@ -150,15 +155,16 @@ def test_no_accountant_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_delta(delta: Any) -> None:
     error = TypeError if isinstance(delta, str) else ValueError
     with pytest.raises(error, match=f"`delta` must be a finite number in \\[0.0, 1.0\\), got {delta!r}"):
-        DPEpsilonLogger(delta=delta)
+        DPEpsilonMonitor(delta=delta)
 
 
 def test_non_poisson_loader_is_refused_or_warned(tmp_path: Path) -> None:
     plain = DataLoader(IndexedDataset(make_blobs(N)), batch_size=BATCH, shuffle=True)
-    assert not is_poisson_loader(plain) and is_poisson_loader(_poisson_loader())
+    assert not is_poisson_loader(plain)
+    assert is_poisson_loader(_poisson_loader())
     with pytest.raises(ValueError, match="does not sample Poisson-style.*DPDataLoader.from_data_loader"):
         trainer(tmp_path / "a", max_epochs=1).fit(DPClassifier(), plain)
-    cb = DPEpsilonLogger(delta=1e-5)
+    cb = DPEpsilonMonitor(delta=1e-5)
     with pytest.warns(UserWarning, match="training DataLoader does not sample Poisson-style"):
         trainer(tmp_path / "b", max_epochs=1, callbacks=[cb]).fit(DPClassifier(poisson=False), plain)
     assert load_json(Path(cb.run_dir) / "dp.json")["poisson_sampling"] is False
@@ -173,8 +179,8 @@ def test_make_private_outside_a_trainer_explains() -> None:
 
 
 def test_resume_restores_the_accountant(tmp_path: Path) -> None:
-    def run(root: Path, epochs: int, ckpt: str | None = None) -> DPEpsilonLogger:
-        cb = DPEpsilonLogger(delta=1e-5)
+    def run(root: Path, epochs: int, ckpt: str | None = None) -> DPEpsilonMonitor:
+        cb = DPEpsilonMonitor(delta=1e-5)
         ck = pl.callbacks.ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True)
         tr = trainer(root, max_epochs=epochs, callbacks=[cb, ck], enable_checkpointing=True)
         tr.fit(DPClassifier(), _poisson_loader(), ckpt_path=ckpt)
@@ -183,20 +189,23 @@ def test_resume_restores_the_accountant(tmp_path: Path) -> None:
     straight = run(tmp_path / "a", 3)
     run(tmp_path / "b", 2)
     resumed = run(tmp_path / "c", 3, ckpt=str(tmp_path / "b" / "ckpt" / "last.ckpt"))
-    assert [h["steps"] for h in resumed.history] == [8, 16, 24]
-    assert [h["epsilon"] for h in resumed.history] == pytest.approx([h["epsilon"] for h in straight.history])
+    assert [h["steps"] for h in load_json(resumed.run_dir / "dp.json")["history"]] == [8, 16, 24]
+    assert [h["mem/dp/epsilon"] for h in resumed.history] == pytest.approx(
+        [h["mem/dp/epsilon"] for h in straight.history]
+    )
     torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=True)
 
 
 def test_monitors_work_on_the_dp_model(tmp_path: Path) -> None:
     canaries = make_blobs(40, seed=3)
     audit = PrivacyAuditMonitor(canaries, k_pos=5, k_neg=5, delta=1e-5)
-    cb = DPEpsilonLogger(delta=1e-5)
+    cb = DPEpsilonMonitor(delta=1e-5)
     model = DPClassifier()
     trainer(tmp_path, max_epochs=2, callbacks=[cb, audit]).fit(
         model, _poisson_loader(audit.inject(make_blobs(N)))
     )
-    assert len(audit.history) == 2 and len(cb.history) == 2
+    assert len(audit.history) == 2
+    assert len(cb.history) == 2
     # scoring left nothing in Opacus' per-sample buffers, and matches a plain forward
     for mod in model.modules():
         assert not getattr(mod, "activations", [])
@@ -208,4 +217,4 @@ def test_monitors_work_on_the_dp_model(tmp_path: Path) -> None:
         )
     np.testing.assert_allclose(losses.numpy(), plain.numpy(), rtol=1e-6)
     # the lower bound cannot exceed the accountant's epsilon (with probability 1 - beta)
-    assert audit.history[-1]["epsilon_lb"] <= cb.history[-1]["epsilon"]
+    assert audit.history[-1]["mem/audit/epsilon_lb"] <= cb.history[-1]["mem/dp/epsilon"]

@@ -34,7 +34,7 @@ from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
     CharTokenizer,
-    DPEpsilonLogger,
+    DPEpsilonMonitor,
     IndexedDataset,
     LeakageEarlyStopping,
     LossTrajectoryTracker,
@@ -122,7 +122,7 @@ def tracker(tmp: Path, **kwargs: Any) -> LossTrajectoryTracker:
 
 
 def mia(tmp: Path, **kwargs: Any) -> MembershipInferenceMonitor:
-    return MembershipInferenceMonitor(nonmembers=DATA.val, num_probe=16, run_dir=tmp / "run", **kwargs)
+    return MembershipInferenceMonitor(nonmembers=DATA.val, num_probes=16, run_dir=tmp / "run", **kwargs)
 
 
 def canaries(**kwargs: Any) -> CanarySet:
@@ -212,7 +212,8 @@ def handled_missing_key_not_strict(tmp: Path) -> tuple[pl.Trainer, Any]:
 
 
 def check_missing_key_not_strict(trainer: pl.Trainer, stop: Any, caught: list[str]) -> None:
-    assert trainer.current_epoch == 2 and stop.stopped_epoch is None
+    assert trainer.current_epoch == 2
+    assert stop.stopped_epoch is None
     assert sum("mem/typo/auc" in w for w in caught) == 1
 
 
@@ -278,9 +279,9 @@ RAISES: list[Any] = [
     ),
     (
         "num_probe_float",
-        lambda tmp: MembershipInferenceMonitor(num_probe=0.5),
+        lambda tmp: MembershipInferenceMonitor(num_probes=0.5),
         TypeError,
-        r"`num_probe` must be an integer >= 1.*num_probe=1000",
+        r"`num_probes` must be an integer >= 1.*num_probes=1000",
     ),
     (
         "format_two_slots",
@@ -345,7 +346,7 @@ RAISES: list[Any] = [
     ),
     (
         "dp_delta_too_large",
-        lambda tmp: DPEpsilonLogger(delta=1.5),
+        lambda tmp: DPEpsilonMonitor(delta=1.5),
         ValueError,
         r"`delta` must be a finite number in \[0.0, 1.0\), got 1.5 .*delta=1e-5",
     ),
@@ -393,7 +394,7 @@ RAISES: list[Any] = [
     ),
     (
         "dp_restore_accountant_string",
-        lambda tmp: DPEpsilonLogger(restore_accountant="no"),
+        lambda tmp: DPEpsilonMonitor(restore_accountant="no"),
         TypeError,
         r"`restore_accountant` must be True or False, got 'no'",
     ),
@@ -478,7 +479,7 @@ RAISES: list[Any] = [
     ),
     (
         "no_accountant",
-        lambda tmp: fit(tmp, [DPEpsilonLogger()]),
+        lambda tmp: fit(tmp, [DPEpsilonMonitor()]),
         RuntimeError,
         r"(?s)found no Opacus accountant.*make_private\(self, opt",
     ),
@@ -496,7 +497,8 @@ def _fail_loudly_inside_libraries(excinfo: pytest.ExceptionInfo[BaseException]) 
     """The error is raised by memcallbacks (or the tracker under test), not deep inside numpy/torch."""
     tb = excinfo.traceback
     last = str(tb[-1].path)
-    assert "numpy" not in last and "/torch/" not in last, last
+    assert "numpy" not in last, last
+    assert "/torch/" not in last, last
 
 
 @pytest.mark.parametrize(("case", "call", "exc", "match"), RAISES, ids=[c[0] for c in RAISES])
@@ -509,7 +511,8 @@ def test_bad_input_raises_clear_error(tmp_path: Path, case: str, call: Any, exc:
     if case == "logger_raises_everywhere":
         # raised by Lightning itself (it calls logger.save() before the first epoch), never by a monitor:
         # the rich-record path is covered by the handled case `logger_raises_on_rich_records`
-        assert any("/loggers/" in p for p in paths) and not any("memcallbacks/callbacks" in p for p in paths)
+        assert any("/loggers/" in p for p in paths)
+        assert not any("memcallbacks/callbacks" in p for p in paths)
     else:
         _fail_loudly_inside_libraries(excinfo)
         assert any("memcallbacks" in p for p in paths)
@@ -536,17 +539,19 @@ import warnings; warnings.simplefilter("ignore")
 import torch, pytorch_lightning as pl
 from torch.utils.data import DataLoader
 import memcallbacks
-from memcallbacks import IndexedDataset, LossTrajectoryTracker, MembershipInferenceMonitor, DPEpsilonLogger
+from memcallbacks import IndexedDataset, LossTrajectoryTracker, MembershipInferenceMonitor, DPEpsilonMonitor
 from helpers import every_monitor as H
 d = H.Data()
-cbs = [LossTrajectoryTracker(run_dir={str(tmp_path)!r}), MembershipInferenceMonitor(nonmembers=d.val, num_probe=8, run_dir={str(tmp_path)!r})]
+cbs = [LossTrajectoryTracker(run_dir={str(tmp_path)!r}),
+       MembershipInferenceMonitor(nonmembers=d.val, num_probes=8, run_dir={str(tmp_path)!r})]
 t = pl.Trainer(max_epochs=1, callbacks=cbs, logger=pl.loggers.CSVLogger({str(tmp_path)!r}), enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 t.fit(H.HardModel(accountant=False), DataLoader(IndexedDataset(d.train), batch_size=8))
 print("FIT", sorted(k for k in t.callback_metrics if k.startswith("mem/"))[:2])
 from memcallbacks.callbacks.dp import make_private
 try:
-    make_private(H.HardModel(accountant=False), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    make_private(H.HardModel(accountant=False), opt, noise_multiplier=1.0, max_grad_norm=1.0)
 except ImportError as e:
     print("DP", e)
 """
@@ -568,4 +573,5 @@ except ImportError as e:
 """
     proc = subprocess.run([sys.executable, "-c", report], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "REPORT" in proc.stdout and "pip install" in proc.stdout, proc.stdout
+    assert "REPORT" in proc.stdout, proc.stdout
+    assert "pip install" in proc.stdout, proc.stdout

@@ -103,7 +103,8 @@ def test_sigkill_then_resume_loses_nothing(
     after_crash = H.load_tree(run)
     hidden = [p for p in run.rglob(".*") if p.is_file()]
     if mode == "write":
-        assert Path(frozen_in).name.startswith(".epoch_0002.npz.") and Path(frozen_in).parent.name == "audit"
+        assert Path(frozen_in).name.startswith(".epoch_0002.npz.")
+        assert Path(frozen_in).parent.name == "audit"
         assert any(p.name == Path(frozen_in).name for p in hidden)  # the partial write stayed hidden
         assert "audit/epoch_0002.npz" not in after_crash
         assert after_crash["trajectory/meta.json"]["epochs"] == [0, 1, 2]  # written after the checkpoint

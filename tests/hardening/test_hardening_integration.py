@@ -21,7 +21,7 @@ from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
     CharTokenizer,
-    DPEpsilonLogger,
+    DPEpsilonMonitor,
     IndexedDataset,
     LeakageEarlyStopping,
     LossTrajectoryTracker,
@@ -59,7 +59,7 @@ def test_callbacks_run_under_both_namespaces(tmp_path: Path, namespace: str) -> 
     L = importlib.import_module(namespace)
     data = H.Data()
     tracker = LossTrajectoryTracker(run_dir=tmp_path)
-    mia = MembershipInferenceMonitor(nonmembers=data.val, num_probe=16, run_dir=tmp_path)
+    mia = MembershipInferenceMonitor(nonmembers=data.val, num_probes=16, run_dir=tmp_path)
     stopper = LeakageEarlyStopping("mem/traj/epochs", 1.5, run_dir=tmp_path)
     trainer = L.Trainer(
         default_root_dir=str(tmp_path),
@@ -74,9 +74,8 @@ def test_callbacks_run_under_both_namespaces(tmp_path: Path, namespace: str) -> 
     )
     assert isinstance(trainer, L.Trainer)
     trainer.fit(_module_class(namespace)(), DataLoader(IndexedDataset(data.train), batch_size=8))
-    assert (
-        stopper.stopped_epoch == 1 and trainer.current_epoch == 2
-    )  # stopped after epoch 1 (epochs = 2 > 1.5)
+    assert stopper.stopped_epoch == 1
+    assert trainer.current_epoch == 2
     assert tracker.recorded_epochs == [0, 1]
     assert float(trainer.callback_metrics["mem/traj/epochs"]) == 2.0
     assert 0.0 <= float(trainer.callback_metrics["mem/mia/auc"]) <= 1.0
@@ -84,7 +83,8 @@ def test_callbacks_run_under_both_namespaces(tmp_path: Path, namespace: str) -> 
     assert list(load_npz(tmp_path / "membership" / "losses.npz")["epochs"]) == [0, 1]
     assert load_json(tmp_path / "stopping.json")["stopped_epoch"] == 1
     csv = next((tmp_path / "csv").rglob("metrics.csv")).read_text()
-    assert "mem/traj/loss_mean" in csv and "mem/mia/auc" in csv
+    assert "mem/traj/loss_mean" in csv
+    assert "mem/mia/auc" in csv
 
 
 CONFIG = """
@@ -93,9 +93,9 @@ trainer:
   enable_checkpointing: false
   callbacks:
     - class_path: memcallbacks.LossTrajectoryTracker
-      init_args: {every_n_epochs: 2, dtype: float32, name: probe, source: probe, probe_size: 10}
+      init_args: {every_n_epochs: 2, dtype: float32, name: probe, source: probe, num_probes: 10}
     - class_path: memcallbacks.MembershipInferenceMonitor
-      init_args: {num_probe: 16, calibrate: true, fprs: [0.01, 0.1]}
+      init_args: {num_probes: 16, calibrate: true, fprs: [0.01, 0.1]}
     - class_path: memcallbacks.CanaryExposureMonitor
       init_args:
         canaries:
@@ -122,7 +122,7 @@ trainer:
         k_pos: 3
         k_neg: 4
         delta: 1.0e-6
-    - class_path: memcallbacks.DPEpsilonLogger
+    - class_path: memcallbacks.DPEpsilonMonitor
       init_args: {delta: 1.0e-6, every_n_epochs: 3}
     - class_path: memcallbacks.LeakageEarlyStopping
       init_args:
@@ -138,14 +138,14 @@ _CALLBACK_NAMES = (
     "MembershipInferenceMonitor",
     "CanaryExposureMonitor",
     "PrivacyAuditMonitor",
-    "DPEpsilonLogger",
+    "DPEpsilonMonitor",
     "LeakageEarlyStopping",
 )
 
 
 @pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])
 def test_every_callback_is_configurable_from_lightning_cli_yaml(tmp_path: Path, namespace: str) -> None:
-    """``pytorch_lightning.cli`` takes ``memcallbacks.X``; ``lightning.pytorch.cli`` takes ``memcallbacks.lightning.X``."""
+    """``pytorch_lightning.cli`` takes ``memcallbacks.X``; ``lightning.pytorch.cli`` ``memcallbacks.lightning.X``."""
     LightningCLI = importlib.import_module(f"{namespace}.cli").LightningCLI
     callback_base = importlib.import_module(namespace).Callback
     config_text = CONFIG
@@ -173,24 +173,32 @@ def test_every_callback_is_configurable_from_lightning_cli_yaml(tmp_path: Path, 
         "probe",
     )
     mia = by_type["MembershipInferenceMonitor"]
-    assert isinstance(mia, MembershipInferenceMonitor) and mia.calibrate and mia.fprs == (0.01, 0.1)
+    assert isinstance(mia, MembershipInferenceMonitor)
+    assert mia.calibrate
+    assert mia.fprs == (0.01, 0.1)
 
     # object arguments: a CanarySet (with its tokenizer) built from nested class_path/init_args
     exposure = by_type["CanaryExposureMonitor"]
-    assert isinstance(exposure, CanaryExposureMonitor) and isinstance(exposure.canaries, CanarySet)
+    assert isinstance(exposure, CanaryExposureMonitor)
+    assert isinstance(exposure.canaries, CanarySet)
     assert isinstance(exposure.canaries.tokenizer, CharTokenizer)
     reference = CanarySet(
         "pin {secret}.", CharTokenizer(), alphabet="0123", length=3, repetitions=(1, 4), per_count=2
     )
-    assert exposure.canaries.secrets == reference.secrets and exposure.canaries.space_size == 64
+    assert exposure.canaries.secrets == reference.secrets
+    assert exposure.canaries.space_size == 64
     audit = by_type["PrivacyAuditMonitor"]
-    assert isinstance(audit, PrivacyAuditMonitor) and audit.is_token_canaries
+    assert isinstance(audit, PrivacyAuditMonitor)
+    assert audit.is_token_canaries
     assert (audit.num_canaries, audit.k_pos, audit.k_neg, audit.delta) == (20, 3, 4, 1e-6)
 
-    dp = by_type["DPEpsilonLogger"]
-    assert isinstance(dp, DPEpsilonLogger) and dp.delta == 1e-6 and dp.every_n_epochs == 3
+    dp = by_type["DPEpsilonMonitor"]
+    assert isinstance(dp, DPEpsilonMonitor)
+    assert dp.delta == 1e-6
+    assert dp.every_n_epochs == 3
     stop = by_type["LeakageEarlyStopping"]
-    assert isinstance(stop, LeakageEarlyStopping) and stop.restore == "best_safe"
+    assert isinstance(stop, LeakageEarlyStopping)
+    assert stop.restore == "best_safe"
     assert [(c.monitor, c.threshold, c.patience) for c in stop.conditions] == [
         ("mem/mia/auc", 0.7, 1),
         ("mem/canary/exposure_max", 5.0, 2),

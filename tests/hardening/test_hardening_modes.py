@@ -68,7 +68,9 @@ def test_validate_test_and_predict_run_no_monitor(tmp_path: Path) -> None:
     t.validate(model, data.val_loader())
     t.test(model, data.val_loader())
     predictions = t.predict(model, DataLoader(data.val.tensors[0], batch_size=8))
-    assert predictions is not None and torch.cat(predictions).shape == (len(data.val), H.CLASSES)
+    assert predictions is not None
+    assert torch.cat(predictions).shape == (len(data.val), H.CLASSES)
     assert not [k for k in t.callback_metrics if k.startswith("mem/")]
-    assert not list((tmp_path / "run").rglob("*.np*")) and not list((tmp_path / "run").rglob("*.json"))
+    assert not list((tmp_path / "run").rglob("*.np*"))
+    assert not list((tmp_path / "run").rglob("*.json"))
     assert all(getattr(cb, "last_epoch_done", -1) == -1 for cb in callbacks)

@@ -79,7 +79,7 @@ def test_resume_equals_uninterrupted_for_all_callbacks(tmp_path: Path, save_at: 
     state = torch.load(ckpt, weights_only=True)
     keys = [k.split("{")[0] for k in state["callbacks"]]
     for name in ("LossTrajectoryTracker", "MembershipInferenceMonitor", "CanaryExposureMonitor",
-                 "PrivacyAuditMonitor", "DPEpsilonLogger", "LeakageEarlyStopping"):  # fmt: skip
+                 "PrivacyAuditMonitor", "DPEpsilonMonitor", "LeakageEarlyStopping"):  # fmt: skip
         assert name in keys
     # the epoch-0 numbers are already in the checkpoint, wherever it was saved
     traj_state = next(v for k, v in state["callbacks"].items() if k.startswith("LossTrajectoryTracker"))

@@ -147,7 +147,7 @@ def build_callbacks(run_dir: str | os.PathLike[str], data: Data, *, stopping: bo
     """Every memcallbacks callback, writing under ``run_dir``."""
     from memcallbacks import (
         CanaryExposureMonitor,
-        DPEpsilonLogger,
+        DPEpsilonMonitor,
         LeakageCondition,
         LeakageEarlyStopping,
         LossTrajectoryTracker,
@@ -157,10 +157,10 @@ def build_callbacks(run_dir: str | os.PathLike[str], data: Data, *, stopping: bo
 
     cbs: list[Any] = [
         LossTrajectoryTracker(run_dir=run_dir),
-        MembershipInferenceMonitor(nonmembers=data.val, num_probe=16, calibrate=True, run_dir=run_dir),
+        MembershipInferenceMonitor(nonmembers=data.val, num_probes=16, calibrate=True, run_dir=run_dir),
         CanaryExposureMonitor(make_canaries(), method="exact", run_dir=run_dir),
         PrivacyAuditMonitor(data.audit_canaries, k_pos=2, k_neg=2, seed=0, run_dir=run_dir),
-        DPEpsilonLogger(delta=1e-5, run_dir=run_dir),
+        DPEpsilonMonitor(delta=1e-5, run_dir=run_dir),
     ]
     if stopping:
         # mem/traj/epochs is 1, 2, 3: crossed every epoch, so patience 3 stops at epoch 2 only if the

@@ -26,7 +26,7 @@ def snapshot(callbacks: list[Any], *, full_store: bool = True) -> dict[str, Any]
     """
     from memcallbacks import (
         CanaryExposureMonitor,
-        DPEpsilonLogger,
+        DPEpsilonMonitor,
         LeakageEarlyStopping,
         LossTrajectoryTracker,
         MembershipInferenceMonitor,
@@ -55,7 +55,7 @@ def snapshot(callbacks: list[Any], *, full_store: bool = True) -> dict[str, Any]
                 out[f"canary/{k}"] = v
         elif isinstance(cb, PrivacyAuditMonitor):
             out["audit/history"] = json.dumps(cb.history, sort_keys=True)
-        elif isinstance(cb, DPEpsilonLogger):
+        elif isinstance(cb, DPEpsilonMonitor):
             out["dp/history"] = json.dumps(cb.history, sort_keys=True)
         elif isinstance(cb, LeakageEarlyStopping):
             out["stop/state"] = json.dumps(cb.state_dict(), sort_keys=True, default=str)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from helpers.wandb_reader import history_rows, wait_for_run_file
+from memcallbacks.lm.best_first import rank_best_first
 from memcallbacks.lm.hf import as_incremental
-from memcallbacks.lm.scoring import rank_best_first, score_sequences
+from memcallbacks.lm.scoring import score_sequences
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_gpt2_canaries.py"
 
@@ -21,7 +22,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_gpt2_canaries.p
 @pytest.mark.slow
 def test_hf_gpt2_example_short_run(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("hf_gpt2_canaries_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = example
     spec.loader.exec_module(example)
@@ -54,7 +56,8 @@ def test_hf_gpt2_example_short_run(tmp_path: Path) -> None:
     assert canaries.char_token_ids() is not None
     model = out["trainer_module"]
     lm = as_incremental(model)
-    assert lm is not None and lm.model is model.model
+    assert lm is not None
+    assert lm.model is model.model
     canary = max(canaries, key=lambda c: c.repetitions)
     result = rank_best_first(lm, canaries, canary.secret, max_expansions=2_000)
     seq = canaries.prefix_ids + canaries.encode_secret(canary.secret)

@@ -21,15 +21,17 @@ from transformers import (
 )
 
 from memcallbacks import CanarySet, CharTokenizer
-from memcallbacks.lm.hf import HFIncrementalLM, as_incremental, find_hf_model
+from memcallbacks.lm.best_first import rank_best_first
+from memcallbacks.lm.decoding import beam_search
+from memcallbacks.lm.hf import HFIncrementalLM, as_incremental
+from memcallbacks.lm.model import find_hf_model
 from memcallbacks.lm.scoring import (
     IncrementalLM,
-    beam_search,
-    rank_best_first,
     score_sequences,
     score_shared_prefix,
     score_space_trie,
 )
+from memcallbacks.lm.windows import LanguageModel
 from memcallbacks.metrics.exposure import exposure_rank
 
 TOK = CharTokenizer()
@@ -89,7 +91,8 @@ def test_best_first_rank_through_the_adapter_is_the_exact_rank() -> None:
         i = cs.candidate_index(canary.secret)
         expected = int(exposure_rank(np.array([scores[i]]), np.delete(scores, i))[0])
         result = rank_best_first(lm, cs, canary.secret, batch_size=64)
-        assert result.exact and result.rank == expected
+        assert result.exact
+        assert result.rank == expected
 
 
 def test_state_is_never_mutated_and_selection_works() -> None:
@@ -172,7 +175,8 @@ def test_as_incremental_rule() -> None:
     gpt2 = _gpt2()
     assert isinstance(as_incremental(gpt2), HFIncrementalLM)
     lm = as_incremental(_Wrapper(net=gpt2, head=torch.nn.Linear(2, 2)))
-    assert lm is not None and lm.model is gpt2  # the only PreTrainedModel among the attributes
+    assert lm is not None
+    assert lm.model is gpt2
     two = _Wrapper(model=gpt2, teacher=_llama())
     assert find_hf_model(two) is gpt2  # several: the one named `model`
     assert find_hf_model(_Wrapper(a=gpt2, b=_llama())) is None
@@ -186,11 +190,62 @@ def test_as_incremental_rule() -> None:
     assert as_incremental(_Wrapper(inner=_Wrapper(model=gpt2))) is None  # direct attributes only
 
 
+class _PeftLike(torch.nn.Module):
+    """What peft's PeftModel offers the rule: the model under it through ``get_base_model()``."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        super().__init__()
+        self.base_model = base
+
+    def get_base_model(self) -> torch.nn.Module:
+        return self.base_model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+
+class _Generative(torch.nn.Module):
+    """A model that is not a transformers class but follows the ``generate`` conventions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(2, 2)
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def test_one_rule_finds_transformers_models_generative_modules_and_peft_wrappers() -> None:
+    gpt2 = _gpt2()
+    # a transformers model, itself or as a direct LightningModule attribute
+    assert find_hf_model(gpt2) is gpt2
+    assert find_hf_model(_Wrapper(net=gpt2, head=torch.nn.Linear(2, 2))) is gpt2
+    # a module with prepare_inputs_for_generation (what the sequence monitor decodes with)
+    generative = _Generative()
+    assert find_hf_model(_Wrapper(lm=generative)) is generative
+    # not a transformers causal LM: no KV-cache adapter, but the sequence scorer decodes with it
+    assert as_incremental(_Wrapper(lm=generative)) is None
+    assert LanguageModel(_Wrapper(lm=generative), None, "auto").hf is generative
+    assert LanguageModel(_Wrapper(net=gpt2), None, "auto").hf is gpt2
+    # a peft-style wrapper is found, and judged by the model under it
+    peft = _PeftLike(gpt2)
+    assert find_hf_model(_Wrapper(model=peft, teacher=_llama())) is peft
+    lm = as_incremental(_Wrapper(model=peft))
+    assert lm is not None
+    assert lm.model is peft  # scored through the wrapper (adapters applied)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        np.testing.assert_allclose(
+            lm.init_state(ids)[1].numpy(), HFIncrementalLM(gpt2).init_state(ids)[1].numpy()
+        )
+    assert find_hf_model(_Wrapper(model=_PeftLike(torch.nn.Linear(2, 2)))) is None
+
+
 def test_as_incremental_does_not_import_transformers() -> None:
     code = (
         "import sys, torch; from memcallbacks.lm.hf import as_incremental; "
         "assert as_incremental(torch.nn.Linear(2, 2)) is None; "
-        "import memcallbacks.callbacks.probes as p; p.default_sample_loss_fn(torch.nn.Linear(2, 2), "
+        "import memcallbacks.lm.losses as p; p.default_sample_loss_fn(torch.nn.Linear(2, 2), "
         "{'input_ids': torch.zeros(3, 2), 'labels': torch.tensor([0, 1, 0])}); "
         "assert 'transformers' not in sys.modules, 'imported'"
     )
@@ -258,21 +313,22 @@ def test_cropped_scoring_cache_decodes_as_a_pass_over_the_prefix(make: Any) -> N
     ids[1, 9:] = 0  # right padding after the prefix: changes nothing before it
     with torch.inference_mode():
         logits, state = lm.prefill(ids)
-        assert state is not None and state.length == 14
+        assert state is not None
+        assert state.length == 14
         rows = torch.tensor([0, 1, 3])
         cropped = lm.crop_state(state, 6, rows)
-        assert cropped is not None and cropped.batch == 3 and cropped.length == 6
+        assert cropped is not None
+        assert cropped.batch == 3
+        assert cropped.length == 6
         got = lm.greedy(ids[rows, :6], 10, state=cropped, next_logits=logits[rows, 5])
         again = lm.greedy(ids[rows, :6], 10, state=cropped, next_logits=logits[rows, 5])
         rerun = lm.greedy(ids[rows, :6], 10)  # the prefix run on its own first
         # the cut-back cache holds what a pass over the prefix alone computes
         prefix_state, _ = lm.init_state(ids[rows, :6])
         for (k1, v1), (k2, v2) in zip(_kv(cropped), _kv(prefix_state)):
-            assert (
-                k1.shape == k2.shape
-                and torch.allclose(k1, k2, atol=1e-5)
-                and torch.allclose(v1, v2, atol=1e-5)
-            )
+            assert k1.shape == k2.shape
+            assert torch.allclose(k1, k2, atol=1e-5)
+            assert torch.allclose(v1, v2, atol=1e-5)
         # the next position after the cut: logits of a full pass over prefix + one token (positions right)
         _, logp = lm.step(cropped, ids[rows, 6])
         assert torch.allclose(logp, torch.log_softmax(lm(ids[rows, :7])[:, -1], -1), atol=1e-4)
@@ -280,7 +336,8 @@ def test_cropped_scoring_cache_decodes_as_a_pass_over_the_prefix(make: Any) -> N
         seq = ids[rows, :6]
         for _ in range(10):
             seq = torch.cat([seq, lm(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(got, rerun) and torch.equal(got, again)  # decoding never wrote into the state
+    assert torch.equal(got, rerun)
+    assert torch.equal(got, again)
     assert torch.equal(got, seq[:, 6:])
     assert len({tuple(r) for r in got.tolist()}) > 1  # the continuation depends on the prefix
 
@@ -298,7 +355,8 @@ def test_a_sliding_window_that_has_slid_is_not_cropped() -> None:
     ids = torch.randint(2, V, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         _, slid = lm.prefill(ids)
-        assert slid is not None and lm.crop_state(slid, 5) is None  # the first positions are gone
+        assert slid is not None
+        assert lm.crop_state(slid, 5) is None
         logits, short = lm.prefill(ids[:, :3])  # within the window: nothing dropped yet
         assert short is not None
         cropped = lm.crop_state(short, 2)
@@ -310,7 +368,8 @@ def test_a_sliding_window_that_has_slid_is_not_cropped() -> None:
 def test_prefill_without_a_known_cache_and_greedy_arguments() -> None:
     lm = HFIncrementalLM(_OddCache())
     logits, state = lm.prefill(torch.tensor([[1, 2, 3]]))
-    assert state is None and tuple(logits.shape) == (1, 3, V)
+    assert state is None
+    assert tuple(logits.shape) == (1, 3, V)
     gpt2 = HFIncrementalLM(_gpt2())
     with pytest.raises(ValueError, match="pass both `state` and `next_logits`"):
         gpt2.greedy(torch.tensor([[1, 2]]), 3, next_logits=torch.zeros(1, V))

@@ -71,7 +71,8 @@ def test_causal_lm_batch_matches_hand_written_shifted_loss(reduction: str) -> No
     fn = functools.partial(default_sample_loss_fn, reduction=reduction)
     with torch.inference_mode():
         got = fn(model, batch)
-    assert got.shape == (4,) and got.dtype == torch.float32
+    assert got.shape == (4,)
+    assert got.dtype == torch.float32
     assert got.tolist() == pytest.approx(_hand_shifted(model, batch, reduction), abs=1e-5)
 
 
@@ -121,7 +122,8 @@ def test_sample_with_nothing_scored_is_nan_not_zero() -> None:
     batch["labels"][3, 1:] = -100
     with torch.inference_mode():
         loss, correct = default_sample_loss_and_correct_fn(model, batch)
-    assert math.isnan(float(loss[3])) and not bool(correct[3])
+    assert math.isnan(float(loss[3]))
+    assert not bool(correct[3])
     assert torch.isfinite(loss[:3]).all()
 
 
@@ -159,7 +161,8 @@ def test_probe_evaluation_uses_the_shifted_loss() -> None:
     items = [{k: v[i] for k, v in batch.items()} for i in range(4)]
     losses, correct = evaluate_sample_losses(model, items, default_sample_loss_and_correct_fn, batch_size=3)
     assert losses.tolist() == pytest.approx(_hand_shifted(model, batch), abs=1e-5)
-    assert correct is not None and correct.shape == (4,)
+    assert correct is not None
+    assert correct.shape == (4,)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +173,8 @@ def test_ambiguous_labels_name_the_sample_loss_fn(labels_shape: tuple[int, ...],
     batch = {"input_ids": torch.randint(1, V, (4, 9)), "labels": torch.zeros(labels_shape, dtype=torch.long)}
     with pytest.raises(ValueError, match=match) as info:
         default_sample_loss_fn(_gpt2(), batch)
-    assert "causal_lm_sample_loss_fn" in str(info.value) and "token_sample_loss_fn" in str(info.value)
+    assert "causal_lm_sample_loss_fn" in str(info.value)
+    assert "token_sample_loss_fn" in str(info.value)
 
 
 def test_missing_labels_and_wrong_logits_are_explained() -> None:
@@ -215,6 +219,7 @@ def test_explicit_causal_lm_fn_without_labels_and_pickles() -> None:
     with torch.inference_mode():
         loss, correct = fn(model, no_labels)
     expected = _hand_shifted(model, {**no_labels, "labels": batch["input_ids"]}, "sum")
-    assert loss.tolist() == pytest.approx(expected, abs=1e-4) and correct.dtype == torch.bool
+    assert loss.tolist() == pytest.approx(expected, abs=1e-4)
+    assert correct.dtype == torch.bool
     with pytest.raises(TypeError, match="with_correct"):
         causal_lm_sample_loss_fn(with_correct="false")  # type: ignore[arg-type]

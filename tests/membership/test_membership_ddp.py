@@ -23,7 +23,7 @@ def test_ddp_ranks_agree_and_match_single_process(tmp_path: Path) -> None:
     tl, vl = loaders(train, val)
     # 51 members + 40 non-members = 91 probes: odd, so the second rank's shard is padded
     monitor = MembershipInferenceMonitor(
-        num_probe=51, calibrate=True, batch_size=16, run_dir=tmp_path / "ddp"
+        num_probes=51, calibrate=True, batch_size=16, run_dir=tmp_path / "ddp"
     )
     model = TinyClassifier(hidden=8)
     dump = RankDump(tmp_path / "ranks", weights=True)
@@ -38,11 +38,13 @@ def test_ddp_ranks_agree_and_match_single_process(tmp_path: Path) -> None:
 
     rank0, rank1 = (rank["metrics"] for rank in dump.read())
     mem_keys = sorted(k for k in rank0 if k.startswith("mem/"))
-    assert "mem/mia/auc" in mem_keys and "mem/mia_cal/auc" in mem_keys
+    assert "mem/mia/auc" in mem_keys
+    assert "mem/mia_cal/auc" in mem_keys
     assert {k: rank0[k] for k in mem_keys} == {k: rank1[k] for k in mem_keys}  # bitwise identical
 
     saved = load_npz(tmp_path / "ddp" / "membership" / "losses.npz")
-    assert saved["member_losses"].shape == (2, 51) and saved["nonmember_losses"].shape == (2, 40)
+    assert saved["member_losses"].shape == (2, 51)
+    assert saved["nonmember_losses"].shape == (2, 40)
     labels = np.r_[np.ones(51), np.zeros(40)]
     sk = roc_auc_score(labels, -np.r_[saved["member_losses"][-1], saved["nonmember_losses"][-1]])
     assert rank0["mem/mia/auc"] == pytest.approx(sk, abs=1e-6)
@@ -50,7 +52,7 @@ def test_ddp_ranks_agree_and_match_single_process(tmp_path: Path) -> None:
     # one process, same probes, the final DDP weights (lr=0: the weights do not move)
     single_model = TinyClassifier(hidden=8, lr=0.0)
     single_model.load_state_dict(dump.saved_weights())
-    single = MembershipInferenceMonitor(num_probe=51, batch_size=16, run_dir=tmp_path / "single")
+    single = MembershipInferenceMonitor(num_probes=51, batch_size=16, run_dir=tmp_path / "single")
     s = trainer(tmp_path / "one", max_epochs=1, callbacks=[single])
     s.fit(single_model, *loaders(train, val))
     one = load_npz(tmp_path / "single" / "membership" / "losses.npz")

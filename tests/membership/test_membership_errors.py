@@ -40,7 +40,7 @@ def test_fprs_wrong_type() -> None:
 @pytest.mark.parametrize(
     ("kw", "name"),
     [
-        ({"num_probe": 0}, "num_probe"),
+        ({"num_probes": 0}, "num_probes"),
         ({"min_slice_size": 0}, "min_slice_size"),
         ({"batch_size": 0}, "batch_size"),
     ],
@@ -136,7 +136,8 @@ def test_nan_losses_counted_excluded_and_warned_once(tmp_path: Path) -> None:
         assert row["mem/mia/nonfinite"] == expected_nan
         m, n = saved["member_losses"][e], saved["nonmember_losses"][e]
         m, n = m[np.isfinite(m)], n[np.isfinite(n)]
-        assert row["mem/mia/n_members"] == m.size and row["mem/mia/n_nonmembers"] == n.size
+        assert row["mem/mia/n_members"] == m.size
+        assert row["mem/mia/n_nonmembers"] == n.size
         labels = np.r_[np.ones(m.size), np.zeros(n.size)]
         assert row["mem/mia/auc"] == pytest.approx(roc_auc_score(labels, -np.r_[m, n]), abs=1e-12)
     assert np.isnan(saved["member_losses"]).sum() > 0  # the raw numbers keep the NaN
@@ -160,7 +161,7 @@ def test_nan_losses_counted_excluded_and_warned_once(tmp_path: Path) -> None:
         ),
         ({"trajectory_attack": 1}, TypeError, r"`trajectory_attack` must be True or False, got 1"),
         ({"log_per_sample": "false"}, TypeError, r"`log_per_sample` must be True or False"),
-        ({"num_probe": True}, TypeError, r"`num_probe` must be an integer >= 1, got True"),
+        ({"num_probes": True}, TypeError, r"`num_probes` must be an integer >= 1, got True"),
         ({"name": "a/b"}, ValueError, r"`name` must be None or a non-empty string"),
         ({"collate_fn": 3}, TypeError, r"`collate_fn` must be None or a function"),
     ],
@@ -171,8 +172,10 @@ def test_bad_arguments_name_the_argument_and_the_fix(kw: dict[str, Any], error: 
 
 
 def test_numpy_integers_are_integers() -> None:
-    m = MembershipInferenceMonitor(seed=np.int64(3), num_probe=np.int32(10))
-    assert m.seed == 3 and m.num_probe == 10 and type(m.seed) is int
+    m = MembershipInferenceMonitor(seed=np.int64(3), num_probes=np.int32(10))
+    assert m.seed == 3
+    assert m.num_probes == 10
+    assert type(m.seed) is int
 
 
 def test_heldout_set_with_another_feature_shape_is_named() -> None:
@@ -224,7 +227,8 @@ def test_all_nan_probe_losses_log_nan_never_a_safe_value_and_training_goes_on(tm
     assert 0.0 <= first["mem/mia/auc"] <= 1.0
     for row in later:
         assert row["mem/mia/nonfinite"] == 48 + 40
-        assert row["mem/mia/n_members"] == 0 and row["mem/mia/n_nonmembers"] == 0
+        assert row["mem/mia/n_members"] == 0
+        assert row["mem/mia/n_nonmembers"] == 0
         for key in (
             "mem/mia/auc",
             "mem/mia/advantage",
@@ -247,7 +251,7 @@ def _unvisited_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 def test_members_never_trained_on_are_counted_and_warned_once(tmp_path: Path) -> None:
     train, val = make_blobs(96, seed=0), make_blobs(40, seed=1)
     tl, vl = loaders(train, val, shuffle=False)  # sequential: the loop sees samples 0..31 every epoch
-    monitor = MembershipInferenceMonitor(num_probe=40, seed=3, fprs=(0.1,))
+    monitor = MembershipInferenceMonitor(num_probes=40, seed=3, fprs=(0.1,))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer(tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[monitor]).fit(
@@ -258,7 +262,8 @@ def test_members_never_trained_on_are_counted_and_warned_once(tmp_path: Path) ->
     assert expected > 0
     (message,) = _unvisited_warnings(caught)
     assert message.startswith(f"MembershipInferenceMonitor: {expected} of the 40 member probes")
-    assert "`limit_train_batches` or `max_steps`" in message and "`members=`" in message
+    assert "`limit_train_batches` or `max_steps`" in message
+    assert "`members=`" in message
 
 
 def test_max_steps_mid_epoch_warns_with_an_estimate_and_full_epochs_do_not(tmp_path: Path) -> None:
@@ -266,12 +271,12 @@ def test_max_steps_mid_epoch_warns_with_an_estimate_and_full_epochs_do_not(tmp_p
     tl, vl = loaders(train, val, shuffle=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        monitor = MembershipInferenceMonitor(num_probe=40, fprs=(0.1,))
+        monitor = MembershipInferenceMonitor(num_probes=40, fprs=(0.1,))
         trainer(tmp_path / "a", max_epochs=3, max_steps=2, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
     (message,) = _unvisited_warnings(caught)
     assert "about 27 (expected, the loader shuffles) of the 40" in message  # 40 * (1 - 2/6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        monitor = MembershipInferenceMonitor(num_probe=40, fprs=(0.1,))
+        monitor = MembershipInferenceMonitor(num_probes=40, fprs=(0.1,))
         trainer(tmp_path / "b", max_epochs=2, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
     assert _unvisited_warnings(caught) == []

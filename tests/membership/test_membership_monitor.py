@@ -46,13 +46,14 @@ def _manual_losses(model: torch.nn.Module, ds: Any, idx: np.ndarray) -> np.ndarr
 def test_auc_matches_sklearn_on_saved_losses_and_manual_forward(tmp_path: Path) -> None:
     train, val = make_blobs(96, seed=0), make_blobs(60, seed=1)
     tl, vl = loaders(train, val)
-    monitor = MembershipInferenceMonitor(num_probe=64, seed=3)
+    monitor = MembershipInferenceMonitor(num_probes=64, seed=3)
     model = TinyClassifier(hidden=16)
     trainer(tmp_path, max_epochs=3, callbacks=[monitor]).fit(model, tl, vl)
 
     saved = load_npz(monitor.run_dir / "losses.npz")
     assert saved["epochs"].tolist() == [0, 1, 2]
-    assert saved["member_losses"].shape == (3, 64) and saved["nonmember_losses"].shape == (3, 60)
+    assert saved["member_losses"].shape == (3, 64)
+    assert saved["nonmember_losses"].shape == (3, 60)
     # default members: a seeded random subset of the training set; non-members: the first of val
     expected_idx = np.sort(np.random.default_rng(3).choice(96, size=64, replace=False))
     np.testing.assert_array_equal(saved["member_indices"], expected_idx)
@@ -134,13 +135,14 @@ def test_validation_not_loaded_yet_is_requested_from_the_data_source(tmp_path: P
 
 def test_datamodule_validation_data_with_no_sanity_steps(tmp_path: Path) -> None:
     train, val = make_blobs(48, seed=0), make_blobs(30, seed=1)
-    monitor = MembershipInferenceMonitor(num_probe=20)
+    monitor = MembershipInferenceMonitor(num_probes=20)
     t = trainer(
         tmp_path, max_epochs=1, num_sanity_val_steps=0, check_val_every_n_epoch=3, callbacks=[monitor]
     )
     t.fit(TinyClassifier(), datamodule=BlobsDataModule(train, val))
     saved = load_npz(monitor.run_dir / "losses.npz")
-    assert saved["member_losses"].shape == (1, 20) and saved["nonmember_losses"].shape == (1, 20)
+    assert saved["member_losses"].shape == (1, 20)
+    assert saved["nonmember_losses"].shape == (1, 20)
     np.testing.assert_array_equal(saved["nonmember_indices"], np.arange(20))
 
 
@@ -164,7 +166,8 @@ def test_explicit_probes_every_n_epochs_and_train_mode(tmp_path: Path) -> None:
     trainer(tmp_path, max_epochs=4, callbacks=[monitor, After()]).fit(TinyClassifier(), tl)
     saved = load_npz(monitor.run_dir / "losses.npz")
     assert saved["epochs"].tolist() == [1, 3]
-    assert saved["member_losses"].shape == (2, 40) and saved["nonmember_losses"].shape == (2, 24)
+    assert saved["member_losses"].shape == (2, 40)
+    assert saved["nonmember_losses"].shape == (2, 24)
     assert seen == [True] * 4
 
 
@@ -176,7 +179,8 @@ def test_calibrated_attack_against_sklearn(tmp_path: Path) -> None:
     ml, nl = saved["member_losses"].astype(np.float64), saved["nonmember_losses"].astype(np.float64)
     h = monitor.history
     # the reference evaluation: every difference is 0 -> the chance values, documented
-    assert h[0]["mem/mia_cal/auc"] == 0.5 and h[0]["mem/mia_cal/advantage"] == 0.0
+    assert h[0]["mem/mia_cal/auc"] == 0.5
+    assert h[0]["mem/mia_cal/advantage"] == 0.0
     assert h[0]["mem/mia_cal/tpr@1%fpr"] == 0.0
     for e in (1, 2):
         expected = _sk_auc(ml[e] - ml[0], nl[e] - nl[0])
@@ -263,11 +267,11 @@ def test_records_roc_and_histograms(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_bf16_mixed_run_measures_probes_in_float32(tmp_path: Path) -> None:
     train, val = make_blobs(64, seed=0), make_blobs(40, seed=1)
     tl, vl = loaders(train, val)
-    monitor = MembershipInferenceMonitor(num_probe=32, fprs=(0.1,))
+    monitor = MembershipInferenceMonitor(num_probes=32, fprs=(0.1,))
     model = TinyClassifier(hidden=32)
     trainer(tmp_path, max_epochs=2, precision="bf16-mixed", callbacks=[monitor]).fit(model, tl, vl)
 
-    idx = monitor._member_indices
+    idx = monitor.member_indices
     assert idx is not None
     float32 = _manual_losses(model, train, idx)  # the same final weights, plain float32
     np.testing.assert_allclose(monitor.member_losses[-1], float32, rtol=1e-6, atol=1e-7)
@@ -300,7 +304,8 @@ def test_every_logged_key_is_spelled_in_the_callback() -> None:
     assert not any(k.startswith("mem/mia_traj/") for k in keys)  # one evaluation: no trajectory yet
     monitor._member_history, monitor._nonmember_history = [members + 1.0], [nonmembers]
     keys = monitor._metrics(1, members, nonmembers)
-    assert "mem/mia_cal/auc/class_1" in keys and "mem/mia/tpr@1%fpr" in keys
+    assert "mem/mia_cal/auc/class_1" in keys
+    assert "mem/mia/tpr@1%fpr" in keys
     assert {"mem/mia_traj/auc", "mem/mia_traj/tpr@1%fpr", "mem/mia_traj/dropped"} <= set(keys)
     templated = {  # keys built from an argument: a literal prefix in an f-string
         "mem/mia/tpr@": 'f"mem/mia/tpr@{',

@@ -35,7 +35,7 @@ def overfit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Members
     tmp = tmp_path_factory.mktemp("traj")
     torch.manual_seed(0)
     tl, vl = loaders(_random_labels(48, seed=0), _random_labels(48, seed=1), batch_size=8, shuffle=False)
-    monitor = MembershipInferenceMonitor(num_probe=48, fprs=FPRS, seed=4)
+    monitor = MembershipInferenceMonitor(num_probes=48, fprs=FPRS, seed=4)
     trainer(tmp, max_epochs=6, callbacks=[monitor]).fit(TinyClassifier(hidden=64, lr=0.5), tl, vl)
     return tmp, monitor
 
@@ -53,18 +53,18 @@ def test_trajectory_auc_is_logged_from_the_second_epoch(overfit_run: Any) -> Non
     assert sorted(logged) == [1, 2, 3, 4, 5]  # not at epoch 0: one evaluation is no trajectory
     assert all(math.isfinite(v) for v in logged.values())
     tpr = _csv_metric(tmp, "mem/mia_traj/tpr@1%fpr")
-    assert sorted(tpr) == [1, 2, 3, 4, 5] and all(0.0 <= v <= 1.0 for v in tpr.values())
+    assert sorted(tpr) == [1, 2, 3, 4, 5]
+    assert all(0.0 <= v <= 1.0 for v in tpr.values())
     assert sorted(_csv_metric(tmp, "mem/mia_traj/tpr@10%fpr")) == [1, 2, 3, 4, 5]
     assert _csv_metric(tmp, "mem/mia_traj/dropped")[5] == 0.0
     assert _csv_metric(tmp, "mem/mia_traj/n_members")[5] == 48.0
     # the model memorises random labels: the attack sees it
     # (the CSV holds Lightning's float32 copy)
-    assert logged[5] > 0.6 and monitor.trajectory_report.auc == pytest.approx(logged[5], abs=1e-6)  # type: ignore[union-attr]
+    assert logged[5] > 0.6
+    assert monitor.trajectory_report.auc == pytest.approx(logged[5], abs=1e-6)
     history = load_json(monitor.run_dir / "metrics.json")["history"]
-    assert (
-        "mem/mia_traj/auc" not in history[0]
-        and history[5]["mem/mia_traj/auc"] == monitor.trajectory_report.auc
-    )  # type: ignore[union-attr]
+    assert "mem/mia_traj/auc" not in history[0]
+    assert history[5]["mem/mia_traj/auc"] == monitor.trajectory_report.auc
 
 
 @pytest.mark.slow
@@ -98,8 +98,10 @@ def test_nonfinite_probe_is_dropped_for_the_rest_of_the_run_and_counted() -> Non
     # too few finite rows in a class: NaN, never a chance-looking 0.5
     monitor._nonmember_history = [np.full(20, np.nan, np.float32)]
     metrics = monitor._metrics(1, m0, n0)
-    assert math.isnan(metrics["mem/mia_traj/auc"]) and math.isnan(metrics["mem/mia_traj/tpr@10%fpr"])
-    assert metrics["mem/mia_traj/dropped"] == 21.0 and monitor.trajectory_report is None  # 1 member + 20
+    assert math.isnan(metrics["mem/mia_traj/auc"])
+    assert math.isnan(metrics["mem/mia_traj/tpr@10%fpr"])
+    assert metrics["mem/mia_traj/dropped"] == 21.0
+    assert monitor.trajectory_report is None
 
 
 def test_switched_off_logs_no_trajectory_key() -> None:

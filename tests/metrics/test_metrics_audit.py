@@ -16,7 +16,7 @@ from memcallbacks.metrics import audit_guesses, count_correct, epsilon_lower_bou
 
 # ---------------------------------------------------------------- the paper's reference code
 # Copied from the appendix of Steinke et al. (2023) as the independent implementation.
-def p_value_DP_audit(m, r, v, eps, delta):  # noqa: ANN001, ANN201, N802
+def p_value_DP_audit(m, r, v, eps, delta):
     q = 1 / (1 + math.exp(-eps))
     beta = scipy.stats.binom.sf(v - 1, r, q)  # P[Binomial(r,q) >= v]
     alpha = 0
@@ -29,7 +29,7 @@ def p_value_DP_audit(m, r, v, eps, delta):  # noqa: ANN001, ANN201, N802
     return min(p, 1)
 
 
-def get_eps_audit(m, r, v, delta, p):  # noqa: ANN001, ANN201
+def get_eps_audit(m, r, v, delta, p):
     eps_min, eps_max = 0, 1
     while p_value_DP_audit(m, r, v, eps_max, delta) < p:
         eps_max = eps_max + 1

@@ -132,8 +132,10 @@ def test_two_process_gloo_sync_equals_the_functional_on_all_samples(tmp_path: Pa
     rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert rows[0] == rows[1]  # every rank gets the same result
     row = rows[0]
-    assert row["n_members"] == members.size and row["n_nonmembers"] == nonmembers.size
-    assert row["auc"] == expected.auc and row["advantage"] == expected.advantage
+    assert row["n_members"] == members.size
+    assert row["n_nonmembers"] == nonmembers.size
+    assert row["auc"] == expected.auc
+    assert row["advantage"] == expected.advantage
     assert row["threshold"] == expected.threshold
     assert row["tpr"] == {str(k): v for k, v in expected.tpr_at_fpr.items()}
     assert row["gap"] == pytest.approx(loss_gap(members, nonmembers), rel=1e-12)

@@ -51,7 +51,9 @@ def test_hand_worked_losses() -> None:
     np.testing.assert_allclose(stats.confidence[0], (np.exp(-1) + np.exp(-3)) / 2)
     np.testing.assert_allclose(stats.variability[0], (np.exp(-1) - np.exp(-3)) / 2)
     np.testing.assert_allclose(stats.variability[1], 0.0, atol=1e-17)
-    assert stats.correctness is None and stats.forgetting_events is None and stats.learned_epoch is None
+    assert stats.correctness is None
+    assert stats.forgetting_events is None
+    assert stats.learned_epoch is None
 
 
 def test_forgetting_events_with_nan_gaps() -> None:
@@ -83,7 +85,8 @@ def test_forgetting_events_with_nan_gaps() -> None:
     np.testing.assert_array_equal(stats.count, [6, 3, 6, 6, 3, 0])
     # correctness over visits: 4/6, 2/3 (T F T), 0, 4/6, 1, NaN
     np.testing.assert_allclose(stats.correctness, [4 / 6, 2 / 3, 0.0, 4 / 6, 1.0, NAN])
-    assert stats.forgetting_events is not None and stats.forgetting_events.dtype == np.int64
+    assert stats.forgetting_events is not None
+    assert stats.forgetting_events.dtype == np.int64
 
 
 def test_all_nan_rows_give_nan_statistics_without_warnings() -> None:
@@ -137,7 +140,7 @@ def test_forgetting_matches_brute_force() -> None:
         assert stats.learned_epoch[i] == learned  # type: ignore[index]
 
 
-def test_streaming_equals_batch_and_state_round_trip(tmp_path) -> None:  # noqa: ANN001
+def test_streaming_equals_batch_and_state_round_trip(tmp_path) -> None:
     rng = np.random.default_rng(5)
     losses = rng.random((50, 8)).astype(np.float16)
     losses[rng.random(losses.shape) < 0.2] = NAN
@@ -208,7 +211,8 @@ def test_trajectory_statistics_bad_input() -> None:
 def test_zero_epochs_and_zero_samples() -> None:
     stats = trajectory_statistics(np.empty((4, 0)), np.empty((4, 0), dtype=bool))
     np.testing.assert_array_equal(stats.count, [0, 0, 0, 0])
-    assert np.isnan(stats.mean).all() and stats.learned_epoch is not None
+    assert np.isnan(stats.mean).all()
+    assert stats.learned_epoch is not None
     assert trajectory_statistics(np.empty((0, 3))).num_samples == 0
 
 
@@ -242,7 +246,8 @@ def test_top_k_order_nan_last_and_tiebreak() -> None:
     # tie between 0 and 3 broken by the secondary key, higher first
     np.testing.assert_array_equal(top_k(scores, 4, tiebreak=[0.1, 0.0, 0.0, 0.9, 0.0]), [2, 4, 3, 0])
     np.testing.assert_array_equal(top_k(torch.tensor(scores), 2), [2, 4])
-    assert top_k(scores, 0).tolist() == [] and len(top_k(scores, 100)) == 5
+    assert top_k(scores, 0).tolist() == []
+    assert len(top_k(scores, 100)) == 5
     assert top_k(np.array([np.inf, 1.0, -np.inf]), 3).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="`k` must be an integer >= 0, got -1"):
         top_k(scores, -1)

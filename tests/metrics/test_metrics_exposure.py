@@ -131,7 +131,8 @@ def test_exact_exposure_non_increasing_in_score(refs: list[float], scores: list[
     ordered = np.sort(np.array(scores))
     values = exposure_exact(ordered, refs)
     assert np.all(np.diff(values) <= 0)
-    assert np.all(values >= 0) and np.all(values <= math.log2(len(refs) + 1) + 1e-12)
+    assert np.all(values >= 0)
+    assert np.all(values <= math.log2(len(refs) + 1) + 1e-12)
 
 
 def test_empty_reference_set() -> None:
@@ -199,7 +200,8 @@ def test_far_tail_is_large_and_finite_where_scipy_gives_inf() -> None:
     with np.errstate(all="ignore"):
         assert np.isneginf(stats.skewnorm.logcdf(-40.0, 4.0))
     values = _skewnorm_log_cdf(z, 4.0)
-    assert np.all(np.isfinite(values)) and np.all(np.diff(values) < 0)
+    assert np.all(np.isfinite(values))
+    assert np.all(np.diff(values) < 0)
     # light tail: log F ~ -(1 + a^2) z^2 / 2 = -17 * 800 = -13600 nats at z = -40
     assert values[-1] == pytest.approx(-13600, rel=1e-3)
 
@@ -231,7 +233,8 @@ def test_log_cdf_is_monotone_and_continuous_across_branches(a: float) -> None:
 def test_extrapolated_exposure_non_increasing_in_score(scores: list[float]) -> None:
     fit = SkewNormalFit(a=4.0, loc=60.0, scale=5.0)
     values = exposure_extrapolated(np.sort(np.array(scores)), fit=fit)
-    assert np.all(np.isfinite(values)) and np.all(values >= 0)
+    assert np.all(np.isfinite(values))
+    assert np.all(values >= 0)
     assert np.all(np.diff(values) <= 1e-9 * np.maximum(values[:-1], 1.0))
 
 
@@ -240,7 +243,8 @@ def test_fit_skewnorm_recovers_parameters_and_extrapolates() -> None:
     refs = stats.skewnorm.rvs(a, loc, scale, size=5000, random_state=np.random.default_rng(1))
     fit = fit_skewnorm(torch.tensor(refs))
     assert fit == SkewNormalFit(a=fit.a, loc=fit.loc, scale=fit.scale)
-    assert fit.a == pytest.approx(a, rel=0.3) and fit.scale == pytest.approx(scale, rel=0.1)
+    assert fit.a == pytest.approx(a, rel=0.3)
+    assert fit.scale == pytest.approx(scale, rel=0.1)
     # fitted from references or given as fit: the same values
     canaries = np.array([20.0, 45.0, 55.0, 70.0])
     np.testing.assert_allclose(
@@ -333,7 +337,9 @@ def test_references_report_equals_capped_extrapolation_and_respects_bounds() -> 
 def test_non_finite_scores_report_nan_never_a_safe_value() -> None:
     refs = np.linspace(1.0, 9.0, 50)
     got = exposure_from_references([np.nan, 2.0, np.inf], refs, space_size=1000)
-    assert np.isnan(got[0]) and np.isnan(got[2]) and np.isfinite(got[1])
+    assert np.isnan(got[0])
+    assert np.isnan(got[2])
+    assert np.isfinite(got[1])
     diverged = exposure_from_references([2.0, 3.0], np.r_[refs, np.nan], space_size=1000)
     assert np.isnan(diverged).all()
     result = ExposureResult(
@@ -344,4 +350,5 @@ def test_non_finite_scores_report_nan_never_a_safe_value() -> None:
         space_size=1000,
         method="extrapolated",
     )
-    assert math.isnan(result.rank_min) and result.saturated == 0
+    assert math.isnan(result.rank_min)
+    assert result.saturated == 0

@@ -79,14 +79,16 @@ def test_perfect_and_inverted_attacks() -> None:
     # members have the higher losses: AUC below 0.5 reported as is, not flipped
     inverted = membership_inference([0.3, 0.4], [0.1, 0.2], fprs=(0.5,))
     assert inverted.auc == 0.0
-    assert inverted.advantage == 0.0 and inverted.threshold == -np.inf
+    assert inverted.advantage == 0.0
+    assert inverted.threshold == -np.inf
 
 
 def test_members_equal_nonmembers() -> None:
     losses = np.array([0.3, 0.1, 0.7, 0.7, 0.2])
     report = membership_inference(losses, losses.copy(), fprs=(0.2,))
     # identical distributions: every ROC point on the diagonal
-    assert report.auc == 0.5 and report.advantage == 0.0
+    assert report.auc == 0.5
+    assert report.advantage == 0.0
     assert report.tpr_at_fpr[0.2] == 0.2
     fpr, tpr, _ = roc_curve(losses, losses)
     np.testing.assert_array_equal(fpr, tpr)
@@ -320,7 +322,8 @@ def test_trajectory_attack_matches_sklearn_logistic_regression(folds: int, seed:
     y = np.r_[np.ones(150), np.zeros(120)]
     report = trajectory_attack(mt, nt, folds=folds, seed=seed, l2=l2, fprs=(0.01, 0.1))
     assert report.auc == pytest.approx(skm.roc_auc_score(y, ref), abs=1e-3)
-    assert report.auc > 0.6 and (report.n_members, report.n_nonmembers) == (150, 120)
+    assert report.auc > 0.6
+    assert (report.n_members, report.n_nonmembers) == (150, 120)
     fpr, tpr, _ = skm.roc_curve(y, ref, drop_intermediate=False)
     assert report.tpr_at_fpr[0.1] == pytest.approx(_tpr_at(fpr, tpr, 0.1), abs=1 / 150 + 1e-9)
     # deterministic
@@ -340,13 +343,16 @@ def test_trajectory_attack_separable_and_inseparable_hand_built() -> None:
     nt = final_n[:, None] + rng.normal(0.0, 0.01, (100, 5))
     assert abs(membership_inference(mt[:, -1], nt[:, -1], fprs=()).auc - 0.5) < 0.1
     report = trajectory_attack(mt, nt, fprs=(0.01,))
-    assert report.auc == 1.0 and report.tpr_at_fpr == {0.01: 1.0} and report.advantage == 1.0
+    assert report.auc == 1.0
+    assert report.tpr_at_fpr == {0.01: 1.0}
+    assert report.advantage == 1.0
     # iid trajectories: chance, not a fitted-noise 1.0
     same = trajectory_attack(rng.gamma(2.0, size=(300, 4)), rng.gamma(2.0, size=(300, 4)), fprs=(0.01,))
     assert abs(same.auc - 0.5) < 0.07
     # identical rows in both classes (a constant feature, zero std): every score ties, AUC exactly 0.5
     tied = trajectory_attack(np.ones((10, 3)), np.ones((8, 3)), fprs=(0.5,))
-    assert tied.auc == 0.5 and tied.tpr_at_fpr == {0.5: 0.0}
+    assert tied.auc == 0.5
+    assert tied.tpr_at_fpr == {0.5: 0.0}
 
 
 def test_trajectory_attack_drops_and_counts_nonfinite_rows() -> None:
@@ -356,7 +362,9 @@ def test_trajectory_attack_drops_and_counts_nonfinite_rows() -> None:
     mt, nt = rng.gamma(1.0, size=(40, 3)), rng.gamma(2.0, size=(30, 3))
     mt[3, 0], mt[7, 2], nt[0, 1] = np.nan, np.inf, np.nan
     sm, sn = trajectory_attack_scores(mt, nt)
-    assert np.isnan(sm[[3, 7]]).all() and np.isnan(sn[0]) and np.isfinite(np.delete(sm, [3, 7])).all()
+    assert np.isnan(sm[[3, 7]]).all()
+    assert np.isnan(sn[0])
+    assert np.isfinite(np.delete(sm, [3, 7])).all()
     with pytest.warns(UserWarning, match="dropped 2 member and 1 non-member"):
         report = trajectory_attack(mt, nt, fprs=(0.1,))
     assert (report.n_members, report.n_nonmembers) == (38, 29)
@@ -383,17 +391,21 @@ def test_trajectory_attack_cannot_run_gives_nan_not_a_crash(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = trajectory_attack(mt, nt, fprs=(0.1,))
-    assert np.isnan(report.auc) and np.isnan(report.advantage) and np.isnan(report.tpr_at_fpr[0.1])
+    assert np.isnan(report.auc)
+    assert np.isnan(report.advantage)
+    assert np.isnan(report.tpr_at_fpr[0.1])
     assert (report.n_members, report.n_nonmembers) == counts
     sm, sn = trajectory_attack_scores(mt, nt)
-    assert np.isnan(sm).all() and np.isnan(sn).all()
+    assert np.isnan(sm).all()
+    assert np.isnan(sn).all()
 
 
 def test_trajectory_attack_feature_cap_and_bad_input() -> None:
     from memcallbacks.metrics.trajectory_mia import feature_epochs, trajectory_attack_scores
 
     assert feature_epochs(100, 4).tolist() == [0, 33, 66, 99]
-    assert feature_epochs(3, 32).tolist() == [0, 1, 2] and feature_epochs(7, None).size == 7
+    assert feature_epochs(3, 32).tolist() == [0, 1, 2]
+    assert feature_epochs(7, None).size == 7
     rng = np.random.default_rng(3)
     mt, nt = rng.gamma(1.0, size=(20, 40)), rng.gamma(1.5, size=(20, 40))
     cols = feature_epochs(40, 8)

@@ -14,7 +14,7 @@ from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
     CharTokenizer,
-    DPEpsilonLogger,
+    DPEpsilonMonitor,
     LeakageEarlyStopping,
     LossTrajectoryTracker,
     MembershipInferenceMonitor,
@@ -63,7 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ),
         "exposure": CanaryExposureMonitor(canaries, method="extrapolated", num_references=200),
         "audit": audit,
-        "dp": DPEpsilonLogger(delta=1e-5),
+        "dp": DPEpsilonMonitor(delta=1e-5),
         # any exposure crosses -1 bits: stops once min_epochs allow it, after the third epoch
         "stopping": LeakageEarlyStopping.exposure(bits=-1.0, min_epochs=3),
     }

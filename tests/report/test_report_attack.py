@@ -47,7 +47,8 @@ def test_attack_default_out_lands_in_the_first_run_and_the_report_shows_it(
     code, _, err = _cli(capsys, "attack", *dirs, "--offline", "--method", "lira")
     assert code == 0, err
     summary = json.loads((folder / "attack.json").read_text())
-    assert summary["version"] == ATTACK_FORMAT_VERSION and summary["order"] == [
+    assert summary["version"] == ATTACK_FORMAT_VERSION
+    assert summary["order"] == [
         "loss",
         "lira-online",
         "rmia-online",
@@ -63,15 +64,18 @@ def test_attack_default_out_lands_in_the_first_run_and_the_report_shows_it(
     rows = [_row(label, summary["attacks"][label]) for label in summary["order"]]
     start = lines.index(rows[0])
     assert lines[start : start + 3] == rows  # the file's numbers, in the attack's order
-    assert "| lira-offline |" in md and "`attack_offline`" in md
+    assert "| lira-offline |" in md
+    assert "`attack_offline`" in md
     # the figure is attack's own roc.png, copied next to the report and embedded in the page
     assert (report / "attack_roc.png").read_bytes() == (folder / "roc.png").read_bytes()
     assert (report / "attack_roc_offline.png").is_file()
-    assert "![ROC of each attack on log-log axes" in md and "(attack_roc.png)" in md
+    assert "![ROC of each attack on log-log axes" in md
+    assert "(attack_roc.png)" in md
     page = (report / "report.html").read_text()
     entry = summary["attacks"]["rmia-online"]
     assert f"<td>rmia-online</td><td>{entry['auc']:.4f}</td><td>{entry['tpr@0.1%fpr']:.4f}</td>" in page
-    assert "id='attack_roc.png'" in page and "data:image/png;base64," in page
+    assert "id='attack_roc.png'" in page
+    assert "data:image/png;base64," in page
 
 
 def test_report_attack_flag_shows_results_written_elsewhere(
@@ -86,22 +90,25 @@ def test_report_attack_flag_shows_results_written_elsewhere(
     assert [r.label for r in files.rows] == ["loss", "lira-online"]
     for row in files.rows:
         report = result.reports[row.label]
-        assert row.auc == report.auc and row.tpr_at_fpr == report.tpr_at_fpr
+        assert row.auc == report.auc
+        assert row.tpr_at_fpr == report.tpr_at_fpr
         assert row.n_nonmembers == report.n_nonmembers
-    assert files.fprs == (0.001, 0.01) and files.figure == tmp_path / "elsewhere" / "roc.png"
+    assert files.fprs == (0.001, 0.01)
+    assert files.figure == tmp_path / "elsewhere" / "roc.png"
 
     out = tmp_path / "rep"
     code, _, err = _cli(capsys, "report", dirs[1], "--attack", tmp_path / "elsewhere", "--out", out)
     assert code == 0, err
     md = (out / "summary.md").read_text()
-    assert (
-        f"`{tmp_path / 'elsewhere'}`" in md
-        and f"| lira-online | {result.reports['lira-online'].auc:.4f} |" in md
-    )
+    assert f"`{tmp_path / 'elsewhere'}`" in md
+    assert f"| lira-online | {result.reports['lira-online'].auc:.4f} |" in md
     assert (out / "attack_roc_elsewhere.png").is_file()
 
     code, _, err = _cli(capsys, "report", dirs[1], "--attack", tmp_path / "nothing")
-    assert code == 2 and "argument --attack" in err and "nothing" in err and "attack.json" in err
+    assert code == 2
+    assert "argument --attack" in err
+    assert "nothing" in err
+    assert "attack.json" in err
 
 
 @pytest.mark.parametrize(
@@ -139,7 +146,9 @@ def test_a_damaged_or_foreign_attack_json_is_named_and_the_rest_of_the_report_st
 
     code, _, err = _cli(capsys, "report", dirs[0], "--out", tmp_path / "rep")
     assert code == 1
-    assert str(path) in err and says in err and "Traceback" not in err
+    assert str(path) in err
+    assert says in err
+    assert "Traceback" not in err
     assert f"could not be drawn: '{path}'" in (tmp_path / "rep" / "summary.md").read_text()
 
 
@@ -152,5 +161,6 @@ def test_a_missing_figure_is_reported_and_the_table_still_shown(dirs: list[Path]
     paths = build_report(dirs[0], out=tmp_path / "rep")
     assert any("roc.png" in p and "missing" in p for p in paths["problems"])
     md = (tmp_path / "rep" / "summary.md").read_text()
-    assert "| loss |" in md and "attack_roc.png" not in md
+    assert "| loss |" in md
+    assert "attack_roc.png" not in md
     assert fileio.load_json(folder / "attack.json")["attacks"]["loss"]["auc"] > 0.5

@@ -45,9 +45,12 @@ def test_report_numbers_are_the_logged_ones(run, report):
         in md
     )
     audit = run["callbacks"]["audit"].history[-1]
-    assert f"one-run audit after epoch 2: epsilon >= {audit['epsilon_lb']:.3f} with confidence 95%" in md
+    assert (
+        f"one-run audit after epoch 2: epsilon >= {audit['mem/audit/epsilon_lb']:.3f} with confidence 95%"
+        in md
+    )
     dp = run["callbacks"]["dp"].history[-1]
-    assert f"DP-SGD epsilon after epoch 2: {dp['epsilon']:.3f}" in md
+    assert f"DP-SGD epsilon after epoch 2: {dp['mem/dp/epsilon']:.3f}" in md
     assert "**stopped** at epoch 2" in md
     # the data map explains its stars: 2 canaries inserted once, 2 inserted 4 times = 10 copies
     assert "stars: the 10 training copies of the 4 canaries" in md
@@ -96,16 +99,16 @@ def test_sequence_numbers_are_the_logged_ones(run, report):
 
 def test_figures_draw_the_logged_series(run, tmp_path, monkeypatch):
     """The sequence figures plot, per epoch, the logged rates and AUCs (captured from matplotlib)."""
-    from memcallbacks import report as report_module
+    from memcallbacks.report import sequence as sequence_module
 
     figures = []
-    save = report_module._save
+    save = sequence_module.save_figure
 
     def capture(fig, out_dir, name):
         figures.append((name, fig))  # a closed figure keeps its axes and lines
         return save(fig, out_dir, name)
 
-    monkeypatch.setattr(report_module, "_save", capture)
+    monkeypatch.setattr(sequence_module, "save_figure", capture)
     shutil.copytree(run["root"] / "sequence", tmp_path / "memcallbacks" / "sequence")
     build_report(tmp_path / "memcallbacks")
     drawn = dict(figures)
@@ -121,7 +124,8 @@ def test_figures_draw_the_logged_series(run, tmp_path, monkeypatch):
         rtol=1e-6,
     )
     for ax in (rates, aucs):  # integer epoch ticks
-        assert ax.get_xlabel() == "epoch" and np.array_equal(ax.get_xticks(), np.round(ax.get_xticks()))
+        assert ax.get_xlabel() == "epoch"
+        assert np.array_equal(ax.get_xticks(), np.round(ax.get_xticks()))
     tries = drawn["extraction_vs_tries.png"].axes[0]
     assert tries.get_xscale() == "log"
     epoch2 = next(line for line in tries.lines if line.get_label() == "epoch 2")
@@ -130,9 +134,8 @@ def test_figures_draw_the_logged_series(run, tmp_path, monkeypatch):
         epoch2.get_ydata(), [logged(run, f"mem/extract/prob_rate/n{n}")[2] for n in (1, 10, 100)], rtol=1e-6
     )
     legend = [t.get_text() for t in tries.get_legend().get_texts()]
-    assert "greedy exact rate (one greedy decode)" in legend and any(
-        "p_threshold = 0.10" in t for t in legend
-    )
+    assert "greedy exact rate (one greedy decode)" in legend
+    assert any("p_threshold = 0.10" in t for t in legend)
 
 
 def test_data_map_ranks_by_the_trackers_score(run, report):
@@ -167,7 +170,8 @@ def test_audit_bound_at_zero_is_explained(run, tmp_path):
         row["epsilon_lb"] = 0.0
     fileio.save_json(root / "audit" / "audit.json", summary)
     md = build_report(root)["markdown"].read_text()
-    assert "0 = nothing proved" in md and "a lower bound, not an estimate" in md
+    assert "0 = nothing proved" in md
+    assert "a lower bound, not an estimate" in md
 
 
 def test_a_corrupted_file_is_named_and_the_other_sections_stay(run, tmp_path):
@@ -175,10 +179,13 @@ def test_a_corrupted_file_is_named_and_the_other_sections_stay(run, tmp_path):
     shutil.copytree(run["root"], root, ignore=shutil.ignore_patterns("report"))
     (root / "canary" / "exposure.npz").write_bytes(b"PK\x03\x04 truncated")
     result = build_report(root)
-    assert len(result["problems"]) == 1 and str(root / "canary" / "exposure.npz") in result["problems"][0]
+    assert len(result["problems"]) == 1
+    assert str(root / "canary" / "exposure.npz") in result["problems"][0]
     md = result["markdown"].read_text()
     assert "## Canary exposure (Secret Sharer)\n\n- could not be drawn:" in md
-    assert "exposure.npz" in md and "Membership inference" in md and "data_map.png" in md
+    assert "exposure.npz" in md
+    assert "Membership inference" in md
+    assert "data_map.png" in md
 
 
 def test_an_empty_folder_says_what_is_missing(tmp_path):
@@ -234,4 +241,5 @@ def test_sequence_section_reads_the_logged_rates(tmp_path):
     )
     md = build_report(root)["markdown"].read_text()
     assert "last evaluation (epoch 1): exact extraction of the 4-token suffix from a 8-token prefix" in md
-    assert "members 0.250, non-members 0.000" in md and "loss 0.750, zlib n/a" in md
+    assert "members 0.250, non-members 0.000" in md
+    assert "loss 0.750, zlib n/a" in md

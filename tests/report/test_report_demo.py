@@ -23,7 +23,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         [
             sys.executable,
             "-m",
-            "memcallbacks",
+            "memcallbacks.cli",
             "demo",
             "--out",
             str(out),
@@ -54,14 +54,16 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     html = (report / "report.html").read_text()
     md = (report / "summary.md").read_text()
     written = {p.name for p in report.glob("*.png")}
-    assert FIGURES <= written
+    assert written >= FIGURES
     for name in written:
-        assert f"id='{name}'" in html and f"({name})" in md
+        assert f"id='{name}'" in html
+        assert f"({name})" in md
     assert html.count("data:image/png;base64,") == len(written)
     # the numbers in the summary are the monitors' own
     exposure = fileio.load_npz(run_dir / "canary" / "exposure.npz")
     reps, last = exposure["repetitions"], exposure["exposure"][-1]
-    assert f"x32: {last[reps == 32].mean():5.1f}" in printed and f"x32: {last[reps == 32].mean():.1f}" in md
+    assert f"x32: {last[reps == 32].mean():5.1f}" in printed
+    assert f"x32: {last[reps == 32].mean():.1f}" in md
     assert "(epoch 1): x1:" in md
     # W&B offline: read back the binary run log and find the mem/* scalars with the epoch axis
     rows = history_rows(wait_for_run_file(out / "wandb"))
@@ -81,7 +83,8 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
         f"membership-inference AUC (1,000 members vs 1,000 held out, after epoch 1): {written:.3f}" in printed
     )
     for key in ("mem/extract/exact_rate", "mem/extract/prob_rate/n100", "mem/mia_lm/auc/min_k"):
-        assert key in keys and f"{key}/canaries" in keys, key
+        assert key in keys, key
+        assert f"{key}/canaries" in keys, key
     # privacy by default: no per-sample table and no secret went to W&B
     assert not any(k.startswith("mem/traj/most_memorised") or k == "mem/canary/canaries" for k in keys)
 
@@ -94,7 +97,8 @@ def test_demo_output_is_quiet_and_says_where_things_come_from(demo_run):
     assert "measured after epoch 1 (the last evaluation)" in printed
     assert "early stopping: did not fire (mem/canary/exposure_max never exceeded 50 bits)" in printed
     assert f"CSV metrics:   {out / 'csv' / 'version_0' / 'metrics.csv'}" in printed
-    assert (out / "csv" / "version_0" / "metrics.csv").is_file() and (out / "fit-profile.txt").is_file()
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file()
+    assert (out / "fit-profile.txt").is_file()
     assert [p.name.split("-")[0] for p in (out / "checkpoints").glob("*.ckpt")] == ["epoch=1"]
 
 
@@ -110,7 +114,7 @@ def test_report_cli_rebuilds_from_the_run_dir_alone(demo_run, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "report written" in proc.stdout
-    assert FIGURES <= {p.name for p in target.glob("*.png")}
+    assert {p.name for p in target.glob("*.png")} >= FIGURES
     assert find_run_dir(out) == out / "memcallbacks"
 
 
@@ -143,12 +147,16 @@ def test_demo_prints_the_extraction_rates_and_the_lm_ranking_it_logged(demo_run)
     # the LM ranking: the tracker ranks by calibrated_loss (zlib reference); the printed share is the report's
     run = RunDirectory(out / "memcallbacks")
     traj, exp = run.trajectory(), run.exposure()
-    assert traj is not None and exp is not None and traj.score_by == "calibrated_loss"
+    assert traj is not None
+    assert exp is not None
+    assert traj.score_by == "calibrated_loss"
     ranked = canary_copies_ranked(traj, exp)
-    assert ranked is not None and ranked.copies == 96
+    assert ranked is not None
+    assert ranked.copies == 96
     assert (
         f"most memorised by `calibrated_loss`: {ranked.in_top} of the 96 copies ({100 * ranked.share:.0f}%) of the "
         f"canaries inserted >= 16 times rank in the top 1% ({ranked.top_size} samples)"
     ) in printed
     md = (out / "memcallbacks" / "report" / "summary.md").read_text()
-    assert f"{ranked.in_top} of the 96 training copies" in md and "ranked by `calibrated_loss`" in md
+    assert f"{ranked.in_top} of the 96 training copies" in md
+    assert "ranked by `calibrated_loss`" in md

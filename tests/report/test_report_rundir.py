@@ -41,10 +41,12 @@ def test_run_dir_is_found_from_the_log_folder(run):
 
 def test_membership_reader_returns_the_logged_values(run):
     mem = RunDirectory(run["root"]).membership()
-    assert mem is not None and mem.epochs.tolist() == [0, 1, 2]
+    assert mem is not None
+    assert mem.epochs.tolist() == [0, 1, 2]
     for key in ("mem/mia/auc", "mem/gap/loss", "mem/mia/tpr@1%fpr"):
         assert mem.metric(key).tolist() == pytest.approx(list(logged(run, key).values()), rel=1e-6), key
-    assert mem.member_losses.shape == (3, 100) and mem.nonmember_losses.shape == (3, 100)
+    assert mem.member_losses.shape == (3, 100)
+    assert mem.nonmember_losses.shape == (3, 100)
     # the stored losses are the ones behind the logged AUC (independent computation: sklearn)
     from sklearn.metrics import roc_auc_score
 
@@ -56,44 +58,55 @@ def test_membership_reader_returns_the_logged_values(run):
 
 def test_exposure_reader_and_mean_by_repetition_match_the_logged_keys(run):
     exp = RunDirectory(run["root"]).exposure()
-    assert exp is not None and exp.epochs.tolist() == [0, 1, 2]
-    assert exp.exposure.shape == (3, 4) and sorted(exp.repetitions.tolist()) == [1, 1, 4, 4]
+    assert exp is not None
+    assert exp.epochs.tolist() == [0, 1, 2]
+    assert exp.exposure.shape == (3, 4)
+    assert sorted(exp.repetitions.tolist()) == [1, 1, 4, 4]
     for row, epoch in enumerate(exp.epochs.tolist()):
         for r, value in exp.mean_by_repetition(row).items():
             assert value == pytest.approx(logged(run, f"mem/canary/exposure_mean/r{r}")[epoch], rel=1e-6)
     np.testing.assert_array_equal(exp.exposure, run["callbacks"]["exposure"].arrays["exposure"])
     assert exp.secrets is None  # log_secrets=False: no secrets.json
-    assert exp.method == "extrapolated" and exp.log2_space_size == pytest.approx(math.log2(10**6))
+    assert exp.method == "extrapolated"
+    assert exp.log2_space_size == pytest.approx(math.log2(10**6))
 
 
 def test_trajectory_audit_dp_and_stopping_readers(run):
     rd = RunDirectory(run["root"])
     traj = rd.trajectory()
-    assert traj is not None and traj.epochs.tolist() == [0, 1, 2]
-    assert traj.meta["num_epochs"] == 3 and traj.seen.sum() > 0.8 * traj.seen.size  # Poisson batches
+    assert traj is not None
+    assert traj.epochs.tolist() == [0, 1, 2]
+    assert traj.meta["num_epochs"] == 3
+    assert traj.seen.sum() > 0.8 * traj.seen.size
     assert np.nanmean(traj.epoch_losses(2)) == pytest.approx(logged(run, "mem/traj/loss_mean")[2], rel=1e-3)
 
     audit = rd.audit()
-    assert audit is not None and [h["epoch"] for h in audit.history] == [0, 1, 2]
+    assert audit is not None
+    assert [h["epoch"] for h in audit.history] == [0, 1, 2]
     assert audit.epsilon_lb().tolist() == pytest.approx(list(logged(run, "mem/audit/epsilon_lb").values()))
     assert audit.confidence == pytest.approx(0.95)
     assert audit.inclusion()["included"].shape == (16,)
     assert audit.evaluation(2)["scores"].shape == (16,)
 
     dp = rd.dp()
-    assert dp is not None and dp.summary["delta"] == 1e-5
+    assert dp is not None
+    assert dp.summary["delta"] == 1e-5
     assert dp.epsilon.tolist() == pytest.approx(list(logged(run, "mem/dp/epsilon").values()), rel=1e-6)
     assert np.all(np.diff(dp.epsilon) > 0)
 
     stop = rd.stopping()
-    assert stop is not None and stop.stopped and stop.info["stopped_epoch"] == 2
+    assert stop is not None
+    assert stop.stopped
+    assert stop.info["stopped_epoch"] == 2
     assert run["callbacks"]["stopping"].stopped_epoch == 2
 
 
 def test_sequence_reader_returns_the_logged_values(run):
     seq = RunDirectory(run["root"]).sequence()
-    assert seq is not None and seq.arrays["epochs"].tolist() == [0, 1, 2]
-    assert seq.summary["n_tries"] == [1, 10, 100] and seq.summary["prefix_len"] == 8
+    assert seq is not None
+    assert seq.arrays["epochs"].tolist() == [0, 1, 2]
+    assert seq.summary["n_tries"] == [1, 10, 100]
+    assert seq.summary["prefix_len"] == 8
     keys = ["mem/extract/exact_rate", "mem/extract/exact_rate_nonmember", "mem/extract/prob_rate/n100"]
     keys += [f"mem/mia_lm/auc/{score}" for score in ("loss", "min_k", "zlib")]
     for key in keys:
@@ -109,7 +122,8 @@ def test_trajectory_score_is_the_trackers_own(run, by):
     from memcallbacks.metrics import memorisation_score
 
     traj = RunDirectory(run["root"]).trajectory()
-    assert traj is not None and traj.score_by == "min_loss"  # the tracker's `score=`
+    assert traj is not None
+    assert traj.score_by == "min_loss"
     expected = memorisation_score(run["callbacks"]["trajectory"].statistics(), by=by)
     got = traj.score(by)
     seen = traj.seen
@@ -124,7 +138,8 @@ def test_trajectory_score_defaults_to_mean_loss_and_names_an_unknown_one(run, tm
     meta = {k: v for k, v in traj.meta.items() if k != "score_by"}  # written before `score=` existed
     write_trajectory_summary(tmp_path / "trajectory", traj.statistics, meta)
     old = RunDirectory(tmp_path).trajectory()
-    assert old is not None and old.score_by == "mean_loss"
+    assert old is not None
+    assert old.score_by == "mean_loss"
     np.testing.assert_array_equal(old.score()[old.seen], traj.statistics["mean"][old.seen])
     write_trajectory_summary(tmp_path / "trajectory", traj.statistics, {**meta, "score_by": "auc"})
     with pytest.raises(RunDirectoryError, match=r"meta.json.*unknown score 'auc'"):
@@ -142,7 +157,12 @@ def test_writers_reproduce_the_files_they_are_given(run, tmp_path):
         src.dp(),
         src.stopping(),
     )
-    assert traj and mem and exp and audit and dp and stop
+    assert traj
+    assert mem
+    assert exp
+    assert audit
+    assert dp
+    assert stop
     write_trajectory_summary(dst / "trajectory", traj.statistics, traj.meta)
     write_membership(dst / "membership", mem.arrays, mem.summary)
     write_exposure(dst / "canary", exp.arrays, secrets={"c00_r1": "123456"})
@@ -197,7 +217,8 @@ def test_a_broken_file_is_named(run, tmp_path, name, content, reader, says):
     (root / name).write_bytes(content)
     with pytest.raises(RunDirectoryError, match=says) as info:
         getattr(RunDirectory(root), reader)()
-    assert info.value.path == root / name and str(root / name) in str(info.value)
+    assert info.value.path == root / name
+    assert str(root / name) in str(info.value)
 
 
 def test_an_array_missing_from_a_file_is_named(run, tmp_path):

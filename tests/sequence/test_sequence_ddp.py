@@ -44,10 +44,12 @@ def test_ddp_ranks_agree_and_match_single_process(tmp_path: Path) -> None:
     )
     rank0, rank1 = (rank["metrics"] for rank in dump.read())
     keys = sorted(k for k in rank0 if k.startswith("mem/"))
-    assert "mem/extract/exact_rate" in keys and "mem/mia_lm/auc/min_k" in keys
+    assert "mem/extract/exact_rate" in keys
+    assert "mem/mia_lm/auc/min_k" in keys
     assert {k: rank0[k] for k in keys} == {k: rank1[k] for k in keys}
     saved = load_npz(tmp_path / "ddp" / "sequence" / "sequences.npz")
-    assert saved["member_loss"].shape == (2, 13) and saved["nonmember_loss"].shape == (2, 11)
+    assert saved["member_loss"].shape == (2, 13)
+    assert saved["nonmember_loss"].shape == (2, 11)
 
     # one process on the final DDP weights (lr=0): the same per-probe numbers
     model = CharLSTMLM(TOK.vocab_size, embedding_dim=16, hidden_size=32, lr=0.0)

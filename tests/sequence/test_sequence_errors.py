@@ -40,14 +40,14 @@ TEXTS = make_payment_corpus(12, seed=0)
         ({"sampling": {"top_k": 0}}, ValueError, "`top_k`"),
         ({"sampling": {"topk": 5}}, ValueError, "`sampling\\[0\\]`"),
         ({"sampling": []}, ValueError, "`sampling`"),
-        ({"num_probe": 0}, ValueError, "`num_probe`"),
+        ({"num_probes": 0}, ValueError, "`num_probes`"),
         ({"batch_size": 0}, ValueError, "`batch_size`"),
         ({"seed": -1}, ValueError, "`seed`"),
         ({"decoding": "beam"}, ValueError, "`decoding`"),
         ({"log_secrets": "false"}, TypeError, "`log_secrets`"),
         ({"forward_fn": 3}, TypeError, "`forward_fn`"),
         ({"tokenizer": 3}, TypeError, "`tokenizer`"),
-        ({"name": ""}, TypeError, "`name`"),
+        ({"name": ""}, ValueError, "`name`"),  # the base's one `name=` rule
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], err: type, match: str) -> None:

@@ -12,8 +12,8 @@ import torch
 
 from helpers.training import trainer
 from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
-from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
 from memcallbacks.demos.toy import make_payment_corpus
+from memcallbacks.lm.windows import LanguageModel, WindowScores, pad_windows, score_windows
 
 TOK = CharTokenizer()
 TEXTS = make_payment_corpus(48, seed=0)
@@ -90,7 +90,7 @@ def test_gpt2_kv_cache_and_dict_items(tmp_path: Path) -> None:
     assert monitor.history[0]["mem/extract/exact_rate"] <= 0.125
     assert monitor.history[-1]["mem/extract/exact_rate"] >= 0.5
     # the cached decoding equals full forward passes on the trained weights
-    windows, lengths = _window_tensor(
+    windows, lengths = pad_windows(
         [train[i]["input_ids"][: int(train[i]["attention_mask"].sum())] for i in range(8)], 16
     )
     kw = dict(
@@ -103,9 +103,16 @@ def test_gpt2_kv_cache_and_dict_items(tmp_path: Path) -> None:
     )
     model.eval()
     with torch.inference_mode():
-        a = evaluate_windows(_LanguageModel(model, None, "auto"), windows, lengths, **kw)  # type: ignore[arg-type]
-        b = evaluate_windows(_LanguageModel(model, None, "full"), windows, lengths, **kw)  # type: ignore[arg-type]
-    np.testing.assert_array_equal(a[:, 5:].numpy(), b[:, 5:].numpy())
+        a = score_windows(LanguageModel(model, None, "auto"), windows, lengths, **kw)  # type: ignore[arg-type]
+        b = score_windows(LanguageModel(model, None, "full"), windows, lengths, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.generated.numpy(), b.generated.numpy())
+
+
+def _assert_same(a: WindowScores, b: WindowScores, **tol: Any) -> None:
+    for name, value in a.fields().items():
+        np.testing.assert_allclose(
+            value.numpy(), b.fields()[name].numpy(), equal_nan=True, err_msg=name, **tol
+        )
 
 
 def _peaky_gpt2() -> HFLM:
@@ -120,7 +127,7 @@ def _variable_windows(width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Probes of 10..40 tokens: short rows (right-padded, not decoded) mixed with long ones in a batch."""
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(10, 40, (20,), generator=g).tolist()
-    return _window_tensor([torch.randint(2, TOK.vocab_size, (n,), generator=g) for n in lengths], width)
+    return pad_windows([torch.randint(2, TOK.vocab_size, (n,), generator=g) for n in lengths], width)
 
 
 def test_decoding_starts_from_the_scoring_pass_cache() -> None:
@@ -142,12 +149,13 @@ def test_decoding_starts_from_the_scoring_pass_cache() -> None:
         device=torch.device("cpu"),
     )
     with torch.inference_mode():
-        cached = _LanguageModel(model, None, "auto")
-        a = evaluate_windows(cached, windows, lengths, **kw)
+        cached = LanguageModel(model, None, "auto")
+        a = score_windows(cached, windows, lengths, **kw)
         hook.remove()
-        full = _LanguageModel(model, None, "full")
-        b = evaluate_windows(full, windows, lengths, **kw)
-    assert cached.mode == "kv_cache" and full.mode == "full"
+        full = LanguageModel(model, None, "full")
+        b = score_windows(full, windows, lengths, **kw)
+    assert cached.mode == "kv_cache"
+    assert full.mode == "full"
     expected: list[tuple[int, int]] = [(1, 1)]  # the vocabulary probe
     for i in range(0, 20, 8):
         batch, n_dec = min(8, 20 - i), int((lengths[i : i + 8] >= 24).sum())
@@ -155,11 +163,12 @@ def test_decoding_starts_from_the_scoring_pass_cache() -> None:
     assert seen == expected
     assert not any(shape[1] == 10 for shape in seen)  # the prefix never ran on its own
     # the same numbers as full forward passes over the growing sequences
-    np.testing.assert_array_equal(a[:, 6:].numpy(), b[:, 6:].numpy())
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(a.generated.numpy(), b.generated.numpy())
+    _assert_same(a, b, rtol=1e-6)
     long = (lengths >= 24).numpy()
-    assert np.isfinite(a[long, 2].numpy()).all() and np.isnan(a[~long, 2].numpy()).all()
-    assert len({tuple(r) for r in a[long, 6:].numpy().tolist()}) > 1
+    assert np.isfinite(a.exact[long].numpy()).all()
+    assert np.isnan(a.exact[~long].numpy()).all()
+    assert len({tuple(r) for r in a.generated[long].numpy().tolist()}) > 1
 
 
 class _NoCacheGPT2(torch.nn.Module):
@@ -190,13 +199,13 @@ def test_a_model_without_a_cache_falls_back_to_full_passes() -> None:
         device=torch.device("cpu"),
     )
     with torch.inference_mode():
-        lm = _LanguageModel(_NoCacheGPT2(model.model), None, "auto")
-        a = evaluate_windows(lm, windows, lengths, **kw)
-        b = evaluate_windows(_LanguageModel(model, None, "full"), windows, lengths, **kw)
-    assert (
-        lm.mode == "full" and lm.fallback_reason is not None and "no `past_key_values`" in lm.fallback_reason
-    )
-    np.testing.assert_array_equal(a[:, 5:].numpy(), b[:, 5:].numpy())
+        lm = LanguageModel(_NoCacheGPT2(model.model), None, "auto")
+        a = score_windows(lm, windows, lengths, **kw)
+        b = score_windows(LanguageModel(model, None, "full"), windows, lengths, **kw)
+    assert lm.mode == "full"
+    assert lm.fallback_reason is not None
+    assert "no `past_key_values`" in lm.fallback_reason
+    np.testing.assert_array_equal(a.generated.numpy(), b.generated.numpy())
 
 
 def test_mismatched_pad_ids_are_refused(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def test_min_k_rounding_and_kinds() -> None:
     # 0.29 * 100 = 28.999999999999996 in floating point: still the 29 least likely
     expected = lp[0, :29].mean()
     out = min_k_prob(lp, None, k=0.29)
-    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
+    assert isinstance(out, torch.Tensor)
+    assert out.dtype == torch.float64
     assert float(out[0]) == pytest.approx(float(expected), rel=1e-12)
     assert isinstance(min_k_prob([0.0, -1.0], k=0.5), np.ndarray)
     assert np.isnan(min_k_prob(np.zeros((1, 3)), np.zeros((1, 3), bool), k=0.5)[0])  # no scored token
@@ -85,7 +86,8 @@ def test_zlib_ratio_hand_worked() -> None:
     wide = np.array([300, 1], dtype=np.int64)
     assert zlib_ratio([1.0], [wide])[0] == pytest.approx(1.0 / len(zlib.compress(b"\x2c\x01\x01\x00", 9)))
     t = zlib_ratio(torch.tensor([2.0]), ["hello"])
-    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    assert isinstance(t, torch.Tensor)
+    assert t.dtype == torch.float32
 
 
 def test_zlib_ratio_errors() -> None:
@@ -171,7 +173,8 @@ def test_extraction_probability_hand_worked_and_stable() -> None:
         1 - 0.9 ** np.array([1, 10, 100]),
     )
     t = extraction_probability(torch.tensor([math.log(0.5)]), 3)
-    assert isinstance(t, torch.Tensor) and float(t[0]) == pytest.approx(0.875)
+    assert isinstance(t, torch.Tensor)
+    assert float(t[0]) == pytest.approx(0.875)
 
 
 @pytest.mark.parametrize(

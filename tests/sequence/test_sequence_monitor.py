@@ -16,8 +16,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from helpers.training import trainer
 from memcallbacks import CharTokenizer, LeakageEarlyStopping, SequenceMemorisationMonitor
-from memcallbacks.callbacks.sequence import _LanguageModel, _window_tensor, evaluate_windows
 from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
+from memcallbacks.lm.windows import LanguageModel, WindowScores, pad_windows, score_windows
 from memcallbacks.metrics import membership_inference, min_k_prob
 from memcallbacks.rundir import RunDirectory
 from memcallbacks.utilities.fileio import load_json, load_npz
@@ -37,6 +37,26 @@ def _monitor(**kwargs: Any) -> SequenceMemorisationMonitor:
     return SequenceMemorisationMonitor(TokenDataset(TRAIN, TOK), TokenDataset(HELD, TOK), **opts)
 
 
+def _scores(rows: Any) -> WindowScores:
+    """A hand-written table ``[loss, min_k, exact, token_match, log q...]`` as per-probe results."""
+    r = torch.as_tensor(np.asarray(rows, dtype=np.float64))
+    return WindowScores(
+        loss=r[:, 0],
+        min_k=r[:, 1],
+        exact=r[:, 2],
+        token_match=r[:, 3],
+        log_q=r[:, 4:],
+        generated=torch.zeros((r.shape[0], 0), dtype=torch.long),
+    )
+
+
+def _assert_same(a: WindowScores, b: WindowScores, **tol: Any) -> None:
+    for name, value in a.fields().items():
+        np.testing.assert_allclose(
+            value.numpy(), b.fields()[name].numpy(), equal_nan=True, err_msg=name, **tol
+        )
+
+
 def _csv_rows(t: pl.Trainer) -> list[dict[str, str]]:
     path = Path(t.logger.log_dir) / "metrics.csv"  # type: ignore[union-attr]
     with path.open() as f:
@@ -54,11 +74,14 @@ def test_training_on_repeated_sequences_raises_the_extractable_rate(tmp_path: Pa
     assert last["mem/extract/exact_rate"] >= 0.3
     assert last["mem/extract/token_match"] > first["mem/extract/token_match"] + 0.2
     assert last["mem/extract/exact_rate_nonmember"] <= 0.0625  # held-out records are not reproduced
-    assert last["mem/extract/skipped"] == 0 and last["mem/extract/skipped_nonmember"] == 0
-    assert last["mem/mia_lm/auc/loss"] > 0.8 and last["mem/mia_lm/auc/min_k"] > 0.8
+    assert last["mem/extract/skipped"] == 0
+    assert last["mem/extract/skipped_nonmember"] == 0
+    assert last["mem/mia_lm/auc/loss"] > 0.8
+    assert last["mem/mia_lm/auc/min_k"] > 0.8
     # (n, p) rates are non-decreasing in n and the greedy hits are mostly likely under sampling too
     rates = [last[f"mem/extract/prob_rate/n{n}"] for n in (1, 10, 100)]
-    assert rates == sorted(rates) and rates[-1] >= last["mem/extract/exact_rate"] - 1e-12
+    assert rates == sorted(rates)
+    assert rates[-1] >= last["mem/extract/exact_rate"] - 1e-12
     assert 0 < last["mem/extract/prob_mean"] <= 1
     assert monitor.decoding == "incremental"
 
@@ -77,13 +100,15 @@ def test_training_on_repeated_sequences_raises_the_extractable_rate(tmp_path: Pa
     # the run directory: per-probe numbers that reproduce the logged values
     monitor.flush()
     saved = load_npz(monitor.run_dir / "sequences.npz")
-    assert saved["member_loss"].shape == (3, 16) and saved["member_log_q"].shape == (3, 16, 1)
+    assert saved["member_loss"].shape == (3, 16)
+    assert saved["member_log_q"].shape == (3, 16, 1)
     assert "member_generated" not in saved  # only with log_secrets=True
     assert np.nanmean(saved["member_exact"][-1]) == pytest.approx(last["mem/extract/exact_rate"])
     auc = membership_inference(saved["member_zlib"][-1], saved["nonmember_zlib"][-1], fprs=()).auc
     assert auc == pytest.approx(last["mem/mia_lm/auc/zlib"])
     summary = load_json(monitor.run_dir / "metrics.json")
-    assert summary["decoding"] == "incremental" and len(summary["history"]) == 3
+    assert summary["decoding"] == "incremental"
+    assert len(summary["history"]) == 3
     files = RunDirectory(monitor.run_dir.parent).sequence()  # the report's reader
     assert files is not None
     assert files.metric("mem/extract/exact_rate").tolist() == [
@@ -95,10 +120,10 @@ def test_scores_match_an_independent_computation() -> None:
     torch.manual_seed(1)
     model = _lstm().eval()
     seqs = [TokenDataset(TRAIN, TOK)[i] for i in range(4)] + [torch.tensor([1, 5, 6])]
-    windows, lengths = _window_tensor(seqs, 16)
+    windows, lengths = pad_windows(seqs, 16)
     with torch.inference_mode():
-        out = evaluate_windows(
-            _LanguageModel(model, None, "auto"),
+        out = score_windows(
+            LanguageModel(model, None, "auto"),
             windows,
             lengths,
             prefix_len=8,
@@ -111,18 +136,19 @@ def test_scores_match_an_independent_computation() -> None:
         for i, s in enumerate(seqs):
             s = s[:16]
             lp = F.log_softmax(model(s[None])[0, :-1].double(), -1).gather(1, s[1:, None])[:, 0]
-            assert out[i, 0].item() == pytest.approx(-lp.mean().item(), rel=1e-5)
-            assert out[i, 1].item() == pytest.approx(float(min_k_prob(lp[None], k=0.2)[0]), rel=1e-5)
+            assert out.loss[i].item() == pytest.approx(-lp.mean().item(), rel=1e-5)
+            assert out.min_k[i].item() == pytest.approx(float(min_k_prob(lp[None], k=0.2)[0]), rel=1e-5)
             if s.numel() < 16:
-                assert np.isnan(out[i, 2].item()) and np.isnan(out[i, 4].item())
+                assert np.isnan(out.exact[i].item())
+                assert np.isnan(out.log_q[i, 0].item())
                 continue
-            assert out[i, 4].item() == pytest.approx(lp[7:].sum().item(), rel=1e-5)
+            assert out.log_q[i, 0].item() == pytest.approx(lp[7:].sum().item(), rel=1e-5)
             greedy = s[:8].clone()
             for _ in range(8):
                 greedy = torch.cat([greedy, model(greedy[None])[0, -1].argmax()[None]])
-            np.testing.assert_array_equal(out[i, 6:].numpy().astype(int), greedy[8:].numpy())
-            assert out[i, 2].item() == float(bool((greedy[8:] == s[8:]).all()))
-            assert out[i, 3].item() == pytest.approx((greedy[8:] == s[8:]).double().mean().item())
+            np.testing.assert_array_equal(out.generated[i].numpy(), greedy[8:].numpy())
+            assert out.exact[i].item() == float(bool((greedy[8:] == s[8:]).all()))
+            assert out.token_match[i].item() == pytest.approx((greedy[8:] == s[8:]).double().mean().item())
 
 
 def test_np_rates_of_non_members_hand_worked() -> None:
@@ -130,7 +156,7 @@ def test_np_rates_of_non_members_hand_worked() -> None:
     monitor = _monitor(
         n_tries=(1, 3), p_threshold=0.45, sampling=[{"temperature": 1.0}, {"temperature": 0.5, "top_k": 5}]
     )
-    monitor._member_indices, monitor._nonmember_indices = np.arange(2), np.arange(4)
+    monitor._probes.member_indices, monitor._probes.nonmember_indices = np.arange(2), np.arange(4)
     monitor._zlib = np.ones(6)
     nan = math.nan
     q = {"member": [0.9, 0.2], "nonmember": [0.6, 0.3, 0.1, nan]}  # the last non-member is short
@@ -139,7 +165,7 @@ def test_np_rates_of_non_members_hand_worked() -> None:
         for i, qi in enumerate(q[who]):
             exact = nan if math.isnan(qi) else 0.0
             rows.append([1.0 + i, -1.0, exact, exact, math.log(qi), math.log(qi / 2)])
-    metrics = monitor._metrics(np.array(rows), epoch=0)
+    metrics = monitor.metrics(_scores(rows))
     # q >= 0.45 after n tries, 1 - (1 - q)^n: members 0.9 | 0.2 -> n=3: 0.488 (both pass)
     assert metrics["mem/extract/prob_rate/n1"] == pytest.approx(1 / 2)
     assert metrics["mem/extract/prob_rate/n3"] == pytest.approx(1.0)
@@ -152,18 +178,18 @@ def test_np_rates_of_non_members_hand_worked() -> None:
     assert metrics["mem/extract/prob_rate_nonmember/n3/s1"] == pytest.approx(1 / 3)
     assert metrics["mem/extract/prob_mean_nonmember/s1"] == pytest.approx((0.3 + 0.15 + 0.05) / 3)
     without = _monitor(n_tries=(1, 3))
-    without._member_indices, without._nonmember_indices, without._zlib = (
+    without._probes.member_indices, without._probes.nonmember_indices, without._zlib = (
         np.arange(2),
         np.arange(0),
         np.ones(2),
     )
-    assert not any("nonmember" in k for k in without._metrics(np.array(rows[:2])[:, :5], epoch=0))
+    assert not any("nonmember" in k for k in without.metrics(_scores(np.array(rows[:2])[:, :5])))
 
 
 def test_full_passes_give_the_cached_result() -> None:
     torch.manual_seed(2)
     model = _lstm().eval()
-    windows, lengths = _window_tensor([TokenDataset(TEXTS, TOK)[i] for i in range(10)], 24)
+    windows, lengths = pad_windows([TokenDataset(TEXTS, TOK)[i] for i in range(10)], 24)
     kw = dict(
         prefix_len=12,
         suffix_len=12,
@@ -173,12 +199,13 @@ def test_full_passes_give_the_cached_result() -> None:
         device=torch.device("cpu"),
     )
     with torch.inference_mode():
-        inc_lm, full_lm = _LanguageModel(model, None, "auto"), _LanguageModel(model, None, "full")
-        a = evaluate_windows(inc_lm, windows, lengths, **kw)  # type: ignore[arg-type]
-        b = evaluate_windows(full_lm, windows, lengths, **kw)  # type: ignore[arg-type]
-    assert inc_lm.mode == "incremental" and full_lm.mode == "full"
-    np.testing.assert_array_equal(a[:, 6:].numpy(), b[:, 6:].numpy())
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, equal_nan=True)
+        inc_lm, full_lm = LanguageModel(model, None, "auto"), LanguageModel(model, None, "full")
+        a = score_windows(inc_lm, windows, lengths, **kw)  # type: ignore[arg-type]
+        b = score_windows(full_lm, windows, lengths, **kw)  # type: ignore[arg-type]
+    assert inc_lm.mode == "incremental"
+    assert full_lm.mode == "full"
+    np.testing.assert_array_equal(a.generated.numpy(), b.generated.numpy())
+    _assert_same(a, b, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -188,7 +215,8 @@ def test_leakage_early_stopping_accepts_the_extraction_rate(tmp_path: Path) -> N
     stopper = LeakageEarlyStopping("mem/extract/exact_rate", 0.01)
     t = trainer(tmp_path, max_epochs=8, callbacks=[monitor, stopper])
     t.fit(_lstm(), lm_loader(TRAIN * 30, TOK, batch_size=32))
-    assert stopper.stopped_epoch is not None and t.current_epoch < 8
+    assert stopper.stopped_epoch is not None
+    assert t.current_epoch < 8
     assert monitor.history[-1]["mem/extract/exact_rate"] > 0.01
     assert all(row["mem/extract/exact_rate"] <= 0.01 for row in monitor.history[:-1])
 
@@ -227,19 +255,20 @@ def test_resume_gives_identical_numbers(tmp_path: Path) -> None:
 
 def test_state_dict_round_trip_and_old_state() -> None:
     m = _monitor()
-    m._member_indices, m._nonmember_indices = np.array([3, 1]), np.array([0])
+    m._probes.member_indices, m._probes.nonmember_indices = np.array([3, 1]), np.array([0])
     m._epochs = [0]
     m._results = [
-        np.array([[0.5, -1.0, 1.0, 1.0, -0.1], [0.7, -2.0, np.nan, np.nan, np.nan], [1.0, -3, 0, 0.5, -9]])
+        _scores([[0.5, -1.0, 1.0, 1.0, -0.1], [0.7, -2.0, np.nan, np.nan, np.nan], [1.0, -3, 0, 0.5, -9]])
     ]
-    m._metrics_history = [{"epoch": 0.0, "mem/extract/exact_rate": 1.0}]
+    m._history = [{"epoch": 0, "step": 3, "mem/extract/exact_rate": 1.0}]
     buf = __import__("io").BytesIO()
     torch.save(m.state_dict(), buf)
     buf.seek(0)
     other = _monitor()
     other.load_state_dict(torch.load(buf, weights_only=True))
-    np.testing.assert_array_equal(other._results[0], m._results[0])
-    assert other.history == m.history and other._member_indices.tolist() == [3, 1]
+    _assert_same(other._results[0], m._results[0], rtol=0)
+    assert other.history == m.history
+    assert other.member_indices.tolist() == [3, 1]
     fresh = _monitor()
     fresh.load_state_dict({})
     assert fresh.history == []

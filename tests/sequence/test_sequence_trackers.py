@@ -51,4 +51,5 @@ def test_table_only_with_opt_in(
         assert not any(k.startswith("mem/extract/top_sequences") for k in keys)
     else:
         row = [r for r in rows if "mem/extract/top_sequences/_type" in r][-1]
-        assert row["mem/extract/top_sequences/nrows"] == 5 and row["mem/extract/top_sequences/ncols"] == ncols
+        assert row["mem/extract/top_sequences/nrows"] == 5
+        assert row["mem/extract/top_sequences/ncols"] == ncols

@@ -45,9 +45,11 @@ def test_stop_on_exposure_restores_a_model_below_the_threshold(tmp_path: Path) -
     t = trainer(tmp_path, max_epochs=15, callbacks=[stopper, monitor])
     t.fit(model, loader)
 
-    assert stopper.stopped_epoch is not None and stopper.stopped_epoch < 14, stopper.last_values
+    assert stopper.stopped_epoch is not None, stopper.last_values
+    assert stopper.stopped_epoch < 14, stopper.last_values
     assert stopper.last_values["mem/canary/exposure_max"] > threshold
-    assert stopper.best_safe_epoch is not None and stopper.best_safe_epoch < stopper.stopped_epoch
+    assert stopper.best_safe_epoch is not None
+    assert stopper.best_safe_epoch < stopper.stopped_epoch
     saved = json.loads(stopper.stopping_path.read_text())
     assert saved["restored_epoch"] == stopper.best_safe_epoch
     assert saved["reason"].startswith("Leakage: mem/canary/exposure_max = ")

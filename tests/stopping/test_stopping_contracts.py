@@ -31,7 +31,8 @@ def _stopped_run(tmp_path: Path) -> Path:
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     stopper = LeakageEarlyStopping("mem/test/score", 1.5)
     t = _fit(tmp_path / "first", [RisingScore(), stopper, ckpt], 10, enable_checkpointing=True)
-    assert stopper.stopped_epoch == 2 and t.current_epoch == 3
+    assert stopper.stopped_epoch == 2
+    assert t.current_epoch == 3
     return tmp_path / "ckpt" / "last.ckpt"
 
 
@@ -44,7 +45,8 @@ def test_resuming_a_stopped_run_stops_again_at_once(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"stopped at epoch 2 .*continue_after_stop=True"):
         t.fit(model, tl, ckpt_path=str(ckpt))
     assert t.global_step == torch.load(ckpt, weights_only=True)["global_step"]  # no training step
-    assert monitor.last_epoch_done == -1 and monitor.weights_at == {}  # no epoch recorded after the stop
+    assert monitor.last_epoch_done == -1
+    assert monitor.weights_at == {}
     assert stopper.stopped_epoch == 2
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())  # weights unchanged
@@ -54,9 +56,11 @@ def test_continue_after_stop_trains_on(tmp_path: Path) -> None:
     ckpt = _stopped_run(tmp_path)
     stopper = LeakageEarlyStopping("mem/test/score", 100.0, continue_after_stop=True)  # a new threshold
     t = _fit(tmp_path / "second", [RisingScore(), stopper], 5, ckpt_path=str(ckpt))
-    assert t.current_epoch == 5 and stopper.stopped_epoch is None
+    assert t.current_epoch == 5
+    assert stopper.stopped_epoch is None
     info = json.loads(stopper.stopping_path.read_text())
-    assert info["stopped"] is False and info["last_epoch"] == 4
+    assert info["stopped"] is False
+    assert info["last_epoch"] == 4
 
 
 def test_changed_threshold_and_patience_carry_the_counters_over(tmp_path: Path) -> None:
@@ -89,7 +93,8 @@ def test_fast_dev_run_skips_the_stopper_and_the_monitors(tmp_path: Path) -> None
     monitor, stopper = RisingScore(start=5.0), LeakageEarlyStopping("mem/test/score", 1.0)
     with pytest.warns(UserWarning, match="RisingScore is skipped under `Trainer\\(fast_dev_run=...\\)`"):
         t = _fit(tmp_path, [monitor, stopper], 3, fast_dev_run=True)
-    assert "mem/test/score" not in t.callback_metrics and monitor.last_epoch_done == -1
+    assert "mem/test/score" not in t.callback_metrics
+    assert monitor.last_epoch_done == -1
     assert stopper.stopped_epoch is None
     assert not list(tmp_path.rglob("memcallbacks"))  # no run directory written
 
@@ -119,8 +124,10 @@ def test_best_safe_weights_are_safetensors_not_pickle(tmp_path: Path) -> None:
     stopper = LeakageEarlyStopping("mem/test/score", 1.5, restore="best_safe", save_best_safe=True)
     _fit(tmp_path, [RisingScore(), stopper], 5)
     path = stopper.best_safe_path
-    assert path.name == "stopping_best_safe.safetensors" and path.is_file()
+    assert path.name == "stopping_best_safe.safetensors"
+    assert path.is_file()
     assert not list(tmp_path.rglob("*.pt"))
     head = path.read_bytes()[:16]
-    assert not head.startswith(b"\x80") and not head.startswith(b"PK")  # neither a pickle nor a torch zip
+    assert not head.startswith(b"\x80")
+    assert not head.startswith(b"PK")
     assert set(load_file(path)) == set(TinyClassifier().state_dict())

@@ -35,4 +35,5 @@ def test_one_rank_crossing_stops_both_ranks_at_the_same_epoch(tmp_path: Path, ra
     expected = "Leakage: mem/test/score = 3.0 > 2.5 (rank 1) at epoch 1; restored the weights of epoch 0"
     assert ranks[0]["stop/reason"] == ranks[1]["stop/reason"] == expected
     saved = json.loads((tmp_path / "run" / "stopping.json").read_text())
-    assert saved["stopped_epoch"] == 1 and saved["reason"] == expected
+    assert saved["stopped_epoch"] == 1
+    assert saved["reason"] == expected

@@ -37,7 +37,8 @@ def test_stops_at_first_crossing_whatever_the_callback_order(tmp_path: Path, ord
     assert t.current_epoch == 4  # epochs 0..3 ran
     assert stopper.reason == "Leakage: mem/test/score = 3.0 > 2.5 at epoch 3"
     saved = json.loads((Path(t.log_dir) / "memcallbacks" / "stopping.json").read_text())
-    assert saved["stopped_epoch"] == 3 and saved["reason"] == stopper.reason
+    assert saved["stopped_epoch"] == 3
+    assert saved["reason"] == stopper.reason
     assert saved["values"] == {"mem/test/score": 3.0}
     assert saved["conditions"] == [
         {"monitor": "mem/test/score", "threshold": 2.5, "mode": "max", "patience": 1}
@@ -75,7 +76,8 @@ def test_restore_best_safe_loads_last_safe_weights(tmp_path: Path) -> None:
     tl, _ = loaders(make_blobs(32))
     t = trainer(tmp_path, max_epochs=10, callbacks=[monitor, stopper])
     t.fit(model, tl)
-    assert stopper.stopped_epoch == 3 and stopper.best_safe_epoch == 2
+    assert stopper.stopped_epoch == 3
+    assert stopper.best_safe_epoch == 2
     final = model.state_dict()
     for k, v in monitor.weights_at[2].items():
         assert torch.equal(final[k], v)
@@ -92,16 +94,19 @@ def test_restore_best_safe_without_safe_evaluation_warns_and_keeps_weights(tmp_p
     stopper = LeakageEarlyStopping("mem/test/score", 0.5, restore="best_safe")
     with pytest.warns(UserWarning, match="no evaluation below every threshold"):
         _fit(tmp_path, [stopper, RisingScore(start=1.0)])
-    assert stopper.stopped_epoch == 0 and stopper.best_safe_epoch is None
+    assert stopper.stopped_epoch == 0
+    assert stopper.best_safe_epoch is None
 
 
 def test_non_finite_value_stops_when_check_finite(tmp_path: Path) -> None:
     stopper = LeakageEarlyStopping("mem/test/score", 100.0)
     _fit(tmp_path, [stopper, RisingScore(start=math.nan)])
-    assert stopper.stopped_epoch == 0 and "is not finite" in (stopper.reason or "")
+    assert stopper.stopped_epoch == 0
+    assert "is not finite" in (stopper.reason or "")
     relaxed = LeakageEarlyStopping("mem/test/score", 100.0, check_finite=False)
     t = _fit(tmp_path / "b", [relaxed, RisingScore(start=math.nan)], epochs=2)
-    assert relaxed.stopped_epoch is None and t.current_epoch == 2
+    assert relaxed.stopped_epoch is None
+    assert t.current_epoch == 2
 
 
 def test_missing_key_raises_after_first_evaluation_listing_keys(tmp_path: Path) -> None:
@@ -180,7 +185,8 @@ def test_resume_from_checkpoint_gives_the_same_stop(tmp_path: Path) -> None:
 
     monitor, straight = make()
     _fit(tmp_path / "straight", [monitor, straight])
-    assert straight.stopped_epoch == 4 and straight.best_safe_epoch == 1
+    assert straight.stopped_epoch == 4
+    assert straight.best_safe_epoch == 1
 
     tl, _ = loaders(make_blobs(32))
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -189,13 +195,15 @@ def test_resume_from_checkpoint_gives_the_same_stop(tmp_path: Path) -> None:
         tmp_path / "resumed", max_epochs=3, callbacks=[monitor, first, ckpt], enable_checkpointing=True
     )
     t1.fit(TinyClassifier(), tl)
-    assert first.stopped_epoch is None and first.counters == {"mem/test/score": 1}
+    assert first.stopped_epoch is None
+    assert first.counters == {"mem/test/score": 1}
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # loads without unpickling code
     assert state["callbacks"][first.state_key]["counters"] == {"mem/test/score": 1}
     monitor, second = make()
     t2 = trainer(tmp_path / "resumed", max_epochs=10, callbacks=[monitor, second])
     model = TinyClassifier()
     t2.fit(model, tl, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert second.stopped_epoch == 4 and second.reason == straight.reason
+    assert second.stopped_epoch == 4
+    assert second.reason == straight.reason
     assert second.best_safe_epoch == 1  # weights from the first process, reloaded from disk
     assert "restored the weights of epoch 1" in (second.reason or "")

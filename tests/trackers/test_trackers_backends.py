@@ -43,10 +43,12 @@ def test_tensorboard_reads_back_scalars_histograms_images_text(tmp_path: Path) -
     assert {"mem/test/figure", "mem/test/series", "mem/test/roc"} <= set(tags["images"])
     assert [i.step for i in acc.Images("mem/test/roc")] == [0, 1]
     text_tags = set(tags["tensors"])  # add_text is stored as a text tensor summary
-    assert "mem/test/table/text_summary" in text_tags and "mem/alerts/text_summary" in text_tags
+    assert "mem/test/table/text_summary" in text_tags
+    assert "mem/alerts/text_summary" in text_tags
     assert not any("per_sample" in t for t in text_tags)
     table = acc.Tensors("mem/test/table/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert table.splitlines()[0] == "| id | loss |" and "| 1 | 1.0 |" in table
+    assert table.splitlines()[0] == "| id | loss |"
+    assert "| 1 | 1.0 |" in table
     alert = acc.Tensors("mem/alerts/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "alert text at epoch 0" in alert
 
@@ -90,7 +92,8 @@ def test_logger_that_raises_warns_once_and_training_completes(tmp_path: Path) ->
     assert t.current_epoch == 3
     ours = [w for w in caught if issubclass(w.category, loggers.TrackerWarning)]
     assert len(ours) == 1  # 3 epochs x 6 records failed; reported once
-    assert "BrokenTensorBoardLogger" in str(ours[0].message) and "tracker unreachable" in str(ours[0].message)
+    assert "BrokenTensorBoardLogger" in str(ours[0].message)
+    assert "tracker unreachable" in str(ours[0].message)
     assert "mem/test/score" in (Path(csv.log_dir) / "metrics.csv").read_text()
 
 

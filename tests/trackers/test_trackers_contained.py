@@ -56,15 +56,16 @@ def test_without_containment_a_failing_log_metrics_ends_training(tmp_path: Path)
 def test_contained_logger_warns_once_counts_and_training_goes_on(tmp_path: Path) -> None:
     down, csv = DownTracker(), CSVLogger(str(tmp_path), name="csv")
     loggers = contain_failures([down, csv])
-    assert loggers[0] is down and isinstance(down, DownTracker) and isinstance(down, ContainedLogger)
+    assert loggers[0] is down
+    assert isinstance(down, DownTracker)
+    assert isinstance(down, ContainedLogger)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t = _fit(tmp_path, loggers)
     assert t.current_epoch == 3
     mine = [w for w in caught if issubclass(w.category, TrackerWarning)]
-    assert len(mine) == 1 and "DownTracker.log_metrics failed (ConnectionError: tracker unreachable)" in str(
-        mine[0].message
-    )
+    assert len(mine) == 1
+    assert "DownTracker.log_metrics failed (ConnectionError: tracker unreachable)" in str(mine[0].message)
     assert down.failures == down.calls >= 3  # one per epoch at least, every one counted
     assert down.last_failure == "log_metrics: ConnectionError: tracker unreachable"
     metrics = pd.read_csv(Path(csv.log_dir) / "metrics.csv")  # the other logger got everything
@@ -74,13 +75,17 @@ def test_contained_logger_warns_once_counts_and_training_goes_on(tmp_path: Path)
 def test_contained_logger_keeps_its_class_paths_and_pickles(tmp_path: Path) -> None:
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     plain_dir = tb.log_dir
-    assert contain_failures(tb) is tb and contain_failures(tb) is tb  # idempotent, in place
-    assert isinstance(tb, TensorBoardLogger) and tb.log_dir == plain_dir and tb.failures == 0
+    assert contain_failures(tb) is tb
+    assert contain_failures(tb) is tb
+    assert isinstance(tb, TensorBoardLogger)
+    assert tb.log_dir == plain_dir
+    assert tb.failures == 0
     t = _fit(tmp_path, tb)
     assert t.log_dir == plain_dir  # the run directory stays where it was
     assert (Path(plain_dir) / "memcallbacks").is_dir()
     clone = pickle.loads(pickle.dumps(tb))  # ddp_spawn pickles the Trainer's loggers
-    assert isinstance(clone, ContainedLogger) and isinstance(clone, TensorBoardLogger)
+    assert isinstance(clone, ContainedLogger)
+    assert isinstance(clone, TensorBoardLogger)
     assert clone.log_dir == plain_dir
     with pytest.raises(TypeError, match="must be Lightning loggers"):
         contain_failures(["wandb"])

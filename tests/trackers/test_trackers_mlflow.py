@@ -58,8 +58,10 @@ def test_mlflow_sqlite_reads_back_metrics_and_artifacts(tmp_path: Path) -> None:
     )
     hist = json.loads(local.read_text())
     expected = np.random.default_rng(1).normal(size=200)
-    assert hist["count"] == 200 and hist["mean"] == pytest.approx(expected.mean())
-    assert len(hist["counts"]) == loggers.MAX_HISTOGRAM_BINS and sum(hist["counts"]) == 200
+    assert hist["count"] == 200
+    assert hist["mean"] == pytest.approx(expected.mean())
+    assert len(hist["counts"]) == loggers.MAX_HISTOGRAM_BINS
+    assert sum(hist["counts"]) == 200
     table = Path(
         client.download_artifacts(run_id, "memcallbacks/mem/test/table/epoch_0001.json", str(tmp_path / "dl"))
     )

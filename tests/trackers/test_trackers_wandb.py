@@ -49,7 +49,8 @@ def test_wandb_offline_writes_scalars_histogram_table_by_epoch(
         assert sum(r["mem/test/hist/values"]) == 200
         assert r["mem/test/score"] == pytest.approx(0.5 + r["epoch"])  # rich record joined the epoch's row
     table_row = [r for r in rows if "mem/test/table/_type" in r][-1]
-    assert table_row["mem/test/table/nrows"] == 2 and table_row["mem/test/table/ncols"] == 2
+    assert table_row["mem/test/table/nrows"] == 2
+    assert table_row["mem/test/table/ncols"] == 2
     records = read_records(path)
     metrics = [r.metric for r in records if r.WhichOneof("record_type") == "metric"]
     assert any(m.glob_name == "mem/*" and m.step_metric == "epoch" for m in metrics)

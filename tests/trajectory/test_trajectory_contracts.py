@@ -59,7 +59,8 @@ def test_losses_beyond_float16_are_counted_and_warned_once(tmp_path: Path, dtype
         assert tracker.store.matrix()[0].tolist() == [65504.0, 65504.0]
         assert tracker.store.clipped_total == 2
     else:
-        assert not saturation and [r["mem/traj/clipped"] for r in rows] == [0.0, 0.0]
+        assert not saturation
+        assert [r["mem/traj/clipped"] for r in rows] == [0.0, 0.0]
         assert tracker.store.matrix()[0].tolist() == [70000.0, 70000.0]
 
 
@@ -79,8 +80,10 @@ def test_all_nan_epoch_is_not_visited(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="24 sample loss"):
         tr.fit(OutputsFault("all_nan"), loaders(make_blobs(24), batch_size=8)[0])
     row = _rows(tr)[-1]
-    assert row["mem/traj/visited_frac"] == 0.0 and row["mem/traj/nonfinite"] == 24.0
-    assert math.isnan(row["mem/traj/loss_mean"]) and math.isnan(row["mem/traj/unlearned_frac"])
+    assert row["mem/traj/visited_frac"] == 0.0
+    assert row["mem/traj/nonfinite"] == 24.0
+    assert math.isnan(row["mem/traj/loss_mean"])
+    assert math.isnan(row["mem/traj/unlearned_frac"])
 
 
 @pytest.mark.parametrize("fault", ["none_index", "none_index_late"])
@@ -101,9 +104,9 @@ def test_sample_index_none_is_a_clear_error(tmp_path: Path, fault: str) -> None:
             r"`memory_budget_bytes` must be an integer >= 0, got 'big'.*bytes",
         ),
         ({"memory_budget_bytes": -1}, ValueError, r"`memory_budget_bytes` must be an integer >= 0, got -1"),
-        ({"probe_seed": "x"}, TypeError, r"`probe_seed` must be an integer .*got 'x'.*non-negative integer"),
-        ({"probe_size": 2.5}, TypeError, r"`probe_size` must be an integer >= 1, got 2.5"),
-        ({"top_k": True}, TypeError, r"`top_k` must be an integer >= 0, got True"),
+        ({"seed": "x"}, TypeError, r"`seed` must be an integer .*got 'x'.*non-negative integer"),
+        ({"num_probes": 2.5}, TypeError, r"`num_probes` must be an integer >= 1, got 2.5"),
+        ({"num_top": True}, TypeError, r"`num_top` must be an integer >= 0, got True"),
         ({"num_samples": 0}, ValueError, r"`num_samples` must be an integer >= 1"),
         (
             {"score": "auc"},
@@ -112,7 +115,7 @@ def test_sample_index_none_is_a_clear_error(tmp_path: Path, fault: str) -> None:
         ),
         ({"index_key": None}, TypeError, r"`index_key` must be a non-empty string"),
         ({"index_key": "sample_loss"}, ValueError, r"must differ"),
-        ({"name": "a b"}, ValueError, r"`name` must be letters, digits"),
+        ({"name": "a b"}, ValueError, r"`name` must be None or a non-empty string of letters, digits"),
         ({"log_per_sample": "false"}, TypeError, r"`log_per_sample` must be True or False"),
     ],
 )
@@ -127,14 +130,14 @@ def test_store_budget_is_checked_by_the_store_too() -> None:
 
 
 def test_resume_contract_name_identifies_measured_args_must_match() -> None:
-    a = LossTrajectoryTracker(source="probe", probe_seed=1, every_n_epochs=1)
-    b = LossTrajectoryTracker(source="probe", probe_seed=1, every_n_epochs=3, run_dir="elsewhere")
+    a = LossTrajectoryTracker(source="probe", seed=1, every_n_epochs=1)
+    b = LossTrajectoryTracker(source="probe", seed=1, every_n_epochs=3, run_dir="elsewhere")
     assert a.state_key == b.state_key == LossTrajectoryTracker(name=None).state_key  # only `name` identifies
     assert a.state_key != LossTrajectoryTracker(name="probe").state_key
     b.load_state_dict(a.state_dict())  # when/where arguments carry the state over
-    with pytest.raises(ValueError, match=r"recorded with `probe_seed`=1, this callback has `probe_seed`=2"):
-        LossTrajectoryTracker(source="probe", probe_seed=2).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"recorded with `seed`=1, this callback has `seed`=2"):
+        LossTrajectoryTracker(source="probe", seed=2).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match=r"`dtype`='float16', this callback has `dtype`='float32'"):
-        LossTrajectoryTracker(source="probe", probe_seed=1, dtype="float32").load_state_dict(a.state_dict())
+        LossTrajectoryTracker(source="probe", seed=1, dtype="float32").load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match=r"`source`='probe', this callback has `source`='step'"):
         LossTrajectoryTracker().load_state_dict(a.state_dict())

@@ -26,7 +26,7 @@ def _fit(tmp_path: Path, **kw) -> tuple[LossTrajectoryTracker, LossTrajectoryTra
     model = TinyClassifier(lr=0.0)  # the model stays fixed: every process and visit sees the same losses
     step = LossTrajectoryTracker(run_dir=tmp_path / "run")
     probe = LossTrajectoryTracker(
-        source="probe", probe_size=15, name="probe", run_dir=tmp_path / "run", probe_batch_size=4
+        source="probe", num_probes=15, name="probe", run_dir=tmp_path / "run", batch_size=4
     )
     loader = DataLoader(IndexedDataset(ds), batch_size=BATCH, shuffle=True)
     trainer(tmp_path, max_epochs=EPOCHS, callbacks=[step, probe, RankDump(tmp_path / "ranks")], **kw).fit(
@@ -62,7 +62,8 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
 
     # every rank logged the same numbers and holds the same statistics
     r0, r1 = RankDump(tmp_path / "ddp" / "ranks").read()
-    assert any(k.startswith("mem/traj/") for k in r0["metrics"]) and r0["metrics"] == r1["metrics"]
+    assert any(k.startswith("mem/traj/") for k in r0["metrics"])
+    assert r0["metrics"] == r1["metrics"]
     statistics = sorted(k for k in r1 if k.startswith(("traj/stat/", "traj[probe]/stat/")))
     assert len(statistics) == 14
     for key in statistics:

@@ -50,7 +50,8 @@ def test_tuple_items_collate_and_split_back_in_shuffled_order() -> None:
         torch.testing.assert_close(bx, x[index])  # the index points at the item it came with
         torch.testing.assert_close(by, y[index])
         seen += index.tolist()
-    assert sorted(seen) == list(range(10)) and seen != list(range(10))
+    assert sorted(seen) == list(range(10))
+    assert seen != list(range(10))
 
 
 def test_dict_items_get_an_index_key() -> None:
@@ -94,7 +95,8 @@ def test_split_index_without_index() -> None:
     with pytest.raises(ValueError, match=r"IndexedDataset\(dataset\)"):
         split_index(batch)
     index, same = split_index(batch, missing_ok=True)
-    assert index is None and same is batch
+    assert index is None
+    assert same is batch
     index, same = split_index({"x": torch.zeros(2)}, missing_ok=True)
     assert index is None
 
@@ -136,6 +138,7 @@ def test_getitems_keeps_custom_collate_working() -> None:
     items = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
     ds = IndexedDataset(items)
     index, ids = split_index(next(iter(DataLoader(ds, batch_size=2, collate_fn=collate_tokens))))
-    assert index.tolist() == [0, 1] and ids.tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert index.tolist() == [0, 1]
+    assert ids.tolist() == [[1, 2, 3], [4, 5, 0]]
     with pytest.raises(KeyError, match="already have an 'index' key"):
         IndexedDataset([{"index": 1}]).__getitems__([0])

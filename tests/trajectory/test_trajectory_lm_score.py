@@ -31,7 +31,7 @@ def test_min_loss_puts_canaries_inserted_16_and_32_times_in_the_top_percent(tmp_
     tok = CharTokenizer()
     canaries = CanarySet("my pin is {secret}.", tok, repetitions=(1, 4, 16, 32), per_count=1, seed=0)
     data = canaries.inject(make_payment_corpus(6000, seed=0))
-    tracker = LossTrajectoryTracker(correct_key=None, top_k=0, run_dir=tmp_path / "run")
+    tracker = LossTrajectoryTracker(correct_key=None, num_top=0, run_dir=tmp_path / "run")
     trainer(tmp_path, max_epochs=8, callbacks=[tracker], logger=False).fit(
         WindowLM(tok.vocab_size, hidden_size=128, lr=0.01), lm_loader(data, tok, batch_size=128)
     )
@@ -41,7 +41,8 @@ def test_min_loss_puts_canaries_inserted_16_and_32_times_in_the_top_percent(tmp_
     def share_in_top(by: str) -> float:
         return float(np.isin(copies, tracker.most_memorised(k, by=by)).mean())
 
-    assert len(copies) == 48 and k == 60
+    assert len(copies) == 48
+    assert k == 60
     assert share_in_top("min_loss") >= 0.8
     assert share_in_top("low_loss") >= 0.6
     assert share_in_top("mean_loss") <= 0.1  # the classification score points at hard text instead
@@ -51,7 +52,7 @@ def test_calibrated_loss_tracker_files_and_report_agree(tmp_path: Path) -> None:
     """``reference=``: rows, statistics.npz, most_memorised and the run directory's score all give reference - min."""
     ds = make_blobs(40, seed=1)
     reference = np.linspace(0.5, 3.0, 40)
-    tracker = LossTrajectoryTracker(score="calibrated_loss", reference=reference, top_k=3)
+    tracker = LossTrajectoryTracker(score="calibrated_loss", reference=reference, num_top=3)
     tr = trainer(tmp_path, max_epochs=2, callbacks=[tracker])
     tr.fit(TinyClassifier(lr=0.3), loaders(ds, batch_size=8)[0])
     m = tracker.store.matrix().astype(np.float64)
@@ -66,10 +67,11 @@ def test_calibrated_loss_tracker_files_and_report_agree(tmp_path: Path) -> None:
     saved = load_npz(tracker.run_dir / "statistics.npz")
     np.testing.assert_array_equal(saved["reference"], reference)
     traj = RunDirectory(Path(tr.log_dir) / "memcallbacks").trajectory()
-    assert traj is not None and traj.score_by == "calibrated_loss"
+    assert traj is not None
+    assert traj.score_by == "calibrated_loss"
     np.testing.assert_allclose(traj.score(), expected)
     # without a reference the score cannot be read back: said, not guessed
-    plain = LossTrajectoryTracker(top_k=0, run_dir=tmp_path / "plain")
+    plain = LossTrajectoryTracker(num_top=0, run_dir=tmp_path / "plain")
     trainer(tmp_path / "p", max_epochs=1, callbacks=[plain]).fit(
         TinyClassifier(), loaders(ds, batch_size=8)[0]
     )
@@ -83,7 +85,7 @@ def test_calibrated_loss_probe_rows_take_the_reference_of_their_dataset_index(tm
     ds = make_blobs(50, seed=2)
     reference = np.arange(50, dtype=np.float64)
     tracker = LossTrajectoryTracker(
-        source="probe", probe_size=10, score="calibrated_loss", reference=reference, top_k=0
+        source="probe", num_probes=10, score="calibrated_loss", reference=reference, num_top=0
     )
     trainer(tmp_path, max_epochs=1, callbacks=[tracker]).fit(TinyClassifier(), loaders(ds, batch_size=8)[0])
     ids = tracker.sample_ids
@@ -121,10 +123,14 @@ def test_demo_defaults_rank_canaries_inserted_16_and_32_times_in_the_top_percent
 
     result = run_demo(out=tmp_path / "demo", loggers=("csv",), stop_bits=18.0, report=False)
     top1 = result["canary_top1"]
-    assert top1["by"] == "calibrated_loss" and top1["copies"] == 96 and top1["top_size"] == 103
+    assert top1["by"] == "calibrated_loss"
+    assert top1["copies"] == 96
+    assert top1["top_size"] == 103
     assert top1["share"] >= 0.8
     run = Run(result["run_dir"])
     traj, exp = run.trajectory(), run.exposure()
-    assert traj is not None and exp is not None
+    assert traj is not None
+    assert exp is not None
     uncalibrated = canary_copies_ranked(traj, exp, by="min_loss")
-    assert uncalibrated is not None and uncalibrated.share < top1["share"]
+    assert uncalibrated is not None
+    assert uncalibrated.share < top1["share"]

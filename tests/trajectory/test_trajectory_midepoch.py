@@ -40,7 +40,8 @@ def test_mid_epoch_checkpoint_keeps_the_partial_epoch(tmp_path: Path) -> None:
     path = next((tmp_path / "ckpt").glob(f"*step={STEPS_BEFORE_CKPT}.ckpt"))
     state = torch.load(path, weights_only=True)["callbacks"][first.state_key]
     assert state["store"]["num_epochs"] == 0  # the checkpoint was taken inside epoch 0
-    assert state["partial"]["epoch"] == 0 and state["partial"]["index"].tolist() == list(range(24))
+    assert state["partial"]["epoch"] == 0
+    assert state["partial"]["index"].tolist() == list(range(24))
 
     resumed = LossTrajectoryTracker(run_dir=tmp_path / "run")
     tr = trainer(tmp_path / "c", max_epochs=2, callbacks=[resumed])

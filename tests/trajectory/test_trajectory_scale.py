@@ -58,7 +58,8 @@ def test_million_samples_twenty_epochs_within_budget(tmp_path: Path) -> None:
 
     store = TrajectoryStore(N, directory=tmp_path / "long", memory_budget_bytes=BUDGET)
     peak = fill(store, EPOCHS)
-    assert store.on_disk and store.nbytes_in_memory == 0
+    assert store.on_disk
+    assert store.nbytes_in_memory == 0
     assert peak < BUDGET + BYTES_PER_SAMPLE * N, f"peak {peak / 2**20:.1f} MiB"
     # O(N), not O(N x E): 20 epochs peak no higher than 2 epochs (+ 5%)
     assert peak <= peak_short * 1.05 + 2**20, (peak, peak_short)

@@ -41,7 +41,8 @@ def _assert_stats_equal(a, b) -> None:
     ):
         x, y = getattr(a, field), getattr(b, field)
         if x is None or y is None:
-            assert x is None and y is None, field
+            assert x is None, field
+            assert y is None, field
         else:
             np.testing.assert_array_equal(x, y, err_msg=field)
 
@@ -52,7 +53,8 @@ def test_matrix_values_nan_and_streamed_statistics(dtype: str) -> None:
     store = TrajectoryStore(50, dtype=dtype)
     _fill(store, losses, correct)
     m = store.matrix()
-    assert m.shape == (50, 6) and m.dtype == np.dtype(dtype)
+    assert m.shape == (50, 6)
+    assert m.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(np.isnan(m), np.isnan(losses))
     np.testing.assert_allclose(m, losses, rtol=1e-3 if dtype == "float16" else 1e-7)
     np.testing.assert_array_equal(store.correct_matrix(), correct)
@@ -112,7 +114,8 @@ def test_spills_above_budget_and_reads_back_memory_mapped(tmp_path: Path) -> Non
     np.testing.assert_array_equal(store.matrix(), ref.matrix())
     np.testing.assert_array_equal(store.correct_matrix(), ref.correct_matrix())
     _assert_stats_equal(store.statistics(), ref.statistics())
-    assert len(list(tmp_path.glob("epoch_*.npy"))) == e and len(list(tmp_path.glob("correct_*.npy"))) == e
+    assert len(list(tmp_path.glob("epoch_*.npy"))) == e
+    assert len(list(tmp_path.glob("correct_*.npy"))) == e
 
 
 def test_spill_without_directory_warns_and_uses_a_temporary_folder() -> None:
@@ -120,7 +123,8 @@ def test_spill_without_directory_warns_and_uses_a_temporary_folder() -> None:
     store.append(np.ones(100))
     with pytest.warns(UserWarning, match="spilling epochs"):
         store.append(np.full(100, 2.0))
-    assert store.on_disk and store.directory is not None
+    assert store.on_disk
+    assert store.directory is not None
     np.testing.assert_array_equal(store.matrix()[:, 1], np.full(100, 2.0, np.float16))
     np.testing.assert_array_equal(store.matrix()[:, 0], np.ones(100, np.float16))
 
@@ -138,7 +142,8 @@ def test_memory_stays_within_budget_plus_order_n(tmp_path: Path) -> None:
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     matrix_bytes = n * e * 2  # 8 MB
-    assert store.on_disk and stats.count.min() == e
+    assert store.on_disk
+    assert stats.count.min() == e
     assert current <= budget + 12 * 8 * n  # the statistics' arrays, O(N)
     assert peak <= budget + 20 * 8 * n < matrix_bytes  # 3.4 MB < 8 MB
 
@@ -158,7 +163,8 @@ def test_state_round_trip_weights_only(tmp_path: Path, budget: int) -> None:
 
     resumed = TrajectoryStore(40, directory=run, memory_budget_bytes=budget)
     resumed.load_state_dict(state)
-    assert resumed.num_epochs == 3 and not (run / "epoch_0003.npy").exists()
+    assert resumed.num_epochs == 3
+    assert not (run / "epoch_0003.npy").exists()
     _fill(resumed, losses[:, 3:], correct[:, 3:])
     straight = TrajectoryStore(40)
     _fill(straight, losses, correct)
@@ -190,7 +196,8 @@ def test_statistics_only_store() -> None:
     losses, correct = _epochs(20, 3)
     store = TrajectoryStore(20, keep_epochs=False)
     _fill(store, losses, correct)
-    assert store.num_epochs == 3 and store.nbytes_in_memory == 0
+    assert store.num_epochs == 3
+    assert store.nbytes_in_memory == 0
     _assert_stats_equal(store.statistics(), trajectory_statistics(losses.astype(np.float16), correct))
     with pytest.raises(RuntimeError, match="keep_epochs=False"):
         store.epoch(0)

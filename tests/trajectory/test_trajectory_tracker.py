@@ -38,19 +38,21 @@ def test_step_losses_are_the_unscaled_per_sample_losses(tmp_path: Path, accumula
     tr = trainer(tmp_path, max_epochs=2, callbacks=[tracker], accumulate_grad_batches=accumulate)
     tr.fit(model, loaders(ds, batch_size=8)[0])
     m = tracker.store.matrix()
-    assert m.shape == (50, 2) and m.dtype == np.float16
+    assert m.shape == (50, 2)
+    assert m.dtype == np.float16
     np.testing.assert_array_equal(m[:, 0], expected.astype(np.float16))
     np.testing.assert_array_equal(m[:, 1], expected.astype(np.float16))
 
 
 def test_logged_metrics_files_and_statistics(tmp_path: Path) -> None:
     ds = make_blobs(60, seed=3)
-    tracker = LossTrajectoryTracker(top_k=5)
+    tracker = LossTrajectoryTracker(num_top=5)
     tr = trainer(tmp_path, max_epochs=4, callbacks=[tracker])
     tr.fit(TinyClassifier(lr=0.5), loaders(ds, batch_size=16)[0])
 
     m, c = tracker.store.matrix().astype(np.float64), tracker.store.correct_matrix()
-    assert m.shape == (60, 4) and not np.isnan(m).any()
+    assert m.shape == (60, 4)
+    assert not np.isnan(m).any()
     stats = tracker.statistics()
     ref = trajectory_statistics(m, c)
     np.testing.assert_array_equal(stats.mean, ref.mean)
@@ -65,7 +67,8 @@ def test_logged_metrics_files_and_statistics(tmp_path: Path) -> None:
     assert last["mem/traj/correct_frac"] == pytest.approx(c[:, 3].mean())
     learned_to_end = c[:, ::-1].cumprod(axis=1).sum(axis=1) > 0  # correct at the last visit (and a streak)
     assert last["mem/traj/unlearned_frac"] == pytest.approx(1 - learned_to_end.mean())
-    assert last["mem/traj/visited_frac"] == 1.0 and last["mem/traj/nonfinite"] == 0.0
+    assert last["mem/traj/visited_frac"] == 1.0
+    assert last["mem/traj/nonfinite"] == 0.0
     assert last["mem/traj/epochs"] == 4.0
     assert last["mem/traj/score_max"] == pytest.approx(m.mean(axis=1).max(), rel=1e-6)
 
@@ -76,7 +79,9 @@ def test_logged_metrics_files_and_statistics(tmp_path: Path) -> None:
     np.testing.assert_array_equal(saved["score"], memorisation_score(stats))
     np.testing.assert_array_equal(saved["learned_epoch"], stats.learned_epoch)
     meta = load_json(run / "meta.json")
-    assert meta["epochs"] == [0, 1, 2, 3] and meta["dtype"] == "float16" and meta["has_correct"]
+    assert meta["epochs"] == [0, 1, 2, 3]
+    assert meta["dtype"] == "float16"
+    assert meta["has_correct"]
 
     # most_memorised: top-k of the memorisation score (mean loss), ties by variability
     top = tracker.most_memorised(5)
@@ -89,7 +94,8 @@ def test_without_correctness_unlearned_uses_gold_probability(tmp_path: Path) -> 
     tr = trainer(tmp_path, max_epochs=2, callbacks=[tracker])
     tr.fit(NoCorrectClassifier(lr=0.05), loaders(make_blobs(40), batch_size=8)[0])
     m = tracker.store.matrix()
-    assert m.dtype == np.float32 and tracker.store.correct_matrix() is None
+    assert m.dtype == np.float32
+    assert tracker.store.correct_matrix() is None
     last = _csv_rows(tr)[-1]
     assert "mem/traj/forgetting_mean" not in last or last["mem/traj/forgetting_mean"] == ""
     assert float(last["mem/traj/unlearned_frac"]) == pytest.approx((np.exp(-m[:, -1]) < 0.5).mean())
@@ -98,17 +104,17 @@ def test_without_correctness_unlearned_uses_gold_probability(tmp_path: Path) -> 
 def test_probe_mode_random_subset_and_given_dataset(tmp_path: Path) -> None:
     ds = make_blobs(80)
     held_out = make_blobs(12, seed=9)
-    subset = LossTrajectoryTracker(
-        source="probe", probe_size=25, probe_seed=3, name="members", every_n_epochs=2
-    )
+    subset = LossTrajectoryTracker(source="probe", num_probes=25, seed=3, name="members", every_n_epochs=2)
     given = LossTrajectoryTracker(source="probe", probe_dataset=held_out, name="heldout")
     model = TinyClassifier(lr=0.3)
     tr = trainer(tmp_path, max_epochs=4, callbacks=[subset, given])
     tr.fit(model, loaders(ds, batch_size=16)[0])
     ids = subset.sample_ids
-    assert ids.shape == (25,) and np.all(np.diff(ids) > 0)
+    assert ids.shape == (25,)
+    assert np.all(np.diff(ids) > 0)
     np.testing.assert_array_equal(ids, np.sort(np.random.default_rng(3).choice(80, 25, replace=False)))
-    assert subset.recorded_epochs == [1, 3] and given.recorded_epochs == [0, 1, 2, 3]
+    assert subset.recorded_epochs == [1, 3]
+    assert given.recorded_epochs == [0, 1, 2, 3]
     # the last probe column is the final model's eval-mode loss on those samples
     x, y = ds.tensors
     np.testing.assert_allclose(
@@ -117,11 +123,8 @@ def test_probe_mode_random_subset_and_given_dataset(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         given.store.epoch(-1), per_sample_losses(model, *held_out.tensors).astype(np.float16), rtol=1e-3
     )
-    rows = [
-        r
-        for r in csv.DictReader(open(Path(tr.logger.log_dir) / "metrics.csv"))
-        if r.get("mem/traj/loss_mean/members")
-    ]
+    with open(Path(tr.logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("mem/traj/loss_mean/members")]
     assert [int(r["epoch"]) for r in rows] == [1, 3]
     assert (subset.run_dir.name, given.run_dir.name) == ("trajectory_members", "trajectory_heldout")
     assert set(subset.most_memorised(3)) <= set(ids.tolist())
@@ -133,7 +136,8 @@ def test_nonfinite_losses_counted_logged_stored_as_nan(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="2 sample loss"):
         tr.fit(FaultyClassifier("nonfinite"), loaders(make_blobs(30), batch_size=8, shuffle=False)[0])
     m = tracker.store.matrix()
-    assert np.isnan(m[:2]).all() and not np.isnan(m[2:]).any()
+    assert np.isnan(m[:2]).all()
+    assert not np.isnan(m[2:]).any()
     for row in _csv_rows(tr):
         assert float(row["mem/traj/nonfinite"]) == 2.0
         assert float(row["mem/traj/visited_frac"]) == pytest.approx(
@@ -201,13 +205,17 @@ def test_bad_arguments(tmp_path: Path) -> None:
         LossTrajectoryTracker(source="eval")
     with pytest.raises(ValueError, match="source='probe'"):
         LossTrajectoryTracker(probe_dataset=make_blobs(4))
+
     # two trackers without distinct names share a state key: Lightning refuses them at Trainer creation
-    with pytest.raises(RuntimeError, match="state_key` must be unique"):
+    def fit_two_unnamed() -> None:
         tr = trainer(
             tmp_path, max_epochs=1, callbacks=[LossTrajectoryTracker(), LossTrajectoryTracker(source="probe")]
         )
         tr.fit(TinyClassifier(), loaders(make_blobs(20))[0])
+
+    with pytest.raises(RuntimeError, match="state_key` must be unique"):
+        fit_two_unnamed()
     with pytest.raises(TypeError, match="map-style dataset with a length, got IndexedStream"):
         LossTrajectoryTracker(source="probe", probe_dataset=IndexedStream(make_blobs(4)))
-    with pytest.raises(ValueError, match="`top_k` must be"):
-        LossTrajectoryTracker(top_k=-1)
+    with pytest.raises(ValueError, match="`num_top` must be"):
+        LossTrajectoryTracker(num_top=-1)

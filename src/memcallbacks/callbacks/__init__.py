@@ -16,7 +16,7 @@ _MODULES = {
     "PrivacyAuditMonitor": "audit",
     "LeakageEarlyStopping": "stopping",
     "LeakageCondition": "stopping",
-    "DPEpsilonLogger": "dp",
+    "DPEpsilonMonitor": "dp",
     "SequenceMemorisationMonitor": "sequence",
     "ShadowScoreRecorder": "shadow",
     "MemorisationCallback": "_base",

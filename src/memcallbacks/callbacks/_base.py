@@ -1,4 +1,26 @@
-"""Shared Lightning glue for every memcallbacks monitor.
+"""Shared Lightning glue for every memcallbacks monitor: the one evaluation cycle.
+
+A monitor subclasses :class:`MemorisationCallback`, sets ``subdir`` and supplies only what it
+measures, through four hooks (the base runs them in this order, see
+:meth:`MemorisationCallback.evaluate`):
+
+* ``measure(trainer, pl_module) -> result``: the forward passes and whatever the monitor keeps
+  (every rank; return ``None`` to skip this evaluation: nothing is logged or recorded);
+* ``metrics(result) -> {"mem/...": float}``: the scalars, every key spelled out (every rank);
+* ``write_files(result)``: run-directory files, through :meth:`~MemorisationCallback.write_in_background`
+  (global rank 0 only);
+* ``records(result) -> [loggers.Record]``: rich tracker records (global rank 0 only; sent through
+  :meth:`~MemorisationCallback.emit`, which honours the privacy opt-ins).
+
+The base decides when (:meth:`~MemorisationCallback.is_due`, the one schedule rule), times the
+evaluation (``last_eval_seconds``), appends one :attr:`~MemorisationCallback.history` row of one
+shape for every monitor, ``{"epoch": int, "step": trainer.global_step, **metrics}`` (the plain keys,
+without a ``/<name>`` suffix), logs the metrics and keeps the history, the warn-once keys and the
+last evaluated epoch in the checkpoint (:meth:`~MemorisationCallback.base_state`). A monitor warns
+once with :meth:`~MemorisationCallback.warn_once` (persisted: a resumed run does not repeat it).
+
+``name=``: a monitor given ``name`` logs ``<key>/<name>`` (records too) and writes its folder as
+``<subdir>_<name>/`` (``<subdir>/`` without a name), for every monitor.
 
 When the epoch-end work runs: at the end of the training epoch, or, when a validation run
 closes the epoch (every batch of the training epoch done), at that validation's epoch end.
@@ -14,11 +36,11 @@ Run-directory writes submitted with :meth:`MemorisationCallback.write_in_backgro
 flushed at the end of the epoch that submitted them (``on_train_epoch_end``): a failed write
 (disk full) raises in that epoch, naming the file.
 
-Trainer modes: under ``Trainer(fast_dev_run=...)`` every monitor is skipped (no evaluation,
-no run directory, no logging), as Lightning skips its loggers, checkpoints and
-``EarlyStopping``; a warning says so once per callback class. The (wrapped) ``setup`` of every
-subclass replaces the instance's other hooks with no-ops then
-(:meth:`MemorisationCallback.__init_subclass__`), so a normal run pays nothing per step.
+Trainer modes: under ``Trainer(fast_dev_run=...)`` every monitor (and
+:class:`LeakageEarlyStopping`) is skipped (no evaluation, no run directory, no logging), as
+Lightning skips its loggers, checkpoints and ``EarlyStopping``; a warning says so once per
+callback class. The one mechanism is :class:`SkipsFastDevRun`: the (wrapped) ``setup`` of every
+subclass replaces the instance's other hooks with no-ops then, so a normal run pays nothing per step.
 """
 
 from __future__ import annotations
@@ -26,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +66,9 @@ from memcallbacks.utilities.validation import check_bool, check_int, check_path
 
 __all__ = [
     "MemorisationCallback",
+    "SkipsFastDevRun",
+    "WarnsOnce",
+    "check_name",
     "check_every_n_epochs",
     "check_same_measured_args",
     "logged_epochs",
@@ -130,7 +156,7 @@ def warn_fast_dev_run(owner: str) -> None:
 
 def _skipped_hook(*args: Any, **kwargs: Any) -> None:
     """Stands in for every Lightning hook of a callback skipped under ``fast_dev_run``."""
-    return None
+    return
 
 
 def _guard_setup(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -160,18 +186,78 @@ def _guard_setup(fn: Callable[..., Any]) -> Callable[..., Any]:
     return setup
 
 
-class MemorisationCallback(Callback):
-    """Base class: run-directory handling, once-per-epoch scheduling, logging and tracker records.
+class SkipsFastDevRun:
+    """Mixin: under ``Trainer(fast_dev_run=...)`` the callback does nothing (warned once per class).
 
-    Subclasses implement :meth:`on_memorisation_epoch_end` and set ``subdir``.
+    The ``setup`` of every subclass (and of the class itself) is wrapped so that, under
+    ``fast_dev_run``, every other Lightning hook of the instance becomes a no-op and
+    ``_skip_run`` is ``True``; a normal run pays nothing per step.
     """
-
-    subdir: str = "monitor"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "setup" in vars(cls):  # fast_dev_run: see _guard_setup
-            cls.setup = _guard_setup(vars(cls)["setup"])  # type: ignore[method-assign]
+            cls.setup = _guard_setup(vars(cls)["setup"])  # type: ignore[attr-defined]
+
+
+class WarnsOnce:
+    """Mixin: :meth:`warn_once`, the one warn-once mechanism of memcallbacks' callbacks.
+
+    The keys live in ``self._warned`` (key -> times raised); a callback keeps them in its checkpoint
+    (:meth:`MemorisationCallback.base_state` does), so a resumed run does not repeat a warning.
+    """
+
+    _warned: dict[str, int]
+
+    def warn_once(self, key: str, message: str, *, category: type[Warning] = UserWarning) -> bool:
+        """Warn (rank 0) the first time ``key`` comes up in this run, count it every time.
+
+        Returns:
+            Whether the warning was issued now.
+        """
+        warned = self.__dict__.setdefault("_warned", {})
+        count = warned.get(key, 0)
+        warned[key] = count + 1
+        if count:
+            return False
+        rank_zero_warn(message, category=category)
+        return True
+
+    def warned(self, key: str) -> int:
+        """How many times :meth:`warn_once` was called with ``key`` (0: never warned)."""
+        return self.__dict__.get("_warned", {}).get(key, 0)
+
+
+class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
+    """Base class of every memcallbacks monitor: the evaluation cycle, run directory, logging and state.
+
+    A subclass sets ``subdir`` and overrides the hooks it needs (see the module docstring):
+    :meth:`measure` (required), :meth:`metrics`, :meth:`write_files` and :meth:`records`. The base
+    runs them once per due epoch (:meth:`evaluate`), keeps :attr:`history`, logs, warns once
+    (:meth:`warn_once`) and checkpoints what it owns (:meth:`base_state` / :meth:`load_base_state`,
+    to be merged into the subclass's ``state_dict``).
+
+    Args:
+        every_n_epochs: evaluate after every this many training epochs.
+        run_dir: the run directory root instead of ``<trainer.log_dir>/memcallbacks``.
+        log_per_sample: allow per-sample records to reach third-party loggers.
+        log_secrets: allow secret-bearing records (canary secrets) to reach third-party loggers.
+        name: tells two monitors of one class apart: keys ``<key>/<name>``, folder ``<subdir>_<name>/``.
+
+    Example:
+        >>> class MeanLossMonitor(MemorisationCallback):
+        ...     subdir = "mean_loss"
+        ...
+        ...     def measure(self, trainer, pl_module):
+        ...         return 0.5  # e.g. the mean loss of a probe set
+        ...
+        ...     def metrics(self, result):
+        ...         return {"mem/example/loss": result}
+        >>> MeanLossMonitor(name="probe").folder
+        'mean_loss_probe'
+    """
+
+    subdir: str = "monitor"
 
     def __init__(
         self,
@@ -180,29 +266,40 @@ class MemorisationCallback(Callback):
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
         log_secrets: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__()
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self._run_dir_arg = check_path("run_dir", run_dir)
         self.log_per_sample = check_bool("log_per_sample", log_per_sample)
         self.log_secrets = check_bool("log_secrets", log_secrets)
+        self.name: str | None = check_name(name)
         self._run_dir: Path | None = self._run_dir_arg
         self._last_epoch_done = -1
         self._writer: fileio.BackgroundWriter | None = None
+        self._history: list[dict[str, Any]] = []
+        self._warned: dict[str, int] = {}
+        self.last_eval_seconds: float = float("nan")
+        """Wall time of the last evaluation (measure, metrics, logging, files, records)."""
 
     # -- run directory -------------------------------------------------------------------
     @property
+    def folder(self) -> str:
+        """This callback's folder name: ``<subdir>``, or ``<subdir>_<name>`` when given ``name``."""
+        return self.subdir if self.name is None else f"{self.subdir}_{self.name}"
+
+    @property
     def run_dir(self) -> Path:
-        """This callback's folder in the run directory (``<trainer.log_dir>/memcallbacks/<subdir>``)."""
+        """This callback's folder in the run directory (``<trainer.log_dir>/memcallbacks/<folder>``)."""
         if self._run_dir is None:
             raise RuntimeError(
                 f"{type(self).__name__}.run_dir is known once the Trainer has called setup(); "
                 "pass `run_dir=` to fix it in advance"
             )
-        return self._run_dir / self.subdir
+        return self._run_dir / self.folder
 
     def _resolve_run_dir(self, trainer: pl.Trainer) -> None:
-        self._run_dir = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__, self.subdir)
+        self._run_dir = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__, self.folder)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -215,7 +312,7 @@ class MemorisationCallback(Callback):
         return self._last_epoch_done
 
     def is_due(self, trainer: pl.Trainer) -> bool:
-        """Whether this epoch is one of the every-``every_n_epochs`` evaluations."""
+        """Whether this epoch is one of the every-``every_n_epochs`` evaluations (the one schedule rule)."""
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -240,39 +337,80 @@ class MemorisationCallback(Callback):
                 after(trainer, pl_module)
 
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Once per training epoch, after its last batch: collect, compute, log, save."""
-        raise NotImplementedError
+        """Once per training epoch, after its last batch: :meth:`evaluate` when :meth:`is_due`.
+
+        Override only for work that runs every epoch whatever the schedule, and call ``super()``.
+        """
+        if self.is_due(trainer):
+            self.evaluate(trainer, pl_module)
+
+    # -- the evaluation cycle ------------------------------------------------------------------
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One evaluation: measure, metrics, history row, logging, rank-0 files and records, timing."""
+        start = time.perf_counter()
+        result = self.measure(trainer, pl_module)
+        if result is None:
+            return
+        metrics = self.metrics(result)
+        epoch = int(trainer.current_epoch)
+        row: dict[str, Any] = {"epoch": epoch, "step": int(trainer.global_step), **metrics}
+        self._history = [h for h in self._history if h["epoch"] != epoch] + [row]
+        self.log_metrics(pl_module, metrics)
+        if trainer.is_global_zero:
+            self.write_files(result)
+            for record in self.records(result):
+                self.emit(trainer, record)
+        self.last_eval_seconds = time.perf_counter() - start
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """Evaluate the model (every rank) and return what the other hooks need; ``None`` skips."""
+        raise NotImplementedError(f"{type(self).__name__} must implement measure(trainer, pl_module)")
+
+    def metrics(self, result: Any) -> dict[str, float]:
+        """The scalars of one evaluation, literal ``mem/...`` keys (every rank logs the same values)."""
+        return {}
+
+    def write_files(self, result: Any) -> None:
+        """Write the run directory (global rank 0), through :meth:`write_in_background`."""
+
+    def records(self, result: Any) -> list[loggers.Record]:
+        """Rich tracker records of one evaluation (global rank 0); the epoch is :attr:`last_epoch_done`."""
+        return []
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One row per evaluation, ``{"epoch": int, "step": int, "mem/...": value, ...}`` (a copy).
+
+        The keys are those :meth:`metrics` returned, without the ``/<name>`` suffix of the logged keys.
+        """
+        return [dict(row) for row in self._history]
 
     # -- output --------------------------------------------------------------------------
-    # A monitor given ``name=`` logs ``<key>/<name>`` (and sends records as ``<key>/<name>``), so
-    # two monitors of one class never log under one key: Lightning would average the two values.
-    # A subclass that spells the suffix into its own keys sets this to False.
-    suffix_keys_with_name: bool = True
-
     def _name_suffix(self) -> str:
-        name = getattr(self, "name", None)
-        return f"/{name}" if name and self.suffix_keys_with_name else ""
+        # two monitors of one class never log under one key: Lightning would average the two values
+        return f"/{self.name}" if self.name else ""
 
     def log_metrics(self, pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
         """Log scalars (identical on every rank) so every logger and ``callback_metrics`` get them."""
         suffix = self._name_suffix()
         if suffix:
             metrics = {f"{k}{suffix}": v for k, v in metrics.items()}
-        if metrics:
-            pl_module.log_dict(
-                {k: float(v) for k, v in metrics.items()},
-                on_step=False,
-                on_epoch=True,
-                sync_dist=False,
-                add_dataloader_idx=False,
-            )
-            trainer = compat.trainer_of(pl_module)
-            if trainer is not None:
-                try:
-                    epochs = _LOGGED_EPOCHS.setdefault(trainer, {})
-                    epochs.update(dict.fromkeys(metrics, int(trainer.current_epoch)))
-                except TypeError:  # not weak-referenceable: freshness falls back to Lightning's results
-                    pass
+        if not metrics:
+            return
+        pl_module.log_dict(
+            {k: float(v) for k, v in metrics.items()},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=False,
+            add_dataloader_idx=False,
+        )
+        trainer = compat.trainer_of(pl_module)
+        if trainer is not None:
+            try:
+                epochs = _LOGGED_EPOCHS.setdefault(trainer, {})
+                epochs.update(dict.fromkeys(metrics, int(trainer.current_epoch)))
+            except TypeError:  # not weak-referenceable: freshness falls back to Lightning's results
+                pass
 
     def emit(self, trainer: pl.Trainer, record: loggers.Record) -> None:
         """Send a rich record to the trackers, honouring this callback's privacy opt-ins."""
@@ -291,7 +429,7 @@ class MemorisationCallback(Callback):
         at fit end, teardown and on exceptions.
         """
         if self._writer is None:
-            self._writer = fileio.BackgroundWriter(f"memcallbacks-{self.subdir}")
+            self._writer = fileio.BackgroundWriter(f"memcallbacks-{self.folder}")
         self._writer.submit_as(f"{type(self).__name__}, epoch {self._last_epoch_done}", fn, *args, **kwargs)
 
     def flush(self) -> None:
@@ -320,7 +458,7 @@ class MemorisationCallback(Callback):
     ) -> None:
         try:
             self._close_writer()
-        except Exception as e:  # noqa: BLE001 - the original exception matters more
+        except Exception as e:
             rank_zero_warn(f"{type(self).__name__}: writing the run directory failed: {e!r}")
 
     def __getstate__(self) -> dict[str, Any]:
@@ -337,8 +475,8 @@ class MemorisationCallback(Callback):
     # one callback class apart in a Trainer (``_state_key_args``), and is computed once; Lightning
     # itself refuses two stateful callbacks with one state key when the Trainer is built.
     def _state_key_args(self) -> dict[str, Any]:
-        """What tells two instances of this class apart in one Trainer (never a when/where argument)."""
-        return {}
+        """What tells two instances of this class apart in one Trainer: ``name`` (never a when/where argument)."""
+        return {} if self.name is None else {"name": self.name}
 
     def _measured_args(self) -> dict[str, Any]:
         """Arguments (plain JSON values) that define what this callback measures; checked on resume."""
@@ -353,13 +491,50 @@ class MemorisationCallback(Callback):
         return key
 
     def base_state(self) -> dict[str, Any]:
-        return {"last_epoch_done": self._last_epoch_done, "measured": self._measured_args()}
+        """What the base keeps in a checkpoint; merge it into the subclass's ``state_dict``."""
+        return {
+            "last_epoch_done": self._last_epoch_done,
+            "measured": self._measured_args(),
+            "history": self.history,
+            "warned": dict(self._warned),
+        }
 
     def load_base_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`base_state` (older checkpoints without a part load with its default).
+
+        Raises:
+            ValueError: an argument that defines what is measured differs from the checkpoint's.
+        """
         saved = state.get("measured")
         if isinstance(saved, dict):
             check_same_measured_args(type(self).__name__, saved, self._measured_args())
         self._last_epoch_done = int(state.get("last_epoch_done", -1))
+        self._history = [_history_row(row) for row in state.get("history") or []]
+        self._warned = {str(k): int(v) for k, v in (state.get("warned") or {}).items()}
+
+
+def _history_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A checkpointed history row in today's shape (``epoch``/``step`` as int; ``step`` -1 if unknown)."""
+    out = dict(row)
+    out["epoch"] = int(out["epoch"])
+    out["step"] = int(out.get("step", -1))
+    return out
+
+
+def check_name(name: Any) -> str | None:
+    """``name`` of a monitor: ``None`` or a non-empty string of letters, digits, ``-``, ``_`` or ``.``.
+
+    Raises:
+        ValueError: any other value, naming it.
+    """
+    if name is not None and (
+        not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name)
+    ):
+        raise ValueError(
+            f"`name` must be None or a non-empty string of letters, digits, '-', '_' or '.', got {name!r}; "
+            "e.g. name='calibrated' (it names the run-directory folder, the logged keys and the checkpoint state)"
+        )
+    return name
 
 
 def check_same_measured_args(owner: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -389,6 +564,3 @@ def _normalise(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return _normalise(value.tolist())
     return value
-
-
-MemorisationCallback.setup = _guard_setup(MemorisationCallback.setup)  # type: ignore[method-assign]

@@ -15,7 +15,7 @@ Training Run", NeurIPS 2023 (their Algorithm 1 with the analysis of Theorems 3.1
    (higher = "more likely trained on"): ``-loss`` for data points (the per-sample loss of
    :func:`memcallbacks.callbacks.probes.evaluate_sample_losses`, eval mode), ``-log-perplexity`` of the
    secret for token canaries (:func:`memcallbacks.lm.scoring.score_sequences`), or the
-   user's ``score_fn``.
+   user's ``canary_score_fn``.
 4. The auditor guesses "in" for the ``k_pos`` highest scores and "out" for the ``k_neg`` lowest
    and abstains on the rest. ``k_pos`` and ``k_neg`` are fixed when the monitor is built
    (docs/audit.md): choosing the ``k`` that gives the largest bound after looking at the
@@ -54,26 +54,26 @@ it was.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
-from memcallbacks.data.canaries import _ListDataset
+from memcallbacks.data.canaries import ListDataset
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound
 from memcallbacks.utilities.validation import check_int, check_real, check_seed
 
 __all__ = ["PrivacyAuditMonitor", "default_num_guesses"]
 
-ScoreFn = Callable[[pl.LightningModule, Any], Any]
-"""``score_fn(pl_module, canaries) -> array [m]``: membership score per canary, higher = "in"."""
+CanaryScoreFn = Callable[[pl.LightningModule, Any], Any]
+"""``canary_score_fn(pl_module, canaries) -> array [m]``: membership score per canary, higher = "in"."""
 
 
 def default_num_guesses(m: int) -> int:
@@ -188,7 +188,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
         included: an explicit inclusion mask (bool ``[m]``) instead of the seeded draw; only for
             experiments that control inclusion themselves (the audit's guarantee needs
             independent fair coins).
-        score_fn: ``(pl_module, canaries) -> array [m]``, higher = more likely trained on;
+        canary_score_fn: ``(pl_module, canaries) -> array [m]``, higher = more likely trained on;
             replaces the default score.
         sample_loss_fn: per-sample loss of a batch of data-point canaries (default
             cross-entropy, see :func:`memcallbacks.callbacks.probes.default_sample_loss_fn`).
@@ -198,6 +198,8 @@ class PrivacyAuditMonitor(MemorisationCallback):
         run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
         log_per_sample: send the per-canary scores to trackers (a table); the run directory
             always gets them.
+        name: tells two audits in one Trainer apart: keys ``mem/audit/<metric>/<name>``, folder
+            ``audit_<name>``, checkpoint state.
 
     Raises:
         ValueError: ``m < 2``, ``k_pos + k_neg > m`` or ``< 1``, ``delta`` outside ``[0, 1)``,
@@ -227,15 +229,18 @@ class PrivacyAuditMonitor(MemorisationCallback):
         beta: float = 0.05,
         seed: int = 0,
         included: Sequence[bool] | np.ndarray | torch.Tensor | None = None,
-        score_fn: ScoreFn | None = None,
+        canary_score_fn: CanaryScoreFn | None = None,
         sample_loss_fn: probes.SampleLossFn = probes.default_sample_loss_fn,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         every_n_epochs: int = 1,
-        run_dir: Any = None,
+        run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
+        name: str | None = None,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
+        super().__init__(
+            every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample, name=name
+        )
         checked = _validate_init(canaries, k_pos, k_neg, delta, beta, seed, included, batch_size)
         self.canaries = canaries
         self.is_token_canaries = _is_canary_set(canaries)
@@ -246,13 +251,11 @@ class PrivacyAuditMonitor(MemorisationCallback):
         self.beta: float = checked["beta"]
         self.seed: int = checked["seed"]
         self._included: np.ndarray = checked["included"]
-        self.score_fn = score_fn
+        self.canary_score_fn = canary_score_fn
         self.sample_loss_fn = sample_loss_fn
         self.batch_size: int = checked["batch_size"]
         self.collate_fn = collate_fn
-        self._history: list[dict[str, Any]] = []
         self._inclusion_written = False
-        self._warned_nonfinite = False
 
     # -- the user-side API ----------------------------------------------------------------
     @property
@@ -283,7 +286,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
         for i in idx:
             canary = self.canaries[i]
             items.extend([make(canary)] * int(canary.repetitions))
-        return _ListDataset(items)
+        return ListDataset(items)
 
     def inject(
         self, dataset: Dataset[Any], make_item: Callable[[Any], Any] | None = None
@@ -318,16 +321,11 @@ class PrivacyAuditMonitor(MemorisationCallback):
         monitor = cls(dataset, seed=seed, **kwargs)
         return monitor, monitor.included_dataset()
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation: epoch, correct, guesses, accuracy, epsilon_lb (a copy)."""
-        return [dict(h) for h in self._history]
-
     # -- scoring --------------------------------------------------------------------------
     def compute_scores(self, pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> np.ndarray:
         """Membership score of every canary (float64 ``[m]``, higher = more likely trained on)."""
-        if self.score_fn is not None:
-            raw = self.score_fn(pl_module, self.canaries)
+        if self.canary_score_fn is not None:
+            raw = self.canary_score_fn(pl_module, self.canaries)
             if isinstance(raw, torch.Tensor):
                 raw = raw.detach().cpu().numpy()
             scores = np.asarray(raw, dtype=np.float64)
@@ -358,13 +356,13 @@ class PrivacyAuditMonitor(MemorisationCallback):
                     f"PrivacyAuditMonitor could not score its {self.num_canaries} audit canaries with the model "
                     f"({type(e).__name__}: {e}). The canaries must be items the training set could hold: the "
                     f"same feature shape and label range as the training data (first canary: "
-                    f"{_describe_item(self.canaries[0])}); or pass `sample_loss_fn`/`score_fn`"
+                    f"{_describe_item(self.canaries[0])}); or pass `sample_loss_fn`/`canary_score_fn`"
                 ) from e
             scores = -losses.double().numpy()
         if scores.shape != (self.num_canaries,):
             raise ValueError(
                 f"the audit scores must have shape ({self.num_canaries},) (one per canary), got {scores.shape}; "
-                "check `score_fn`/`sample_loss_fn`"
+                "check `canary_score_fn`/`sample_loss_fn`"
             )
         return scores
 
@@ -405,68 +403,67 @@ class PrivacyAuditMonitor(MemorisationCallback):
             "nonfinite": 0,
         }
 
-    # -- Lightning hooks ------------------------------------------------------------------
-    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.is_due(trainer):
-            return
-        epoch = int(trainer.current_epoch)
+    # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Score the canaries and guess; returns ``(scores, audit result)``."""
         scores = self.compute_scores(pl_module, trainer)
         result = self.audit(scores)
         nonfinite = int(result["nonfinite"])
-        if nonfinite and not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            rank_zero_warn(
+        if nonfinite:
+            self.warn_once(
+                "nonfinite",
                 f"PrivacyAuditMonitor: {nonfinite} of {self.num_canaries} audit scores are NaN or infinite at "
-                f"epoch {epoch} (the model diverged, or `score_fn` returned non-finite values); that "
-                "evaluation's mem/audit/epsilon_lb, correct and accuracy are NaN, counted in "
-                "mem/audit/nonfinite (warned once)"
+                f"epoch {trainer.current_epoch} (the model diverged, or `canary_score_fn` returned non-finite "
+                "values); that evaluation's mem/audit/epsilon_lb, correct and accuracy are NaN, counted in "
+                "mem/audit/nonfinite (warned once)",
             )
-        correct = float(result["correct"])
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "correct": int(correct) if np.isfinite(correct) else None,
-            "guesses": int(result["guesses_made"]),
-            "accuracy": float(result["accuracy"]),
-            "epsilon_lb": float(result["epsilon_lb"]),
-            "nonfinite": nonfinite,
+        return scores, result
+
+    def metrics(self, result: tuple[np.ndarray, dict[str, Any]]) -> dict[str, float]:
+        audit = result[1]
+        return {
+            "mem/audit/epsilon_lb": float(audit["epsilon_lb"]),
+            "mem/audit/correct": float(audit["correct"]),
+            "mem/audit/guesses": float(int(audit["guesses_made"])),
+            "mem/audit/accuracy": float(audit["accuracy"]),
+            "mem/audit/nonfinite": float(int(audit["nonfinite"])),
         }
-        self._history = [h for h in self._history if h["epoch"] != epoch] + [row]
-        self.log_metrics(
-            pl_module,
-            {
-                "mem/audit/epsilon_lb": row["epsilon_lb"],
-                "mem/audit/correct": correct,
-                "mem/audit/guesses": row["guesses"],
-                "mem/audit/accuracy": row["accuracy"],
-                "mem/audit/nonfinite": nonfinite,
-            },
+
+    def write_files(self, result: tuple[np.ndarray, dict[str, Any]]) -> None:
+        """``inclusion.npz`` (first evaluation of a process), ``epoch_XXXX.npz`` and ``audit.json``."""
+        scores, audit = result
+        self.write_in_background(
+            _write_evaluation,
+            self.run_dir,
+            self.last_epoch_done,
+            None if self._inclusion_written else (self._included.copy(), self.seed),
+            {"scores": scores, "guesses": audit["guesses"], "included": self._included.copy()},
+            self._summary(),
         )
-        if trainer.is_global_zero:
-            self.write_in_background(
-                _write_evaluation,
-                self.run_dir,
-                epoch,
-                None if self._inclusion_written else (self._included.copy(), self.seed),
-                {"scores": scores, "guesses": result["guesses"], "included": self._included.copy()},
-                self._summary(),
-            )
-            self._inclusion_written = True
-        self.emit(trainer, loggers.Histogram(key="mem/audit/scores", values=scores, epoch=epoch))
+        self._inclusion_written = True
+
+    def records(self, result: tuple[np.ndarray, dict[str, Any]]) -> list[loggers.Record]:
+        """A histogram of the scores; the per-canary table with ``log_per_sample=True``."""
+        scores, audit = result
+        epoch = self.last_epoch_done
+        out: list[loggers.Record] = [loggers.Histogram(key="mem/audit/scores", values=scores, epoch=epoch)]
         if self.log_per_sample:
             rows = [
                 [i, float(s), bool(inc), int(g)]
-                for i, (s, inc, g) in enumerate(zip(scores, self._included, result["guesses"]))
+                for i, (s, inc, g) in enumerate(zip(scores, self._included, audit["guesses"]))
             ]
-            self.emit(
-                trainer,
+            out.append(
                 loggers.Table(
                     key="mem/audit/canary_scores",
                     columns=["canary", "score", "included", "guess"],
                     rows=rows,
                     epoch=epoch,
                     per_sample=True,
-                ),
+                )
             )
+        return out
 
     def _summary(self) -> dict[str, Any]:
         return {
@@ -479,7 +476,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
             "delta": self.delta,
             "beta": self.beta,
             "seed": self.seed,
-            "history": [dict(h) for h in self._history],
+            "history": [_file_row(h) for h in self._history],
         }
 
     # -- state ----------------------------------------------------------------------------
@@ -495,7 +492,6 @@ class PrivacyAuditMonitor(MemorisationCallback):
         return {
             **self.base_state(),
             "included": torch.from_numpy(self._included.copy()),
-            "history": [dict(h) for h in self._history],
             "delta": self.delta,
             "beta": self.beta,
         }
@@ -524,23 +520,19 @@ class PrivacyAuditMonitor(MemorisationCallback):
                     f"included; first differing canaries: {differ}); rebuild the monitor with the run's "
                     "`seed`, canaries and `included` before building the training set, or the audit is invalid"
                 )
-        self._history = [_row_from_state(h) for h in state_dict.get("history", [])]
 
 
-def _row_from_state(h: dict[str, Any]) -> dict[str, Any]:
-    correct = h.get("correct")
+def _file_row(h: dict[str, Any]) -> dict[str, Any]:
+    """A :attr:`~PrivacyAuditMonitor.history` row as ``audit.json`` writes it (plain keys, ``correct`` int or None)."""
+    correct = float(h["mem/audit/correct"])
     return {
         "epoch": int(h["epoch"]),
-        "correct": None if correct is None or not np.isfinite(float(correct)) else int(correct),
-        "guesses": int(h["guesses"]),
-        "accuracy": _float(h.get("accuracy")),
-        "epsilon_lb": _float(h.get("epsilon_lb")),
-        "nonfinite": int(h.get("nonfinite", 0)),
+        "correct": int(correct) if np.isfinite(correct) else None,
+        "guesses": int(h["mem/audit/guesses"]),
+        "accuracy": float(h["mem/audit/accuracy"]),
+        "epsilon_lb": float(h["mem/audit/epsilon_lb"]),
+        "nonfinite": int(h["mem/audit/nonfinite"]),
     }
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def _write_evaluation(

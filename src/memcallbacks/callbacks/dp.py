@@ -14,7 +14,7 @@ al. 2021, ``pip install memcallbacks[opacus]``) implements both.
   Poisson-style (wrap it with ``opacus.data_loader.DPDataLoader.from_data_loader`` or the
   datamodule with ``opacus.lightning.DPLightningDataModule``): Lightning iterates its own
   loader, not the one ``make_private`` returns.
-* :class:`DPEpsilonLogger`: logs ``mem/dp/epsilon`` at a fixed ``delta`` each epoch.
+* :class:`DPEpsilonMonitor`: logs ``mem/dp/epsilon`` at a fixed ``delta`` each epoch.
 
 Monitors keep working on the DP model: they call ``pl_module(x)`` in eval mode without
 gradients, and Opacus' hooks record nothing then (they skip modules in eval mode and
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,7 +45,7 @@ from memcallbacks.callbacks.audit import check_delta
 from memcallbacks.utilities import compat
 from memcallbacks.utilities.validation import check_bool, check_choice, check_real
 
-__all__ = ["DPEpsilonLogger", "is_poisson_loader", "make_private"]
+__all__ = ["DPEpsilonMonitor", "is_poisson_loader", "make_private"]
 
 _OPACUS_HINT = "DP-SGD needs Opacus: pip install 'memcallbacks[opacus]'"
 
@@ -71,7 +72,7 @@ def is_poisson_loader(loader: Any) -> bool:
         )
     except ImportError:  # pragma: no cover
         return False
-    loaders = list(probes._unwrap_loader(loader))
+    loaders = list(probes.unwrap_loaders(loader))
     if not loaders:
         return False
     poisson_samplers = (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler)
@@ -79,6 +80,36 @@ def is_poisson_loader(loader: Any) -> bool:
         isinstance(dl, DPDataLoader) or isinstance(getattr(dl, "batch_sampler", None), poisson_samplers)
         for dl in loaders
     )
+
+
+def _training_loader(trainer: Any, poisson_sampling: bool) -> tuple[Any, bool]:
+    """The one training DataLoader of ``trainer`` and whether it samples Poisson-style.
+
+    Raises:
+        ValueError: not exactly one loader, or ``poisson_sampling=True`` with a non-Poisson loader.
+    """
+    trainer.fit_loop.setup_data()
+    loaders = list(probes.unwrap_loaders(trainer.train_dataloader))
+    if len(loaders) != 1:
+        raise ValueError(
+            f"make_private() needs exactly one training DataLoader, found {len(loaders)}; "
+            "combine the datasets into one loader"
+        )
+    data_loader = loaders[0]
+    poisson = is_poisson_loader(data_loader)
+    if poisson_sampling and not poisson:
+        raise ValueError(
+            f"the training DataLoader ({type(data_loader).__name__}) does not sample Poisson-style, which "
+            "the privacy accounting assumes; wrap it: `DPDataLoader.from_data_loader(loader)` (from "
+            "opacus.data_loader) or the datamodule in `opacus.lightning.DPLightningDataModule`, or pass "
+            "poisson_sampling=False to accept a nominal epsilon"
+        )
+    if not poisson:
+        rank_zero_warn(
+            "make_private(poisson_sampling=False): the accountant's epsilon assumes Poisson sampling, "
+            "which this DataLoader does not do; treat the reported epsilon as nominal"
+        )
+    return data_loader, poisson
 
 
 def make_private(
@@ -96,7 +127,7 @@ def make_private(
 
     Fetches the Trainer's training DataLoader, calls Opacus' ``PrivacyEngine.make_private``
     on the module, optimizer and loader, stores the engine as ``pl_module.privacy_engine``
-    (where :class:`DPEpsilonLogger` finds it) and returns the DP optimizer. Calling it again
+    (where :class:`DPEpsilonMonitor` finds it) and returns the DP optimizer. Calling it again
     (a second ``fit``) removes the hooks of the previous call first.
 
     Args:
@@ -143,28 +174,7 @@ def make_private(
             "        opt = torch.optim.Adam(self.parameters(), lr=1e-3)\n"
             "        return make_private(self, opt, noise_multiplier=1.0, max_grad_norm=1.0)"
         )
-    trainer.fit_loop.setup_data()
-    loader = trainer.train_dataloader
-    loaders = list(probes._unwrap_loader(loader))
-    if len(loaders) != 1:
-        raise ValueError(
-            f"make_private() needs exactly one training DataLoader, found {len(loaders)}; "
-            "combine the datasets into one loader"
-        )
-    data_loader = loaders[0]
-    poisson = is_poisson_loader(data_loader)
-    if poisson_sampling and not poisson:
-        raise ValueError(
-            f"the training DataLoader ({type(data_loader).__name__}) does not sample Poisson-style, which "
-            "the privacy accounting assumes; wrap it: `DPDataLoader.from_data_loader(loader)` (from "
-            "opacus.data_loader) or the datamodule in `opacus.lightning.DPLightningDataModule`, or pass "
-            "poisson_sampling=False to accept a nominal epsilon"
-        )
-    if not poisson:
-        rank_zero_warn(
-            "make_private(poisson_sampling=False): the accountant's epsilon assumes Poisson sampling, "
-            "which this DataLoader does not do; treat the reported epsilon as nominal"
-        )
+    data_loader, poisson = _training_loader(trainer, poisson_sampling)
     engine = privacy_engine if privacy_engine is not None else getattr(pl_module, "privacy_engine", None)
     if engine is None:
         engine = opacus.PrivacyEngine(accountant=accountant)
@@ -187,7 +197,7 @@ def make_private(
     # module in itself
     object.__setattr__(pl_module, "_memcallbacks_dp_module", dp_module)
     object.__setattr__(pl_module, "privacy_engine", engine)
-    return dp_optimizer  # type: ignore[no-any-return]
+    return dp_optimizer
 
 
 def _accountant_of(obj: Any) -> Any:
@@ -202,7 +212,7 @@ def _accountant_of(obj: Any) -> Any:
     return None
 
 
-class DPEpsilonLogger(MemorisationCallback):
+class DPEpsilonMonitor(MemorisationCallback):
     """Logs the privacy budget spent so far, epsilon at a fixed ``delta``, from an Opacus accountant.
 
     The accountant comes from ``privacy_engine=`` (an ``opacus.PrivacyEngine`` or an
@@ -233,13 +243,15 @@ class DPEpsilonLogger(MemorisationCallback):
         every_n_epochs: log every this many epochs.
         run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
         restore_accountant: restore the accountant's history from a checkpoint on resume.
+        name: tells two such callbacks in one Trainer apart: keys ``mem/dp/<metric>/<name>``,
+            folder ``dp_<name>``, checkpoint state.
 
     Raises:
         ValueError: ``delta`` outside ``[0, 1)``.
         RuntimeError: at the start of training, when no accountant can be found.
 
     Example:
-        >>> trainer = pl.Trainer(callbacks=[DPEpsilonLogger(delta=1e-5)])  # doctest: +SKIP
+        >>> trainer = pl.Trainer(callbacks=[DPEpsilonMonitor(delta=1e-5)])  # doctest: +SKIP
     """
 
     subdir = "dp"
@@ -250,17 +262,17 @@ class DPEpsilonLogger(MemorisationCallback):
         *,
         privacy_engine: Any = None,
         every_n_epochs: int = 1,
-        run_dir: Any = None,
+        run_dir: str | os.PathLike[str] | None = None,
         restore_accountant: bool = True,
+        name: str | None = None,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir)
+        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, name=name)
         self.delta = check_delta(delta)
         self.privacy_engine = privacy_engine
         self.restore_accountant = check_bool("restore_accountant", restore_accountant)
-        self._history: list[dict[str, Any]] = []
+        self._epsilon_rows: list[dict[str, Any]] = []  # dp.json's history: epoch, epsilon, steps
         self._accountant_state: dict[str, Any] | None = None
         self._pending_accountant_state: dict[str, Any] | None = None
-        self._warned_failure = False
         self.accountant_name: str | None = None
         self.poisson: bool | None = None
 
@@ -276,14 +288,14 @@ class DPEpsilonLogger(MemorisationCallback):
             acc = _accountant_of(getattr(pl_module, "privacy_engine", None))
         if acc is None:
             raise RuntimeError(
-                "DPEpsilonLogger found no Opacus accountant: pass `privacy_engine=` or set "
+                "DPEpsilonMonitor found no Opacus accountant: pass `privacy_engine=` or set "
                 f"`privacy_engine` on the {type(pl_module).__name__}. In configure_optimizers:\n"
                 "    from memcallbacks.callbacks.dp import make_private\n"
                 "    opt = torch.optim.Adam(self.parameters(), lr=1e-3)\n"
                 "    return make_private(self, opt, noise_multiplier=1.0, max_grad_norm=1.0)  "
                 "# sets self.privacy_engine\n"
                 "or, calling Opacus yourself: `self.privacy_engine = PrivacyEngine()` before make_private, "
-                "or DPEpsilonLogger(privacy_engine=engine)."
+                "or DPEpsilonMonitor(privacy_engine=engine)."
             )
         return acc
 
@@ -297,13 +309,12 @@ class DPEpsilonLogger(MemorisationCallback):
                 raise ValueError("the accountant returned NaN")
             return eps
         except Exception as e:  # an accountant's own failure must not stop training
-            if not self._warned_failure:
-                self._warned_failure = True
-                rank_zero_warn(
-                    f"DPEpsilonLogger: the {self.accountant_name} accountant could not compute epsilon at "
-                    f"delta={self.delta:g} ({type(e).__name__}: {e}); mem/dp/epsilon is skipped for the epochs "
-                    "where it fails (the RDP accountant is the most robust)"
-                )
+            self.warn_once(
+                "failure",
+                f"DPEpsilonMonitor: the {self.accountant_name} accountant could not compute epsilon at "
+                f"delta={self.delta:g} ({type(e).__name__}: {e}); mem/dp/epsilon is skipped for the epochs "
+                "where it fails (the RDP accountant is the most robust)",
+            )
             return None
 
     # -- Lightning hooks ------------------------------------------------------------------
@@ -315,49 +326,58 @@ class DPEpsilonLogger(MemorisationCallback):
             if pending.get("mechanism") == self.accountant_name and pending.get("history"):
                 accountant.history = [tuple(h) for h in pending["history"]]
                 rank_zero_info(
-                    f"DPEpsilonLogger: restored the {self.accountant_name} accountant's history "
+                    f"DPEpsilonMonitor: restored the {self.accountant_name} accountant's history "
                     f"({len(accountant.history)} entries) from the checkpoint"
                 )
             elif pending.get("history"):
                 rank_zero_warn(
-                    f"DPEpsilonLogger: the checkpoint's accountant is {pending.get('mechanism')!r}, this run's "
+                    f"DPEpsilonMonitor: the checkpoint's accountant is {pending.get('mechanism')!r}, this run's "
                     f"is {self.accountant_name!r}; its history was not restored, so epsilon restarts from 0"
                 )
         self._pending_accountant_state = None
         self.poisson = is_poisson_loader(trainer.train_dataloader)
         if not self.poisson:
             rank_zero_warn(
-                "DPEpsilonLogger: the training DataLoader does not sample Poisson-style, but the "
+                "DPEpsilonMonitor: the training DataLoader does not sample Poisson-style, but the "
                 f"{self.accountant_name} accountant's epsilon assumes it; wrap the loader with "
                 "opacus.data_loader.DPDataLoader.from_data_loader(loader) (or the datamodule with "
                 "opacus.lightning.DPLightningDataModule), or read mem/dp/epsilon as nominal"
             )
         rank_zero_info(
-            f"DPEpsilonLogger: epsilon from Opacus' {self.accountant_name} accountant at delta={self.delta:g}"
+            f"DPEpsilonMonitor: epsilon from Opacus' {self.accountant_name} accountant at delta={self.delta:g}"
         )
         if trainer.is_global_zero:
             self._save_json()
 
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Every epoch: snapshot the accountant's history for the checkpoint; then the cycle when due."""
         accountant = self.find_accountant(pl_module)
         self.accountant_name = str(accountant.mechanism())
         self._accountant_state = {
             "mechanism": self.accountant_name,
             "history": [[float(h[0]), float(h[1]), int(h[2])] for h in accountant.history],
         }
-        if not self.is_due(trainer):
-            return
+        super().on_memorisation_epoch_end(trainer, pl_module)
+
+    # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        """Epsilon so far (``None``, skipping the epoch, when the accountant fails)."""
+        accountant = self.find_accountant(pl_module)
         eps = self.read_epsilon(accountant)
         if eps is None:
-            return
+            return None
         steps = int(sum(int(h[2]) for h in accountant.history))
         epoch = int(trainer.current_epoch)
-        self._history = [h for h in self._history if h["epoch"] != epoch] + [
+        self._epsilon_rows = [h for h in self._epsilon_rows if h["epoch"] != epoch] + [
             {"epoch": epoch, "epsilon": eps, "steps": steps}
         ]
-        self.log_metrics(pl_module, {"mem/dp/epsilon": eps, "mem/dp/delta": self.delta})
-        if trainer.is_global_zero:
-            self._save_json()
+        return eps
+
+    def metrics(self, result: float) -> dict[str, float]:
+        return {"mem/dp/epsilon": result, "mem/dp/delta": self.delta}
+
+    def write_files(self, result: float) -> None:
+        self._save_json()
 
     def _save_json(self) -> None:
         rundir.write_dp(
@@ -366,14 +386,9 @@ class DPEpsilonLogger(MemorisationCallback):
                 "accountant": self.accountant_name,
                 "delta": self.delta,
                 "poisson_sampling": self.poisson,
-                "history": self._history,
+                "history": [dict(h) for h in self._epsilon_rows],
             },
         )
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per logged epoch: epoch, epsilon, steps (a copy)."""
-        return [dict(h) for h in self._history]
 
     # -- state ----------------------------------------------------------------------------
     def _measured_args(self) -> dict[str, Any]:
@@ -382,16 +397,16 @@ class DPEpsilonLogger(MemorisationCallback):
     def state_dict(self) -> dict[str, Any]:
         return {
             **self.base_state(),
-            "history": [dict(h) for h in self._history],
+            "epsilon_history": [dict(h) for h in self._epsilon_rows],
             "accountant": self._accountant_state,
             "delta": self.delta,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_base_state(state_dict)
-        self._history = [
+        self._epsilon_rows = [
             {"epoch": int(h["epoch"]), "epsilon": float(h["epsilon"]), "steps": int(h["steps"])}
-            for h in state_dict.get("history", [])
+            for h in state_dict.get("epsilon_history", [])
         ]
         acc = state_dict.get("accountant")
         self._accountant_state = acc

@@ -32,8 +32,8 @@ Files (``<run_dir>/canary/``, rank 0): ``exposure.npz`` with ``epochs [E]``,
 NaN for a non-finite score), ``reference_rank [E, C]`` (NaN without references),
 ``nonfinite [E]`` (``extracted [E, C]`` with extraction), ``space_size``, ``method``
 (``"exact"``, ``"extrapolated"`` or ``"hybrid"``), ``strategy`` (the strategy's registry name,
-e.g. ``"exact_trie"``) and the last evaluation's ``reference_scores``. Secrets are not written there: they are regenerated
-from the CanarySet's seed; ``secrets.json`` (id -> secret) is written only with
+e.g. ``"exact_trie"``) and the last evaluation's ``reference_scores``. Secrets are not written
+there: they are regenerated from the CanarySet's seed; ``secrets.json`` (id -> secret) is written only with
 ``log_secrets=True``. The checkpoint (``state_dict``) does hold the secrets and references,
 so a resumed run scores the same candidates.
 """
@@ -44,11 +44,11 @@ import dataclasses
 import hashlib
 import json
 import numbers
+import os
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
 
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks._base import MemorisationCallback
@@ -59,7 +59,8 @@ from memcallbacks.lm.canary_rank import (
     resolve_exposure_method,
     score_candidates,
 )
-from memcallbacks.lm.scoring import ScoreFn, beam_search, is_incremental
+from memcallbacks.lm.decoding import beam_search
+from memcallbacks.lm.scoring import ScoreFn, is_incremental
 from memcallbacks.metrics.exposure import ExposureResult, mean_by_repetition
 from memcallbacks.utilities.distributed import broadcast_object
 from memcallbacks.utilities.validation import (
@@ -91,13 +92,12 @@ def _validate_init(
     num_references: Any,
     max_exact: Any,
     max_expansions: Any,
-    reference_seed: Any,
+    seed: Any,
     score_fn: Any,
     batch_size: Any,
     extraction: Any,
     beam_width: Any,
     progress: Any,
-    name: Any,
 ) -> None:
     if not isinstance(canaries, CanarySet):
         raise TypeError(f"`canaries` must be a memcallbacks.CanarySet, got {type(canaries).__name__}")
@@ -110,16 +110,14 @@ def _validate_init(
         ("beam_width", beam_width),
     ):
         check_int(arg, value, minimum=1)
-    if reference_seed is not None:
-        check_seed("reference_seed", reference_seed)
+    if seed is not None:
+        check_seed("seed", seed)
     if score_fn is not None and not callable(score_fn):
         raise TypeError(
             f"`score_fn` must be callable (module, token_ids, target_mask) -> Tensor[B], got {score_fn!r}"
         )
     check_bool("extraction", extraction)
     check_optional_bool("progress", progress)
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"`name` must be a string or None, got {name!r}; pass e.g. name='digits'")
     if method in ("exact", "exact_list", "exact_trie") and canaries.space_size > max_exact:
         raise ValueError(
             f"method={method!r} scores all {canaries.space_size} candidates, more than `max_exact`={max_exact}; "
@@ -160,8 +158,8 @@ class CanaryExposureMonitor(MemorisationCallback):
         num_references: sampled candidates for the extrapolation (default 10,000).
         max_exact: the largest space scored exactly (default 10**6).
         max_expansions: best-first node-expansion budget per evaluation, shared by the canaries
-            (default 100,000; see :func:`memcallbacks.lm.scoring.ranks_best_first`).
-        reference_seed: seed of the reference draw (default ``canaries.seed + 1``).
+            (default 100,000; see :func:`memcallbacks.lm.best_first.ranks_best_first`).
+        seed: seed of the reference draw (default ``canaries.seed + 1``).
         score_fn: ``score_fn(module, token_ids [B, T], target_mask [B, T]) -> Tensor[B]``,
             the log-perplexity of the masked (secret) tokens; disables the fast paths.
         batch_size: candidates per forward pass.
@@ -175,17 +173,17 @@ class CanaryExposureMonitor(MemorisationCallback):
             ``secrets.json`` to the run directory.
         progress: progress bar while scoring (None: when slow and stdout is a terminal).
         name: tells two monitors in one Trainer apart (e.g. two formats): their checkpoint
-            states and logged keys, which end in ``/<name>`` (``mem/canary/exposure_max/<name>``);
-            ``history`` keeps the plain keys.
+            states, the run-directory folder (``canary_<name>``) and the logged keys, which end in
+            ``/<name>`` (``mem/canary/exposure_max/<name>``); ``history`` keeps the plain keys.
 
     Resume: the canaries (format, seed, secrets), ``method``, ``num_references`` and
-    ``reference_seed`` define what is measured and must match the checkpoint (else a
+    ``seed`` define what is measured and must match the checkpoint (else a
     ValueError names the argument and both values); ``every_n_epochs`` and ``run_dir`` may
     change and the history carries over.
 
     Raises:
         ValueError: bad ``method``, ``num_references``, ``max_exact``, ``max_expansions``,
-            ``batch_size``, ``beam_width`` or ``reference_seed``; ``method="exact"`` on a space
+            ``batch_size``, ``beam_width`` or ``seed``; ``method="exact"`` on a space
             above ``max_exact``; at fit start, a canary longer than the module's ``max_len`` or
             a format whose prefix encodes to no token.
         TypeError: ``canaries`` is not a CanarySet, a flag is not a bool; at fit start, the
@@ -208,13 +206,13 @@ class CanaryExposureMonitor(MemorisationCallback):
         num_references: int = 10_000,
         max_exact: int = 1_000_000,
         max_expansions: int = 100_000,
-        reference_seed: int | None = None,
+        seed: int | None = None,
         score_fn: ScoreFn | None = None,
         batch_size: int = 1024,
         extraction: bool = False,
         beam_width: int = 1,
         every_n_epochs: int = 1,
-        run_dir: Any = None,
+        run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
         log_secrets: bool = False,
         progress: bool | None = None,
@@ -225,18 +223,16 @@ class CanaryExposureMonitor(MemorisationCallback):
             run_dir=run_dir,
             log_per_sample=log_per_sample,
             log_secrets=log_secrets,
+            name=name,
         )
         _validate_init(
-            canaries, method, num_references, max_exact, max_expansions, reference_seed, score_fn,
-            batch_size, extraction, beam_width, progress, name,
+            canaries, method, num_references, max_exact, max_expansions, seed, score_fn,
+            batch_size, extraction, beam_width, progress,
         )  # fmt: skip
         self.canaries = canaries
         self.method = method
-        self.name = name
-        if name is not None:  # two monitors never share a folder
-            self.subdir = f"canary_{name}"
         self.num_references = int(num_references)
-        self.reference_seed = canaries.seed + 1 if reference_seed is None else int(reference_seed)
+        self.seed = canaries.seed + 1 if seed is None else int(seed)
         self.extraction = bool(extraction)
         self.beam_width = int(beam_width)
         self.config = ExposureConfig(
@@ -249,14 +245,13 @@ class CanaryExposureMonitor(MemorisationCallback):
         self.resolved_method: str | None = None
         self._references: list[str] | None = None
         self._epochs: list[int] = []
-        self._history: dict[str, list[list[float]]] = {k: [] for k in _HISTORY_KEYS}
+        self._per_canary: dict[str, list[list[float]]] = {k: [] for k in _HISTORY_KEYS}
         self._rank_exact: list[list[bool]] = []
         self._nonfinite: list[int] = []
         self._extracted: list[list[bool]] = []
         self._last_reference_scores: np.ndarray | None = None
-        self._warned_nonfinite = False
 
-    # kept as attributes for backwards compatibility
+    # the scoring settings, read from ``config``
     @property
     def score_fn(self) -> ScoreFn | None:
         return self.config.score_fn
@@ -274,9 +269,6 @@ class CanaryExposureMonitor(MemorisationCallback):
         return self.config.progress
 
     # -- identity (resume contract) --------------------------------------------------------
-    def _state_key_args(self) -> dict[str, Any]:
-        return {} if self.name is None else {"name": self.name}
-
     def _measured_args(self) -> dict[str, Any]:
         cs = self.canaries
         digest = hashlib.sha256(json.dumps(cs.secrets).encode()).hexdigest()[:16]
@@ -286,7 +278,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             "space_size": int(cs.space_size),
             "method": self.method,
             "num_references": self.num_references,
-            "reference_seed": self.reference_seed,
+            "seed": self.seed,
             "secrets_digest": digest,  # the secrets themselves never go into a message
         }
 
@@ -318,7 +310,7 @@ class CanaryExposureMonitor(MemorisationCallback):
                 raise TypeError(f"`extraction=True` decodes from the module's logits: {e}") from None
         self.resolved_method = self._resolve_method(module)
         if EXPOSURE_STRATEGIES[self.resolved_method].needs_references and self._references is None:
-            self._references = cs.sample_references(self.num_references, seed=self.reference_seed)
+            self._references = cs.sample_references(self.num_references, seed=self.seed)
 
     def _scoring_module(self, pl_module: Any) -> Any:
         """The module scored: a Hugging Face causal LM (or a LightningModule holding one as an
@@ -349,7 +341,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         method = self.resolved_method or self._resolve_method(pl_module)
         strategy = EXPOSURE_STRATEGIES[method]
         if strategy.needs_references and self._references is None:
-            self._references = self.canaries.sample_references(self.num_references, seed=self.reference_seed)
+            self._references = self.canaries.sample_references(self.num_references, seed=self.seed)
         return strategy.compute(pl_module, self.canaries, self.config, self._references)
 
     def _extract(self, module: Any) -> np.ndarray:
@@ -370,10 +362,9 @@ class CanaryExposureMonitor(MemorisationCallback):
                 found[i] = tuple(c.token_ids[c.secret_start : c.secret_end]) in beams
         return found
 
-    # -- epoch end -----------------------------------------------------------------------
-    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.is_due(trainer):
-            return
+    # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[ExposureResult, Any]:
+        """Score the canaries (rank 0, or every rank when the parameters are sharded) and keep the result."""
         # FSDP/DeepSpeed shard the parameters: every forward is a collective, so every rank scores
         # (rank 0's result is still the one broadcast); under DDP rank 0 alone scores
         sharded = type(trainer.strategy).__name__ in _SHARDED_STRATEGIES
@@ -385,18 +376,22 @@ class CanaryExposureMonitor(MemorisationCallback):
         result, extracted = payload
         epoch = int(trainer.current_epoch)
         self._record(epoch, result, extracted)
-        if result.nonfinite and not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            rank_zero_warn(
+        if result.nonfinite:
+            self.warn_once(
+                "nonfinite",
                 f"CanaryExposureMonitor: {result.nonfinite} canary/candidate scores are NaN or infinite at epoch "
                 f"{epoch} (a diverged model?); exposure and rank are logged as NaN and counted in "
-                "mem/canary/nonfinite (warned once)"
+                "mem/canary/nonfinite (warned once)",
             )
-        self.log_metrics(pl_module, self._metrics(result, extracted))
-        if trainer.is_global_zero:
-            secrets = {c.id: c.secret for c in self.canaries} if self.log_secrets else None
-            self.write_in_background(rundir.write_exposure, self.run_dir, self._arrays(), secrets)
-        self._emit_records(trainer, epoch)
+        return result, extracted
+
+    def metrics(self, result: tuple[ExposureResult, Any]) -> dict[str, float]:
+        return self._metrics(*result)
+
+    def write_files(self, result: tuple[ExposureResult, Any]) -> None:
+        """``exposure.npz`` (and the secrets, with ``log_secrets=True``), in the background."""
+        secrets = {c.id: c.secret for c in self.canaries} if self.log_secrets else None
+        self.write_in_background(rundir.write_exposure, self.run_dir, self._arrays(), secrets)
 
     def _record(self, epoch: int, result: ExposureResult, extracted: np.ndarray | None) -> None:
         n = len(self.canaries)
@@ -408,7 +403,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             ("log_perplexity", result.log_perplexity),
             ("reference_rank", ref_rank),
         ):
-            self._history[key].append([float(v) for v in values])
+            self._per_canary[key].append([float(v) for v in values])
         self._rank_exact.append([bool(v) for v in result.rank_exact])
         self._nonfinite.append(int(result.nonfinite))
         if extracted is not None:
@@ -440,7 +435,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         n = len(cs)
 
         def matrix(key: str) -> np.ndarray:
-            return np.array(self._history[key], dtype=np.float64).reshape(-1, n)
+            return np.array(self._per_canary[key], dtype=np.float64).reshape(-1, n)
 
         arrays: dict[str, Any] = {
             "epochs": np.array(self._epochs, dtype=np.int64),
@@ -472,25 +467,24 @@ class CanaryExposureMonitor(MemorisationCallback):
             arrays["reference_scores"] = np.asarray(self._last_reference_scores, dtype=np.float32)
         return arrays
 
-    def _emit_records(self, trainer: pl.Trainer, epoch: int) -> None:
+    def records(self, result: tuple[ExposureResult, Any]) -> list[loggers.Record]:
+        """Exposure against repetitions per recorded epoch, and the per-canary table of this evaluation."""
+        epoch = self.last_epoch_done
         cs = self.canaries
         reps = np.array([c.repetitions for c in cs])
         counts = sorted(set(reps.tolist()))
         series = {
             f"epoch {e}": list(mean_by_repetition(exposures, reps).values())
-            for e, exposures in zip(self._epochs, self._history["exposure"])
+            for e, exposures in zip(self._epochs, self._per_canary["exposure"])
         }
-        self.emit(
-            trainer,
-            loggers.LineSeries(
-                key="mem/canary/exposure_vs_repetitions",
-                xs=[float(r) for r in counts],
-                ys=series,
-                epoch=epoch,
-                title="Canary exposure vs insertions",
-                xname="repetitions",
-                yname="exposure (bits)",
-            ),
+        series_record = loggers.LineSeries(
+            key="mem/canary/exposure_vs_repetitions",
+            xs=[float(r) for r in counts],
+            ys=series,
+            epoch=epoch,
+            title="Canary exposure vs insertions",
+            xname="repetitions",
+            yname="exposure (bits)",
         )
         columns = ["canary", "repetitions", "exposure", "rank", "rank_exact", "log_perplexity"]
         if self.extraction:
@@ -502,67 +496,30 @@ class CanaryExposureMonitor(MemorisationCallback):
             row: list[Any] = [
                 c.id,
                 c.repetitions,
-                self._history["exposure"][-1][i],
-                self._history["rank"][-1][i],
+                self._per_canary["exposure"][-1][i],
+                self._per_canary["rank"][-1][i],
                 self._rank_exact[-1][i],
-                self._history["log_perplexity"][-1][i],
+                self._per_canary["log_perplexity"][-1][i],
             ]
             if self.extraction:
                 row.append(self._extracted[-1][i])
             if self.log_secrets:
                 row.append(c.secret)
             rows.append(row)
-        self.emit(
-            trainer,
-            loggers.Table(
-                key="mem/canary/canaries",
-                columns=columns,
-                rows=rows,
-                epoch=epoch,
-                per_sample=not self.log_secrets,
-                secret=self.log_secrets,
-            ),
+        table = loggers.Table(
+            key="mem/canary/canaries",
+            columns=columns,
+            rows=rows,
+            epoch=epoch,
+            per_sample=not self.log_secrets,
+            secret=self.log_secrets,
         )
+        return [series_record, table]
 
     # -- results & state -----------------------------------------------------------------
     @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation, the shape every monitor's ``history`` has.
-
-        ``{"epoch": e, "mem/canary/...": value, ..., "exposure": [C], "rank": [C],
-        "log_perplexity": [C]}``: the scalars logged at that evaluation, then the per-canary
-        arrays (in ``canaries`` order). The same numbers as ``[E, C]`` matrices, as written to
-        ``exposure.npz``, are :attr:`arrays`.
-        """
-        a = self._arrays()
-        rows: list[dict[str, Any]] = []
-        for i, epoch in enumerate(a["epochs"].tolist()):
-            ref_rank = a["reference_rank"][i]
-            result = ExposureResult(
-                exposure=a["exposure"][i],
-                rank=a["rank"][i],
-                rank_exact=a["rank_exact"][i],
-                log_perplexity=a["log_perplexity"][i],
-                space_size=self.canaries.space_size,
-                method=str(a["strategy"]),
-                reference_rank=None if np.isnan(ref_rank).all() else ref_rank,
-                nonfinite=int(a["nonfinite"][i]),
-            )
-            extracted = a["extracted"][i] if "extracted" in a else None
-            rows.append(
-                {
-                    "epoch": int(epoch),
-                    **self._metrics(result, extracted),
-                    "exposure": result.exposure.copy(),
-                    "rank": result.rank.copy(),
-                    "log_perplexity": result.log_perplexity.copy(),
-                }
-            )
-        return rows
-
-    @property
     def arrays(self) -> dict[str, np.ndarray]:
-        """Recorded arrays as in ``exposure.npz``: ``epochs [E]``, ``exposure``/``rank``/``log_perplexity`` ``[E, C]``, ..."""
+        """Recorded arrays as in ``exposure.npz``: ``epochs [E]``, ``exposure``/``rank`` ``[E, C]``, ..."""
         return self._arrays()
 
     @property
@@ -578,14 +535,13 @@ class CanaryExposureMonitor(MemorisationCallback):
             "references": None if self._references is None else list(self._references),
             "resolved_method": self.resolved_method,
             "epochs": list(self._epochs),
-            **{key: [list(r) for r in self._history[key]] for key in _HISTORY_KEYS},
+            **{key: [list(r) for r in self._per_canary[key]] for key in _HISTORY_KEYS},
             "rank_exact": [list(r) for r in self._rank_exact],
             "nonfinite": list(self._nonfinite),
             "extracted": [list(r) for r in self._extracted],
             "reference_scores": None
             if ref_scores is None or ref_scores.size > 100_000
             else [float(v) for v in ref_scores.tolist()],
-            "warned_nonfinite": self._warned_nonfinite,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -610,11 +566,10 @@ class CanaryExposureMonitor(MemorisationCallback):
         n = len(self.canaries)
         for key in _HISTORY_KEYS:
             rows = state_dict.get(key) or [[float("nan")] * n for _ in range(n_epochs)]
-            self._history[key] = [[float(v) for v in row] for row in rows]
+            self._per_canary[key] = [[float(v) for v in row] for row in rows]
         default_exact = [[self.resolved_method in ("exact_list", "exact_trie", "exact")] * n] * n_epochs
         self._rank_exact = [[bool(v) for v in row] for row in state_dict.get("rank_exact", default_exact)]
         self._nonfinite = [int(v) for v in state_dict.get("nonfinite", [0] * n_epochs)]
         self._extracted = [[bool(v) for v in row] for row in state_dict.get("extracted", [])]
         ref_scores = state_dict.get("reference_scores")
         self._last_reference_scores = None if ref_scores is None else np.asarray(ref_scores, dtype=np.float32)
-        self._warned_nonfinite = bool(state_dict.get("warned_nonfinite", False))

@@ -43,7 +43,7 @@ through :mod:`memcallbacks.utilities.fileio`), flushed at the end of fit or by
 
 from __future__ import annotations
 
-import time
+import os
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from memcallbacks import loggers, rundir
@@ -69,7 +68,6 @@ from memcallbacks.metrics.membership import (
     slice_aucs,
 )
 from memcallbacks.metrics.trajectory_mia import trajectory_attack_scores
-from memcallbacks.utilities import compat
 from memcallbacks.utilities.validation import check_bool, check_int, check_seed
 
 __all__ = ["MembershipInferenceMonitor"]
@@ -87,9 +85,7 @@ def _class_of(item: Any) -> Hashable:
                 break
     elif isinstance(item, (list, tuple)) and len(item) == 2:
         y = item[1]
-    if isinstance(y, torch.Tensor) and y.numel() == 1:
-        y = y.item()
-    elif isinstance(y, np.ndarray) and y.size == 1:
+    if isinstance(y, torch.Tensor) and y.numel() == 1 or isinstance(y, np.ndarray) and y.size == 1:
         y = y.item()
     if isinstance(y, float) and y.is_integer():
         y = int(y)
@@ -151,7 +147,7 @@ def _unvisited_members(trainer: Any, member_indices: np.ndarray) -> tuple[float,
 
 def _validate_init(
     *,
-    num_probe: Any,
+    num_probes: Any,
     sample_loss_fn: Any,
     fprs: Any,
     calibrate: Any,
@@ -161,7 +157,6 @@ def _validate_init(
     batch_size: Any,
     collate_fn: Any,
     seed: Any,
-    name: Any,
 ) -> dict[str, Any]:
     """Every argument check of :class:`MembershipInferenceMonitor`; returns the normalised values."""
     loss_fn = sample_loss_fn if sample_loss_fn is not None else probes.default_sample_loss_fn
@@ -178,16 +173,8 @@ def _validate_init(
         raise TypeError(
             f"`collate_fn` must be None or a function list[item] -> batch, got {type(collate_fn).__name__}"
         )
-    if name is not None and (
-        not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name)
-    ):
-        raise ValueError(
-            f"`name` must be None or a non-empty string of letters, digits, '-', '_' or '.', got {name!r}; "
-            "e.g. name='calibrated' (it names the run-directory folder and the checkpoint state)"
-        )
     return {
-        "name": name,
-        "num_probe": check_int("num_probe", num_probe, minimum=1, hint="e.g. num_probe=1000"),
+        "num_probes": check_int("num_probes", num_probes, minimum=1, hint="e.g. num_probes=1000"),
         "sample_loss_fn": loss_fn,
         "fprs": check_fprs(fprs),
         "calibrate": check_bool("calibrate", calibrate),
@@ -263,13 +250,13 @@ class MembershipInferenceMonitor(MemorisationCallback):
     Run directory (``<log_dir>/memcallbacks/membership/``, rank 0, rewritten each evaluation):
     ``losses.npz`` (``epochs [E]``, ``member_losses [E, n]``, ``nonmember_losses [E, m]``,
     float32, NaN kept; ``member_indices [n]`` into the training dataset or ``members``;
-    ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, key: value}]}``).
+    ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, "step": s, key: value}]}``, the rows of :attr:`history`).
     Tracker records: a ``RocCurve`` (``mem/mia/roc``, ``mem/mia_cal/roc``, ``mem/mia_traj/roc``) and one
     ``Histogram`` each of member and non-member losses (``mem/mia/member_losses``,
     ``mem/mia/nonmember_losses``); all aggregate.
 
     Resuming from a checkpoint: the probe indices, the calibration reference and the history are
-    restored. ``seed``, ``num_probe``, ``calibrate`` and the probe sets (``members``/``nonmembers``
+    restored. ``seed``, ``num_probes``, ``calibrate`` and the probe sets (``members``/``nonmembers``
     given or not, and their sizes) define what is measured and must match the checkpoint (a
     ``ValueError`` names the argument and both values); ``every_n_epochs``, ``run_dir``, ``fprs``,
     ``slices``, ``batch_size`` and ``trajectory_attack`` may change, and the history carries over
@@ -279,13 +266,13 @@ class MembershipInferenceMonitor(MemorisationCallback):
     Args:
         members: training samples to probe (a map-style dataset or a DataLoader over one; an
             :class:`~memcallbacks.IndexedDataset` is unwrapped). Default: a fixed random subset
-            of ``num_probe`` samples (seed ``seed``) of the dataset behind
+            of ``num_probes`` samples (seed ``seed``) of the dataset behind
             ``trainer.train_dataloader``.
         nonmembers: held-out samples, same item structure as ``members``. Default: the first
-            ``num_probe`` samples of the validation dataloader's dataset, resolved at the first
+            ``num_probes`` samples of the validation dataloader's dataset, resolved at the first
             evaluation (the validation dataloader is requested from the Trainer's data source
             when it is not loaded yet, e.g. with ``num_sanity_val_steps=0``).
-        num_probe: size of the default probe sets (default 1,000).
+        num_probes: size of the default probe sets (default 1,000).
         sample_loss_fn: ``(module, batch) -> Tensor[B]`` per-sample losses (``reduction='none'``);
             default: cross-entropy of ``module(x)`` against ``y``.
         every_n_epochs: evaluate after every this many training epochs.
@@ -307,16 +294,16 @@ class MembershipInferenceMonitor(MemorisationCallback):
 
     Raises:
         ValueError: bad argument values (empty probes, ``every_n_epochs < 1``, FPRs outside
-            ``(0, 1)``, ``num_probe < 1``, ``min_slice_size < 1``, ``seed < 0``), probes whose
+            ``(0, 1)``, ``num_probes < 1``, ``min_slice_size < 1``, ``seed < 0``), probes whose
             items differ in structure or (with the default collate) feature shape.
         TypeError: probes that are not map-style datasets, a ``slices`` that is neither
-            ``"class"`` nor callable, a non-integer ``seed``/``num_probe``, a non-bool ``calibrate``
+            ``"class"`` nor callable, a non-integer ``seed``/``num_probes``, a non-bool ``calibrate``
             or ``trajectory_attack``.
 
     Example:
         >>> import pytorch_lightning as pl
         >>> from memcallbacks import MembershipInferenceMonitor
-        >>> monitor = MembershipInferenceMonitor(num_probe=500, calibrate=True)
+        >>> monitor = MembershipInferenceMonitor(num_probes=500, calibrate=True)
         >>> trainer = pl.Trainer(callbacks=[monitor], max_epochs=3)  # doctest: +SKIP
         >>> trainer.fit(model, train_loader, val_loader)  # doctest: +SKIP
         >>> monitor.report.auc  # doctest: +SKIP
@@ -330,7 +317,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         members: Any = None,
         nonmembers: Any = None,
         *,
-        num_probe: int = 1000,
+        num_probes: int = 1000,
         sample_loss_fn: probes.SampleLossFn | None = None,
         every_n_epochs: int = 1,
         fprs: Iterable[float] = (0.001, 0.01, 0.1),
@@ -341,13 +328,15 @@ class MembershipInferenceMonitor(MemorisationCallback):
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         seed: int = 0,
-        run_dir: Any = None,
+        run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
         name: str | None = None,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
+        super().__init__(
+            every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample, name=name
+        )
         args = _validate_init(
-            num_probe=num_probe,
+            num_probes=num_probes,
             sample_loss_fn=sample_loss_fn,
             fprs=fprs,
             calibrate=calibrate,
@@ -357,11 +346,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
             batch_size=batch_size,
             collate_fn=collate_fn,
             seed=seed,
-            name=name,
         )
-        self.name: str | None = args["name"]
-        self.subdir = "membership" if self.name is None else f"membership_{self.name}"
-        self.num_probe: int = args["num_probe"]
+        self.num_probes: int = args["num_probes"]
         self.sample_loss_fn: probes.SampleLossFn = args["sample_loss_fn"]
         self.fprs: tuple[float, ...] = args["fprs"]
         self.calibrate: bool = args["calibrate"]
@@ -371,28 +357,30 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.batch_size: int = args["batch_size"]
         self.collate_fn: Callable[[list[Any]], Any] | None = args["collate_fn"]
         self.seed: int = args["seed"]
-        self._members_arg = probes.as_probe_dataset("members", members)
-        self._nonmembers_arg = probes.as_probe_dataset("nonmembers", nonmembers)
-        if self._members_arg is not None and self._nonmembers_arg is not None:
-            self._check_same_structure(self._members_arg, self._nonmembers_arg)
+        self._probes = probes.ProbeResolver(
+            type(self).__name__,
+            members=members,
+            nonmembers=nonmembers,
+            num_probes=self.num_probes,
+            seed=self.seed,
+        )
+        if self._probes.members_arg is not None and self._probes.nonmembers_arg is not None:
+            self._check_same_structure(self._probes.members_arg, self._probes.nonmembers_arg)
+        self._init_state()
 
+    def _init_state(self) -> None:
+        """What the monitor records: the resolved probes, the loss history and the last reports."""
         # resolved probes (lazily, at the first evaluation)
         self._members: Subset[Any] | None = None
         self._nonmembers: Subset[Any] | None = None
-        self._member_indices: np.ndarray | None = None
-        self._nonmember_indices: np.ndarray | None = None
         self._member_slices: np.ndarray | None = None
         self._nonmember_slices: np.ndarray | None = None
-        # history (kept across resume)
+        # loss history (kept across resume)
         self._epochs: list[int] = []
         self._member_history: list[np.ndarray] = []
         self._nonmember_history: list[np.ndarray] = []
-        self._metrics_history: list[dict[str, float]] = []
         self._ref_members: np.ndarray | None = None
         self._ref_nonmembers: np.ndarray | None = None
-        self._warned_nonfinite = False
-        self._warned_few: set[str] = set()
-        self._warned_unvisited = False
         # finite scores of the last evaluation, for the tracker records
         self._last_scores: dict[str, np.ndarray] = {}
         self.report: MembershipReport | None = None
@@ -403,65 +391,48 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.trajectory_report: MembershipReport | None = None
         """The last trajectory-attack report (``trajectory_attack=True``, from the second evaluation on;
         its ``threshold`` is on the negated out-of-fold logit)."""
-        self.last_eval_seconds: float = float("nan")
-        """Wall time of the last evaluation (forward passes, metrics, files, records)."""
 
     # -- identity and state --------------------------------------------------------------
-    def _state_key_args(self) -> dict[str, Any]:
-        """Two monitors in one Trainer are told apart by ``name`` only."""
-        return {} if self.name is None else {"name": self.name}
-
     def _measured_args(self) -> dict[str, Any]:
         """What this monitor measures: checked against the checkpoint on resume."""
-        measured: dict[str, Any] = {"calibrate": self.calibrate}
-        if self._members_arg is None:
-            measured["members"] = "a random subset of the training data"
-            measured["seed"] = self.seed
-            measured["num_probe"] = self.num_probe
-        else:
-            measured["members"] = f"a dataset of {len(self._members_arg)} samples"  # type: ignore[arg-type]
-        if self._nonmembers_arg is None:
-            measured["nonmembers"] = "the validation data"
-            measured["num_probe"] = self.num_probe
-        else:
-            measured["nonmembers"] = f"a dataset of {len(self._nonmembers_arg)} samples"  # type: ignore[arg-type]
-        return measured
+        return {"calibrate": self.calibrate, **self._probes.measured_args()}
 
     @property
-    def history(self) -> list[dict[str, float]]:
-        """One dict per evaluation: ``{"epoch": e, key: value, ...}`` (a copy)."""
-        return [dict(row) for row in self._metrics_history]
+    def member_indices(self) -> np.ndarray | None:
+        """Indices of the member probes into the training dataset or ``members`` (``None`` before resolving)."""
+        return self._probes.member_indices
+
+    @property
+    def nonmember_indices(self) -> np.ndarray | None:
+        """Indices of the non-member probes into the validation dataset or ``nonmembers``."""
+        return self._probes.nonmember_indices
 
     @property
     def member_losses(self) -> np.ndarray:
         """Member losses per evaluation, ``[E, n]`` float32 (NaN kept)."""
-        n = 0 if self._member_indices is None else len(self._member_indices)
+        n = 0 if self.member_indices is None else len(self.member_indices)
         return np.stack(self._member_history) if self._member_history else np.zeros((0, n), np.float32)
 
     @property
     def nonmember_losses(self) -> np.ndarray:
         """Non-member losses per evaluation, ``[E, m]`` float32 (NaN kept)."""
-        m = 0 if self._nonmember_indices is None else len(self._nonmember_indices)
+        m = 0 if self.nonmember_indices is None else len(self.nonmember_indices)
         return np.stack(self._nonmember_history) if self._nonmember_history else np.zeros((0, m), np.float32)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **self.base_state(),
-            "member_indices": state_tensor(self._member_indices),
-            "nonmember_indices": state_tensor(self._nonmember_indices),
+            **self._probes.state_dict(),
             "epochs": list(self._epochs),
             "member_losses": state_tensor(self.member_losses) if self._member_history else None,
             "nonmember_losses": state_tensor(self.nonmember_losses) if self._nonmember_history else None,
             "ref_members": state_tensor(self._ref_members),
             "ref_nonmembers": state_tensor(self._ref_nonmembers),
-            "history": [dict(row) for row in self._metrics_history],
-            "warned_nonfinite": self._warned_nonfinite,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_base_state(state_dict)
-        self._member_indices = state_array(state_dict, "member_indices", np.int64)
-        self._nonmember_indices = state_array(state_dict, "nonmember_indices", np.int64)
+        self._probes.load_state_dict(state_dict)
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
         ml = state_array(state_dict, "member_losses", np.float32)
         nl = state_array(state_dict, "nonmember_losses", np.float32)
@@ -469,17 +440,11 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self._nonmember_history = [] if nl is None else [row.copy() for row in nl]
         self._ref_members = state_array(state_dict, "ref_members", np.float32)
         self._ref_nonmembers = state_array(state_dict, "ref_nonmembers", np.float32)
-        self._metrics_history = [dict(row) for row in state_dict.get("history", [])]
-        self._warned_nonfinite = bool(state_dict.get("warned_nonfinite", False))
         self._members = self._nonmembers = None  # re-resolved against the stored indices
 
     # -- probe resolution ----------------------------------------------------------------
-    @staticmethod
-    def _first_item(ds: Dataset[Any]) -> Any:
-        return ds[0]
-
     def _check_same_structure(self, members: Dataset[Any], nonmembers: Dataset[Any]) -> None:
-        first_m, first_n = self._first_item(members), self._first_item(nonmembers)
+        first_m, first_n = members[0], nonmembers[0]
         a, b = probes.item_structure(first_m), probes.item_structure(first_n)
         if a != b:
             raise ValueError(
@@ -490,93 +455,21 @@ class MembershipInferenceMonitor(MemorisationCallback):
         if self.collate_fn is None:  # the default collate stacks members and non-members in one batch
             shapes_m, shapes_n = probes.item_shapes(first_m), probes.item_shapes(first_n)
             if shapes_m != shapes_n:
-                source = "`nonmembers`" if self._nonmembers_arg is not None else "the validation dataset"
                 raise ValueError(
-                    f"the held-out set ({source}, the non-members) yields tensors of shape "
+                    f"the held-out set ({self._nonmember_source()}, the non-members) yields tensors of shape "
                     f"{shapes_n} but the members yield {shapes_m}; both are scored by the same model, so "
                     "pass held-out samples with the members' feature shape (or a `collate_fn` that pads "
                     "items of different lengths)"
                 )
 
-    def _resolve_members(self, trainer: pl.Trainer) -> Subset[Any]:
-        if self._members_arg is not None:
-            base = self._members_arg
-            if self._member_indices is None:
-                self._member_indices = np.arange(len(base), dtype=np.int64)  # type: ignore[arg-type]
-        else:
-            base = probes.dataset_of(trainer.train_dataloader)  # type: ignore[assignment]
-            if base is None:
-                raise RuntimeError(
-                    "MembershipInferenceMonitor could not find the training dataset behind "
-                    "`trainer.train_dataloader`; pass the member probe yourself: "
-                    "`MembershipInferenceMonitor(members=train_dataset, nonmembers=held_out_dataset)`"
-                )
-            if not hasattr(base, "__len__") or len(base) == 0:  # type: ignore[arg-type]
-                raise ValueError(
-                    "the training dataset is empty or has no length; pass `members=` a map-style dataset"
-                )
-            if self._member_indices is None:
-                _, idx = probes.random_subset(base, self.num_probe, seed=self.seed)
-                self._member_indices = idx.astype(np.int64)
-        self._check_indices("members", base, self._member_indices)
-        return Subset(base, self._member_indices.tolist())
-
-    def _validation_dataset(self, trainer: pl.Trainer) -> Dataset[Any] | None:
-        ds = probes.dataset_of(getattr(trainer, "val_dataloaders", None))
-        if ds is not None:
-            return ds
-        # not loaded yet (num_sanity_val_steps=0, check_val_every_n_epoch > 1): ask the data source
-        try:
-            source = compat.val_data_source(trainer)
-            if source is not None and source.instance is not None and source.is_defined():
-                return probes.dataset_of(source.dataloader())
-        except Exception as e:  # noqa: BLE001 - fall through to the datamodule and the error below
-            rank_zero_warn(f"MembershipInferenceMonitor: requesting the validation dataloader failed: {e!r}")
-        dm = getattr(trainer, "datamodule", None)
-        if dm is not None and callable(getattr(dm, "val_dataloader", None)):
-            try:
-                return probes.dataset_of(dm.val_dataloader())
-            except Exception:  # noqa: BLE001
-                return None
-        return None
-
-    def _resolve_nonmembers(self, trainer: pl.Trainer) -> Subset[Any]:
-        if self._nonmembers_arg is not None:
-            base = self._nonmembers_arg
-            if self._nonmember_indices is None:
-                self._nonmember_indices = np.arange(len(base), dtype=np.int64)  # type: ignore[arg-type]
-        else:
-            found = self._validation_dataset(trainer)
-            if found is None:
-                raise RuntimeError(
-                    "MembershipInferenceMonitor needs held-out (non-member) samples and the Trainer has no "
-                    "validation data. Pass them to the callback:\n"
-                    "    held_out = torch.utils.data.Subset(full_dataset, held_out_indices)\n"
-                    "    monitor = MembershipInferenceMonitor(nonmembers=held_out)\n"
-                    "    trainer = pl.Trainer(callbacks=[monitor])"
-                )
-            base = found
-            if len(base) == 0:  # type: ignore[arg-type]
-                raise ValueError("the validation dataset is empty; pass `nonmembers=` a held-out dataset")
-            if self._nonmember_indices is None:
-                n = min(self.num_probe, len(base))  # type: ignore[arg-type]
-                self._nonmember_indices = np.arange(n, dtype=np.int64)
-        self._check_indices("nonmembers", base, self._nonmember_indices)
-        return Subset(base, self._nonmember_indices.tolist())
-
-    @staticmethod
-    def _check_indices(name: str, base: Any, idx: np.ndarray) -> None:
-        if idx.size and int(idx.max()) >= len(base):
-            raise ValueError(
-                f"the stored `{name}` probe indices go up to {int(idx.max())} but the dataset has {len(base)} "
-                "samples; resume with the same data as the checkpointed run"
-            )
+    def _nonmember_source(self) -> str:
+        return "`nonmembers`" if self._probes.nonmembers_arg is not None else "the validation dataset"
 
     def _resolve(self, trainer: pl.Trainer) -> None:
         if self._members is not None and self._nonmembers is not None:
             return
-        members = self._resolve_members(trainer)
-        nonmembers = self._resolve_nonmembers(trainer)
+        members, nonmembers = self._probes.resolve(trainer)
+        assert nonmembers is not None  # required: the resolver raises otherwise
         self._check_same_structure(members, nonmembers)
         if self.slices is not None:
             fn: Callable[[Any], Hashable] = _class_of if self.slices == "class" else self.slices  # type: ignore[assignment]
@@ -591,7 +484,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
 
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
-        assert self._members is not None and self._nonmembers is not None
+        assert self._members is not None
+        assert self._nonmembers is not None
         n = len(self._members)
         probe: Dataset[Any] = ConcatDataset([self._members, self._nonmembers])
         try:
@@ -622,9 +516,9 @@ class MembershipInferenceMonitor(MemorisationCallback):
                 collate_fn=self.collate_fn,
                 device=pl_module.device,
             )
-        except Exception:  # noqa: BLE001 - the members fail too: the original error says it best
+        except Exception:
             return
-        source = "`nonmembers`" if self._nonmembers_arg is not None else "the validation dataset"
+        source = self._nonmember_source()
         raise ValueError(
             f"MembershipInferenceMonitor: the held-out set ({source}, the non-members) cannot be scored by "
             f"the model, while the members can: {type(error).__name__}: {error}. HINT: non-members must look "
@@ -637,41 +531,37 @@ class MembershipInferenceMonitor(MemorisationCallback):
             warnings.simplefilter("always")
             report = membership_inference(members, nonmembers, fprs=self.fprs)
         for w in caught:
-            if prefix not in self._warned_few:
-                self._warned_few.add(prefix)
-                rank_zero_warn(f"MembershipInferenceMonitor ({prefix}): {w.message}", category=UserWarning)
+            self.warn_once(f"few/{prefix}", f"MembershipInferenceMonitor ({prefix}): {w.message}")
         return report
 
     def _warn_unvisited(self, trainer: pl.Trainer) -> None:
-        if self._warned_unvisited or self._members_arg is not None or self._member_indices is None:
+        idx = self.member_indices
+        if self.warned("unvisited") or self._probes.members_arg is not None or idx is None:
             return
-        found = _unvisited_members(trainer, self._member_indices)
+        found = _unvisited_members(trainer, idx)
         if found is None or found[0] < 1.0:
             return
-        self._warned_unvisited = True
         count, exact = found
-        n = len(self._member_indices)
         amount = f"{int(count)}" if exact else f"about {count:.0f} (expected, the loader shuffles)"
-        rank_zero_warn(
-            f"MembershipInferenceMonitor: {amount} of the {n} member probes have not been visited by training "
+        self.warn_once(
+            "unvisited",
+            f"MembershipInferenceMonitor: {amount} of the {len(idx)} member probes have not been visited by training "
             f"by epoch {trainer.current_epoch} (the loop ran {trainer.num_training_batches} of "
             f"{len(trainer.train_dataloader)} batches an epoch: `limit_train_batches` or `max_steps`); "  # type: ignore[arg-type]
             "they still count as members, which pulls the attack towards chance. Pass `members=` the "
             "samples actually trained on (warned once)",
-            category=UserWarning,
         )
 
     def _warn_nonfinite(self, epoch: int, members: np.ndarray, nonmembers: np.ndarray) -> int:
         bad_m, bad_n = int((~np.isfinite(members)).sum()), int((~np.isfinite(nonmembers)).sum())
-        if (bad_m or bad_n) and not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            rank_zero_warn(
+        if bad_m or bad_n:
+            self.warn_once(
+                "nonfinite",
                 f"MembershipInferenceMonitor: {bad_m + bad_n} probe losses are NaN/inf at epoch {epoch} "
                 f"({bad_m} members, {bad_n} non-members); they are excluded from the attack and counted in "
                 "`mem/mia/nonfinite`; an evaluation with no finite member or non-member loss logs NaN for "
                 "every mem/gap and mem/mia value; the trajectory attack drops these probes for the rest of "
                 "the run (`mem/mia_traj/dropped`) (warned once)",
-                category=UserWarning,
             )
         return bad_m + bad_n
 
@@ -711,7 +601,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         if not self.calibrate:
             return metrics
 
-        assert self._ref_members is not None and self._ref_nonmembers is not None
+        assert self._ref_members is not None
+        assert self._ref_nonmembers is not None
         dm_all = calibrated_losses(members, self._ref_members)
         dn_all = calibrated_losses(nonmembers, self._ref_nonmembers)
         dm, dn = dm_all[np.isfinite(dm_all)], dn_all[np.isfinite(dn_all)]
@@ -758,10 +649,9 @@ class MembershipInferenceMonitor(MemorisationCallback):
             min_size=self.min_slice_size,
         )
 
-    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.is_due(trainer):
-            return
-        start = time.perf_counter()
+    # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Evaluate the probes, run the attacks, keep the losses; returns this evaluation's metrics."""
         epoch = int(trainer.current_epoch)
         self._resolve(trainer)
         members, nonmembers = self._evaluate(trainer, pl_module)
@@ -769,59 +659,57 @@ class MembershipInferenceMonitor(MemorisationCallback):
         if self.calibrate and self._ref_members is None:
             self._ref_members, self._ref_nonmembers = members.copy(), nonmembers.copy()
         metrics = self._metrics(epoch, members, nonmembers)
-
         self._epochs.append(epoch)
         self._member_history.append(members)
         self._nonmember_history.append(nonmembers)
-        self._metrics_history.append({"epoch": float(epoch), **metrics})
-        self.log_metrics(pl_module, metrics)
-        if trainer.is_global_zero:
-            self._save()
-            self._emit_records(trainer, epoch)
-        self.last_eval_seconds = time.perf_counter() - start
+        return metrics
 
-    def _save(self) -> None:
+    def metrics(self, result: dict[str, float]) -> dict[str, float]:
+        return result
+
+    def write_files(self, result: dict[str, float]) -> None:
         """Write ``losses.npz`` and ``metrics.json`` in the background (one writer thread, in order).
 
         The arrays are snapshotted here; the writer only serialises them (uncompressed ``.npz``:
         float losses barely compress, and zlib cost grows with the epochs) and renames atomically
-        through :mod:`memcallbacks.utilities.fileio`. A write error surfaces at the next evaluation or at the
-        end of fit; :meth:`flush` waits for the pending write.
+        through :mod:`memcallbacks.utilities.fileio`. A write error surfaces at the end of the epoch
+        or of fit; :meth:`flush` waits for the pending write.
         """
-        assert self._member_indices is not None and self._nonmember_indices is not None
+        assert self.member_indices is not None
+        assert self.nonmember_indices is not None
         arrays = {
             "epochs": np.asarray(self._epochs, dtype=np.int64),
             "member_losses": self.member_losses,
             "nonmember_losses": self.nonmember_losses,
-            "member_indices": self._member_indices.copy(),
-            "nonmember_indices": self._nonmember_indices.copy(),
+            "member_indices": self.member_indices.copy(),
+            "nonmember_indices": self.nonmember_indices.copy(),
         }
         summary = {
-            "history": [dict(row) for row in self._metrics_history],
+            "history": self.history,
             "fprs": list(self.fprs),
             "calibrate": self.calibrate,
-            "n_members": len(self._member_indices),
-            "n_nonmembers": len(self._nonmember_indices),
+            "n_members": len(self.member_indices),
+            "n_nonmembers": len(self.nonmember_indices),
         }
         self.write_in_background(rundir.write_membership, self.run_dir, arrays, summary)
 
-    def _emit_records(self, trainer: pl.Trainer, epoch: int) -> None:
+    def records(self, result: dict[str, float]) -> list[loggers.Record]:
+        """ROC curves of each attack and histograms of the member and non-member losses (aggregate)."""
         if self.report is None:
-            return
-        m, nm = self._last_scores["members"], self._last_scores["nonmembers"]
+            return []
+        epoch = self.last_epoch_done
+        scores = self._last_scores
+        m, nm = scores["members"], scores["nonmembers"]
         fpr, tpr, _ = roc_curve(m, nm)
-        self.emit(trainer, loggers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="loss-threshold MIA"))
+        out: list[loggers.Record] = [
+            loggers.RocCurve("mem/mia/roc", fpr, tpr, epoch, title="loss-threshold MIA")
+        ]
         if self.calibrate and self.calibrated_report is not None:
-            fpr_c, tpr_c, _ = roc_curve(self._last_scores["cal_members"], self._last_scores["cal_nonmembers"])
-            self.emit(
-                trainer, loggers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA")
-            )
-        if self.trajectory_report is not None and "traj_members" in self._last_scores:
-            fpr_t, tpr_t, _ = roc_curve(
-                -self._last_scores["traj_members"], -self._last_scores["traj_nonmembers"]
-            )
-            self.emit(
-                trainer, loggers.RocCurve("mem/mia_traj/roc", fpr_t, tpr_t, epoch, title="trajectory MIA")
-            )
-        self.emit(trainer, loggers.Histogram("mem/mia/member_losses", m, epoch))
-        self.emit(trainer, loggers.Histogram("mem/mia/nonmember_losses", nm, epoch))
+            fpr_c, tpr_c, _ = roc_curve(scores["cal_members"], scores["cal_nonmembers"])
+            out.append(loggers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA"))
+        if self.trajectory_report is not None and "traj_members" in scores:
+            fpr_t, tpr_t, _ = roc_curve(-scores["traj_members"], -scores["traj_nonmembers"])
+            out.append(loggers.RocCurve("mem/mia_traj/roc", fpr_t, tpr_t, epoch, title="trajectory MIA"))
+        out.append(loggers.Histogram("mem/mia/member_losses", m, epoch))
+        out.append(loggers.Histogram("mem/mia/nonmember_losses", nm, epoch))
+        return out

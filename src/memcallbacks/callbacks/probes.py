@@ -9,6 +9,24 @@ true-class logit; docs/architecture.md, "Known pitfalls"), averaged over sequenc
 logits (positions whose target is ``ignore_index`` = -100 are left out).
 A Hugging Face batch (a dict with ``input_ids`` and ``labels``) gets the causal-LM loss with
 the one-token shift (see :func:`default_sample_loss_fn`).
+
+Probe resolution (:class:`ProbeResolver`, shared by every monitor with member and non-member
+probes): the members are the ``members=`` dataset, else the training dataset behind
+``trainer.train_dataloader``; the non-members are the ``nonmembers=`` dataset, else the validation
+dataset (:func:`validation_dataset`: the loaded validation dataloaders, else the validation data
+source of the fit loop, which also finds loaders passed to ``fit`` before the first validation
+run, e.g. with ``check_val_every_n_epoch > 1`` or ``num_sanity_val_steps=0``, else the
+datamodule's ``val_dataloader()``). One draw rule for every monitor, so the same ``seed`` picks the
+same samples everywhere: from a discovered training dataset, ``seeded_indices(len, num_probes,
+seed)``; from a discovered validation dataset, its first ``num_probes`` samples; a dataset given as
+an argument is used whole (or, with ``draw_given=True``, drawn by the same two rules). The indices
+are drawn once, kept in the checkpoint (:meth:`ProbeResolver.state_dict`) and checked against the
+data on resume.
+
+Example:
+    >>> resolver = ProbeResolver("MyMonitor", num_probes=100, seed=0)
+    >>> members, nonmembers = resolver.resolve(trainer)  # doctest: +SKIP
+    >>> state = resolver.state_dict()  # into the monitor's state_dict  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from memcallbacks.data.indexed import IndexedDataset, split_index
@@ -26,6 +45,8 @@ from memcallbacks.lm.losses import (
     default_sample_loss_and_correct_fn,
     default_sample_loss_fn,
 )
+from memcallbacks.lm.model import evaluating
+from memcallbacks.utilities import compat
 
 __all__ = [
     "SampleLossFn",
@@ -42,6 +63,10 @@ __all__ = [
     "shard_positions",
     "dataset_of",
     "check_sample_losses",
+    "unwrap_loaders",
+    "ProbeResolver",
+    "training_dataset",
+    "validation_dataset",
 ]
 
 SampleLossFn = Callable[[Any, Any], Any]
@@ -86,7 +111,7 @@ def _batch_size(batch: Any) -> int | None:
 def _forward_context(trainer: Any) -> contextlib.AbstractContextManager[Any]:
     plugin = getattr(trainer, "precision_plugin", None)
     if plugin is not None and hasattr(plugin, "forward_context"):
-        return plugin.forward_context()  # type: ignore[no-any-return]
+        return plugin.forward_context()
     return contextlib.nullcontext()
 
 
@@ -148,26 +173,21 @@ def evaluate_sample_losses(
         else DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     )
     indexed = isinstance(getattr(loader, "dataset", None), IndexedDataset)
-    was_training = module.training
     losses: list[torch.Tensor] = []
     corrects: list[torch.Tensor] = []
-    module.eval()
-    try:
-        with torch.inference_mode(), full_precision(trainer, device):
-            for batch in loader:
-                if indexed:
-                    _, batch = split_index(batch)
-                batch = _move(batch, device)
-                out = sample_loss_fn(module, batch)
-                correct = None
-                if isinstance(out, tuple):
-                    out, correct = out
-                loss = check_sample_losses(out, _batch_size(batch))
-                losses.append(loss.detach().float())
-                if correct is not None:
-                    corrects.append(correct.detach().bool())
-    finally:
-        module.train(was_training)
+    with evaluating(module), full_precision(trainer, device):
+        for batch in loader:
+            if indexed:
+                _, batch = split_index(batch)
+            batch = _move(batch, device)
+            out = sample_loss_fn(module, batch)
+            correct = None
+            if isinstance(out, tuple):
+                out, correct = out
+            loss = check_sample_losses(out, _batch_size(batch))
+            losses.append(loss.detach().float())
+            if correct is not None:
+                corrects.append(correct.detach().bool())
     if not losses:
         return torch.zeros(0), None
     all_losses = torch.cat(losses).cpu()
@@ -282,7 +302,7 @@ def as_probe_dataset(name: str, value: Any, *, item: str = "sample") -> Dataset[
         )
     if len(value) == 0:
         raise ValueError(f"`{name}` is empty (0 {item}s); pass a dataset with at least one {item}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def item_structure(item: Any) -> Any:
@@ -339,27 +359,227 @@ def seeded_indices(n: int, size: int, seed: int | Sequence[int]) -> np.ndarray:
     return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
 
 
-def _unwrap_loader(loader: Any) -> Iterator[Any]:
+def unwrap_loaders(loader: Any) -> Iterator[Any]:
+    """Every DataLoader in ``loader`` (a DataLoader, a list or dict of them, or a ``CombinedLoader``), in order."""
     if loader is None:
         return
     if isinstance(loader, DataLoader):
         yield loader
     elif isinstance(loader, Mapping):
         for v in loader.values():
-            yield from _unwrap_loader(v)
+            yield from unwrap_loaders(v)
     elif isinstance(loader, Sequence):
         for v in loader:
-            yield from _unwrap_loader(v)
+            yield from unwrap_loaders(v)
     elif hasattr(loader, "flattened"):  # Lightning's CombinedLoader
         for v in loader.flattened:
-            yield from _unwrap_loader(v)
+            yield from unwrap_loaders(v)
 
 
 def dataset_of(loader: Any) -> Dataset[Any] | None:
     """The dataset behind the first DataLoader in ``loader`` (a DataLoader, list, dict or CombinedLoader)."""
-    for dl in _unwrap_loader(loader):
+    for dl in unwrap_loaders(loader):
         ds = dl.dataset
         if isinstance(ds, IndexedDataset):
             return ds.dataset
         return ds
     return None
+
+
+# -- probe resolution ------------------------------------------------------------------------
+
+
+def training_dataset(trainer: Any, owner: str) -> Dataset[Any]:
+    """The map-style dataset behind ``trainer.train_dataloader`` (an :class:`IndexedDataset` unwrapped).
+
+    Raises:
+        RuntimeError: no DataLoader or dataset behind it, naming ``owner`` and the ``members=`` fix.
+        ValueError: the dataset is empty or has no length.
+    """
+    base = dataset_of(getattr(trainer, "train_dataloader", None))
+    if base is None:
+        raise RuntimeError(
+            f"{owner} could not find the training dataset behind `trainer.train_dataloader`; pass the member "
+            f"probe yourself: `{owner}(members=train_dataset, nonmembers=held_out_dataset)`"
+        )
+    if not hasattr(base, "__len__") or len(base) == 0:
+        raise ValueError(
+            f"{owner}: the training dataset is empty or has no length; pass `members=` a map-style dataset"
+        )
+    return base
+
+
+def validation_dataset(trainer: Any, owner: str) -> Dataset[Any] | None:
+    """The validation dataset (an :class:`IndexedDataset` unwrapped), or ``None`` when there is none.
+
+    Looks at the loaded validation dataloaders, then asks the fit loop's validation data source
+    (loaders passed to ``fit``, the module's or datamodule's ``val_dataloader()``: they are not loaded
+    before the first validation run, e.g. with ``check_val_every_n_epoch > 1``), then the datamodule.
+    """
+    if trainer is None:
+        return None
+    ds = dataset_of(getattr(trainer, "val_dataloaders", None))
+    if ds is None:
+        try:
+            source = compat.val_data_source(trainer)
+            if source is not None and source.instance is not None and source.is_defined():
+                ds = dataset_of(source.dataloader())
+        except Exception as e:
+            rank_zero_warn(f"{owner}: requesting the validation dataloader failed: {e!r}")
+    if ds is None:
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and callable(getattr(dm, "val_dataloader", None)):
+            try:
+                ds = dataset_of(dm.val_dataloader())
+            except Exception:
+                ds = None
+    return ds
+
+
+class ProbeResolver:
+    """Member and non-member probe sets of one monitor: discovered, drawn once, kept across resume.
+
+    Args:
+        owner: the monitor's class name, for messages.
+        members: the ``members=`` argument (a dataset or DataLoader; ``None``: the training data).
+        nonmembers: the ``nonmembers=`` argument (``None``: the validation data).
+        num_probes: how many samples a drawn probe set holds (all when the dataset is smaller).
+        seed: seeds the member draw.
+        item: what one item is, for messages (``"sample"``, ``"token sequence"``).
+        require_nonmembers: raise when no non-members are found; else :meth:`resolve` returns ``None``.
+        draw_given: draw ``num_probes`` from a given dataset too (else it is used whole).
+
+    Raises:
+        TypeError, ValueError: a ``members``/``nonmembers`` that is not a non-empty map-style dataset.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        members: Any = None,
+        nonmembers: Any = None,
+        num_probes: int,
+        seed: int,
+        item: str = "sample",
+        require_nonmembers: bool = True,
+        draw_given: bool = False,
+    ) -> None:
+        self.owner = owner
+        self.members_arg = as_probe_dataset("members", members, item=item)
+        self.nonmembers_arg = as_probe_dataset("nonmembers", nonmembers, item=item)
+        self.num_probes = int(num_probes)
+        self.seed = int(seed)
+        self.require_nonmembers = require_nonmembers
+        self.draw_given = draw_given
+        self.member_indices: np.ndarray | None = None
+        """Indices of the members into their dataset (``None`` before the first :meth:`resolve`)."""
+        self.nonmember_indices: np.ndarray | None = None
+        """Indices of the non-members (empty when none were found and none are required)."""
+
+    def measured_args(self) -> dict[str, Any]:
+        """What the probe sets are, for the monitor's ``_measured_args`` (checked on resume)."""
+        measured: dict[str, Any] = {}
+        drawn = False
+        for name, given, default in (
+            ("members", self.members_arg, "a random subset of the training data"),
+            ("nonmembers", self.nonmembers_arg, "the validation data"),
+        ):
+            if given is None:
+                measured[name] = default
+                drawn = True
+            else:
+                measured[name] = f"a dataset of {len(given)} samples"  # type: ignore[arg-type]
+                drawn = drawn or self.draw_given
+        if self.members_arg is None or self.draw_given:
+            measured["seed"] = self.seed
+        if drawn:
+            measured["num_probes"] = self.num_probes
+        return measured
+
+    def resolve(self, trainer: Any) -> tuple[Subset[Any], Subset[Any] | None]:
+        """The member and non-member probe sets (``Subset`` views); draws the indices the first time.
+
+        Raises:
+            RuntimeError: no training dataset, or no non-members when they are required (or when the
+                checkpoint has non-member indices), with the fix.
+            ValueError: stored indices beyond the data (resumed with other data).
+        """
+        members = self.members_arg if self.members_arg is not None else training_dataset(trainer, self.owner)
+        if self.member_indices is None:
+            self.member_indices = self._draw(members, given=self.members_arg is not None, seeded=True)
+        self._check("members", members, self.member_indices)
+        nonmembers = self.nonmembers_arg
+        if nonmembers is None:
+            nonmembers = validation_dataset(trainer, self.owner)
+            if nonmembers is not None and len(nonmembers) == 0:  # type: ignore[arg-type]
+                if self.require_nonmembers:
+                    raise ValueError(
+                        f"{self.owner}: the validation dataset is empty; pass `nonmembers=` a held-out dataset"
+                    )
+                nonmembers = None
+        if nonmembers is None:
+            self._no_nonmembers()
+            self.nonmember_indices = np.zeros(0, dtype=np.int64)
+            return Subset(members, self.member_indices.tolist()), None
+        if self.nonmember_indices is None:
+            self.nonmember_indices = self._draw(
+                nonmembers, given=self.nonmembers_arg is not None, seeded=False
+            )
+        self._check("nonmembers", nonmembers, self.nonmember_indices)
+        return Subset(members, self.member_indices.tolist()), Subset(
+            nonmembers, self.nonmember_indices.tolist()
+        )
+
+    def _draw(self, dataset: Any, *, given: bool, seeded: bool) -> np.ndarray:
+        n = len(dataset)
+        if given and not self.draw_given:
+            return np.arange(n, dtype=np.int64)
+        if seeded:
+            return seeded_indices(n, self.num_probes, self.seed)
+        return np.arange(min(self.num_probes, n), dtype=np.int64)
+
+    def _no_nonmembers(self) -> None:
+        stored = self.nonmember_indices
+        if self.require_nonmembers or (stored is not None and stored.size):
+            resumed = (
+                "the checkpoint has non-member probes but "
+                if stored is not None and stored.size and not self.require_nonmembers
+                else ""
+            )
+            raise RuntimeError(
+                f"{self.owner} needs held-out (non-member) samples: {resumed}no `nonmembers=` was given and the "
+                "Trainer has no validation data. Pass them to the callback:\n"
+                "    held_out = torch.utils.data.Subset(full_dataset, held_out_indices)\n"
+                f"    monitor = {self.owner}(nonmembers=held_out)\n"
+                "    trainer = pl.Trainer(callbacks=[monitor])"
+            )
+
+    def _check(self, name: str, dataset: Any, idx: np.ndarray) -> None:
+        if idx.size and int(idx.max()) >= len(dataset):
+            raise ValueError(
+                f"{self.owner}: the stored `{name}` probe indices go up to {int(idx.max())} but the dataset has "
+                f"{len(dataset)} samples; resume with the same data as the checkpointed run"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The drawn indices, as tensors (checkpoints load with ``weights_only=True``)."""
+        return {
+            "member_indices": _state_tensor(self.member_indices),
+            "nonmember_indices": _state_tensor(self.nonmember_indices),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the indices of :meth:`state_dict` (absent: drawn again at the next :meth:`resolve`)."""
+        self.member_indices = _state_indices(state_dict.get("member_indices"))
+        self.nonmember_indices = _state_indices(state_dict.get("nonmember_indices"))
+
+
+def _state_tensor(idx: np.ndarray | None) -> torch.Tensor | None:
+    return None if idx is None else torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+
+
+def _state_indices(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    return np.asarray(value.cpu().numpy() if hasattr(value, "cpu") else value, dtype=np.int64)

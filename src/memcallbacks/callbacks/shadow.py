@@ -59,7 +59,8 @@ __all__ = [
 
 #: what a recorded score is: the RMIA attack needs it to turn a score back into a probability
 SCORE_KINDS = ("logit_confidence", "neg_loss")
-ScoreFn = Callable[[Any, Any], Any]
+SampleScoreFn = Callable[[Any, Any], Any]
+"""``score(module, batch) -> Tensor[B]`` (or ``(Tensor[B], BoolTensor[B])``): one score per sample, higher = "in"."""
 
 
 def _item_bytes(item: Any, digest: Any) -> None:
@@ -390,7 +391,7 @@ class ShadowScoreRecorder(MemorisationCallback):
         num_runs: int | None = None,
         seed: int = 0,
         keep_fraction: float = 0.5,
-        score: str | ScoreFn = "auto",
+        score: str | SampleScoreFn = "auto",
         score_kind: str | None = None,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
@@ -471,9 +472,9 @@ class ShadowScoreRecorder(MemorisationCallback):
             )
 
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        return None  # scores are recorded once, at the end of fit
+        """Nothing per epoch: the scores are recorded once, at the end of fit."""
 
-    def _score_fn(self) -> tuple[ScoreFn, list[str]]:
+    def _score_fn(self) -> tuple[SampleScoreFn, list[str]]:
         kinds: list[str] = []
         if callable(self.score):
             user = self.score

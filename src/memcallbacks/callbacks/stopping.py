@@ -49,9 +49,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks._base import (
     MemorisationCallback,
+    SkipsFastDevRun,
+    WarnsOnce,
     logged_epochs,
     resolve_run_root,
-    warn_fast_dev_run,
 )
 from memcallbacks.utilities import compat, fileio
 from memcallbacks.utilities.validation import check_bool, check_choice, check_int, check_path, check_real
@@ -190,7 +191,7 @@ def _validate_init(
     return tuple(conds), patience, min_epochs
 
 
-class LeakageEarlyStopping(Callback):
+class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
     """Stop training when a memorisation metric crosses a threshold.
 
     Decides once per epoch, after every memcallbacks monitor has done the epoch's work (each
@@ -282,7 +283,7 @@ class LeakageEarlyStopping(Callback):
         self._best_safe_weights: dict[str, torch.Tensor] | None = None
         self._best_safe_file: str | None = None  # where save_best_safe wrote them (kept across resume)
         self._first_fit_epoch = 0
-        self._warned_missing = False
+        self._warned: dict[str, int] = {}
         self._restored_stop = False  # the checkpoint loaded holds a stop
         self._skip_run = False  # fast_dev_run
 
@@ -364,11 +365,8 @@ class LeakageEarlyStopping(Callback):
         return self._root / BEST_SAFE_FILE
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._skip_run = bool(getattr(trainer, "fast_dev_run", False))
+        # under fast_dev_run this is not reached: SkipsFastDevRun turns every hook into a no-op
         if stage != "fit":
-            return
-        if self._skip_run:
-            warn_fast_dev_run(type(self).__name__)
             return
         self._root = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__)
 
@@ -464,8 +462,22 @@ class LeakageEarlyStopping(Callback):
         self.seen.update(values)
         self.last_values.update(values)
         self._check_missing(trainer, metrics)
+        reasons = self._count(values, allowed=epoch + 1 >= self.min_epochs)
 
-        allowed = epoch + 1 >= self.min_epochs
+        local_stop = bool(reasons)
+        should_stop = bool(trainer.strategy.reduce_boolean_decision(local_stop, all=False))
+        if self.restore == "best_safe":
+            safe = len(values) == len(self.conditions) and all(
+                math.isfinite(v) and not c.crossed(v)
+                for c, v in ((c, values[c.monitor]) for c in self.conditions)
+            )
+            if bool(trainer.strategy.reduce_boolean_decision(safe, all=True)) and not should_stop:
+                self._snapshot(trainer, pl_module, epoch)
+        if should_stop:
+            self._stop(trainer, pl_module, epoch, reasons, local_stop)
+
+    def _count(self, values: dict[str, float], *, allowed: bool) -> list[str]:
+        """Update the counters with this epoch's fresh ``values``; the reasons to stop (if ``allowed``)."""
         reasons: list[str] = []
         for cond in self.conditions:
             if cond.monitor not in values:
@@ -483,18 +495,7 @@ class LeakageEarlyStopping(Callback):
                     reasons.append(cond.describe(value))
             elif not cond.crossed(value):
                 self.counters[cond.monitor] = 0
-
-        local_stop = bool(reasons)
-        should_stop = bool(trainer.strategy.reduce_boolean_decision(local_stop, all=False))
-        if self.restore == "best_safe":
-            safe = len(values) == len(self.conditions) and all(
-                math.isfinite(v) and not c.crossed(v)
-                for c, v in ((c, values[c.monitor]) for c in self.conditions)
-            )
-            if bool(trainer.strategy.reduce_boolean_decision(safe, all=True)) and not should_stop:
-                self._snapshot(trainer, pl_module, epoch)
-        if should_stop:
-            self._stop(trainer, pl_module, epoch, reasons, local_stop)
+        return reasons
 
     def _check_missing(self, trainer: pl.Trainer, metrics: Mapping[str, Any]) -> None:
         missing = [
@@ -515,9 +516,7 @@ class LeakageEarlyStopping(Callback):
         )
         if self.strict:
             raise RuntimeError(message)
-        if not self._warned_missing:
-            self._warned_missing = True
-            rank_zero_warn(message)
+        self.warn_once("missing", message)
 
     def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         self._best_safe_weights = {
@@ -525,12 +524,7 @@ class LeakageEarlyStopping(Callback):
         }
         self.best_safe_epoch = epoch
         if self.save_best_safe and trainer.is_global_zero:
-            from safetensors.torch import save as safetensors_save
-
-            fileio.atomic_write_bytes(
-                self.best_safe_path,
-                safetensors_save({k: v.contiguous() for k, v in self._best_safe_weights.items()}),
-            )
+            rundir.write_best_safe(self.best_safe_path, self._best_safe_weights)
         if self.save_best_safe:
             self._best_safe_file = str(self.best_safe_path)
 
@@ -556,10 +550,14 @@ class LeakageEarlyStopping(Callback):
             if weights is None and self.best_safe_epoch is not None and self._best_safe_file is not None:
                 weights = _load_best_safe(Path(self._best_safe_file))
             if weights is None:
+                where = (
+                    "in this process (pass save_best_safe=True to keep it across a resume)"
+                    if self.best_safe_epoch is not None
+                    else "yet"
+                )
                 rank_zero_warn(
                     f"LeakageEarlyStopping(restore='best_safe'): no evaluation below every threshold was seen "
-                    f"{'in this process (pass save_best_safe=True to keep it across a resume)' if self.best_safe_epoch is not None else 'yet'}; "
-                    "keeping the current weights"
+                    f"{where}; keeping the current weights"
                 )
             else:
                 pl_module.load_state_dict(weights)
@@ -603,6 +601,7 @@ class LeakageEarlyStopping(Callback):
             "best_safe_epoch": self.best_safe_epoch,
             "last_epoch_decided": self._last_epoch_decided,
             "best_safe_file": self._best_safe_file,
+            "warned": dict(self._warned),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -616,6 +615,7 @@ class LeakageEarlyStopping(Callback):
         self.best_safe_epoch = state_dict.get("best_safe_epoch")
         self._last_epoch_decided = int(state_dict.get("last_epoch_decided", -1))
         self._best_safe_file = state_dict.get("best_safe_file")
+        self._warned = {str(k): int(v) for k, v in (state_dict.get("warned") or {}).items()}
         self._best_safe_weights = None  # on disk (save_best_safe=True) or lost with the old process
 
 
@@ -624,13 +624,7 @@ def _load_best_safe(path: Path) -> dict[str, torch.Tensor] | None:
 
     A ``.pt`` file from an older memcallbacks is read with ``torch.load(weights_only=True)``.
     """
-    if not path.exists():
-        return None
-    if path.suffix == ".pt":
-        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
+    return rundir.read_best_safe(path)
 
 
 def _fresh_keys(trainer: pl.Trainer) -> set[str]:

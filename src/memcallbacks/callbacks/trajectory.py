@@ -29,8 +29,8 @@ Two sources of per-sample losses:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,11 +63,22 @@ from memcallbacks.utilities.validation import check_choice, check_float_array, c
 __all__ = ["LossTrajectoryTracker"]
 
 _SOURCES = ("step", "probe")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # the outputs of this many steps per epoch are checked in full; later steps cost one append
 _CHECKED_STEPS = 2
 
 _Step = tuple[Any, Any, Any]  # (sample losses [B], sample indices [B], correctness [B] or None)
+
+
+@dataclass
+class _Epoch:
+    """One recorded epoch: the store column, its correctness, the finite visited rows, counts, statistics."""
+
+    column: np.ndarray
+    correct: np.ndarray | None
+    visited: np.ndarray
+    nonfinite: int
+    duplicates: int = 0
+    stats: TrajectoryStatistics | None = None
 
 
 def _check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
@@ -81,29 +92,7 @@ def _check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
     return value
 
 
-def _validate_init(
-    *,
-    source: Any,
-    num_samples: Any,
-    loss_key: Any,
-    index_key: Any,
-    correct_key: Any,
-    probe_dataset: Any,
-    probe_size: Any,
-    probe_seed: Any,
-    sample_loss_fn: Any,
-    probe_batch_size: Any,
-    probe_collate_fn: Any,
-    memory_budget_bytes: Any,
-    top_k: Any,
-    score: Any,
-    reference: Any,
-    name: Any,
-) -> None:
-    """Every argument check of :class:`LossTrajectoryTracker` (the dtype is checked by the store)."""
-    check_choice("source", source, _SOURCES)
-    if num_samples is not None:
-        check_int("num_samples", num_samples, minimum=1, hint="or None to use the training dataset's length")
+def _check_keys(loss_key: Any, index_key: Any, correct_key: Any) -> None:
     _check_key("loss_key", loss_key)
     _check_key("index_key", index_key)
     _check_key("correct_key", correct_key, optional=True)
@@ -118,26 +107,12 @@ def _validate_init(
             f"`loss_key`, `index_key` and `correct_key` must differ, got {loss_key!r}, {index_key!r}, "
             f"{correct_key!r}"
         )
-    check_int("probe_size", probe_size, minimum=1, hint="the size of the random probe subset")
-    check_seed("probe_seed", probe_seed)
-    check_int("probe_batch_size", probe_batch_size, minimum=1)
-    check_memory_budget(memory_budget_bytes)
-    check_int("top_k", top_k, minimum=0, hint="use 0 to emit no table at fit end")
-    check_choice("score", score, MEMORISATION_SCORES)
-    if score == "calibrated_loss" and reference is None:
-        raise ValueError(
-            "`score='calibrated_loss'` needs `reference=`: one reference loss per training sample (dataset "
-            "index order), e.g. memcallbacks.metrics.zlib_entropy(texts) or a reference model's losses"
-        )
-    if reference is not None:
-        check_float_array(
-            reference, "reference", allow_nan=True, hint="; pass one reference loss per sample (NaN: none)"
-        )
-    for arg, fn in (("sample_loss_fn", sample_loss_fn), ("probe_collate_fn", probe_collate_fn)):
+
+
+def _check_probe_args(source: Any, probe_dataset: Any, sample_loss_fn: Any, collate_fn: Any) -> None:
+    for arg, fn in (("sample_loss_fn", sample_loss_fn), ("collate_fn", collate_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"`{arg}` must be a callable or None, got {fn!r}")
-    if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
-        raise ValueError(f"`name` must be letters, digits, '-' or '_', got {name!r}")
     if source == "step" and (probe_dataset is not None or sample_loss_fn is not None):
         raise ValueError(
             "`probe_dataset`/`sample_loss_fn` are used with source='probe' only; got source='step'. "
@@ -150,6 +125,47 @@ def _validate_init(
             )
         if len(probe_dataset) == 0:
             raise ValueError("`probe_dataset` has 0 samples; pass a non-empty dataset to evaluate")
+
+
+def _validate_init(
+    *,
+    source: Any,
+    num_samples: Any,
+    loss_key: Any,
+    index_key: Any,
+    correct_key: Any,
+    probe_dataset: Any,
+    num_probes: Any,
+    seed: Any,
+    sample_loss_fn: Any,
+    batch_size: Any,
+    collate_fn: Any,
+    memory_budget_bytes: Any,
+    num_top: Any,
+    score: Any,
+    reference: Any,
+) -> None:
+    """Every argument check of :class:`LossTrajectoryTracker` (the dtype is checked by the store)."""
+    check_choice("source", source, _SOURCES)
+    if num_samples is not None:
+        check_int("num_samples", num_samples, minimum=1, hint="or None to use the training dataset's length")
+    _check_keys(loss_key, index_key, correct_key)
+    check_int("num_probes", num_probes, minimum=1, hint="the size of the random probe subset")
+    check_seed("seed", seed)
+    check_int("batch_size", batch_size, minimum=1)
+    check_memory_budget(memory_budget_bytes)
+    check_int("num_top", num_top, minimum=0, hint="use 0 to emit no table at fit end")
+    check_choice("score", score, MEMORISATION_SCORES)
+    if score == "calibrated_loss" and reference is None:
+        raise ValueError(
+            "`score='calibrated_loss'` needs `reference=`: one reference loss per training sample (dataset "
+            "index order), e.g. memcallbacks.metrics.zlib_entropy(texts) or a reference model's losses"
+        )
+    if reference is not None:
+        check_float_array(
+            reference, "reference", allow_nan=True, hint="; pass one reference loss per sample (NaN: none)"
+        )
+    _check_probe_args(source, probe_dataset, sample_loss_fn, collate_fn)
 
 
 class LossTrajectoryTracker(MemorisationCallback):
@@ -210,17 +226,17 @@ class LossTrajectoryTracker(MemorisationCallback):
         correct_key: key of the optional per-sample correctness ``[B]`` (bool); enables forgetting
             events and learned epochs.
         probe_dataset: probe mode: the dataset to evaluate (``(x, y)`` items for the default loss);
-            default: a seeded random subset of the training dataset of ``probe_size`` items.
-        probe_size: size of the random probe subset.
-        probe_seed: seed of the random probe subset.
+            default: a seeded random subset of the training dataset of ``num_probes`` items.
+        num_probes: size of the random probe subset.
+        seed: seed of the random probe subset.
         sample_loss_fn: probe mode: ``(module, batch) -> Tensor[B]`` or ``(Tensor[B], BoolTensor[B])``;
             default per-sample cross-entropy with correctness.
-        probe_batch_size: batch size of the probe evaluation.
-        probe_collate_fn: collate function of the probe loader.
+        batch_size: batch size of the probe evaluation.
+        collate_fn: collate function of the probe loader.
         every_n_epochs: record every n-th epoch.
         dtype: ``"float16"`` (default) or ``"float32"`` storage.
         memory_budget_bytes: beyond this the store keeps epochs on disk, memory-mapped.
-        top_k: rows of the most-memorised table emitted at fit end.
+        num_top: rows of the most-memorised table emitted at fit end.
         score: default ranking of :meth:`most_memorised` and of the fit-end table:
             ``"mean_loss"`` (default; classifiers), ``"calibrated_loss"`` (language models, with
             ``reference``), ``"min_loss"`` (language models), ``"low_loss"`` or ``"loss_drop"``
@@ -232,7 +248,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             per-sample losses (in fine-tuning: the pre-trained model's). NaN: no reference (the
             sample ranks last). Not saved in checkpoints: pass it again when resuming.
         name: distinguishes two trackers in one Trainer: sub-folder ``trajectory_<name>`` and keys
-            ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``).
+            ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``); ``history`` keeps the plain keys.
         run_dir: root folder instead of ``<trainer.log_dir>/memcallbacks``.
         log_per_sample: allow sending the per-sample table to third-party loggers.
 
@@ -250,7 +266,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         >>> tracker.most_memorised(10)  # sample indices, most memorised first  # doctest: +SKIP
     """
 
-    suffix_keys_with_name = False  # the tracker spells ``/<name>`` into its keys itself
+    subdir = "trajectory"
 
     def __init__(
         self,
@@ -261,42 +277,42 @@ class LossTrajectoryTracker(MemorisationCallback):
         index_key: str = "sample_index",
         correct_key: str | None = "sample_correct",
         probe_dataset: Dataset[Any] | None = None,
-        probe_size: int = 1024,
-        probe_seed: int = 0,
+        num_probes: int = 1024,
+        seed: int = 0,
         sample_loss_fn: Callable[[Any, Any], Any] | None = None,
-        probe_batch_size: int = 256,
-        probe_collate_fn: Callable[[list[Any]], Any] | None = None,
+        batch_size: int = 256,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
         every_n_epochs: int = 1,
         dtype: Any = "float16",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-        top_k: int = 20,
+        num_top: int = 20,
         score: str = "mean_loss",
         reference: Any = None,
         name: str | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample)
+        super().__init__(
+            every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample, name=name
+        )
         _validate_init(
             source=source, num_samples=num_samples, loss_key=loss_key, index_key=index_key,
-            correct_key=correct_key, probe_dataset=probe_dataset, probe_size=probe_size,
-            probe_seed=probe_seed, sample_loss_fn=sample_loss_fn, probe_batch_size=probe_batch_size,
-            probe_collate_fn=probe_collate_fn, memory_budget_bytes=memory_budget_bytes, top_k=top_k,
-            score=score, reference=reference, name=name,
+            correct_key=correct_key, probe_dataset=probe_dataset, num_probes=num_probes,
+            seed=seed, sample_loss_fn=sample_loss_fn, batch_size=batch_size,
+            collate_fn=collate_fn, memory_budget_bytes=memory_budget_bytes, num_top=num_top,
+            score=score, reference=reference,
         )  # fmt: skip
-        self.source, self.num_samples, self.name, self.score = source, num_samples, name, score
+        self.source, self.num_samples, self.score = source, num_samples, score
         self.reference = (
             None if reference is None else check_float_array(reference, "reference", allow_nan=True)
         )
         self._row_reference: np.ndarray | None = None  # reference[sample_ids], set with the samples
         self.loss_key, self.index_key, self.correct_key = loss_key, index_key, correct_key
-        self.probe_dataset, self.probe_size, self.probe_seed = probe_dataset, int(probe_size), int(probe_seed)
+        self.probe_dataset, self.num_probes, self.seed = probe_dataset, int(num_probes), int(seed)
         self.sample_loss_fn = sample_loss_fn or default_sample_loss_and_correct_fn
-        self.probe_batch_size, self.probe_collate_fn = int(probe_batch_size), probe_collate_fn
+        self.batch_size, self.collate_fn = int(batch_size), collate_fn
         self.dtype = TrajectoryStore(0, dtype=dtype).dtype.name
-        self.memory_budget_bytes, self.top_k = int(memory_budget_bytes), int(top_k)
-        self.subdir = "trajectory" if name is None else f"trajectory_{name}"
-        self._key_suffix = "" if name is None else f"/{name}"
+        self.memory_budget_bytes, self.num_top = int(memory_budget_bytes), int(num_top)
         self.store: TrajectoryStore | None = None
         self.recorded_epochs: list[int] = []
         self._sample_ids: np.ndarray | None = None
@@ -308,7 +324,6 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._has_correct: bool | None = None
         self._steps: list[_Step] = []
         self._checked = 0
-        self._warned: set[str] = set()
 
     # -- identity (resume contract) ---------------------------------------------------------------
     def _state_key_args(self) -> dict[str, Any]:
@@ -321,7 +336,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             "dtype": self.dtype,
         }
         if self.source == "probe" and self.probe_dataset is None:
-            measured.update(probe_seed=self.probe_seed, probe_size=self.probe_size)
+            measured.update(seed=self.seed, num_probes=self.num_probes)
         return measured
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -411,7 +426,7 @@ class LossTrajectoryTracker(MemorisationCallback):
                     )
                 if len(train) == 0:
                     raise ValueError("the training dataset has 0 samples; no probe subset can be drawn")
-                probe, ids = random_subset(train, self.probe_size, seed=self.probe_seed)
+                probe, ids = random_subset(train, self.num_probes, seed=self.seed)
             else:
                 if isinstance(probe, IndexedDataset):
                     probe = probe.dataset
@@ -546,16 +561,67 @@ class LossTrajectoryTracker(MemorisationCallback):
             "HINT: or use LossTrajectoryTracker(source='probe') to evaluate a probe set instead."
         )
 
-    # -- once per epoch ---------------------------------------------------------------------------
-    def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.is_due(trainer) or self.store is None:
-            return
+    # -- the evaluation cycle (see MemorisationCallback) -------------------------------------------
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> _Epoch | None:
+        """Record this epoch's column (gathered across ranks) in the store; ``None`` before set-up."""
+        if self.store is None:
+            return None
         if self.source == "step":
             index, loss, correct = self._take_step_buffers(pl_module)
-            self._record(trainer, pl_module, index, loss, correct, gathered=False)
+            rows = self._to_host(trainer, pl_module, index, loss, correct, gathered=False)
         else:
             index, loss, correct = self._evaluate_probe(trainer, pl_module)
-            self._record(trainer, pl_module, index, loss, correct, gathered=True)
+            rows = self._to_host(trainer, pl_module, index, loss, correct, gathered=True)
+        idx, losses, corr = rows
+        self._check_indices(idx)
+        idx, losses, corr, unexpected = self._first_visits(trainer, idx, losses, corr)
+        epoch = self._column(idx, losses, corr)
+        epoch.duplicates = unexpected
+        self.store.append(epoch.column, epoch.correct)
+        self.recorded_epochs.append(int(trainer.current_epoch))
+        if epoch.nonfinite:
+            rank_zero_warn(
+                f"LossTrajectoryTracker: {epoch.nonfinite} sample loss(es) were NaN/inf at epoch "
+                f"{trainer.current_epoch}; stored as NaN (not visited) and counted in mem/traj/nonfinite"
+            )
+        epoch.stats = self.store.statistics()
+        return epoch
+
+    def metrics(self, result: _Epoch) -> dict[str, float]:
+        """This epoch's scalars, every key spelled out (a named tracker logs them with ``/<name>``)."""
+        assert self.store is not None
+        assert result.stats is not None
+        column, correct, visited, stats = result.column, result.correct, result.visited, result.stats
+        n = column.shape[0]
+        seen = stats.count > 0
+        nan = float("nan")
+        out: dict[str, float] = {
+            "mem/traj/loss_mean": float(column[visited].mean()) if visited.size else nan,
+            "mem/traj/loss_std_mean": float(stats.std[seen].mean()) if seen.any() else nan,
+            "mem/traj/unlearned_frac": unlearned_fraction(stats),
+            "mem/traj/visited_frac": float(visited.size / n) if n else nan,
+            "mem/traj/nonfinite": float(result.nonfinite),
+            "mem/traj/duplicates": float(result.duplicates),
+            "mem/traj/clipped": float(self.store.clipped_last_epoch),
+            "mem/traj/score_max": float(np.nanmax(stats.mean)) if seen.any() else nan,
+            "mem/traj/epochs": float(self.store.num_epochs),
+        }
+        if stats.forgetting_events is not None:
+            out["mem/traj/forgetting_mean"] = (
+                float(stats.forgetting_events[seen].mean()) if seen.any() else nan
+            )
+            if correct is not None and visited.size:
+                out["mem/traj/correct_frac"] = float(correct[visited].mean())
+        return out
+
+    def write_files(self, result: _Epoch) -> None:
+        """``statistics.npz`` and ``trajectory.json`` (the epoch files are written by the store)."""
+        self._write_summary(result.stats, durable=False)  # derived from the epoch files; synced at fit end
+
+    def records(self, result: _Epoch) -> list[loggers.Record]:
+        """A histogram of this epoch's finite losses."""
+        values = result.column[result.visited].astype(np.float32)
+        return [loggers.Histogram(key="mem/traj/loss_histogram", values=values, epoch=self.last_epoch_done)]
 
     def _take_step_buffers(
         self, pl_module: pl.LightningModule
@@ -587,17 +653,12 @@ class LossTrajectoryTracker(MemorisationCallback):
             pl_module,
             self._probe,
             self.sample_loss_fn,
-            batch_size=self.probe_batch_size,
-            collate_fn=self.probe_collate_fn,
+            batch_size=self.batch_size,
+            collate_fn=self.collate_fn,
         )
         return torch.arange(loss.shape[0]), loss, correct
 
-    def _warn_once(self, kind: str, message: str) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            rank_zero_warn(message)
-
-    def _record(
+    def _to_host(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
@@ -606,54 +667,69 @@ class LossTrajectoryTracker(MemorisationCallback):
         correct: torch.Tensor | None,
         *,
         gathered: bool,
-    ) -> None:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(indices, losses, correct or None)`` of every rank, on the host (one gather under DDP)."""
         assert self.store is not None
-        n = self.store.num_samples
-        ws = world_size(trainer)
-        if gathered or ws == 1:
+        if gathered or world_size(trainer) == 1:
             idx = index.cpu().numpy().astype(np.int64, copy=False)
             losses = loss.detach().cpu().numpy().astype(np.float64)
             corr = None if correct is None else correct.cpu().numpy().astype(bool)
-        else:  # one gather of (index, loss, correct) rows; correct = -1 where unknown
-            known = (
-                correct.double() if correct is not None else torch.full_like(loss, -1.0, dtype=torch.float64)
+            return idx, losses, corr
+        # one gather of (index, loss, correct) rows; correct = -1 where unknown
+        known = correct.double() if correct is not None else torch.full_like(loss, -1.0, dtype=torch.float64)
+        packed = torch.stack([index.double(), loss.double(), known.to(loss.device)], dim=1)
+        rows = gather_concat(trainer, packed.to(pl_module.device)).cpu().numpy()  # the one host transfer
+        idx, losses = rows[:, 0].astype(np.int64), rows[:, 1]
+        corr = rows[:, 2] > 0.5 if rows.shape[0] and (rows[:, 2] >= 0).all() else None
+        if rows.shape[0] == 0 and self.store.has_correct:
+            corr = np.zeros(0, dtype=bool)
+        return idx, losses, corr
+
+    def _check_indices(self, idx: np.ndarray) -> None:
+        assert self.store is not None
+        if not idx.size:
+            return
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0:
+            raise ValueError(
+                f"sample indices must be >= 0, got {low} in `{self.index_key}`; return the indices of "
+                "IndexedDataset (split_index(batch)) unchanged"
             )
-            packed = torch.stack([index.double(), loss.double(), known.to(loss.device)], dim=1)
-            rows = gather_concat(trainer, packed.to(pl_module.device)).cpu().numpy()  # the one host transfer
-            idx, losses = rows[:, 0].astype(np.int64), rows[:, 1]
-            corr = rows[:, 2] > 0.5 if rows.shape[0] and (rows[:, 2] >= 0).all() else None
-            if rows.shape[0] == 0 and self.store.has_correct:
-                corr = np.zeros(0, dtype=bool)
-        if idx.size:
-            low, high = int(idx.min()), int(idx.max())
-            if low < 0:
-                raise ValueError(
-                    f"sample indices must be >= 0, got {low} in `{self.index_key}`; return the indices of "
-                    "IndexedDataset (split_index(batch)) unchanged"
-                )
-            if high >= n:
-                raise ValueError(
-                    f"sample index {high} in `{self.index_key}` is >= num_samples={n}; pass "
-                    f"`num_samples=` larger than the largest index, or make sure IndexedDataset wraps the "
-                    "training dataset the tracker sizes itself from"
-                )
-        # each index keeps its first record of the epoch; an O(N) bincount tells whether any repeats
+        if high >= self.store.num_samples:
+            raise ValueError(
+                f"sample index {high} in `{self.index_key}` is >= num_samples={self.store.num_samples}; pass "
+                f"`num_samples=` larger than the largest index, or make sure IndexedDataset wraps the "
+                "training dataset the tracker sizes itself from"
+            )
+
+    def _first_visits(
+        self, trainer: pl.Trainer, idx: np.ndarray, losses: np.ndarray, corr: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """Each index keeps its first record of the epoch; returns the rows and the unexpected repeats."""
+        assert self.store is not None
+        n = self.store.num_samples
+        # an O(N) bincount tells whether any index repeats
         duplicates = int(idx.size - np.count_nonzero(np.bincount(idx, minlength=n))) if idx.size else 0
         if duplicates:
             _, first = np.unique(idx, return_index=True)
             first.sort()
             idx, losses = idx[first], losses[first]
             corr = None if corr is None else corr[first]
-        unexpected = max(duplicates - (ws - 1), 0)  # DistributedSampler pads with at most ws - 1 repeats
+        unexpected = max(duplicates - (world_size(trainer) - 1), 0)  # DistributedSampler pads <= ws - 1
         if unexpected:
-            self._warn_once(
+            self.warn_once(
                 "duplicates",
                 f"LossTrajectoryTracker: {unexpected} sample index(es) arrived more than once in epoch "
                 f"{trainer.current_epoch}; the first loss of each is kept (counted in mem/traj/duplicates). "
                 "A sampler that repeats samples, or a mid-epoch resume that restarts the DataLoader, does this",
             )
+        return idx, losses, corr, unexpected
+
+    def _column(self, idx: np.ndarray, losses: np.ndarray, corr: np.ndarray | None) -> _Epoch:
+        """This epoch's store column (NaN = not visited or non-finite) and correctness column."""
+        assert self.store is not None
+        n = self.store.num_samples
         finite = np.isfinite(losses)
-        nonfinite = int(idx.size - np.count_nonzero(finite))
         column = np.full(n, np.nan, dtype=np.float64)
         column[idx] = np.where(finite, losses, np.nan)
         correct_known = corr is not None if idx.size else bool(self.store.has_correct)
@@ -664,67 +740,16 @@ class LossTrajectoryTracker(MemorisationCallback):
                 correct_column[idx] = corr
         if self.store.has_correct is not None and self.store.has_correct != correct_known:
             raise ValueError(
-                f"per-sample correctness was {'recorded' if self.store.has_correct else 'absent'} at earlier epochs "
-                f"but is {'present' if correct_known else 'absent'} now; return `{self.correct_key}` every epoch or never"
+                f"per-sample correctness was {'recorded' if self.store.has_correct else 'absent'} at earlier "
+                f"epochs but is {'present' if correct_known else 'absent'} now; return `{self.correct_key}` "
+                "every epoch or never"
             )
-        self.store.append(column, correct_column)
-        self.recorded_epochs.append(int(trainer.current_epoch))
-        if nonfinite:
-            rank_zero_warn(
-                f"LossTrajectoryTracker: {nonfinite} sample loss(es) were NaN/inf at epoch {trainer.current_epoch}; "
-                "stored as NaN (not visited) and counted in mem/traj/nonfinite"
-            )
-        stats = self.store.statistics()
-        if trainer.is_global_zero:  # first, so the write overlaps the metrics and logging below
-            self._write_summary(stats, durable=False)  # derived from the epoch files; synced at fit end
-        visited = idx[finite]
-        metrics = self._metrics(column, correct_column, visited, nonfinite, unexpected, stats)
-        self.log_metrics(pl_module, metrics)
-        if trainer.is_global_zero:
-            self.emit(
-                trainer,
-                loggers.Histogram(
-                    key="mem/traj/loss_histogram" + self._key_suffix,
-                    values=column[visited].astype(np.float32),
-                    epoch=int(trainer.current_epoch),
-                ),
-            )
-
-    def _metrics(
-        self,
-        column: np.ndarray,
-        correct: np.ndarray | None,
-        visited: np.ndarray,
-        nonfinite: int,
-        duplicates: int,
-        stats: TrajectoryStatistics,
-    ) -> dict[str, float]:
-        """This epoch's scalars; every key spelled out (a named tracker appends ``/<name>``)."""
-        assert self.store is not None
-        sfx, n = self._key_suffix, column.shape[0]
-        seen = stats.count > 0
-        nan = float("nan")
-        out: dict[str, float] = {
-            "mem/traj/loss_mean" + sfx: float(column[visited].mean()) if visited.size else nan,
-            "mem/traj/loss_std_mean" + sfx: float(stats.std[seen].mean()) if seen.any() else nan,
-            "mem/traj/unlearned_frac" + sfx: unlearned_fraction(stats),
-            "mem/traj/visited_frac" + sfx: float(visited.size / n) if n else nan,
-            "mem/traj/nonfinite" + sfx: float(nonfinite),
-            "mem/traj/duplicates" + sfx: float(duplicates),
-            "mem/traj/clipped" + sfx: float(self.store.clipped_last_epoch),
-            "mem/traj/score_max" + sfx: float(np.nanmax(stats.mean)) if seen.any() else nan,
-            "mem/traj/epochs" + sfx: float(self.store.num_epochs),
-        }
-        if stats.forgetting_events is not None:
-            out["mem/traj/forgetting_mean" + sfx] = (
-                float(stats.forgetting_events[seen].mean()) if seen.any() else nan
-            )
-            if correct is not None and visited.size:
-                out["mem/traj/correct_frac" + sfx] = float(correct[visited].mean())
-        return out
+        nonfinite = int(idx.size - np.count_nonzero(finite))
+        return _Epoch(column=column, correct=correct_column, visited=idx[finite], nonfinite=nonfinite)
 
     def _write_summary(self, stats: TrajectoryStatistics | None = None, *, durable: bool = True) -> None:
-        assert self.store is not None and self._sample_ids is not None
+        assert self.store is not None
+        assert self._sample_ids is not None
         if stats is None:
             stats = self.store.statistics()
         arrays: dict[str, Any] = {
@@ -776,11 +801,11 @@ class LossTrajectoryTracker(MemorisationCallback):
             return
         # the epoch-end summaries were replaced without waiting for the disk: make the last one durable
         self.write_in_background(rundir.sync_trajectory_summary, self.run_dir)
-        if self.top_k == 0:
+        if self.num_top == 0:
             return
         stats = self.store.statistics()
         score = memorisation_score(stats, by=self.score, reference=self._row_reference)
-        rows_idx = top_k(score, self.top_k, tiebreak=stats.variability)
+        rows_idx = top_k(score, self.num_top, tiebreak=stats.variability)
         rows_idx = rows_idx[stats.count[rows_idx] > 0]
         traj = self.store.trajectories(rows_idx)
         assert self._sample_ids is not None
@@ -797,7 +822,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         self.emit(
             trainer,
             loggers.Table(
-                key="mem/traj/most_memorised" + self._key_suffix,
+                key="mem/traj/most_memorised",
                 columns=["sample_id", "score", "variability", "forgetting_events", "trajectory"],
                 rows=rows,
                 epoch=int(trainer.current_epoch),

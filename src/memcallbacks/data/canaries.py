@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from memcallbacks.utilities.validation import check_int, check_seed, is_int
 
-__all__ = ["Canary", "CanarySet", "CharTokenizer", "DIGITS", "encoder_of"]
+__all__ = ["Canary", "CanarySet", "CharTokenizer", "DIGITS", "ListDataset", "encoder_of"]
 
 DIGITS = "0123456789"
 SECRET_SLOT = "{secret}"
@@ -574,7 +574,7 @@ class CanarySet:
             start = base + len(items)
             items.extend([item] * canary.repetitions)
             self.injected_indices[canary.id] = list(range(start, start + canary.repetitions))
-        return ConcatDataset([dataset, _ListDataset(items)])  # type: ignore[list-item]
+        return ConcatDataset([dataset, ListDataset(items)])  # type: ignore[list-item]
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -660,7 +660,18 @@ def _validate_init(
         check_int("length", length, minimum=1)
 
 
-class _ListDataset(Dataset[Any]):
+class ListDataset(Dataset[Any]):
+    """A map-style dataset over a list of items (the canary copies appended to a training set).
+
+    Args:
+        items: the items, returned as they are by ``dataset[i]``.
+
+    Example:
+        >>> ds = ListDataset(["a", "b"])
+        >>> len(ds), ds[1]
+        (2, 'b')
+    """
+
     def __init__(self, items: list[Any]) -> None:
         self.items = items
 

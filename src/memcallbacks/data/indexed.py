@@ -157,6 +157,4 @@ def _looks_like_items(items: Any, n: int) -> bool:
     """The second half of an indexed pair is a collated batch of ``n`` items (or a nested structure)."""
     if isinstance(items, torch.Tensor):
         return items.dim() >= 1 and items.shape[0] == n
-    if isinstance(items, (list, tuple, Mapping)):
-        return True
-    return False
+    return isinstance(items, (list, tuple, Mapping))

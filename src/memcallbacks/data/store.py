@@ -378,14 +378,7 @@ class TrajectoryStore:
             ValueError: ``num_samples`` or ``dtype`` differs from this store's.
             FileNotFoundError: the checkpoint references epoch files that no longer exist.
         """
-        n = int(state.get("num_samples", self.num_samples))
-        if n != self.num_samples:
-            raise ValueError(f"the checkpoint's store has num_samples={n}, this store {self.num_samples}")
-        dtype = str(state.get("dtype", self.dtype.name))
-        if dtype != self.dtype.name:
-            raise ValueError(
-                f"the checkpoint's store has dtype {dtype}, this store {self.dtype.name}; pass dtype={dtype!r}"
-            )
+        self._check_state_matches(state)
         count = int(state.get("num_epochs", 0))
         has = int(state.get("has_correct", -1))
         self.has_correct = None if has < 0 else bool(has)
@@ -393,20 +386,7 @@ class TrajectoryStore:
         self.num_epochs = 0
         self._accumulator = TrajectoryAccumulator(self.num_samples)
         if "losses" in state:
-            losses = np.asarray(torch.as_tensor(state["losses"]).numpy())
-            correct = state.get("correct")
-            correct_np = None if correct is None else np.asarray(torch.as_tensor(correct).numpy())
-            if losses.shape != (self.num_samples, count):
-                raise ValueError(
-                    f"the checkpoint's losses have shape {losses.shape}, expected {(self.num_samples, count)}"
-                )
-            self.discard_files_from(0)
-            has_flag = self.has_correct
-            self.has_correct = None
-            for j in range(count):
-                self.append(losses[:, j], None if correct_np is None else correct_np[:, j])
-            if count == 0:
-                self.has_correct = has_flag
+            self._load_arrays(state, count)
             return
         source = Path(str(state.get("directory", "")))
         if count and not str(state.get("directory", "")):
@@ -417,14 +397,49 @@ class TrajectoryStore:
                     f"the checkpoint references {count} epoch file(s) in {str(source)!r}, but "
                     f"epoch_{j:04d}.npy is missing; restore the run directory next to the checkpoint"
                 )
-        if not self.keep_epochs:
-            # statistics-only store: stream the referenced files, keep nothing
-            for j in range(count):
-                column = load_npy(source / f"epoch_{j:04d}.npy", mmap=True)
-                corr = load_npy(source / f"correct_{j:04d}.npy", mmap=True) if self.has_correct else None
-                self._accumulator.update(np.asarray(column), None if corr is None else np.asarray(corr))
-            self.num_epochs = count
-            return
+        if self.keep_epochs:
+            self._load_directory(source, count)
+        else:
+            self._load_streamed(source, count)
+
+    def _check_state_matches(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint's store of another size or dtype."""
+        n = int(state.get("num_samples", self.num_samples))
+        if n != self.num_samples:
+            raise ValueError(f"the checkpoint's store has num_samples={n}, this store {self.num_samples}")
+        dtype = str(state.get("dtype", self.dtype.name))
+        if dtype != self.dtype.name:
+            raise ValueError(
+                f"the checkpoint's store has dtype {dtype}, this store {self.dtype.name}; pass dtype={dtype!r}"
+            )
+
+    def _load_arrays(self, state: dict[str, Any], count: int) -> None:
+        """Restore from the arrays a checkpoint holds (an in-memory store)."""
+        losses = np.asarray(torch.as_tensor(state["losses"]).numpy())
+        correct = state.get("correct")
+        correct_np = None if correct is None else np.asarray(torch.as_tensor(correct).numpy())
+        if losses.shape != (self.num_samples, count):
+            raise ValueError(
+                f"the checkpoint's losses have shape {losses.shape}, expected {(self.num_samples, count)}"
+            )
+        self.discard_files_from(0)
+        has_flag = self.has_correct
+        self.has_correct = None
+        for j in range(count):
+            self.append(losses[:, j], None if correct_np is None else correct_np[:, j])
+        if count == 0:
+            self.has_correct = has_flag
+
+    def _load_streamed(self, source: Path, count: int) -> None:
+        """Statistics-only store: stream the referenced epoch files into the accumulator, keep nothing."""
+        for j in range(count):
+            column = load_npy(source / f"epoch_{j:04d}.npy", mmap=True)
+            corr = load_npy(source / f"correct_{j:04d}.npy", mmap=True) if self.has_correct else None
+            self._accumulator.update(np.asarray(column), None if corr is None else np.asarray(corr))
+        self.num_epochs = count
+
+    def _load_directory(self, source: Path, count: int) -> None:
+        """Take the referenced epoch files into this store's directory (linked or copied), then reload."""
         if self.directory is None:
             self.directory = source
         target = self.directory

@@ -11,7 +11,7 @@ into which secret canaries ``"my pin is NNNNNN."`` are inserted 1-32 times (Carl
 canary sentences vs fresh canaries never trained on, ``name="canaries"``),
 :class:`~memcallbacks.CanaryExposureMonitor`, :class:`~memcallbacks.PrivacyAuditMonitor`,
 :class:`~memcallbacks.LeakageEarlyStopping` and, with ``--dp``,
-:class:`~memcallbacks.DPEpsilonLogger`. Metrics go to an offline W&B run and CSV (or the
+:class:`~memcallbacks.DPEpsilonMonitor`. Metrics go to an offline W&B run and CSV (or the
 loggers asked for); at the end the report is written from the run directory.
 """
 
@@ -24,6 +24,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,28 +218,8 @@ def run_demo(
         >>> sorted(result["exposure_by_count"])  # doctest: +SKIP
         [1, 2, 4, 8, 16, 32]
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.profilers import SimpleProfiler
 
-    from memcallbacks import (
-        CanaryExposureMonitor,
-        CanarySet,
-        CharTokenizer,
-        LeakageEarlyStopping,
-        LossTrajectoryTracker,
-        MembershipInferenceMonitor,
-        PrivacyAuditMonitor,
-        SequenceMemorisationMonitor,
-    )
-    from memcallbacks.demos.toy import (
-        DPWindowLM,
-        TokenDataset,
-        WindowLM,
-        collate_tokens,
-        lm_loader,
-        make_payment_corpus,
-    )
-    from memcallbacks.metrics import zlib_entropy
     from memcallbacks.utilities.validation import check_bool, check_choice, check_int, check_real, check_seed
 
     epochs = check_int("epochs", epochs, minimum=1)
@@ -247,9 +228,8 @@ def run_demo(
         check_choice("loggers", name, ("wandb", "tensorboard", "mlflow", "csv")) for name in loggers
     )
     dp = check_bool("dp", dp)
-    stop_bits = (
-        None if stop_bits is None else check_real("stop_bits", stop_bits, hint="or None for no stopping")
-    )
+    if stop_bits is not None:
+        stop_bits = check_real("stop_bits", stop_bits, hint="or None for no stopping")
     seed = check_seed("seed", seed)
     report = check_bool("report", report)
     audit_canaries = check_int("audit_canaries", audit_canaries, minimum=2)
@@ -263,134 +243,229 @@ def run_demo(
     t0 = time.perf_counter()
     with _quiet():
         pl.seed_everything(seed, workers=True, verbose=False)
-        tok = CharTokenizer()
-        corpus = make_payment_corpus(sentences + 1000, seed=seed)
-        train_texts, heldout_texts = corpus[:sentences], corpus[sentences:]
-        canaries = CanarySet(
-            "my pin is {secret}.", tok, repetitions=(1, 2, 4, 8, 16, 32), per_count=2, seed=seed
+        demo = _build(
+            run_dir,
+            sentences=sentences,
+            dp=dp,
+            seed=seed,
+            audit_canaries=audit_canaries,
+            batch_size=batch_size,
         )
-        audit_set = CanarySet(
-            "my code is {secret}.", tok, repetitions=(1,), per_count=audit_canaries, seed=seed + 1
-        )
-        audit = PrivacyAuditMonitor(audit_set, seed=seed, delta=1e-5 if dp else 0.0, run_dir=run_dir)
-        texts: Any = audit.inject(canaries.inject(train_texts))
-
-        loader: Any = lm_loader(texts, tok, batch_size=batch_size, shuffle=True)
-        if dp:
-            from opacus.data_loader import DPDataLoader
-
-            # Poisson sampling, which the accountant assumes
-            loader = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed))
-            model: pl.LightningModule = DPWindowLM(tok.vocab_size, noise_multiplier=1.0, max_grad_norm=1.0)
-        else:
-            model = WindowLM(tok.vocab_size)
-
-        exposure = CanaryExposureMonitor(
-            canaries, method="extrapolated", num_references=5000, run_dir=run_dir
-        )
-        members = TokenDataset(train_texts[:1000], tok)
-        nonmembers = TokenDataset(heldout_texts, tok)
-        mia = MembershipInferenceMonitor(
-            members, nonmembers, sample_loss_fn=lm_sample_loss, collate_fn=collate_tokens, run_dir=run_dir
-        )
-        # language models: a memorised sequence has a *low* loss, but so has templated text; rank by the
-        # lowest loss reached below a reference that was not trained on it, the text's zlib entropy
-        # (nats per character, the units of the per-character mean loss the model returns)
-        tracker = LossTrajectoryTracker(
-            source="step",
-            correct_key=None,
-            score="calibrated_loss",
-            reference=zlib_entropy([texts[i] for i in range(len(texts))]),
-            run_dir=run_dir,
-        )
-        # extraction of the first 32 tokens of training text (16-token prompt, 16-token continuation)
-        # against held-out text, and of the canaries' secrets ("my pin is " + BOS = 11 tokens,
-        # "NNNNNN." = 7) against fresh canaries of the same format that were never trained on
-        fresh = [canaries.format.format(secret=c) for c in canaries.sample_references(200, seed=seed + 2)]
-        sequence = SequenceMemorisationMonitor(
-            members,
-            TokenDataset(heldout_texts[:1000], tok),
-            prefix_len=16,
-            suffix_len=16,
-            num_probe=500,  # of each; greedy decoding of 1,000 + 1,000 would double the demo's monitor time
-            tokenizer=tok,
-            batch_size=256,
-            run_dir=run_dir,
-        )
-        canary_sequence = SequenceMemorisationMonitor(
-            TokenDataset([c.text for c in canaries], tok),
-            TokenDataset(fresh, tok),
-            prefix_len=11,
-            suffix_len=7,
-            tokenizer=tok,
-            batch_size=256,
-            name="canaries",
-            run_dir=run_dir,
-        )
-        callbacks: list[Any] = [tracker, mia, sequence, canary_sequence, exposure, audit]
-        dp_logger = None
-        if dp:
-            from memcallbacks import DPEpsilonLogger
-
-            dp_logger = DPEpsilonLogger(delta=1e-5, run_dir=run_dir)
-            callbacks.append(dp_logger)
-        stopper = None
         if stop_bits is not None:
-            stopper = LeakageEarlyStopping.exposure(bits=stop_bits, restore="best_safe", run_dir=run_dir)
-            callbacks.append(stopper)
-        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints")))
-
+            demo.stopper = _stopper(stop_bits, run_dir)
+            demo.callbacks.append(demo.stopper)
         profiler = SimpleProfiler(dirpath=str(out), filename="profile")  # writes fit-profile.txt
         logger_objects = _loggers(loggers, out)
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=logger_objects,
-            callbacks=callbacks,
-            default_root_dir=str(out),
-            profiler=profiler,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            log_every_n_steps=10,
-        )
-        t_fit = time.perf_counter()
-        trainer.fit(model, loader)
-        fit_seconds = time.perf_counter() - t_fit
+        fit_seconds = _fit(demo, out, epochs=epochs, loggers=logger_objects, profiler=profiler)
         if "wandb" in loggers:
             import wandb
 
             wandb.finish()  # close the offline run so `wandb sync` sees a complete file
-    cb_seconds = _callback_seconds(profiler)
-
-    results: dict[str, Any] = {
-        "run_dir": run_dir,
-        "seconds": None,
-        "callback_seconds": cb_seconds,
-        "logger_paths": _logger_paths(logger_objects, out),
-        "checkpoints": sorted(str(p) for p in (out / "checkpoints").glob("*.ckpt")),
-        "profile": out / "fit-profile.txt",
-    }
-    results.update(_numbers(run_dir))
-    results["mia_auc"] = float(mia.report.auc) if mia.report is not None else float("nan")
-    results["mia_members"], results["mia_nonmembers"] = len(members), len(nonmembers)
-    results["extraction"] = _extraction(run_dir, [c.repetitions for c in canaries])
-    results["canary_top1"] = _canary_top1(run_dir)
-    results["dp_epsilon"] = (
-        float(dp_logger.history[-1]["epsilon"]) if dp_logger is not None and dp_logger.history else None
-    )
+    results = _results(demo, run_dir, out, logger_objects, _callback_seconds(profiler))
     results["stop_bits"] = stop_bits
-    results["stopped_reason"] = stopper.reason if stopper is not None else None
-    results["restored_epoch"] = _restored(run_dir)
-    if results["restored_epoch"] is not None:
-        results.update(_numbers(run_dir, epoch=results["restored_epoch"], prefix="kept_"))
-
     if report:
         from memcallbacks.report import build_report
 
         results["report"] = build_report(run_dir)
     results["seconds"] = time.perf_counter() - t0
     _print_summary(results, loggers, out, fit_seconds)
+    return results
+
+
+@dataclass
+class _Demo:
+    """What one demo run builds: the training texts, the model and its loader, the monitors."""
+
+    texts: Any
+    canaries: Any
+    members: Any
+    nonmembers: Any
+    model: Any
+    loader: Any
+    mia: Any
+    callbacks: list[Any]
+    dp_monitor: Any = None
+    stopper: Any = None
+
+
+def _build(
+    run_dir: Path, *, sentences: int, dp: bool, seed: int, audit_canaries: int, batch_size: int
+) -> _Demo:
+    """The generated corpus with both canary sets inserted, its loader, the model, and every monitor."""
+    from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, PrivacyAuditMonitor
+    from memcallbacks.demos.toy import DPWindowLM, TokenDataset, WindowLM, make_payment_corpus
+
+    tok = CharTokenizer()
+    corpus = make_payment_corpus(sentences + 1000, seed=seed)
+    train_texts, heldout_texts = corpus[:sentences], corpus[sentences:]
+    canaries = CanarySet("my pin is {secret}.", tok, repetitions=(1, 2, 4, 8, 16, 32), per_count=2, seed=seed)
+    audit_set = CanarySet(
+        "my code is {secret}.", tok, repetitions=(1,), per_count=audit_canaries, seed=seed + 1
+    )
+    audit = PrivacyAuditMonitor(audit_set, seed=seed, delta=1e-5 if dp else 0.0, run_dir=run_dir)
+    texts: Any = audit.inject(canaries.inject(train_texts))
+    loader = _loader(texts, tok, dp=dp, seed=seed, batch_size=batch_size)
+    if dp:
+        model: pl.LightningModule = DPWindowLM(tok.vocab_size, noise_multiplier=1.0, max_grad_norm=1.0)
+    else:
+        model = WindowLM(tok.vocab_size)
+    exposure = CanaryExposureMonitor(canaries, method="extrapolated", num_references=5000, run_dir=run_dir)
+    members = TokenDataset(train_texts[:1000], tok)
+    nonmembers = TokenDataset(heldout_texts, tok)
+    demo = _Demo(texts, canaries, members, nonmembers, model, loader, mia=None, callbacks=[])
+    demo.mia = _mia(demo, run_dir)
+    demo.callbacks = [
+        _tracker(texts, run_dir),
+        demo.mia,
+        *_sequence_monitors(canaries, members, heldout_texts, tok, run_dir, seed),
+        exposure,
+        audit,
+    ]
+    if dp:
+        from memcallbacks import DPEpsilonMonitor
+
+        demo.dp_monitor = DPEpsilonMonitor(delta=1e-5, run_dir=run_dir)
+        demo.callbacks.append(demo.dp_monitor)
+    return demo
+
+
+def _stopper(stop_bits: float, run_dir: Path) -> Any:
+    """Stop once ``mem/canary/exposure_max`` exceeds ``stop_bits`` and restore the last safe weights."""
+    from memcallbacks import LeakageEarlyStopping
+
+    return LeakageEarlyStopping.exposure(bits=stop_bits, restore="best_safe", run_dir=run_dir)
+
+
+def _loader(texts: Any, tok: Any, *, dp: bool, seed: int, batch_size: int) -> Any:
+    """The training loader; with DP-SGD, Poisson sampling (which the accountant assumes)."""
+    from memcallbacks.demos.toy import lm_loader
+
+    loader: Any = lm_loader(texts, tok, batch_size=batch_size, shuffle=True)
+    if dp:
+        from opacus.data_loader import DPDataLoader
+
+        loader = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed))
+    return loader
+
+
+def _mia(demo: _Demo, run_dir: Path) -> Any:
+    """The membership monitor: 1,000 training texts against the held-out texts."""
+    from memcallbacks import MembershipInferenceMonitor
+    from memcallbacks.demos.toy import collate_tokens
+
+    return MembershipInferenceMonitor(
+        demo.members,
+        demo.nonmembers,
+        sample_loss_fn=lm_sample_loss,
+        collate_fn=collate_tokens,
+        run_dir=run_dir,
+    )
+
+
+def _tracker(texts: Any, run_dir: Path) -> Any:
+    """The trajectory tracker, ranking by ``calibrated_loss``.
+
+    Language models: a memorised sequence has a *low* loss, but so has templated text; rank by the
+    lowest loss reached below a reference that was not trained on it, the text's zlib entropy (nats
+    per character, the units of the per-character mean loss the model returns).
+    """
+    from memcallbacks import LossTrajectoryTracker
+    from memcallbacks.metrics import zlib_entropy
+
+    return LossTrajectoryTracker(
+        source="step",
+        correct_key=None,
+        score="calibrated_loss",
+        reference=zlib_entropy([texts[i] for i in range(len(texts))]),
+        run_dir=run_dir,
+    )
+
+
+def _sequence_monitors(
+    canaries: Any, members: Any, heldout_texts: Sequence[str], tok: Any, run_dir: Path, seed: int
+) -> list[Any]:
+    """The two sequence monitors.
+
+    Extraction of the first 32 tokens of training text (16-token prompt, 16-token continuation)
+    against held-out text, and of the canaries' secrets ("my pin is " + BOS = 11 tokens,
+    "NNNNNN." = 7) against fresh canaries of the same format that were never trained on.
+    """
+    from memcallbacks import SequenceMemorisationMonitor
+    from memcallbacks.demos.toy import TokenDataset
+
+    fresh = [canaries.format.format(secret=c) for c in canaries.sample_references(200, seed=seed + 2)]
+    sequence = SequenceMemorisationMonitor(
+        members,
+        TokenDataset(heldout_texts[:1000], tok),
+        prefix_len=16,
+        suffix_len=16,
+        num_probes=500,  # of each; greedy decoding of 1,000 + 1,000 would double the demo's monitor time
+        tokenizer=tok,
+        batch_size=256,
+        run_dir=run_dir,
+    )
+    canary_sequence = SequenceMemorisationMonitor(
+        TokenDataset([c.text for c in canaries], tok),
+        TokenDataset(fresh, tok),
+        prefix_len=11,
+        suffix_len=7,
+        tokenizer=tok,
+        batch_size=256,
+        name="canaries",
+        run_dir=run_dir,
+    )
+    return [sequence, canary_sequence]
+
+
+def _fit(demo: _Demo, out: Path, *, epochs: int, loggers: list[Any], profiler: Any) -> float:
+    """Train with every monitor and a checkpoint per epoch; the seconds ``Trainer.fit`` took."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=loggers,
+        callbacks=[*demo.callbacks, ModelCheckpoint(dirpath=str(out / "checkpoints"))],
+        default_root_dir=str(out),
+        profiler=profiler,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        log_every_n_steps=10,
+    )
+    t_fit = time.perf_counter()
+    trainer.fit(demo.model, demo.loader)
+    return time.perf_counter() - t_fit
+
+
+def _results(
+    demo: _Demo, run_dir: Path, out: Path, logger_objects: Sequence[Any], callback_seconds: dict[str, float]
+) -> dict[str, Any]:
+    """The key numbers, read back from the run directory (and the monitors), and where things are."""
+    results: dict[str, Any] = {
+        "run_dir": run_dir,
+        "seconds": None,
+        "callback_seconds": callback_seconds,
+        "logger_paths": _logger_paths(logger_objects, out),
+        "checkpoints": sorted(str(p) for p in (out / "checkpoints").glob("*.ckpt")),
+        "profile": out / "fit-profile.txt",
+    }
+    results.update(_numbers(run_dir))
+    mia = demo.mia
+    results["mia_auc"] = float(mia.report.auc) if mia.report is not None else float("nan")
+    results["mia_members"], results["mia_nonmembers"] = len(demo.members), len(demo.nonmembers)
+    results["extraction"] = _extraction(run_dir, [c.repetitions for c in demo.canaries])
+    results["canary_top1"] = _canary_top1(run_dir)
+    dp_monitor = demo.dp_monitor
+    results["dp_epsilon"] = (
+        float(dp_monitor.history[-1]["mem/dp/epsilon"])
+        if dp_monitor is not None and dp_monitor.history
+        else None
+    )
+    results["stopped_reason"] = demo.stopper.reason if demo.stopper is not None else None
+    results["restored_epoch"] = _restored(run_dir)
+    if results["restored_epoch"] is not None:
+        results.update(_numbers(run_dir, epoch=results["restored_epoch"], prefix="kept_"))
     return results
 
 
@@ -540,6 +615,11 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
         f"one-run audit epsilon lower bound (95% confidence, after epoch {results.get('audit_epoch')}): "
         f"{results['audit_epsilon_lb']:.3f}"
     )
+    _print_stopping_and_times(results, fit_seconds)
+    _print_where(results, out)
+
+
+def _print_stopping_and_times(results: dict[str, Any], fit_seconds: float) -> None:
     if results.get("dp_epsilon") is not None:
         print(f"DP-SGD epsilon (accountant, delta 1e-5): {results['dp_epsilon']:.3f}")
     if results.get("stop_bits") is None:
@@ -555,6 +635,9 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
     for name, sec in sorted(results["callback_seconds"].items(), key=lambda kv: -kv[1]):
         if sec >= 0.01:
             print(f"  {name:<32s} {sec:7.2f} s  ({100 * sec / max(fit_seconds, 1e-9):4.1f}% of fit)")
+
+
+def _print_where(results: dict[str, Any], out: Path) -> None:
     print(f"\nrun directory: {results['run_dir']}")
     if "report" in results:
         print(f"report:        {results['report']['html']}")

@@ -210,7 +210,7 @@ class CharLSTMLM(_CharLM):
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(self.embedding(token_ids))
-        return self.head(out)  # type: ignore[no-any-return]
+        return self.head(out)
 
     def init_state(self, prefix_ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
         out, state = self.lstm(self.embedding(prefix_ids))
@@ -264,7 +264,7 @@ class WindowLM(_CharLM):
     def _logits_of_windows(self, windows: torch.Tensor) -> torch.Tensor:
         emb = self.embedding(windows)  # [..., context, E]
         flat = emb.reshape(*windows.shape[:-1], -1)
-        return self.head(F.relu(self.hidden(flat)))  # type: ignore[no-any-return]
+        return self.head(F.relu(self.hidden(flat)))
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         padded = F.pad(token_ids, (self.context - 1, 0), value=0)
@@ -288,7 +288,7 @@ class DPWindowLM(WindowLM):
 
     Train it on a Poisson-sampling loader (``opacus.data_loader.DPDataLoader.from_data_loader``);
     :func:`memcallbacks.callbacks.dp.make_private` wraps the module and optimizer and sets
-    ``self.privacy_engine`` for :class:`~memcallbacks.DPEpsilonLogger`.
+    ``self.privacy_engine`` for :class:`~memcallbacks.DPEpsilonMonitor`.
 
     Args:
         vocab_size: number of token ids.
@@ -387,7 +387,7 @@ class MLPClassifier(pl.LightningModule):
         self.lr = lr
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
+        return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         index, (x, y) = split_index(batch, missing_ok=True)  # x is [B, D] float: never taken for an index

@@ -11,7 +11,7 @@ The strategies differ in how they get it:
                    (:func:`~memcallbacks.lm.scoring.score_space_trie`)
 ``extrapolated``   fit a skew-normal to the scores of sampled references (Sec. 4.3), capped at
                    ``log2|R|`` and at what the references prove
-``hybrid``         best-first search (:func:`~memcallbacks.lm.scoring.ranks_best_first`, Sec. 8)
+``hybrid``         best-first search (:func:`~memcallbacks.lm.best_first.ranks_best_first`, Sec. 8)
                    for exact ranks of the exposed canaries within an expansion budget; the
                    others are extrapolated, never above what the budget proves
 =================  ==========================================================================
@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from memcallbacks.data.canaries import CanarySet
+from memcallbacks.lm.best_first import ranks_best_first
 from memcallbacks.lm.scoring import (
     ScoreFn,
     is_incremental,
-    ranks_best_first,
     score_sequences,
     score_shared_prefix,
     score_space_trie,

@@ -8,12 +8,12 @@ memcallbacks:
   each candidate secret only steps through its own tokens, so the shared-prefix trie
   (:func:`memcallbacks.lm.scoring.score_space_trie`, exact exposure over the whole randomness
   space; Carlini et al., "The Secret Sharer", USENIX Security 2019, Sec. 4) and the
-  best-first exact rank (:func:`memcallbacks.lm.scoring.rank_best_first`, Sec. 8 of the same
+  best-first exact rank (:func:`memcallbacks.lm.best_first.rank_best_first`, Sec. 8 of the same
   paper) run on the model without user code. :func:`as_incremental` is the rule the
   exposure monitor applies to find such a model in a LightningModule.
 * :func:`causal_lm_sample_loss_fn` and :func:`token_sample_loss_fn` are per-sample loss
   functions for Hugging Face style dict batches, for when the default (which picks the
-  convention from the shapes, see :func:`memcallbacks.callbacks.probes.default_sample_loss_fn`)
+  convention from the shapes, see :func:`memcallbacks.lm.losses.default_sample_loss_fn`)
   cannot tell.
 
 ``transformers`` is an optional dependency (``pip install memcallbacks[hf]``), imported
@@ -23,23 +23,21 @@ only when a function here needs it; nothing here downloads anything.
 from __future__ import annotations
 
 import copy
-import inspect
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from memcallbacks.lm.losses import causal_lm_sample_loss, check_reduction, hf_forward, output_logits
+from memcallbacks.lm.decoding import greedy_decode
+from memcallbacks.lm.losses import causal_lm_sample_loss, check_reduction, hf_forward
+from memcallbacks.lm.model import find_hf_model, forward_params, is_causal_lm, output_logits
 from memcallbacks.utilities.validation import check_bool
 
 __all__ = [
     "HFIncrementalLM",
     "as_incremental",
     "causal_lm_sample_loss_fn",
-    "find_hf_model",
-    "is_causal_lm",
     "token_sample_loss_fn",
 ]
 
@@ -59,67 +57,16 @@ def _transformers() -> Any:
     return transformers
 
 
-def _is_pretrained(obj: Any) -> bool:
-    if "transformers" not in sys.modules:  # nothing is a PreTrainedModel before transformers is imported
-        return False
-    return isinstance(obj, sys.modules["transformers"].PreTrainedModel)
-
-
-def is_causal_lm(model: Any) -> bool:
-    """Whether ``model`` is a ``transformers`` causal language model (GPT-2, Llama, ...).
-
-    True for the classes registered for ``AutoModelForCausalLM`` and for any
-    ``PreTrainedModel`` whose class name ends in ``ForCausalLM`` or ``LMHeadModel``.
-
-    Example:
-        >>> is_causal_lm(torch.nn.Linear(2, 2))
-        False
-    """
-    if not _is_pretrained(model):
-        return False
-    name = type(model).__name__
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return True
-    try:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    except ImportError:  # pragma: no cover - layout of older transformers
-        return False
-    return name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
-
-def find_hf_model(module: Any) -> Any:
-    """The ``transformers.PreTrainedModel`` that ``module`` is or wraps, or None.
-
-    The rule: ``module`` itself when it is a ``PreTrainedModel``; otherwise its direct child
-    modules (attributes that are ``nn.Module``, e.g. ``self.model = GPT2LMHeadModel(config)``
-    in a LightningModule) that are ``PreTrainedModel``: the only one, or the one named
-    ``model`` when there are several. Deeper nesting is not searched. Returns None when there
-    is no match (``transformers`` is never imported by this function).
-
-    Example:
-        >>> find_hf_model(torch.nn.Linear(2, 2)) is None
-        True
-    """
-    if _is_pretrained(module):
-        return module
-    children = getattr(module, "_modules", None)
-    if not isinstance(children, Mapping):
-        return None
-    found = {name: child for name, child in children.items() if _is_pretrained(child)}
-    if len(found) == 1:
-        return next(iter(found.values()))
-    return found.get("model")
-
-
 def as_incremental(module: Any) -> HFIncrementalLM | None:
     """An :class:`HFIncrementalLM` over the causal LM that ``module`` is or wraps, else None.
 
     The exposure monitor applies this to the LightningModule it is given, so a
-    ``transformers`` causal LM (or a LightningModule holding one as a direct attribute, see
-    :func:`find_hf_model` for the rule) gets the KV-cache trie and best-first paths without
+    ``transformers`` causal LM (or a LightningModule holding one, or a peft wrapper of one, as a
+    direct attribute: see :func:`memcallbacks.lm.model.find_hf_model` for the rule) gets the
+    KV-cache trie and best-first paths without
     user code. A module that implements :class:`memcallbacks.lm.scoring.IncrementalLM` itself
     should be used as it is (this function returns None for anything not found by
-    :func:`find_hf_model` or not a causal LM, e.g. an encoder).
+    :func:`~memcallbacks.lm.model.find_hf_model` or not a causal LM, e.g. an encoder).
 
     The adapter scores with the wrapped ``transformers`` model, not with the LightningModule's
     own ``forward``: the rule assumes that ``forward(input_ids)`` is the wrapped model's logits.
@@ -463,14 +410,13 @@ class HFIncrementalLM(torch.nn.Module):
             next_logits = logits[:, -1]
         else:
             cache = state.model_input()
-        out = torch.empty((next_logits.shape[0], steps), dtype=torch.long, device=next_logits.device)
-        for j in range(steps):
-            token = next_logits.argmax(dim=-1)
-            out[:, j] = token
-            if j + 1 < steps:
-                logits, cache = self._call(token.unsqueeze(1), cache)
-                next_logits = logits[:, -1]
-        return out
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            nonlocal cache
+            logits, cache = self._call(token.unsqueeze(1), cache)
+            return logits[:, -1]
+
+        return greedy_decode(next_logits, steps, step)
 
 
 def _state_device(state: _KVState) -> torch.device:
@@ -479,15 +425,6 @@ def _state_device(state: _KVState) -> torch.device:
         if isinstance(k, torch.Tensor):
             return k.device
     return torch.device("cpu")
-
-
-def forward_params(model: Any) -> set[str]:
-    """The parameter names of ``model.forward`` (empty when they cannot be read); not in ``__all__``."""
-    forward = getattr(model, "forward", model)
-    try:
-        return set(inspect.signature(forward).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _max_positions(model: Any) -> int | None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from memcallbacks.lm.model import find_hf_model, is_causal_lm, is_pretrained, output_logits, unwrap_peft
+
 __all__ = [
     "LABEL_KEYS",
     "causal_lm_sample_loss",
@@ -24,13 +26,13 @@ __all__ = [
     "default_sample_loss_and_correct_fn",
     "default_sample_loss_fn",
     "hf_forward",
-    "output_logits",
     "per_sample_cross_entropy",
     "split_xy",
 ]
 
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 _REDUCTIONS = ("mean", "sum")
+_LOGITS_FIX = "the default sample_loss_fn needs them; pass `sample_loss_fn`"
 _HF_FIX = (
     "Pass `sample_loss_fn=memcallbacks.lm.hf.causal_lm_sample_loss_fn()` (next-token loss, labels shifted by one), "
     "`memcallbacks.lm.hf.token_sample_loss_fn()` (labels aligned with the logits, no shift), or your own "
@@ -69,18 +71,6 @@ def split_xy(batch: Any) -> tuple[Any, torch.Tensor]:
     )
 
 
-def output_logits(out: Any) -> torch.Tensor:
-    logits = out.get("logits", out) if isinstance(out, Mapping) else getattr(out, "logits", out)
-    if isinstance(logits, (list, tuple)) and logits:
-        logits = logits[0]
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(
-            f"the default sample_loss_fn needs the module to return logits (a Tensor, a tuple whose first "
-            f"item is the logits, or an object/dict with `logits`), got {type(out).__name__}; pass `sample_loss_fn`"
-        )
-    return logits
-
-
 def _accepts_keyword(module: Any, name: str) -> bool:
     forward = getattr(module, "forward", module)
     try:
@@ -106,12 +96,11 @@ def _is_hf_non_causal(module: Any) -> str | None:
     """The class name of the Hugging Face model in ``module`` when it is known not to be a causal LM."""
     if "transformers" not in sys.modules:  # nothing can be a PreTrainedModel without transformers imported
         return None
-    from memcallbacks.lm.hf import find_hf_model, is_causal_lm
-
     model = find_hf_model(module)
-    if model is None or is_causal_lm(model):
+    base = unwrap_peft(model) if model is not None else None
+    if base is None or not is_pretrained(base) or is_causal_lm(base):
         return None
-    return type(model).__name__
+    return type(base).__name__
 
 
 def causal_lm_sample_loss(
@@ -228,7 +217,7 @@ def _hf_loss_and_correct(
                 f"{in_shape}), but the model is a {other}, not a causal LM, so shifting the labels by one "
                 f"token would be wrong. {_HF_FIX}."
             )
-    logits = output_logits(hf_forward(module, batch))
+    logits = output_logits(hf_forward(module, batch), fix=_LOGITS_FIX)
     if causal:
         if logits.dim() != 3 or tuple(logits.shape[:2]) != in_shape:
             raise ValueError(
@@ -249,7 +238,7 @@ def _loss_and_correct(module: Any, batch: Any, reduction: str) -> tuple[torch.Te
     if isinstance(batch, Mapping) and "input_ids" in batch:
         return _hf_loss_and_correct(module, batch, reduction)
     x, y = split_xy(batch)
-    return per_sample_cross_entropy(output_logits(module(x)), y, reduction)
+    return per_sample_cross_entropy(output_logits(module(x), fix=_LOGITS_FIX), y, reduction)
 
 
 def default_sample_loss_fn(module: Any, batch: Any, *, reduction: str = "mean") -> torch.Tensor:

@@ -95,7 +95,7 @@ class LossThresholdMIA(Metric):
         self.add_state("member_losses", default=[], dist_reduce_fx="cat")
         self.add_state("nonmember_losses", default=[], dist_reduce_fx="cat")
 
-    def update(self, member_losses: Any, nonmember_losses: Any) -> None:  # type: ignore[override]
+    def update(self, member_losses: Any, nonmember_losses: Any) -> None:
         """Add per-sample losses of members ``[M]`` and of non-members ``[N]`` (either may be empty)."""
         self.member_losses.append(_flat_losses(member_losses, "member_losses"))  # type: ignore[union-attr]
         self.nonmember_losses.append(_flat_losses(nonmember_losses, "nonmember_losses"))  # type: ignore[union-attr]
@@ -117,7 +117,7 @@ class LossThresholdMIA(Metric):
 
         return wrapped
 
-    def compute(self) -> MembershipReport:  # type: ignore[override]
+    def compute(self) -> MembershipReport:
         """The :class:`~memcallbacks.metrics.MembershipReport` over every loss seen (all ranks)."""
         members, nonmembers = self._all_losses()
         return membership_inference(members.cpu(), nonmembers.cpu(), fprs=self.fprs)
@@ -156,7 +156,7 @@ class LossGap(Metric):
         for name in ("member_sum", "member_count", "nonmember_sum", "nonmember_count"):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, member_losses: Any, nonmember_losses: Any) -> None:  # type: ignore[override]
+    def update(self, member_losses: Any, nonmember_losses: Any) -> None:
         """Add per-sample losses of members ``[M]`` and of non-members ``[N]`` (either may be empty)."""
         m = _flat_losses(member_losses, "member_losses").to(self.member_sum.device)
         n = _flat_losses(nonmember_losses, "nonmember_losses").to(self.member_sum.device)
@@ -165,7 +165,7 @@ class LossGap(Metric):
         self.nonmember_sum += n.sum()
         self.nonmember_count += n.numel()
 
-    def compute(self) -> torch.Tensor:  # type: ignore[override]
+    def compute(self) -> torch.Tensor:
         """``mean(non-member losses) - mean(member losses)`` (NaN when either side saw no loss)."""
         return self.nonmember_sum / self.nonmember_count - self.member_sum / self.member_count
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,11 +35,18 @@ import torch
 from memcallbacks.utilities.validation import check_int, check_real, is_int
 
 __all__ = [
+    "DiscoverableRates",
+    "ExtractionMatch",
+    "TeacherForcedScores",
+    "discoverable_rates",
     "exact_match_rate",
+    "extraction_match",
     "extraction_probability",
     "min_k_prob",
     "suffix_sample_logprob",
+    "teacher_forced_scores",
     "token_match_rate",
+    "zlib_length",
     "zlib_ratio",
 ]
 
@@ -138,7 +145,7 @@ def token_match_rate(generated: Any, reference: Any) -> float:
 # --------------------------------------------------------------------------------------
 # Min-K% Prob (Shi et al., ICLR 2024)
 # --------------------------------------------------------------------------------------
-def min_k_prob(token_logprobs: Any, mask: Any = None, *, k: float = 0.2) -> Any:
+def min_k_prob(token_logprobs: Any, mask: Any = None, *, k: float = 0.2, validate_args: bool = True) -> Any:
     """Min-K% Prob: mean log-probability of the ``k`` fraction least likely tokens of each sequence.
 
     Shi et al., "Detecting Pretraining Data from Large Language Models", ICLR 2024. Of a
@@ -151,6 +158,8 @@ def min_k_prob(token_logprobs: Any, mask: Any = None, *, k: float = 0.2) -> Any:
         token_logprobs: ``log p(x_t | x_<t)`` per token, ``[B, T]`` (or ``[T]``), natural log.
         mask: bool ``[B, T]``, true at scored tokens (padding false); ``None``: all scored.
         k: the fraction in ``(0, 1]`` (the paper's best is 0.2).
+        validate_args: check ``k`` and refuse NaN at scored tokens (a host synchronisation);
+            False for hot paths whose inputs are known to be valid.
 
     Returns:
         ``[B]`` (a 0-d value for 1-D input): a float tensor on the input's device when
@@ -166,8 +175,10 @@ def min_k_prob(token_logprobs: Any, mask: Any = None, *, k: float = 0.2) -> Any:
         >>> np.round(np.exp(min_k_prob(lp, mask, k=0.4)), 6)  # geometric mean of the 2 and the 1 lowest
         array([0.141421, 0.25    ])
     """
-
-    k = check_real("k", k, minimum=0.0, maximum=1.0, min_inclusive=False, hint="e.g. k=0.2 (Min-20% Prob)")
+    if validate_args:
+        k = check_real(
+            "k", k, minimum=0.0, maximum=1.0, min_inclusive=False, hint="e.g. k=0.2 (Min-20% Prob)"
+        )
     logp, as_tensor = _as_tensor("token_logprobs", token_logprobs)
     one = logp.dim() == 1
     if one:
@@ -184,7 +195,7 @@ def min_k_prob(token_logprobs: Any, mask: Any = None, *, k: float = 0.2) -> Any:
                 f"`mask` must have the shape of `token_logprobs` {tuple(logp.shape)}, got {tuple(valid.shape)}"
             )
     result = _min_k(logp.double() if logp.dtype == torch.float64 else logp.float(), valid, k)
-    if bool(torch.isnan(logp[valid]).any()):
+    if validate_args and bool(torch.isnan(logp[valid]).any()):
         raise ValueError("`token_logprobs` holds NaN at a scored token; the score would be meaningless")
     return _out(result[0] if one else result, as_tensor)
 
@@ -275,7 +286,13 @@ def zlib_ratio(log_perplexity: Any, texts_or_bytes: Sequence[Any]) -> Any:
 # (n, p)-discoverable extraction (Hayes et al. 2024)
 # --------------------------------------------------------------------------------------
 def suffix_sample_logprob(
-    logits: Any, suffix_ids: Any, *, temperature: float = 1.0, top_k: int | None = None, mask: Any = None
+    logits: Any,
+    suffix_ids: Any,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    mask: Any = None,
+    validate_args: bool = True,
 ) -> Any:
     """Log-probability ``log q`` that one sample from the model reproduces each suffix exactly.
 
@@ -294,6 +311,8 @@ def suffix_sample_logprob(
         temperature: sampling temperature, ``> 0``.
         top_k: ``None`` (full softmax) or an integer in ``[1, V]``.
         mask: optional bool ``[B, S]``; positions where it is false are not counted.
+        validate_args: check ``temperature``, ``top_k`` and the ids' range (a host
+            synchronisation); False for hot paths whose inputs are known to be valid.
 
     Returns:
         ``[B]`` natural-log probabilities (``<= 0``, ``-inf`` allowed), float32 or float64 as
@@ -314,10 +333,10 @@ def suffix_sample_logprob(
         >>> float(np.exp(suffix_sample_logprob(logits, [[1, 2]], top_k=1)[0]))  # token 1 is not the top-1
         0.0
     """
-
-    temperature = check_real(
-        "temperature", temperature, minimum=0.0, min_inclusive=False, hint="e.g. temperature=1.0"
-    )
+    if validate_args:
+        temperature = check_real(
+            "temperature", temperature, minimum=0.0, min_inclusive=False, hint="e.g. temperature=1.0"
+        )
     lg, as_tensor = _as_tensor("logits", logits)
     ids, _ = _as_tensor("suffix_ids", suffix_ids, integer=True)
     if lg.dim() != 3 or ids.shape != lg.shape[:2]:
@@ -325,10 +344,10 @@ def suffix_sample_logprob(
             f"`logits` must be [B, S, V] and `suffix_ids` [B, S], got {tuple(lg.shape)} and {tuple(ids.shape)}"
         )
     vocab = int(lg.shape[2])
-    if top_k is not None:
+    if top_k is not None and validate_args:
         top_k = check_int("top_k", top_k, minimum=1, maximum=vocab, hint=f"the vocabulary has {vocab} tokens")
     ids = ids.to(lg.device, torch.long)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+    if validate_args and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"`suffix_ids` must lie in [0, {vocab}) (the vocabulary of `logits`)")
     valid = None
     if mask is not None:
@@ -362,6 +381,112 @@ def _suffix_logq(
     return token.sum(dim=-1)
 
 
+# --------------------------------------------------------------------------------------
+# Per-sequence scores of a batch of probe windows
+# --------------------------------------------------------------------------------------
+class TeacherForcedScores(NamedTuple):
+    """Per-sequence scores of one teacher-forced pass (:func:`teacher_forced_scores`), float64.
+
+    Attributes:
+        loss: ``[B]`` mean token NLL (natural log) of each sequence's real tokens; NaN for a
+            sequence of fewer than two tokens.
+        min_k: ``[B]`` Min-K% Prob (higher = member) of the same tokens.
+        log_q: ``[B, K]`` per sampling scheme, ``log q`` of the suffix (Hayes et al. 2024); NaN for
+            a sequence shorter than the window.
+    """
+
+    loss: torch.Tensor
+    min_k: torch.Tensor
+    log_q: torch.Tensor
+
+
+def teacher_forced_scores(
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    prefix_len: int,
+    min_k: float,
+    sampling: Sequence[tuple[float, int | None]],
+) -> TeacherForcedScores:
+    """Loss, Min-K% Prob and every sampling scheme's ``log q`` from one teacher-forced pass.
+
+    The sequence scores of a batch of right-padded probe windows: the mean token loss (Yeom et
+    al. 2018), Min-K% Prob (Shi et al., ICLR 2024) over each row's first ``lengths`` tokens, and,
+    for rows that fill the window, the log-probability that one sample from the prefix (the first
+    ``prefix_len`` tokens) reproduces the rest (Hayes et al. 2024; :func:`suffix_sample_logprob`
+    per ``(temperature, top_k)`` scheme). No checks and no host synchronisation: the hot path.
+
+    Args:
+        logits: ``[B, W, V]`` float32 or float64 next-token logits of ``token_ids``.
+        token_ids: ``[B, W]`` right-padded token ids (``W`` = the window).
+        lengths: ``[B]`` real tokens per row (on the logits' device).
+        prefix_len: the prompt length, ``1 <= prefix_len < W``.
+        min_k: the Min-K% fraction in ``(0, 1]``.
+        sampling: ``(temperature, top_k)`` per scheme (``top_k`` None: the full softmax).
+
+    Returns:
+        A :class:`TeacherForcedScores` of float64 tensors on the logits' device.
+
+    Example:
+        >>> logits = torch.zeros(1, 4, 2)  # a uniform model over two tokens
+        >>> s = teacher_forced_scores(logits, torch.tensor([[0, 1, 1, 0]]), torch.tensor([4]),
+        ...                           prefix_len=2, min_k=0.5, sampling=[(1.0, None)])
+        >>> round(float(s.loss[0]), 4), round(float(s.log_q[0, 0]), 4)  # log 2, 2 * log(1/2)
+        (0.6931, -1.3863)
+    """
+    width, vocab = int(token_ids.shape[1]), int(logits.shape[-1])
+    positions = torch.arange(width - 1, device=logits.device)
+    tok_lp = logits[:, :-1].gather(-1, token_ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
+        logits[:, :-1], dim=-1
+    )  # [B, W-1]
+    valid = positions.unsqueeze(0) < (lengths - 1).unsqueeze(1)
+    count = valid.sum(dim=1)
+    loss = -torch.where(valid, tok_lp, torch.zeros_like(tok_lp)).sum(dim=1) / count.clamp_min(1)
+    loss = torch.where(count > 0, loss, torch.full_like(loss, math.nan))
+    is_long = lengths >= width
+    suffix_lp = tok_lp[:, prefix_len - 1 :]
+    log_q = []
+    for temperature, top_k in sampling:
+        if temperature == 1.0 and (top_k is None or top_k == vocab):
+            logq = suffix_lp.sum(dim=1)  # the full softmax: the teacher-forced log-probabilities already
+        else:
+            logq = _suffix_logq(
+                logits[:, prefix_len - 1 : width - 1], token_ids[:, prefix_len:], temperature, top_k
+            )
+        log_q.append(torch.where(is_long, logq.double(), math.nan))
+    empty = torch.empty((loss.shape[0], 0), dtype=torch.float64, device=logits.device)
+    return TeacherForcedScores(
+        loss=loss.double(),
+        min_k=_min_k(tok_lp, valid, min_k).double(),
+        log_q=torch.stack(log_q, dim=1) if log_q else empty,
+    )
+
+
+class ExtractionMatch(NamedTuple):
+    """Per-sequence agreement of a generated suffix with the true one (:func:`extraction_match`), float64.
+
+    Attributes:
+        exact: ``[B]`` 1.0 when every position matches (k-extractable), else 0.0.
+        token_match: ``[B]`` the fraction of matching positions.
+    """
+
+    exact: torch.Tensor
+    token_match: torch.Tensor
+
+
+def extraction_match(generated: torch.Tensor, reference: torch.Tensor) -> ExtractionMatch:
+    """Per-row :func:`exact_match_rate` and :func:`token_match_rate` of token ids ``[B, S]`` (no checks).
+
+    Example:
+        >>> m = extraction_match(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 2], [3, 0]]))
+        >>> m.exact.tolist(), m.token_match.tolist()
+        ([1.0, 0.0], [1.0, 0.5])
+    """
+    match = (generated == reference).double()
+    return ExtractionMatch(exact=match.min(dim=1).values, token_match=match.mean(dim=1))
+
+
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(x))`` for ``x <= 0``, accurate at both ends (Maechler 2012)."""
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
@@ -391,7 +516,7 @@ def extraction_probability(log_q: Any, n: Any) -> Any:
         >>> import numpy as np
         >>> extraction_probability(np.array([np.log(0.5), np.log(0.01), -np.inf]), 2)  # 1-0.5**2, 1-0.99**2, 0
         array([0.75  , 0.0199, 0.    ])
-        >>> float(extraction_probability(np.array(-80.0), 10) / np.exp(-80.0))  # ~ n q when q is tiny
+        >>> round(float(extraction_probability(np.array(-80.0), 10) / np.exp(-80.0)), 9)  # ~ n q when q is tiny
         10.0
     """
 
@@ -414,3 +539,48 @@ def extraction_probability(log_q: Any, n: Any) -> Any:
         raise ValueError("`log_q` must hold log-probabilities <= 0 (no NaN)")
     out = -torch.expm1(nn * _log1mexp(lq))
     return _out(out, as_tensor)
+
+
+class DiscoverableRates(NamedTuple):
+    """(n, p)-discoverable extraction of a probe set (:func:`discoverable_rates`).
+
+    Attributes:
+        rates: for each number of samples ``n``, the fraction of sequences with
+            ``1 - (1 - q)^n >= p`` (NaN for no sequence).
+        mean_q: the mean single-sample probability ``q`` (NaN for no sequence).
+    """
+
+    rates: dict[int, float]
+    mean_q: float
+
+
+def discoverable_rates(log_q: Any, n_tries: Sequence[int], p_threshold: float) -> DiscoverableRates:
+    """The (n, p)-discoverable extraction rates of sequences with single-sample log-probabilities ``log_q``.
+
+    Hayes et al. 2024: a sequence is (n, p)-discoverable when at least one of ``n`` samples from
+    its prefix reproduces its suffix with probability ``>= p`` (:func:`extraction_probability`).
+    ``log_q`` above 0 (rounding) counts as 0; NaN entries (sequences not scored) are left out, so
+    an all-NaN input gives NaN, never a safe-looking 0.
+
+    Args:
+        log_q: ``[B]`` natural-log single-sample probabilities of the suffixes.
+        n_tries: the numbers of samples ``n``.
+        p_threshold: ``p`` in ``(0, 1)``.
+
+    Returns:
+        A :class:`DiscoverableRates`.
+
+    Example:
+        >>> import numpy as np
+        >>> r = discoverable_rates(np.log([0.9, 0.2, np.nan]), (1, 3), 0.45)  # 0.2 -> 0.488 with 3 tries
+        >>> r.rates, round(r.mean_q, 2)
+        ({1: 0.5, 3: 1.0}, 0.55)
+    """
+    lq = np.minimum(np.asarray(log_q, dtype=np.float64), 0.0)
+    lq = lq[~np.isnan(lq)]
+    rates = {n: _mean((extraction_probability(lq, n) >= p_threshold).astype(np.float64)) for n in n_tries}
+    return DiscoverableRates(rates=rates, mean_q=_mean(np.exp(lq)))
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else math.nan

@@ -1,4 +1,4 @@
-"""Counterfactual memorisation across shadow runs: ``memcallbacks memorisation RUN_DIR...``.
+"""Counterfactual memorisation across shadow runs, as library functions (``memcallbacks memorisation``).
 
 Reads the ``shadow/`` folders that :class:`memcallbacks.ShadowScoreRecorder` wrote in ``R >= 2``
 run directories over one pool (each run trained on its own seeded random subset) and computes, for
@@ -37,10 +37,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,13 +54,7 @@ from memcallbacks.metrics.counterfactual import (
     spearman,
 )
 from memcallbacks.metrics.dynamics import top_k
-from memcallbacks.offline.attack import (
-    AttackInputError,
-    ShadowRun,
-    add_run_dirs_argument,
-    load_shadow_run,
-    write_or_exit,
-)
+from memcallbacks.offline.shadow_runs import AttackInputError, ShadowRun, load_shadow_run
 from memcallbacks.rundir import RunDirectory, RunDirectoryError
 from memcallbacks.utilities import fileio
 from memcallbacks.utilities.validation import check_bool, check_choice, check_int
@@ -70,11 +62,10 @@ from memcallbacks.utilities.validation import check_bool, check_choice, check_in
 __all__ = [
     "PROXIES",
     "SIGNALS",
+    "SIGNAL_TEXT",
     "MemorisationInputError",
     "MemorisationResult",
-    "add_memorisation_parser",
     "expected_signs",
-    "memorisation_command",
     "proxy_signals",
     "run_memorisation",
     "trajectory_pool_ids",
@@ -83,7 +74,7 @@ __all__ = [
 
 #: per-sample performance the estimator can use (``signal=``); "auto" picks by the recorded score kind
 SIGNALS = ("auto", "correct", "token_accuracy", "score")
-_SIGNAL_TEXT = {
+SIGNAL_TEXT = {
     "correct": "end-of-training correctness (0/1)",
     "token_accuracy": "end-of-training per-token accuracy",
     "score": "end-of-training recorded score",
@@ -236,20 +227,6 @@ class MemorisationResult:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _extra_fields(run: ShadowRun) -> dict[str, np.ndarray]:
-    """Optional arrays of ``scores.npz`` the attack does not read (``token_accuracy``, ``labels``...)."""
-    try:
-        arrays = fileio.load_npz(run.path / "scores.npz")
-    except ValueError as e:  # already read once by load_shadow_run: only a race could get here
-        raise MemorisationInputError(f"{str(run.path)!r}: {e}") from e
-    inc = fileio.load_npz(run.path / "inclusion.npz")
-    return {
-        k: v
-        for k, v in {**inc, **arrays}.items()
-        if k in ("token_accuracy", "labels", "label_fingerprint", "epochs_completed")
-    }
-
-
 def _performance(run: ShadowRun, extra: Mapping[str, np.ndarray], signal: str) -> np.ndarray:
     where = str(run.path)
     if signal == "correct":
@@ -319,7 +296,7 @@ def _load(run_dirs: Iterable[str | os.PathLike[str]], signal: str) -> tuple[list
                 f"{str(run.path)!r} recorded {run.score_kind!r} scores but {str(first.path)!r} recorded "
                 f"{first.score_kind!r}: the runs measured different things; record every run with the same `score`"
             )
-    extras = [_extra_fields(r) for r in shadows]
+    extras = [dict(r.extras) for r in shadows]
     _check_labels(shadows, extras)
     epochs = {int(x["epochs_completed"]) for x in extras if "epochs_completed" in x}
     if len(epochs) > 1:
@@ -422,9 +399,9 @@ def trajectory_pool_ids(
     ids = np.asarray(sample_ids, dtype=np.int64)
     included = np.flatnonzero(inclusion)
     used = ids[visited]
-    if ids.size == inclusion.size and (used.size == 0 or (used.min() >= 0 and used.max() < inclusion.size)):
-        if inclusion[used].all():
-            return ids
+    in_pool = used.size == 0 or (used.min() >= 0 and used.max() < inclusion.size)
+    if ids.size == inclusion.size and in_pool and inclusion[used].all():
+        return ids
     if used.size == 0 or (used.min() >= 0 and used.max() < included.size):
         pool = np.full(ids.shape, -1, dtype=np.int64)
         ok = (ids >= 0) & (ids < included.size)
@@ -555,7 +532,7 @@ def _markdown(result: MemorisationResult, summary: Mapping[str, Any], *, log_per
         "## Counterfactual memorisation",
         "",
         f"{len(result.runs)} shadow runs over a pool of {result.estimate.num_samples} samples "
-        f"(fingerprint `{result.fingerprint}`); performance: {_SIGNAL_TEXT[result.signal]}.",
+        f"(fingerprint `{result.fingerprint}`); performance: {SIGNAL_TEXT[result.signal]}.",
         "",
         f"- mean mem: {s['mem_mean']:.4f}, median {s['mem_median']:.4f}",
         f"- undefined (NaN): {s['num_undefined']} samples ({s['num_never_in']} in no run, "
@@ -605,88 +582,3 @@ def write_outputs(
         folder / "memorisation.md", _markdown(result, summary, log_per_sample=log_per_sample).encode()
     )
     return paths
-
-
-# -- command line (called from memcallbacks.cli) ------------------------------------------------
-def add_memorisation_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``memorisation`` sub-command to ``memcallbacks``' sub-parsers; returns its parser."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        "memorisation",
-        help="counterfactual memorisation (Feldman & Zhang) from shadow runs, and in-run proxy correlations",
-        description=(
-            "Counterfactual memorisation of every pool sample from shadow runs recorded with ShadowScoreRecorder: "
-            "mean performance of the runs that trained on it minus that of the runs that did not. Prints the most "
-            "memorised pool ids and, for runs with a LossTrajectoryTracker folder, the Spearman correlation of each "
-            "in-run signal with mem. Writes memorisation.npz/.json/.md and mem_histogram.png into --out. "
-            "Exit code 2 on bad input."
-        ),
-    )
-    add_run_dirs_argument(p)
-    p.add_argument(
-        "--signal",
-        choices=SIGNALS,
-        default="auto",
-        help="per-sample performance: auto (correctness for classifiers; per-token accuracy or minus the loss "
-        "for language models), correct, token_accuracy, score (default: auto)",
-    )
-    p.add_argument(
-        "--top", type=_non_negative_int, default=20, help="most memorised samples listed (default: 20)"
-    )
-    p.add_argument(
-        "--log-per-sample",
-        action="store_true",
-        help="also list the samples' labels (when the runs recorded them) in the table and outputs",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("memorisation_report"),
-        help="output folder (default: memorisation_report)",
-    )
-    return p
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def memorisation_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Body of ``memcallbacks memorisation``: 0 on success; bad input exits 2 through ``parser.error``."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            result = run_memorisation(args.run_dirs, signal=args.signal)
-    except MemorisationInputError as err:
-        parser.error(str(err))
-    for w in caught:
-        print(f"memcallbacks memorisation: warning: {w.message}", file=sys.stderr)
-    paths = write_or_exit(
-        parser,
-        args.out,
-        lambda: write_outputs(result, args.out, top=args.top, log_per_sample=args.log_per_sample),
-    )
-    e = result.estimate
-    finite = e.mem[np.isfinite(e.mem)]
-    print(
-        f"{len(result.runs)} shadow runs, pool of {e.num_samples} samples; performance: {_SIGNAL_TEXT[result.signal]}"
-    )
-    mean = f"{finite.mean():.4f}" if finite.size else "nan"
-    print(
-        f"mem: mean {mean}; undefined (NaN) for {e.num_undefined} samples "
-        f"({e.num_never_in} in no run, {e.num_never_out} in every run)"
-    )
-    print("most memorised pool samples:")
-    print(result.table(min(args.top, 10), log_per_sample=args.log_per_sample))
-    print("in-run signals vs mem (Spearman rho over each run's training samples; mem without that run):")
-    print(result.proxy_table())
-    print(f"written: {paths['json']}")
-    for key in ("npz", "png", "markdown"):
-        print(f"         {paths[key]}")
-    sys.stdout.flush()
-    return 0

@@ -13,6 +13,7 @@ pickled data is refused as "pickled objects".
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -74,10 +75,8 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[Any], Any], *, 
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         if isinstance(e, OSError):
             raise _named_os_error(e, path) from e
         raise

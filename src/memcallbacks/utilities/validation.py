@@ -185,7 +185,7 @@ def as_numpy(value: Any, name: str) -> np.ndarray:
             raise TypeError(f"`{name}` must be real, got a tensor of dtype {tensor.dtype}")
         if tensor.dtype in (torch.float16, torch.bfloat16):
             tensor = tensor.float()
-        return tensor.cpu().numpy()  # type: ignore[no-any-return]
+        return tensor.cpu().numpy()
     if isinstance(value, (str, bytes)):
         raise TypeError(f"`{name}` must be a tensor or array of numbers, got {type(value).__name__}")
     try:

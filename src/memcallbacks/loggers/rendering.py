@@ -1,0 +1,176 @@
+"""Rendering shared by the tracker backends and the report: records as plain values, figures, tables.
+
+Each backend turns a record into its own form through these helpers, so a histogram has the same
+bins, a table the same cells and a ROC curve the same points and log-log axes everywhere.
+
+Example:
+    >>> print(markdown_table(["attack", "auc"], [["loss", 0.61]]))
+    | attack | auc |
+    |---|---|
+    | loss | 0.61 |
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from memcallbacks.loggers.records import (
+    MAX_CURVE_POINTS,
+    MAX_HISTOGRAM_BINS,
+    MAX_TABLE_ROWS,
+    Histogram,
+    LineSeries,
+    RocCurve,
+    Table,
+)
+
+__all__ = [
+    "artifact_path",
+    "finite_values",
+    "histogram_bins",
+    "histogram_summary",
+    "log_log_roc_axes",
+    "markdown_table",
+    "plain_cell",
+    "render_figure",
+    "roc_points",
+    "series_points",
+    "table_rows",
+]
+
+
+def finite_values(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    return arr[np.isfinite(arr)]
+
+
+def histogram_bins(record: Histogram) -> int:
+    return max(1, min(int(record.num_bins), MAX_HISTOGRAM_BINS))
+
+
+def histogram_summary(record: Histogram) -> dict[str, Any] | None:
+    values = finite_values(record.values)
+    if values.size == 0:
+        return None
+    counts, edges = np.histogram(values, bins=histogram_bins(record))
+    return {
+        "key": record.key,
+        "epoch": int(record.epoch),
+        "count": int(values.size),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "bin_edges": edges.tolist(),
+        "counts": counts.tolist(),
+    }
+
+
+def plain_cell(value: Any) -> Any:
+    """A JSON/W&B-friendly cell: numpy and torch scalars unwrapped, arrays as lists, NaN as None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif hasattr(value, "detach"):
+        value = value.detach().cpu().tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def table_rows(record: Table) -> list[list[Any]]:
+    return [[plain_cell(v) for v in row] for row in list(record.rows)[:MAX_TABLE_ROWS]]
+
+
+def _thin(n: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
+    """Indices of at most ``max_points`` points of a curve of ``n``, first and last kept."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
+
+
+def roc_points(record: RocCurve) -> tuple[np.ndarray, np.ndarray]:
+    fpr = np.asarray(_finite_or_raw(record.fpr), dtype=np.float64).reshape(-1)
+    tpr = np.asarray(_finite_or_raw(record.tpr), dtype=np.float64).reshape(-1)
+    if fpr.shape != tpr.shape:
+        raise ValueError(f"RocCurve {record.key!r}: fpr has {fpr.size} points, tpr {tpr.size}")
+    keep = _thin(fpr.size)
+    return fpr[keep], tpr[keep]
+
+
+def _finite_or_raw(values: Any) -> Any:
+    if hasattr(values, "detach"):
+        return values.detach().float().cpu().numpy()
+    return values
+
+
+def series_points(record: LineSeries) -> tuple[list[float], dict[str, list[float]]]:
+    xs = [float(x) for x in _finite_or_raw(record.xs)]
+    ys = {str(name): [float(y) for y in _finite_or_raw(values)] for name, values in record.ys.items()}
+    for name, values in ys.items():
+        if len(values) != len(xs):
+            raise ValueError(
+                f"LineSeries {record.key!r}: series {name!r} has {len(values)} points, xs {len(xs)}"
+            )
+    return xs, ys
+
+
+def log_log_roc_axes(ax: Any, floor: float) -> None:
+    """Sets a matplotlib ``ax`` up for a ROC curve: log-log from ``floor`` to 1, both axes labelled.
+
+    Log scales show the low false-positive region where membership attacks are judged.
+    """
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, 1.0)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+
+
+def render_figure(record: LineSeries | RocCurve) -> Any:
+    """A matplotlib figure (Agg canvas, no pyplot state) for backends without a native form."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(5, 4), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if isinstance(record, RocCurve):
+        fpr, tpr = roc_points(record)
+        ax.plot(fpr, tpr, label="attack")
+        floor = min(0.5, max(1e-5, float(fpr[fpr > 0].min()) if np.any(fpr > 0) else 1e-5))
+        ax.plot([floor, 1.0], [floor, 1.0], linestyle="--", color="grey", label="chance")
+        log_log_roc_axes(ax, floor)
+    else:
+        xs, ys = series_points(record)
+        for name, values in ys.items():
+            ax.plot(xs, values, marker="o", label=name)
+        ax.set_xlabel(record.xname)
+        ax.set_ylabel(record.yname)
+    ax.set_title(f"{record.title or record.key} (epoch {record.epoch})")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(columns: Sequence[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in columns) + " |"
+    rule = "|" + "---|" * len(columns)
+    return "\n".join([head, rule, *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)])
+
+
+def artifact_path(key: str, epoch: int, suffix: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.\-/]+", "_", key).strip("/") or "record"
+    return f"memcallbacks/{safe}/epoch_{int(epoch):04d}{suffix}"

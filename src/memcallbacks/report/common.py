@@ -1,0 +1,95 @@
+"""Shared pieces of the report sections: the section record, number formatting, figure files, titles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memcallbacks.rundir import (
+    RunDirectory,
+    RunDirectoryError,
+)
+from memcallbacks.utilities import fileio
+
+__all__ = [
+    "Section",
+    "fmt",
+    "integer_epochs",
+    "name_tag",
+    "read_or_note",
+    "restored_epoch",
+    "safe_name",
+    "save_figure",
+    "titled",
+]
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)  # Markdown bullet lines (plain text)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)  # (header, rows)
+    problems: list[str] = field(default_factory=list)  # unreadable files, for the caller
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:  # how the run directory's JSON writes NaN/inf
+        return "n/a"
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def save_figure(fig: Any, out_dir: Path, name: str) -> str:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    fileio.atomic_write_bytes(out_dir / name, buf.getvalue())
+    return name
+
+
+def name_tag(subdir: str) -> str:
+    """``""`` for a callback's default folder, ``"_x"`` for ``<folder>_x`` (a callback given ``name="x"``)."""
+    return "" if "_" not in subdir else "_" + subdir.split("_", 1)[1]
+
+
+def titled(title: str, subdir: str) -> str:
+    return title if not name_tag(subdir) else f"{title}, `{subdir}`"
+
+
+def integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def restored_epoch(run: RunDirectory) -> int | None:
+    try:
+        stop = run.stopping()
+    except RunDirectoryError:
+        return None
+    return None if stop is None else stop.restored_epoch
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "attack"
+
+
+def read_or_note(reader: Callable[[], Any]) -> Any:
+    try:
+        return reader()
+    except RunDirectoryError as e:
+        return e
