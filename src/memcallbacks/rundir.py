@@ -812,6 +812,7 @@ class RunDirectory:
         return ([kind] if (self.root / kind).is_dir() else []) + names
 
     def trajectory(self, subdir: str = TRAJECTORY) -> TrajectoryFiles | None:
+        """The trajectory tracker's ``statistics.npz`` and ``meta.json`` in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "statistics.npz"
         if not path.exists():
@@ -826,6 +827,7 @@ class RunDirectory:
         return TrajectoryFiles(folder, stats, meta)
 
     def membership(self, subdir: str = MEMBERSHIP) -> MembershipFiles | None:
+        """The membership monitor's ``losses.npz`` and ``metrics.json`` in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "losses.npz"
         if not path.exists():
@@ -848,6 +850,7 @@ class RunDirectory:
         )
 
     def sequence(self, subdir: str = SEQUENCE) -> SequenceFiles | None:
+        """The sequence monitor's ``sequences.npz`` and ``metrics.json`` in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "sequences.npz"
         if not path.exists():
@@ -861,6 +864,7 @@ class RunDirectory:
         return SequenceFiles(folder, arrays, _history(metrics_path, summary), summary)
 
     def exposure(self, subdir: str = CANARY) -> ExposureFiles | None:
+        """The canary monitor's ``exposure.npz`` (and ``secrets.json``) in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "exposure.npz"
         if not path.exists():
@@ -879,6 +883,7 @@ class RunDirectory:
         )
 
     def audit(self, subdir: str = AUDIT) -> AuditFiles | None:
+        """The audit monitor's ``audit.json`` in ``subdir`` (its ``.npz`` files read on demand), or ``None``."""
         folder = self.root / subdir
         path = folder / "audit.json"
         if not path.exists():
@@ -887,6 +892,7 @@ class RunDirectory:
         return AuditFiles(folder, summary, _history(path, summary))
 
     def dp(self, subdir: str = DP) -> DPFiles | None:
+        """The DP monitor's ``dp.json`` in ``subdir``, or ``None``."""
         path = self.root / subdir / "dp.json"
         if not path.exists():
             return None
@@ -899,6 +905,7 @@ class RunDirectory:
         return ([ATTACK] if (self.root / ATTACK / ATTACK_FILE).is_file() else []) + names
 
     def attack(self, subdir: str = ATTACK) -> AttackFiles | None:
+        """What ``memcallbacks attack`` wrote to ``subdir`` (``attack.json``), or ``None``."""
         if not (self.root / subdir / ATTACK_FILE).is_file():
             return None
         return read_attack(self.root / subdir)
@@ -912,6 +919,7 @@ class RunDirectory:
         return ShadowFiles(folder, read_shadow_inclusion(folder), scores)
 
     def stopping(self) -> StoppingFiles | None:
+        """The early-stopping decision (``stopping.json``), or ``None``."""
         path = self.root / STOPPING_FILE
         if not path.exists():
             return None

@@ -100,7 +100,7 @@ def test_model_is_called_without_labels() -> None:
             default_sample_loss_fn(model, batch)
     finally:
         handle.remove()
-    assert seen == [{"input_ids", "attention_mask"}]
+    assert seen == [{"input_ids", "attention_mask", "position_ids"}]  # positions counted from the mask
 
 
 def test_correctness_flag_is_every_scored_argmax() -> None:

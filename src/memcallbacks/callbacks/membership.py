@@ -250,7 +250,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
     Run directory (``<log_dir>/memcallbacks/membership/``, rank 0, rewritten each evaluation):
     ``losses.npz`` (``epochs [E]``, ``member_losses [E, n]``, ``nonmember_losses [E, m]``,
     float32, NaN kept; ``member_indices [n]`` into the training dataset or ``members``;
-    ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, "step": s, key: value}]}``, the rows of :attr:`history`).
+    ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, "step": s, key: value}]}``, the rows of
+    :attr:`history`).
     Tracker records: a ``RocCurve`` (``mem/mia/roc``, ``mem/mia_cal/roc``, ``mem/mia_traj/roc``) and one
     ``Histogram`` each of member and non-member losses (``mem/mia/member_losses``,
     ``mem/mia/nonmember_losses``); all aggregate.

@@ -54,7 +54,7 @@ from memcallbacks.callbacks._base import (
     logged_epochs,
     resolve_run_root,
 )
-from memcallbacks.utilities import compat, fileio
+from memcallbacks.utilities import compat
 from memcallbacks.utilities.validation import check_bool, check_choice, check_int, check_path, check_real
 
 __all__ = ["LeakageCondition", "LeakageEarlyStopping"]

@@ -26,6 +26,7 @@ maps names to instances (register your own there), and :func:`resolve_exposure_m
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,6 +58,7 @@ __all__ = [
     "ExposureStrategy",
     "Extrapolated",
     "Hybrid",
+    "exact_unavailable_reason",
     "resolve_exposure_method",
     "score_candidates",
 ]
@@ -348,6 +350,42 @@ EXPOSURE_STRATEGIES: dict[str, ExposureStrategy] = {
 """Strategy name -> instance. Add an :class:`ExposureStrategy` here to make its name a valid ``method``."""
 
 
+_EXACT = ("exact_trie", "exact_list")
+_WARNED: set[str] = set()  # fallback messages already warned about (once per process)
+
+
+def exact_unavailable_reason(module: Any, canaries: CanarySet, config: ExposureConfig) -> str | None:
+    """Why the exact trie (:class:`ExactTrie`) cannot score this space on ``module``; None when it can.
+
+    Example:
+        >>> import torch
+        >>> from memcallbacks import CanarySet, CharTokenizer
+        >>> cs = CanarySet("pin {secret}", CharTokenizer(), length=4, seed=0)
+        >>> exact_unavailable_reason(torch.nn.Linear(2, 2), cs, ExposureConfig())  # doctest: +ELLIPSIS
+        'Linear is not an IncrementalLM ...'
+    """
+    if canaries.space_size > config.max_exact:
+        return (
+            f"the space has {canaries.space_size} candidates, more than `max_exact`={config.max_exact} "
+            "(raise `max_exact` to score every candidate)"
+        )
+    if config.score_fn is not None:
+        return "a custom `score_fn` is given, so candidates cannot share their prefix's computation"
+    if not is_incremental(module):
+        from memcallbacks.lm.hf import why_not_incremental
+
+        return (
+            f"{type(module).__name__} is not an IncrementalLM (no init_state/step/expand_state) and gets no "
+            f"KV-cache adapter: {why_not_incremental(module)}"
+        )
+    if canaries.char_token_ids() is None:
+        return (
+            "the secrets' characters are not one token each in context (a tokenizer that merges them), "
+            "so the space is not a trie of single tokens"
+        )
+    return None
+
+
 def resolve_exposure_method(
     method: str, module: Any, canaries: CanarySet, config: ExposureConfig, *, num_references: int
 ) -> str:
@@ -356,7 +394,9 @@ def resolve_exposure_method(
     ``"exact"``: the trie when it applies, else the list. ``"auto"``: exact when the space is
     no larger than the references plus the canaries, or when the trie applies and
     ``|R| <= max_exact``; else ``"hybrid"`` when the best-first search applies; else
-    ``"extrapolated"``. A registered name is returned as is.
+    ``"extrapolated"``. A registered name is returned as is. When ``"auto"`` ends at
+    ``"extrapolated"`` (no exact rank at all), a ``UserWarning`` says so once per reason
+    (:func:`exact_unavailable_reason`).
 
     Example:
         >>> from memcallbacks import CanarySet, CharTokenizer
@@ -376,4 +416,13 @@ def resolve_exposure_method(
         return trie.name
     if hybrid.supports(module, canaries, config):
         return hybrid.name
+    reason = exact_unavailable_reason(module, canaries, config) or "the hybrid search does not apply"
+    message = (
+        f"exposure method='auto' falls back to 'extrapolated' (skew-normal fit to sampled references, no "
+        f"exact rank) because {reason}. Extrapolation can overstate the exposure of the most exposed "
+        "canaries; give the monitor an IncrementalLM or a Hugging Face causal LM, or pass method='exact'."
+    )
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
     return "extrapolated"

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from memcallbacks.lm.decoding import greedy_decode
 from memcallbacks.lm.losses import causal_lm_sample_loss, check_reduction, hf_forward
-from memcallbacks.lm.model import find_hf_model, forward_params, is_causal_lm, output_logits
+from memcallbacks.lm.model import find_hf_model, forward_params, is_causal_lm, output_logits, unwrap_peft
 from memcallbacks.utilities.validation import check_bool
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "as_incremental",
     "causal_lm_sample_loss_fn",
     "token_sample_loss_fn",
+    "why_not_incremental",
 ]
 
 _INSTALL_HINT = "install the Hugging Face extra: `pip install memcallbacks[hf]` (transformers, tokenizers)"
@@ -66,19 +67,73 @@ def as_incremental(module: Any) -> HFIncrementalLM | None:
     KV-cache trie and best-first paths without
     user code. A module that implements :class:`memcallbacks.lm.scoring.IncrementalLM` itself
     should be used as it is (this function returns None for anything not found by
-    :func:`~memcallbacks.lm.model.find_hf_model` or not a causal LM, e.g. an encoder).
+    :func:`~memcallbacks.lm.model.find_hf_model` or not a causal LM, e.g. an encoder, and for a
+    peft prompt-learning model; :func:`why_not_incremental` says which).
 
     The adapter scores with the wrapped ``transformers`` model, not with the LightningModule's
     own ``forward``: the rule assumes that ``forward(input_ids)`` is the wrapped model's logits.
+    A peft model with weight adapters (LoRA, IA3, ...) is scored through its base model, whose
+    layers carry the active adapters (see :class:`HFIncrementalLM`).
 
     Example:
         >>> as_incremental(torch.nn.Linear(2, 2)) is None
         True
     """
     model = find_hf_model(module)
-    if model is None or not is_causal_lm(model):
+    if model is None or not is_causal_lm(model) or _is_prompt_learning(model):
         return None
     return HFIncrementalLM(model)
+
+
+def why_not_incremental(module: Any) -> str | None:
+    """Why :func:`as_incremental` gives no KV-cache adapter for ``module`` (None when it gives one).
+
+    Example:
+        >>> why_not_incremental(torch.nn.Linear(2, 2))
+        'Linear is not a Hugging Face model and holds none as a direct attribute'
+    """
+    model = find_hf_model(module)
+    name = type(module).__name__
+    if model is None:
+        return f"{name} is not a Hugging Face model and holds none as a direct attribute"
+    base = unwrap_peft(model)
+    where = type(base).__name__ if model is module else f"{type(base).__name__} (in {name})"
+    if not is_causal_lm(model):
+        return f"the Hugging Face model {where} is not a transformers causal LM"
+    if _is_prompt_learning(model):
+        return (
+            f"{type(model).__name__} over {type(base).__name__} is a peft prompt-learning model (virtual "
+            "tokens the base model's cache does not hold)"
+        )
+    return None
+
+
+def _peft_config(model: Any) -> Any:
+    """The active adapter config of a ``peft`` wrapper (``active_peft_config``), else None."""
+    if unwrap_peft(model) is model:
+        return None
+    return getattr(model, "active_peft_config", None)
+
+
+def _is_prompt_learning(model: Any) -> bool:
+    """Whether ``model`` is a peft wrapper whose active adapter is prompt learning (prefix/prompt tuning)."""
+    return bool(getattr(_peft_config(model), "is_prompt_learning", False))
+
+
+def _cached_model(model: Any) -> Any:
+    """The module :class:`HFIncrementalLM` calls: the base model of a peft weight-adapter wrapper.
+
+    LoRA-style adapters live inside the base model's layers, so its own ``forward`` (which names
+    ``cache`` or ``past_key_values``) gives the adapted logits without the wrapper's generic
+    ``**kwargs`` (through which a cache argument would be passed under a deprecated name). Other
+    wrappers with ``get_base_model()`` are called as they are.
+    """
+    if _is_prompt_learning(model):
+        raise TypeError(
+            f"{type(model).__name__} is a peft prompt-learning model: its virtual tokens are not in the base "
+            f"model's KV cache, so memcallbacks.lm.hf.HFIncrementalLM cannot step it; {_FALLBACK}"
+        )
+    return unwrap_peft(model) if _peft_config(model) is not None else model
 
 
 # --------------------------------------------------------------------------------------
@@ -209,9 +264,14 @@ class HFIncrementalLM(torch.nn.Module):
     :class:`memcallbacks.SequenceMemorisationMonitor`: one teacher-forced pass keeps its cache,
     cut back to the prefix it starts greedy decoding, so the prefix never runs twice.
 
+    A peft model with weight adapters (LoRA, ...; ``PeftModelForCausalLM``) is called through
+    its base model (``get_base_model()``), whose layers carry the active adapters: the same
+    logits as the wrapper, and the base model's own cache argument. A prompt-learning peft model
+    raises a ``TypeError`` (its virtual tokens are not in the base model's cache).
+
     Args:
         model: a ``transformers`` causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...),
-            or any module called as ``model(input_ids=..., past_key_values=..., use_cache=True)``
+            a peft wrapper of one, or any module called as ``model(input_ids=..., past_key_values=..., use_cache=True)``
             (or ``cache=...`` where the model's ``forward`` names it so) that returns
             ``logits`` and a cache.
 
@@ -240,8 +300,10 @@ class HFIncrementalLM(torch.nn.Module):
             raise TypeError(
                 f"`model` must be a transformers causal LM (an nn.Module), got {type(model).__name__}"
             )
-        self.model = model
+        self.model = model = _cached_model(model)
         params = forward_params(model)
+        if not params & {"cache", "past_key_values", "return_dict"}:  # a wrapper's **kwargs: the base's names
+            params = forward_params(unwrap_peft(model))
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._return_dict = "return_dict" in params
         self._max_positions = _max_positions(model)

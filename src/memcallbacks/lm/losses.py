@@ -5,12 +5,21 @@ reduction="none")`` (never the true-class logit), averaged over sequence positio
 ``[B, T, V]`` logits (positions whose target is ``ignore_index`` = -100 are left out). A Hugging
 Face batch (a mapping with ``input_ids`` and ``labels``) gets the causal-LM loss with the one-token
 shift (see :func:`default_sample_loss_fn`).
+
+Padding: a target token counts only when both its input position and its target position are real
+tokens (``attention_mask`` 1, label not -100), and the model gets ``position_ids`` counted from each
+row's first real token (:func:`position_ids_from_mask`, as ``transformers``' ``generate`` does), so a
+sample's loss is the same with left, right or holey padding as without padding. A model whose
+``forward`` cannot take ``position_ids`` is warned about once: with left padding its positions then
+start at the first (padding) column, and a sample's loss depends on how much padding its batch gave it.
+:func:`causal_lm_step_losses` applies the same rule to the logits a ``training_step`` already has.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,11 +31,13 @@ from memcallbacks.lm.model import find_hf_model, is_causal_lm, is_pretrained, ou
 __all__ = [
     "LABEL_KEYS",
     "causal_lm_sample_loss",
+    "causal_lm_step_losses",
     "check_reduction",
     "default_sample_loss_and_correct_fn",
     "default_sample_loss_fn",
     "hf_forward",
     "per_sample_cross_entropy",
+    "position_ids_from_mask",
     "split_xy",
 ]
 
@@ -71,17 +82,97 @@ def split_xy(batch: Any) -> tuple[Any, torch.Tensor]:
     )
 
 
-def _accepts_keyword(module: Any, name: str) -> bool:
+_WARNED_NO_POSITIONS: set[str] = set()  # model classes already warned about (once per process)
+
+
+def _keyword_support(module: Any, name: str) -> str:
+    """``"named"`` (``forward`` names ``name``), ``"kwargs"`` (only through ``**kwargs``) or ``"no"``."""
     forward = getattr(module, "forward", module)
     try:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return "kwargs"
+    if name in params:
+        return "named"
+    return "kwargs" if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else "no"
+
+
+def _accepts_keyword(module: Any, name: str) -> bool:
+    return _keyword_support(module, name) != "no"
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each row's first real token: ``cumsum(mask) - 1``, clamped at 0.
+
+    What ``transformers``' ``generate`` passes for a padded batch: a real token's position is the
+    number of real tokens before it, whatever padding lies around it (padding positions get the
+    position of the real token before them, or 0; they are masked out of attention anyway). Pass the
+    result as ``position_ids=`` wherever a batch may be left-padded, in training as in evaluation.
+
+    Args:
+        attention_mask: ``[B, T]`` (1 or True = real token).
+
+    Returns:
+        ``[B, T]`` int64.
+
+    Example:
+        >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1], [1, 1, 0, 1, 0]]))
+        tensor([[0, 0, 0, 1, 2],
+                [0, 1, 1, 2, 2]])
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+
+
+def _pads_before_real_tokens(mask: torch.Tensor) -> bool:
+    """Whether a row has padding before one of its real tokens (left or holey padding). Syncs the host."""
+    m = mask != 0
+    return bool((m[:, 1:] & ~m[:, :-1]).any()) if m.dim() == 2 and m.shape[1] > 1 else False
+
+
+def _position_ids_for(module: Any, mask: torch.Tensor) -> torch.Tensor | None:
+    """The ``position_ids`` to pass ``module`` for ``mask``, or None (not needed, or not accepted).
+
+    A ``forward`` that names ``position_ids`` always gets them; one that takes only ``**kwargs``
+    gets them when the mask has padding before a real token (right padding and no padding give
+    the default positions); one that cannot take them is warned about once, in that case.
+    """
+    support = _keyword_support(module, "position_ids")
+    if support == "named":
+        return position_ids_from_mask(mask)
+    if not _pads_before_real_tokens(mask):
+        return None
+    if support == "kwargs":
+        return position_ids_from_mask(mask)
+    name = type(module).__name__
+    if name not in _WARNED_NO_POSITIONS:
+        _WARNED_NO_POSITIONS.add(name)
+        warnings.warn(
+            f"{name}.forward takes no `position_ids`, and this batch has padding before real tokens (left or "
+            "holey padding): the model counts positions from the first column, padding included, so a "
+            "sample's loss depends on how much padding its batch gave it and differs from its unpadded loss. "
+            "Give `forward` a `position_ids` argument and pass it on to the model, or pad on the right "
+            "(tokenizer.padding_side = 'right') for evaluation batches.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return None
 
 
 def hf_forward(module: Any, batch: Mapping[str, Any]) -> Any:
-    """Calls ``module`` the Hugging Face way, without labels (the model must not compute its own loss)."""
+    """Calls ``module`` the Hugging Face way, without labels (the model must not compute its own loss).
+
+    ``module(input_ids=..., attention_mask=..., position_ids=...)``: the mask when the batch has one
+    and ``forward`` takes it, and position ids from the mask (:func:`position_ids_from_mask`) when
+    ``forward`` takes them (named, or through ``**kwargs`` when the batch has padding before real
+    tokens). A ``forward`` without an ``input_ids`` keyword gets ``module(input_ids)``.
+
+    Example:
+        >>> class Echo(torch.nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None, position_ids=None):
+        ...         return position_ids
+        >>> hf_forward(Echo(), {"input_ids": torch.ones(1, 3), "attention_mask": torch.tensor([[0, 1, 1]])})
+        tensor([[0, 0, 1]])
+    """
     input_ids = batch["input_ids"]
     if not _accepts_keyword(module, "input_ids"):
         return module(input_ids)
@@ -89,6 +180,12 @@ def hf_forward(module: Any, batch: Mapping[str, Any]) -> Any:
     mask = batch.get("attention_mask")
     if mask is not None and _accepts_keyword(module, "attention_mask"):
         kwargs["attention_mask"] = mask
+        if isinstance(mask, torch.Tensor) and "position_ids" not in batch:
+            positions = _position_ids_for(module, mask)
+            if positions is not None:
+                kwargs["position_ids"] = positions
+    if isinstance(batch.get("position_ids"), torch.Tensor) and _accepts_keyword(module, "position_ids"):
+        kwargs["position_ids"] = batch["position_ids"]  # the batch's own (e.g. packed sequences)
     return module(**kwargs)
 
 
@@ -114,8 +211,12 @@ def causal_lm_sample_loss(
     """Per-sample next-token NLL of a causal LM, Hugging Face conventions, and per-sample correctness.
 
     With ``shift=True`` the logits at position ``t`` score ``labels[:, t + 1]`` (what
-    ``transformers`` causal LMs do inside their own loss). A label of ``-100`` or an
-    ``attention_mask`` of 0 at the scored position leaves the token out. ``reduction="mean"``
+    ``transformers`` causal LMs do inside their own loss). A target counts only when both its
+    input position ``t`` and its target position ``t + 1`` are real tokens (``attention_mask``
+    1 at both) and its label is not ``-100``, so left, right and holey padding score the same
+    tokens as no padding (the logits must then come from a pass with position ids counted from
+    the first real token: :func:`position_ids_from_mask`). With ``shift=False`` the mask and
+    label at the scored position decide. ``reduction="mean"``
     averages the NLL (natural log) over each sample's scored tokens, ``"sum"`` adds them up
     (the sequence's log-perplexity). A sample with no scored token gets NaN, never a
     loss that would read as "memorised".
@@ -151,12 +252,13 @@ def causal_lm_sample_loss(
             f"`attention_mask` has shape {tuple(attention_mask.shape)}, labels {tuple(labels.shape)}; "
             "they must match"
         )
+    real = attention_mask != 0 if attention_mask is not None else None
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
-        attention_mask = attention_mask[:, 1:] if attention_mask is not None else None
+        real = real[:, 1:] & real[:, :-1] if real is not None else None  # target and input both real
     valid = labels != -100
-    if attention_mask is not None:
-        valid = valid & (attention_mask != 0)
+    if real is not None:
+        valid = valid & real
     targets = labels.masked_fill(~valid, 0).long()
     tok = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [B, T']
     tok = torch.where(valid, tok, torch.zeros_like(tok))
@@ -166,6 +268,57 @@ def causal_lm_sample_loss(
     loss = torch.where(n > 0, total / n.clamp_min(1) if reduction == "mean" else total, nan)
     correct = ((logits.argmax(dim=-1) == labels) | ~valid).all(dim=1) & (n > 0)
     return loss, correct
+
+
+def causal_lm_step_losses(
+    logits: Any, batch: Mapping[str, Any], *, labels_key: str = "labels", reduction: str = "mean"
+) -> torch.Tensor:
+    """Per-sample next-token losses from a training step's own logits: step capture, no second forward.
+
+    The same rule as the probe losses (:func:`causal_lm_sample_loss` with ``shift=True``): logits
+    at ``t`` score ``batch[labels_key][:, t + 1]`` (``input_ids`` when the batch has no labels),
+    counting a target only when its input and target positions are real tokens
+    (``attention_mask``) and its label is not -100, averaged over each sample's scored tokens.
+    For left-padded batches, run the model with ``position_ids=position_ids_from_mask(mask)`` so
+    that the logits are those of the unpadded sample. No host synchronisation.
+
+    Args:
+        logits: ``[B, T, V]`` logits, or the model's output (an object or dict with ``logits``).
+        batch: the dict batch of the step (``input_ids``, optionally ``attention_mask`` and labels).
+        labels_key: the batch key of the labels.
+        reduction: ``"mean"`` over each sample's scored tokens, or ``"sum"``.
+
+    Returns:
+        float32 Tensor ``[B]``, attached to the graph (``.detach()`` it for ``sample_loss``); NaN
+        for a sample with no scored token.
+
+    Raises:
+        TypeError: a batch without ``input_ids``, an output without logits.
+        ValueError: logits and labels whose shapes do not line up.
+
+    Example:
+        In a ``LightningModule`` (batches of ``IndexedDataset`` items, a Hugging Face collator)::
+
+            def training_step(self, batch, batch_idx):
+                index, batch = split_index(batch)  # memcallbacks.split_index
+                out = self.model(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]))
+                per_sample = causal_lm_step_losses(out.logits, batch)
+                return {"loss": out.loss, "sample_loss": per_sample.detach(), "sample_index": index}
+
+        >>> batch = {"input_ids": torch.tensor([[0, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1]])}
+        >>> round(float(causal_lm_step_losses(torch.zeros(1, 3, 8), batch)[0]), 4)  # one target, log 8
+        2.0794
+    """
+    if not isinstance(batch, Mapping) or not isinstance(batch.get("input_ids"), torch.Tensor):
+        got = sorted(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(
+            f"`batch` must be the step's dict batch with an `input_ids` tensor, got {got}; for `(x, y)` "
+            "batches use `F.cross_entropy(logits, y, reduction='none')`"
+        )
+    labels = batch.get(labels_key)
+    labels = batch["input_ids"] if labels is None else labels
+    tensor = output_logits(logits, source="`logits`", fix="pass the step's `[B, T, V]` logits (`out.logits`)")
+    return causal_lm_sample_loss(tensor, labels, batch.get("attention_mask"), reduction=reduction)[0]
 
 
 def per_sample_cross_entropy(

@@ -45,6 +45,7 @@ __all__ = [
 
 
 def finite_values(values: Any) -> np.ndarray:
+    """The finite values of ``values`` (a tensor or array-like) as a flat float64 array."""
     if hasattr(values, "detach"):
         values = values.detach().float().cpu().numpy()
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -52,10 +53,12 @@ def finite_values(values: Any) -> np.ndarray:
 
 
 def histogram_bins(record: Histogram) -> int:
+    """The number of bins of ``record``, between 1 and :data:`MAX_HISTOGRAM_BINS`."""
     return max(1, min(int(record.num_bins), MAX_HISTOGRAM_BINS))
 
 
 def histogram_summary(record: Histogram) -> dict[str, Any] | None:
+    """Bin edges, counts and summary statistics of a histogram (``None`` without a finite value)."""
     values = finite_values(record.values)
     if values.size == 0:
         return None
@@ -87,6 +90,7 @@ def plain_cell(value: Any) -> Any:
 
 
 def table_rows(record: Table) -> list[list[Any]]:
+    """At most :data:`MAX_TABLE_ROWS` rows of ``record``, each cell a plain JSON value."""
     return [[plain_cell(v) for v in row] for row in list(record.rows)[:MAX_TABLE_ROWS]]
 
 
@@ -98,6 +102,7 @@ def _thin(n: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
 
 
 def roc_points(record: RocCurve) -> tuple[np.ndarray, np.ndarray]:
+    """At most :data:`MAX_CURVE_POINTS` ``(fpr, tpr)`` points of ``record`` (first and last kept)."""
     fpr = np.asarray(_finite_or_raw(record.fpr), dtype=np.float64).reshape(-1)
     tpr = np.asarray(_finite_or_raw(record.tpr), dtype=np.float64).reshape(-1)
     if fpr.shape != tpr.shape:
@@ -113,6 +118,7 @@ def _finite_or_raw(values: Any) -> Any:
 
 
 def series_points(record: LineSeries) -> tuple[list[float], dict[str, list[float]]]:
+    """The x values and each named series of ``record`` as floats (lengths checked)."""
     xs = [float(x) for x in _finite_or_raw(record.xs)]
     ys = {str(name): [float(y) for y in _finite_or_raw(values)] for name, values in record.ys.items()}
     for name, values in ys.items():
@@ -163,6 +169,8 @@ def render_figure(record: LineSeries | RocCurve) -> Any:
 
 
 def markdown_table(columns: Sequence[str], rows: list[list[Any]]) -> str:
+    """A Markdown table of ``columns`` and ``rows`` (``|`` escaped, newlines as spaces)."""
+
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -172,5 +180,6 @@ def markdown_table(columns: Sequence[str], rows: list[list[Any]]) -> str:
 
 
 def artifact_path(key: str, epoch: int, suffix: str) -> str:
+    """Where a record goes among a run's artifacts: ``memcallbacks/<key>/epoch_NNNN<suffix>``."""
     safe = re.sub(r"[^A-Za-z0-9_.\-/]+", "_", key).strip("/") or "record"
     return f"memcallbacks/{safe}/epoch_{int(epoch):04d}{suffix}"

@@ -36,6 +36,7 @@ def shown_path(path: Path, root: Path) -> str:
 def attack_section(
     run: RunDirectory, out_dir: Path, *, source: Path, title: str, names: set[str]
 ) -> Section | None:
+    """The table, settings and ROC figure of one ``attack.json`` (the figure copied under a name new to ``names``)."""
     att: AttackFiles = read_attack(source)
     s = Section(title)
     st = att.settings

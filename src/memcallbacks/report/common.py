@@ -29,6 +29,8 @@ __all__ = [
 
 @dataclass
 class Section:
+    """One section of the report: its title, Markdown lines, figures, tables and unreadable files."""
+
     title: str
     lines: list[str] = field(default_factory=list)  # Markdown bullet lines (plain text)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
@@ -37,6 +39,7 @@ class Section:
 
 
 def fmt(x: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; ``None`` (how JSON writes NaN/inf) and non-finite values as ``n/a``."""
     if x is None:  # how the run directory's JSON writes NaN/inf
         return "n/a"
     try:
@@ -49,6 +52,7 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 def save_figure(fig: Any, out_dir: Path, name: str) -> str:
+    """Write ``fig`` as ``<out_dir>/<name>`` (PNG, atomically), close it, and return ``name``."""
     import io
 
     import matplotlib.pyplot as plt
@@ -66,10 +70,12 @@ def name_tag(subdir: str) -> str:
 
 
 def titled(title: str, subdir: str) -> str:
+    """A section title, with the folder appended when it is a named monitor's (``<folder>_<name>``)."""
     return title if not name_tag(subdir) else f"{title}, `{subdir}`"
 
 
 def integer_epochs(ax: Any) -> None:
+    """Integer ticks and the label "epoch" on the x axis of ``ax``."""
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -77,6 +83,7 @@ def integer_epochs(ax: Any) -> None:
 
 
 def restored_epoch(run: RunDirectory) -> int | None:
+    """The epoch whose weights early stopping restored, or ``None`` (also when ``stopping.json`` is unreadable)."""
     try:
         stop = run.stopping()
     except RunDirectoryError:
@@ -85,10 +92,12 @@ def restored_epoch(run: RunDirectory) -> int | None:
 
 
 def safe_name(text: str) -> str:
+    """``text`` with every character other than letters, digits, ``-`` and ``_`` as ``_`` (a file-name part)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "attack"
 
 
 def read_or_note(reader: Callable[[], Any]) -> Any:
+    """``reader()``, or the :class:`~memcallbacks.rundir.RunDirectoryError` it raised (to note in a section)."""
     try:
         return reader()
     except RunDirectoryError as e:

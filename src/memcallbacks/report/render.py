@@ -16,6 +16,7 @@ __all__ = ["render_html", "render_markdown"]
 
 # -- rendering ------------------------------------------------------------------------------
 def render_markdown(root: Path, sections: list[Section]) -> str:
+    """The report as Markdown (``summary.md``): one ``##`` heading per section, figures linked by file name."""
     out = ["# memcallbacks report", "", f"Run directory: `{root}`", ""]
     for s in sections:
         out += [f"## {s.title}", ""]
@@ -30,6 +31,7 @@ def render_markdown(root: Path, sections: list[Section]) -> str:
 
 
 def render_html(root: Path, out_dir: Path, sections: list[Section]) -> str:
+    """The report as one self-contained HTML page (``report.html``), the figures of ``out_dir`` embedded."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>memcallbacks report</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"

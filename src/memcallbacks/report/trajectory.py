@@ -169,6 +169,7 @@ class CanaryRanking(NamedTuple):
 
     @property
     def share(self) -> float:
+        """The fraction of the copies in the top."""
         return self.in_top / self.copies
 
 
