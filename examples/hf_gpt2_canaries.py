@@ -164,8 +164,16 @@ class GPT2Module(L.LightningModule):
         self.model = GPT2LMHeadModel(config)
         self.lr = lr
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # `position_ids`: the monitors pass them counted from each row's first real token, so a
+        # left-padded probe scores as it would unpadded (see docs/hf.md, "Padding side")
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return out.logits  # type: ignore[no-any-return]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
@@ -266,9 +274,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean exposure (bits) by insertions, last epoch: "
         + ", ".join(f"x{r}: {v:.1f}" for r, v in by_count.items())
     )
-    print(
-        f"membership AUC {metrics.get('mem/mia/auc', float('nan')):.3f}, val_loss {metrics.get('val_loss', float('nan')):.3f}"
-    )
+    auc, val_loss = metrics.get("mem/mia/auc", float("nan")), metrics.get("val_loss", float("nan"))
+    print(f"membership AUC {auc:.3f}, val_loss {val_loss:.3f}")
     print(
         f"epochs run: {trainer.current_epoch}, stopped by LeakageEarlyStopping: {stopping.stopped_epoch is not None}"
     )

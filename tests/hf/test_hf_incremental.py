@@ -232,7 +232,8 @@ def test_one_rule_finds_transformers_models_generative_modules_and_peft_wrappers
     assert find_hf_model(_Wrapper(model=peft, teacher=_llama())) is peft
     lm = as_incremental(_Wrapper(model=peft))
     assert lm is not None
-    assert lm.model is peft  # a wrapper that is not peft's is scored as it is (its forward may add to the base)
+    # a wrapper that is not peft's is scored as it is (its forward may add to the base model's)
+    assert lm.model is peft
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.inference_mode():
         np.testing.assert_allclose(

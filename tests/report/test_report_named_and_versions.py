@@ -144,3 +144,51 @@ def test_shadow_files_carry_the_format_and_a_newer_one_is_refused(tmp_path: Path
     fileio.save_npz(folder / "scores.npz", **{**arrays, "format": np.int64(FORMAT_VERSION + 1)})
     with pytest.raises(RunDirectoryError, match=r"scores\.npz.*newer than"):
         read_shadow_scores(folder)
+
+
+def test_monitors_given_a_name_are_read_back_and_shown(tmp_path: Path) -> None:
+    """Real monitors given ``name=`` (two canary sets, one audit) write named folders the report shows."""
+    import pytorch_lightning as pl
+
+    from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, PrivacyAuditMonitor
+    from memcallbacks.demos.toy import WindowLM, lm_loader, make_payment_corpus
+
+    pl.seed_everything(0, verbose=False)
+    tok = CharTokenizer()
+    rare = CanarySet("my pin is {secret}.", tok, repetitions=(1, 4), per_count=2, seed=0)
+    common = CanarySet("my pin is {secret}.", tok, repetitions=(1, 2), per_count=2, seed=5)
+    audit_set = CanarySet("my code is {secret}.", tok, repetitions=(1,), per_count=16, seed=1)
+    audit = PrivacyAuditMonitor(audit_set, seed=0, name="heldout", run_dir=tmp_path)
+    texts = audit.inject(common.inject(rare.inject(make_payment_corpus(300, seed=0))))
+    callbacks = [
+        CanaryExposureMonitor(rare, method="extrapolated", num_references=50, name="rare", run_dir=tmp_path),
+        CanaryExposureMonitor(
+            common, method="extrapolated", num_references=50, name="common", run_dir=tmp_path
+        ),
+        audit,
+    ]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(WindowLM(tok.vocab_size), lm_loader(texts, tok, batch_size=64))
+    reader = RunDirectory(tmp_path)
+    assert reader.folders(CANARY) == ["canary_common", "canary_rare"]
+    assert reader.folders(AUDIT) == ["audit_heldout"]
+    result = build_report(tmp_path)
+    assert result["problems"] == []
+    assert {p.name for p in result["figures"]} == {
+        "exposure_vs_repetitions_common.png",
+        "exposure_vs_repetitions_rare.png",
+        "epsilon_audit_heldout.png",
+    }
+    md = result["markdown"].read_text()
+    for title in (
+        "Canary exposure (Secret Sharer), `canary_rare`",
+        "Privacy: the one-run audit, `audit_heldout`",
+    ):
+        assert f"## {title}" in md

@@ -22,6 +22,20 @@ once with :meth:`~MemorisationCallback.warn_once` (persisted: a resumed run does
 ``name=``: a monitor given ``name`` logs ``<key>/<name>`` (records too) and writes its folder as
 ``<subdir>_<name>/`` (``<subdir>/`` without a name), for every monitor.
 
+When a monitor evaluates (one schedule, chosen in the constructor, the same for every monitor):
+
+* ``every_n_epochs=n`` (the default, ``n=1``): at the end of every n-th training epoch;
+* ``every_n_steps=n``: in ``on_train_batch_end``, each time ``trainer.global_step`` (optimizer
+  steps, so gradient accumulation counts as Lightning counts) reaches a new multiple of ``n``;
+  never at the epoch end (the steps drive it);
+* ``evaluate_on_validation=True``: at the end of every validation run inside ``fit``, also the
+  ones ``val_check_interval`` runs in the middle of an epoch.
+
+The last two evaluate at most once per global step (a step seen again under gradient
+accumulation, or a second validation at the same step, is skipped) and log at ``step=`` the
+global step (see :meth:`MemorisationCallback.log_metrics`). On steps where no evaluation is due the
+cost is one integer comparison.
+
 When the epoch-end work runs: at the end of the training epoch, or, when a validation run
 closes the epoch (every batch of the training epoch done), at that validation's epoch end.
 The earlier of the two matters: ``ModelCheckpoint`` saves at ``on_validation_end`` when it
@@ -47,12 +61,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -70,6 +85,9 @@ __all__ = [
     "WarnsOnce",
     "check_name",
     "check_every_n_epochs",
+    "check_schedule",
+    "LoggedAt",
+    "logged_at",
     "check_same_measured_args",
     "logged_epochs",
     "resolve_run_root",
@@ -77,9 +95,19 @@ __all__ = [
     "state_tensor",
 ]
 
-# Trainer -> {key: epoch of its latest log_metrics call}; read by LeakageEarlyStopping to act on
+
+class LoggedAt(NamedTuple):
+    """When a key was last logged through :meth:`MemorisationCallback.log_metrics`."""
+
+    epoch: int
+    step: int
+    mid_epoch: bool
+    """Logged by a step or validation schedule (``every_n_steps``, ``evaluate_on_validation``)."""
+
+
+# Trainer -> {key: when its latest log_metrics call was}; read by LeakageEarlyStopping to act on
 # fresh values only (monitors that evaluate every n epochs leave stale values in callback_metrics).
-_LOGGED_EPOCHS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+_LOGGED: weakref.WeakKeyDictionary[Any, dict[str, LoggedAt]] = weakref.WeakKeyDictionary()
 
 
 def state_tensor(array: np.ndarray | None) -> torch.Tensor | None:
@@ -98,16 +126,63 @@ def state_array(state_dict: dict[str, Any], key: str, dtype: Any) -> np.ndarray 
     return np.asarray(value.cpu().numpy() if hasattr(value, "cpu") else value, dtype=dtype)
 
 
-def logged_epochs(trainer: Any) -> dict[str, int]:
-    """For each key logged through :meth:`MemorisationCallback.log_metrics` on ``trainer``, its latest epoch."""
+def logged_at(trainer: Any) -> dict[str, LoggedAt]:
+    """For each key logged through :meth:`MemorisationCallback.log_metrics` on ``trainer``, when it was last logged."""
     try:
-        return dict(_LOGGED_EPOCHS.get(trainer, {}))
+        return dict(_LOGGED.get(trainer, {}))
     except TypeError:
         return {}
 
 
+def logged_epochs(trainer: Any) -> dict[str, int]:
+    """For each key logged through :meth:`MemorisationCallback.log_metrics` on ``trainer``, its latest epoch."""
+    return {key: at.epoch for key, at in logged_at(trainer).items()}
+
+
 def check_every_n_epochs(value: Any) -> int:
     return check_int("every_n_epochs", value, minimum=1, hint="use 1 to evaluate every epoch")
+
+
+def check_schedule(
+    every_n_epochs: Any, every_n_steps: Any, evaluate_on_validation: Any
+) -> tuple[int, int | None, bool]:
+    """Check a monitor's schedule; return ``(every_n_epochs, every_n_steps, evaluate_on_validation)``.
+
+    At most one of the three may differ from its default (``1``, ``None``, ``False``).
+
+    Raises:
+        TypeError: an interval that is not an integer (a bool or string included), a flag that is not a bool.
+        ValueError: an interval below 1, or two schedules at once; the message names the fix.
+
+    Example:
+        >>> check_schedule(1, 100, False)
+        (1, 100, False)
+    """
+    epochs = check_every_n_epochs(every_n_epochs)
+    steps = None
+    if every_n_steps is not None:
+        steps = check_int(
+            "every_n_steps",
+            every_n_steps,
+            minimum=1,
+            hint="the optimizer steps (trainer.global_step) between evaluations, or None to schedule by epochs",
+        )
+    on_validation = check_bool("evaluate_on_validation", evaluate_on_validation)
+    chosen = [
+        f"{name}={value!r}"
+        for name, value, default in (
+            ("every_n_epochs", epochs, 1),
+            ("every_n_steps", steps, None),
+            ("evaluate_on_validation", on_validation, False),
+        )
+        if value != default
+    ]
+    if len(chosen) > 1:
+        raise ValueError(
+            f"a monitor follows one schedule, got {' and '.join(chosen)}; keep one of them (e.g. "
+            "every_n_steps=100 alone for an evaluation every 100 optimizer steps, or every_n_epochs=2 alone)"
+        )
+    return epochs, steps, on_validation
 
 
 def resolve_run_root(trainer: Any, run_dir: Path | None, owner: str, subdir: str = "") -> Path:
@@ -239,6 +314,10 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
 
     Args:
         every_n_epochs: evaluate after every this many training epochs.
+        every_n_steps: evaluate instead every this many optimizer steps (``trainer.global_step``), in
+            ``on_train_batch_end``, and not at epoch ends; ``None`` schedules by epochs.
+        evaluate_on_validation: evaluate instead at the end of every validation run inside ``fit``
+            (with ``val_check_interval``, also in the middle of an epoch), and not at epoch ends.
         run_dir: the run directory root instead of ``<trainer.log_dir>/memcallbacks``.
         log_per_sample: allow per-sample records to reach third-party loggers.
         log_secrets: allow secret-bearing records (canary secrets) to reach third-party loggers.
@@ -263,19 +342,26 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         self,
         *,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
         log_secrets: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__()
-        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
+        self.every_n_epochs, self.every_n_steps, self.evaluate_on_validation = check_schedule(
+            every_n_epochs, every_n_steps, evaluate_on_validation
+        )
         self._run_dir_arg = check_path("run_dir", run_dir)
         self.log_per_sample = check_bool("log_per_sample", log_per_sample)
         self.log_secrets = check_bool("log_secrets", log_secrets)
         self.name: str | None = check_name(name)
         self._run_dir: Path | None = self._run_dir_arg
         self._last_epoch_done = -1
+        self._last_step_done = -1  # global step of the last step/validation-scheduled evaluation
+        self._eval_epoch: int | None = None  # the epoch of the running evaluation
+        self._mid_epoch = False  # the running evaluation follows every_n_steps / evaluate_on_validation
         self._writer: fileio.BackgroundWriter | None = None
         self._history: list[dict[str, Any]] = []
         self._warned: dict[str, int] = {}
@@ -308,18 +394,76 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
     # -- scheduling ----------------------------------------------------------------------
     @property
     def last_epoch_done(self) -> int:
-        """The latest epoch whose epoch-end work has run (-1 before the first)."""
-        return self._last_epoch_done
+        """The epoch of the running evaluation; outside one, the latest epoch whose epoch-end work has run.
+
+        -1 before the first.
+        """
+        return self._last_epoch_done if self._eval_epoch is None else self._eval_epoch
+
+    @property
+    def last_step_done(self) -> int:
+        """The global step of the latest step- or validation-scheduled evaluation (-1 before the first)."""
+        return self._last_step_done
+
+    @property
+    def schedule(self) -> str:
+        """``"epochs"``, ``"steps"`` (``every_n_steps``) or ``"validation"`` (``evaluate_on_validation``)."""
+        if self.every_n_steps is not None:
+            return "steps"
+        return "validation" if self.evaluate_on_validation else "epochs"
 
     def is_due(self, trainer: pl.Trainer) -> bool:
-        """Whether this epoch is one of the every-``every_n_epochs`` evaluations (the one schedule rule)."""
+        """Whether this epoch end is one of the every-``every_n_epochs`` evaluations (the one schedule rule).
+
+        Always ``False`` under a step or validation schedule: those evaluate in the middle of epochs.
+        """
+        if self.every_n_steps is not None or self.evaluate_on_validation:
+            return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def is_step_due(self, step: int) -> bool:
+        """Whether global step ``step`` is one of the every-``every_n_steps`` evaluations not yet done."""
+        n = self.every_n_steps
+        return n is not None and step > 0 and step % n == 0 and step != self._last_step_done
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = self.every_n_steps
+        if n is None:
+            return
+        total = trainer.estimated_stepping_batches  # accounts for max_steps, max_epochs, accumulation
+        if math.isfinite(total) and n > total:
+            self.warn_once(
+                "every_n_steps_too_large",
+                f"{type(self).__name__}(every_n_steps={n}) will not evaluate: this run has {int(total)} optimizer "
+                f"steps. Pass every_n_steps <= {int(total)} (e.g. {max(1, int(total) // 10)})",
+            )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # hot path: an integer comparison when no evaluation is due (no sync, no .item())
+        if self.every_n_steps is None or not self.is_step_due(trainer.global_step):
+            return
+        self._evaluate_mid_epoch(trainer, pl_module, "step")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":  # validation inside fit only
             return
+        if self.evaluate_on_validation and trainer.global_step != self._last_step_done:
+            self._evaluate_mid_epoch(trainer, pl_module, "validation")
         if compat.is_training_done(trainer):
             self._run_epoch_end(trainer, pl_module)
+
+    def _evaluate_mid_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, point: str) -> None:
+        """One step- or validation-scheduled evaluation, then the callbacks that decide after monitors."""
+        self.flush()  # the previous evaluation's files are written (a failed write raises here)
+        self._last_step_done = int(trainer.global_step)
+        self._mid_epoch = True
+        try:
+            self.evaluate(trainer, pl_module)
+        finally:
+            self._mid_epoch = False
+        _notify_after_monitor(trainer, pl_module, point)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_epoch_end(trainer, pl_module)
@@ -330,11 +474,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
             return
         self._last_epoch_done = trainer.current_epoch
         self.on_memorisation_epoch_end(trainer, pl_module)
-        # let callbacks that decide after every monitor (LeakageEarlyStopping) know, whatever the order
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            after = getattr(callback, "after_monitor_epoch_end", None)
-            if after is not None:
-                after(trainer, pl_module)
+        _notify_after_monitor(trainer, pl_module, "epoch")
 
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Once per training epoch, after its last batch: :meth:`evaluate` when :meth:`is_due`.
@@ -346,20 +486,29 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
 
     # -- the evaluation cycle ------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """One evaluation: measure, metrics, history row, logging, rank-0 files and records, timing."""
+        """One evaluation: measure, metrics, history row, logging, rank-0 files and records, timing.
+
+        The history keeps one row per epoch (epoch schedule) or per global step (step and
+        validation schedules): an evaluation run again for the same one replaces its row.
+        """
         start = time.perf_counter()
-        result = self.measure(trainer, pl_module)
-        if result is None:
-            return
-        metrics = self.metrics(result)
-        epoch = int(trainer.current_epoch)
-        row: dict[str, Any] = {"epoch": epoch, "step": int(trainer.global_step), **metrics}
-        self._history = [h for h in self._history if h["epoch"] != epoch] + [row]
-        self.log_metrics(pl_module, metrics)
-        if trainer.is_global_zero:
-            self.write_files(result)
-            for record in self.records(result):
-                self.emit(trainer, record)
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        self._eval_epoch = epoch
+        try:
+            result = self.measure(trainer, pl_module)
+            if result is None:
+                return
+            metrics = self.metrics(result)
+            row: dict[str, Any] = {"epoch": epoch, "step": step, **metrics}
+            by = "epoch" if self.schedule == "epochs" else "step"
+            self._history = [h for h in self._history if h[by] != row[by]] + [row]
+            self.log_metrics(pl_module, metrics)
+            if trainer.is_global_zero:
+                self.write_files(result)
+                for record in self.records(result):
+                    self.emit(trainer, record)
+        finally:
+            self._eval_epoch = None
         self.last_eval_seconds = time.perf_counter() - start
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
@@ -391,26 +540,43 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         return f"/{self.name}" if self.name else ""
 
     def log_metrics(self, pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
-        """Log scalars (identical on every rank) so every logger and ``callback_metrics`` get them."""
+        """Log scalars (identical on every rank) so every logger and ``callback_metrics`` get them.
+
+        Epoch schedule: ``pl_module.log_dict(on_epoch=True)``; Lightning sends them to the loggers
+        at the epoch end, at ``step=`` the global step. Step and validation schedules: the values
+        reach ``callback_metrics`` through ``log_dict(logger=False)`` and every logger of
+        ``trainer.loggers`` directly, at ``step=trainer.global_step`` with the ``epoch`` (Lightning's
+        own step logging would be thinned by ``log_every_n_steps`` and shifted one step back).
+        """
         suffix = self._name_suffix()
         if suffix:
             metrics = {f"{k}{suffix}": v for k, v in metrics.items()}
         if not metrics:
             return
+        values = {k: float(v) for k, v in metrics.items()}
+        trainer = compat.trainer_of(pl_module)
+        mid_epoch = self._mid_epoch and trainer is not None
+        on_step = mid_epoch and not trainer.validating
         pl_module.log_dict(
-            {k: float(v) for k, v in metrics.items()},
-            on_step=False,
-            on_epoch=True,
+            values,
+            on_step=on_step,
+            on_epoch=not on_step,
+            logger=False if mid_epoch else None,  # None: Lightning's default (the loggers)
             sync_dist=False,
             add_dataloader_idx=False,
         )
-        trainer = compat.trainer_of(pl_module)
-        if trainer is not None:
-            try:
-                epochs = _LOGGED_EPOCHS.setdefault(trainer, {})
-                epochs.update(dict.fromkeys(metrics, int(trainer.current_epoch)))
-            except TypeError:  # not weak-referenceable: freshness falls back to Lightning's results
-                pass
+        if trainer is None:
+            return
+        if mid_epoch:
+            step = int(trainer.global_step)
+            for logger in trainer.loggers:
+                logger.log_metrics({**values, "epoch": int(trainer.current_epoch)}, step=step)
+                logger.save()
+        try:
+            at = LoggedAt(int(trainer.current_epoch), int(trainer.global_step), mid_epoch)
+            _LOGGED.setdefault(trainer, {}).update(dict.fromkeys(metrics, at))
+        except TypeError:  # not weak-referenceable: freshness falls back to Lightning's results
+            pass
 
     def emit(self, trainer: pl.Trainer, record: loggers.Record) -> None:
         """Send a rich record to the trackers, honouring this callback's privacy opt-ins."""
@@ -430,7 +596,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         """
         if self._writer is None:
             self._writer = fileio.BackgroundWriter(f"memcallbacks-{self.folder}")
-        self._writer.submit_as(f"{type(self).__name__}, epoch {self._last_epoch_done}", fn, *args, **kwargs)
+        self._writer.submit_as(f"{type(self).__name__}, epoch {self.last_epoch_done}", fn, *args, **kwargs)
 
     def flush(self) -> None:
         """Wait until the run directory holds every write submitted so far.
@@ -449,6 +615,13 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_writer()
+        if self.evaluate_on_validation and self._last_step_done < 0:
+            self.warn_once(
+                "no_validation_run",
+                f"{type(self).__name__}(evaluate_on_validation=True) did not evaluate: no validation ran "
+                "during fit. Pass validation data to fit (with limit_val_batches > 0), or schedule it by "
+                "steps (every_n_steps=...) or epochs instead",
+            )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._close_writer()
@@ -494,6 +667,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         """What the base keeps in a checkpoint; merge it into the subclass's ``state_dict``."""
         return {
             "last_epoch_done": self._last_epoch_done,
+            "last_step_done": self._last_step_done,
             "measured": self._measured_args(),
             "history": self.history,
             "warned": dict(self._warned),
@@ -509,8 +683,21 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         if isinstance(saved, dict):
             check_same_measured_args(type(self).__name__, saved, self._measured_args())
         self._last_epoch_done = int(state.get("last_epoch_done", -1))
+        self._last_step_done = int(state.get("last_step_done", -1))
         self._history = [_history_row(row) for row in state.get("history") or []]
         self._warned = {str(k): int(v) for k, v in (state.get("warned") or {}).items()}
+
+
+def _notify_after_monitor(trainer: pl.Trainer, pl_module: pl.LightningModule, point: str) -> None:
+    """Let callbacks that decide after the monitors (``after_monitor_cycle``) know, whatever the order.
+
+    ``point`` is ``"epoch"`` (a monitor has done an epoch's work, evaluated or not), ``"step"`` or
+    ``"validation"`` (a monitor has evaluated in the middle of an epoch).
+    """
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        after = getattr(callback, "after_monitor_cycle", None)
+        if after is not None:
+            after(trainer, pl_module, point)
 
 
 def _history_row(row: dict[str, Any]) -> dict[str, Any]:

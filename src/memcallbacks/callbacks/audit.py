@@ -195,6 +195,10 @@ class PrivacyAuditMonitor(MemorisationCallback):
         batch_size: evaluation batch size.
         collate_fn: collate function for data-point canaries.
         every_n_epochs: evaluate every this many epochs.
+        every_n_steps: evaluate every this many optimizer steps instead (``trainer.global_step``;
+            not at epoch ends); see :class:`~memcallbacks.callbacks._base.MemorisationCallback`.
+        evaluate_on_validation: evaluate at the end of every validation run inside ``fit`` instead
+            (with ``val_check_interval``, also mid-epoch).
         run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
         log_per_sample: send the per-canary scores to trackers (a table); the run directory
             always gets them.
@@ -234,12 +238,19 @@ class PrivacyAuditMonitor(MemorisationCallback):
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(
-            every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample, name=name
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            evaluate_on_validation=evaluate_on_validation,
+            run_dir=run_dir,
+            log_per_sample=log_per_sample,
+            name=name,
         )
         checked = _validate_init(canaries, k_pos, k_neg, delta, beta, seed, included, batch_size)
         self.canaries = canaries
@@ -527,6 +538,7 @@ def _file_row(h: dict[str, Any]) -> dict[str, Any]:
     correct = float(h["mem/audit/correct"])
     return {
         "epoch": int(h["epoch"]),
+        "step": int(h.get("step", -1)),
         "correct": int(correct) if np.isfinite(correct) else None,
         "guesses": int(h["mem/audit/guesses"]),
         "accuracy": float(h["mem/audit/accuracy"]),

@@ -32,7 +32,8 @@ Files (``<run_dir>/canary/``, rank 0): ``exposure.npz`` with ``epochs [E]``,
 NaN for a non-finite score), ``reference_rank [E, C]`` (NaN without references),
 ``nonfinite [E]`` (``extracted [E, C]`` with extraction), ``space_size``, ``method``
 (``"exact"``, ``"extrapolated"`` or ``"hybrid"``), ``strategy`` (the strategy's registry name,
-e.g. ``"exact_trie"``) and the last evaluation's ``reference_scores``. Secrets are not written
+e.g. ``"exact_trie"``), ``strategy_reason`` (why that strategy is not exact; empty when it is) and the
+last evaluation's ``reference_scores``. Secrets are not written
 there: they are regenerated from the CanarySet's seed; ``secrets.json`` (id -> secret) is written only with
 ``log_secrets=True``. The checkpoint (``state_dict``) does hold the secrets and references,
 so a resumed run scores the same candidates.
@@ -56,6 +57,7 @@ from memcallbacks.data.canaries import CanarySet
 from memcallbacks.lm.canary_rank import (
     EXPOSURE_STRATEGIES,
     ExposureConfig,
+    exact_unavailable_reason,
     resolve_exposure_method,
     score_candidates,
 )
@@ -167,6 +169,10 @@ class CanaryExposureMonitor(MemorisationCallback):
         beam_width: beam width of that decoding (1 = greedy); a canary counts as extracted
             when its secret is any of the ``beam_width`` beams.
         every_n_epochs: evaluate every this many epochs.
+        every_n_steps: evaluate every this many optimizer steps instead (``trainer.global_step``;
+            not at epoch ends); see :class:`~memcallbacks.callbacks._base.MemorisationCallback`.
+        evaluate_on_validation: evaluate at the end of every validation run inside ``fit`` instead
+            (with ``val_check_interval``, also mid-epoch).
         run_dir: root of the run directory (default ``<trainer.log_dir>/memcallbacks``).
         log_per_sample: send the per-canary table (ids, no secrets) to loggers.
         log_secrets: include the secrets in the table sent to trackers and write
@@ -212,6 +218,8 @@ class CanaryExposureMonitor(MemorisationCallback):
         extraction: bool = False,
         beam_width: int = 1,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
         log_secrets: bool = False,
@@ -220,6 +228,8 @@ class CanaryExposureMonitor(MemorisationCallback):
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            evaluate_on_validation=evaluate_on_validation,
             run_dir=run_dir,
             log_per_sample=log_per_sample,
             log_secrets=log_secrets,
@@ -243,6 +253,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             progress=progress,
         )
         self.resolved_method: str | None = None
+        self.strategy_reason: str | None = None  # why the resolved strategy is not exact (None when it is)
         self._references: list[str] | None = None
         self._epochs: list[int] = []
         self._per_canary: dict[str, list[list[float]]] = {k: [] for k in _HISTORY_KEYS}
@@ -327,9 +338,14 @@ class CanaryExposureMonitor(MemorisationCallback):
         return as_incremental(pl_module) or pl_module
 
     def _resolve_method(self, pl_module: Any) -> str:
-        return resolve_exposure_method(
+        method = resolve_exposure_method(
             self.method, pl_module, self.canaries, self.config, num_references=self.num_references
         )
+        exact = method in ("exact_trie", "exact_list")
+        self.strategy_reason = (
+            None if exact else exact_unavailable_reason(pl_module, self.canaries, self.config)
+        )
+        return method
 
     # -- scoring -------------------------------------------------------------------------
     def compute(self, pl_module: Any) -> ExposureResult:
@@ -453,6 +469,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             # ``strategy`` names the strategy that computed the values
             "method": np.array(_METHOD_FAMILY.get(self.resolved_method or self.method, self.method)),
             "strategy": np.array(self.resolved_method or self.method),
+            "strategy_reason": np.array(self.__dict__.get("strategy_reason") or ""),  # "" when exact
         }
         if cs.injected_indices:  # where the canaries sit in the training set (for the report's data map)
             arrays["injected_index"] = np.array(

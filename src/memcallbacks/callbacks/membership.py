@@ -277,6 +277,10 @@ class MembershipInferenceMonitor(MemorisationCallback):
         sample_loss_fn: ``(module, batch) -> Tensor[B]`` per-sample losses (``reduction='none'``);
             default: cross-entropy of ``module(x)`` against ``y``.
         every_n_epochs: evaluate after every this many training epochs.
+        every_n_steps: evaluate every this many optimizer steps instead (``trainer.global_step``;
+            not at epoch ends); see :class:`~memcallbacks.callbacks._base.MemorisationCallback`.
+        evaluate_on_validation: evaluate at the end of every validation run inside ``fit`` instead
+            (with ``val_check_interval``, also mid-epoch).
         fprs: false-positive rates in ``(0, 1)`` at which TPR is logged.
         calibrate: also log the difficulty-calibrated attack (``mem/mia_cal/*``).
         trajectory_attack: also log the loss-trajectory attack (``mem/mia_traj/*``) from the second
@@ -321,6 +325,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         num_probes: int = 1000,
         sample_loss_fn: probes.SampleLossFn | None = None,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         fprs: Iterable[float] = (0.001, 0.01, 0.1),
         calibrate: bool = False,
         trajectory_attack: bool = True,
@@ -334,7 +340,12 @@ class MembershipInferenceMonitor(MemorisationCallback):
         name: str | None = None,
     ) -> None:
         super().__init__(
-            every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample, name=name
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            evaluate_on_validation=evaluate_on_validation,
+            run_dir=run_dir,
+            log_per_sample=log_per_sample,
+            name=name,
         )
         args = _validate_init(
             num_probes=num_probes,
@@ -358,6 +369,11 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.batch_size: int = args["batch_size"]
         self.collate_fn: Callable[[list[Any]], Any] | None = args["collate_fn"]
         self.seed: int = args["seed"]
+        self._init_probes(members, nonmembers)
+        self._init_state()
+
+    def _init_probes(self, members: Any, nonmembers: Any) -> None:
+        """The probe resolver (seeded, persisted indices); given probe sets must match in structure."""
         self._probes = probes.ProbeResolver(
             type(self).__name__,
             members=members,
@@ -367,7 +383,6 @@ class MembershipInferenceMonitor(MemorisationCallback):
         )
         if self._probes.members_arg is not None and self._probes.nonmembers_arg is not None:
             self._check_same_structure(self._probes.members_arg, self._probes.nonmembers_arg)
-        self._init_state()
 
     def _init_state(self) -> None:
         """What the monitor records: the resolved probes, the loss history and the last reports."""

@@ -233,6 +233,10 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         min_k: the fraction of least likely tokens Min-K% Prob averages, in ``(0, 1]``.
         batch_size: probes per forward pass (logits ``[batch, window, vocab]`` float32 are held).
         every_n_epochs: evaluate after every this many training epochs.
+        every_n_steps: evaluate every this many optimizer steps instead (``trainer.global_step``;
+            not at epoch ends); see :class:`~memcallbacks.callbacks._base.MemorisationCallback`.
+        evaluate_on_validation: evaluate at the end of every validation run inside ``fit`` instead
+            (with ``val_check_interval``, also mid-epoch).
         seed: seed of the member probe subset (the membership monitor's rule).
         sampling: the sampling schemes of the (n, p) keys: a dict or list of dicts with
             ``temperature`` (> 0) and ``top_k`` (None, or ``[1, vocabulary]``).
@@ -298,6 +302,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         min_k: float = 0.2,
         batch_size: int = 32,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         seed: int = 0,
         sampling: Any = ({"temperature": 1.0, "top_k": None},),
         n_tries: Any = (1, 10, 100),
@@ -313,6 +319,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            evaluate_on_validation=evaluate_on_validation,
             run_dir=run_dir,
             log_per_sample=log_per_sample,
             log_secrets=log_secrets,

@@ -26,9 +26,19 @@ checkpoint state.
 
 Freshness, precisely: a key is fresh at epoch ``e`` when, during epoch ``e``, it was logged
 through :meth:`MemorisationCallback.log_metrics` (every memcallbacks monitor does; recorded
-per Trainer by :func:`memcallbacks.callbacks._base.logged_epochs`) or, for keys logged
+per Trainer by :func:`memcallbacks.callbacks._base.logged_at`) or, for keys logged
 another way (``self.log("mem/...")`` in your module), when it is among the values logged
 since the running loop's last reset (Lightning's result collection for the current epoch).
+
+Mid-epoch decisions: a monitor scheduled by steps (``every_n_steps``) or by validation runs
+(``evaluate_on_validation``) notifies the stopper after each evaluation; once every monitor due at
+that global step has evaluated, the stopper decides on the keys logged at that step (a key is
+fresh at one step only). A stop sets ``trainer.should_stop`` there, and Lightning ends the epoch
+after the current batch (after the validation run, if it was running one), as it does for
+``EarlyStopping(check_on_train_epoch_end=False)``. ``restore="best_safe"`` keeps the weights of the
+last *evaluation* at which every monitored key was fresh and below its threshold, whether it
+happened at an epoch end or at a step. ``stopped_step`` and ``best_safe_step`` (and
+``stopped_step``/``restored_step`` in ``stopping.json``) name the global steps.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from memcallbacks.callbacks._base import (
     MemorisationCallback,
     SkipsFastDevRun,
     WarnsOnce,
-    logged_epochs,
+    logged_at,
     resolve_run_root,
 )
 from memcallbacks.utilities import compat
@@ -62,7 +72,7 @@ __all__ = ["LeakageCondition", "LeakageEarlyStopping"]
 _log = logging.getLogger(__name__)
 _MODES = ("max", "min")
 _RESTORE = (None, "best_safe")
-BEST_SAFE_FILE = "stopping_best_safe.safetensors"
+BEST_SAFE_FILE = rundir.BEST_SAFE_FILE
 
 
 def _check_patience(value: Any, name: str = "patience") -> int:
@@ -196,10 +206,11 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
 
     Decides once per epoch, after every memcallbacks monitor has done the epoch's work (each
     monitor notifies it; the order of ``callbacks=[...]`` does not matter), using only values
-    logged this epoch. The decision is
+    logged this epoch; and, for monitors scheduled by steps or validation runs, after each of
+    their evaluations, in the middle of the epoch (see the module docstring). The decision is
     reduced across ranks (any rank past the threshold stops every rank). On stopping it sets
     ``trainer.should_stop``, logs a warning line, sends a :class:`~memcallbacks.loggers.Alert`
-    to the trackers, stores :attr:`stopped_epoch` and :attr:`reason`, and writes
+    to the trackers, stores :attr:`stopped_epoch`, :attr:`stopped_step` and :attr:`reason`, and writes
     ``<trainer.log_dir>/memcallbacks/stopping.json``.
 
     Args:
@@ -277,9 +288,15 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         self.last_values: dict[str, float] = {}
         self.seen: set[str] = set()
         self.stopped_epoch: int | None = None
+        self.stopped_step: int | None = None
+        """Global step of the stop (``trainer.global_step`` when it was decided)."""
         self.reason: str | None = None
         self.best_safe_epoch: int | None = None
+        self.best_safe_step: int | None = None
+        """Global step of the evaluation whose weights ``restore="best_safe"`` keeps."""
         self._last_epoch_decided = -1
+        # (global step, point) of the last mid-epoch decision
+        self._last_step_decided: tuple[int, str] = (-1, "")
         self._best_safe_weights: dict[str, torch.Tensor] | None = None
         self._best_safe_file: str | None = None  # where save_best_safe wrote them (kept across resume)
         self._first_fit_epoch = 0
@@ -414,10 +431,37 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         if self._in_fit(trainer) and self._monitors_done(trainer):
             self._decide_once(trainer, pl_module)
 
-    def after_monitor_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Called by each memcallbacks monitor when it has done an epoch's work: decide after the last."""
-        if self._in_fit(trainer) and self._monitors_done(trainer):
-            self._decide_once(trainer, pl_module)
+    def after_monitor_cycle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, point: str) -> None:
+        """Called by each memcallbacks monitor after its work: decide once the last one due is done.
+
+        Args:
+            trainer: the Trainer.
+            pl_module: the module.
+            point: ``"epoch"`` (an epoch's work, evaluated or not), ``"step"`` or ``"validation"``
+                (an evaluation in the middle of an epoch, scheduled by steps or validation runs).
+        """
+        if not self._in_fit(trainer):
+            return
+        if point == "epoch":
+            if self._monitors_done(trainer):
+                self._decide_once(trainer, pl_module)
+        elif self._point_done(trainer, point):
+            self._decide_at_step(trainer, pl_module, point)
+
+    def _point_done(self, trainer: pl.Trainer, point: str) -> bool:
+        """Whether every monitor that evaluates at this global step and ``point`` has done so."""
+        step = trainer.global_step
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if not isinstance(cb, MemorisationCallback) or cb.__dict__.get("_skip_run"):
+                continue
+            due = (
+                cb.every_n_steps is not None and step > 0 and step % cb.every_n_steps == 0
+                if point == "step"
+                else cb.evaluate_on_validation
+            )
+            if due and cb.last_step_done != step:
+                return False
+        return True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (
@@ -433,18 +477,22 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             {
                 "stopped": False,
                 "stopped_epoch": None,
+                "stopped_step": None,
                 "reason": None,
                 "values": dict(self.last_values),
                 "conditions": [asdict(c) for c in self.conditions],
                 "restore": self.restore,
                 "restored_epoch": None,
+                "restored_step": None,
                 "min_epochs": self.min_epochs,
                 "last_epoch": int(trainer.current_epoch) - 1,
+                "last_step": int(trainer.global_step),
             },
         )
 
     # -- decision ----------------------------------------------------------------------------------
     def _decide_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The decision at the end of an epoch, once per epoch."""
         epoch = trainer.current_epoch
         if self._last_epoch_decided == epoch:
             return
@@ -452,9 +500,33 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         if self.stopped_epoch is not None:
             trainer.should_stop = True
             return
+        self._decide(trainer, pl_module, _fresh_keys(trainer), completed=epoch + 1, mid_epoch=False)
 
+    def _decide_at_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, point: str) -> None:
+        """The decision after the evaluations due at this global step (step or validation schedule)."""
+        where = (int(trainer.global_step), point)
+        if self._last_step_decided == where:
+            return
+        self._last_step_decided = where
+        if self.stopped_epoch is not None:
+            trainer.should_stop = True
+            return
+        fresh = _fresh_keys_at_step(trainer)
+        if not any(c.monitor in fresh for c in self.conditions):
+            return  # nothing monitored was evaluated here: no decision (and no collective)
+        self._decide(trainer, pl_module, fresh, completed=trainer.current_epoch, mid_epoch=True)
+
+    def _decide(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        fresh: set[str],
+        *,
+        completed: int,
+        mid_epoch: bool,
+    ) -> None:
+        """Count the fresh values, snapshot a safe evaluation, stop; ``completed``: epochs completed."""
         metrics = trainer.callback_metrics
-        fresh = _fresh_keys(trainer)
         values: dict[str, float] = {}
         for cond in self.conditions:
             if cond.monitor in fresh and cond.monitor in metrics:
@@ -462,7 +534,7 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         self.seen.update(values)
         self.last_values.update(values)
         self._check_missing(trainer, metrics)
-        reasons = self._count(values, allowed=epoch + 1 >= self.min_epochs)
+        reasons = self._count(values, allowed=completed >= self.min_epochs)
 
         local_stop = bool(reasons)
         should_stop = bool(trainer.strategy.reduce_boolean_decision(local_stop, all=False))
@@ -472,9 +544,9 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
                 for c, v in ((c, values[c.monitor]) for c in self.conditions)
             )
             if bool(trainer.strategy.reduce_boolean_decision(safe, all=True)) and not should_stop:
-                self._snapshot(trainer, pl_module, epoch)
+                self._snapshot(trainer, pl_module)
         if should_stop:
-            self._stop(trainer, pl_module, epoch, reasons, local_stop)
+            self._stop(trainer, pl_module, reasons, local_stop, mid_epoch=mid_epoch)
 
     def _count(self, values: dict[str, float], *, allowed: bool) -> list[str]:
         """Update the counters with this epoch's fresh ``values``; the reasons to stop (if ``allowed``)."""
@@ -501,11 +573,7 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         missing = [
             c.monitor for c in self.conditions if c.monitor not in self.seen and c.monitor not in metrics
         ]
-        if not missing:
-            return
-        periods = [cb.every_n_epochs for cb in trainer.callbacks if isinstance(cb, MemorisationCallback)]  # type: ignore[attr-defined]
-        deadline = self._first_fit_epoch + max(periods, default=1) - 1
-        if trainer.current_epoch < deadline:
+        if not missing or not self._first_evaluations_done(trainer):
             return
         available = sorted(k for k in metrics if k.startswith("mem/")) or ["(none)"]
         message = (
@@ -518,19 +586,42 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             raise RuntimeError(message)
         self.warn_once("missing", message)
 
-    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+    def _first_evaluations_done(self, trainer: pl.Trainer) -> bool:
+        """Whether every memcallbacks monitor has had its first evaluation in this fit."""
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if not isinstance(cb, MemorisationCallback):
+                continue
+            if cb.every_n_steps is not None:
+                waiting = trainer.global_step < cb.every_n_steps
+            elif cb.evaluate_on_validation:
+                waiting = cb.last_step_done < 0
+            else:
+                waiting = trainer.current_epoch < self._first_fit_epoch + cb.every_n_epochs - 1
+            if waiting:
+                return False
+        return True
+
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._best_safe_weights = {
             k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
         }
-        self.best_safe_epoch = epoch
+        self.best_safe_epoch = int(trainer.current_epoch)
+        self.best_safe_step = int(trainer.global_step)
         if self.save_best_safe and trainer.is_global_zero:
             rundir.write_best_safe(self.best_safe_path, self._best_safe_weights)
         if self.save_best_safe:
             self._best_safe_file = str(self.best_safe_path)
 
     def _stop(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, reasons: list[str], local: bool
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        reasons: list[str],
+        local: bool,
+        *,
+        mid_epoch: bool,
     ) -> None:
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
         world = trainer.world_size
         if world > 1:  # rank 0 reports the reasons of the first rank that crossed
             flags = trainer.strategy.all_gather(torch.tensor([int(local)], device=pl_module.device)).reshape(
@@ -540,55 +631,76 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             reasons = trainer.strategy.broadcast(reasons, src=src)
             if src != 0:
                 reasons = [f"{r} (rank {src})" for r in reasons]
-        self.reason = f"Leakage: {'; '.join(reasons)} at epoch {epoch}"
-        self.stopped_epoch = epoch
-        trainer.should_stop = True
-
-        restored: int | None = None
-        if self.restore == "best_safe":
-            weights = self._best_safe_weights
-            if weights is None and self.best_safe_epoch is not None and self._best_safe_file is not None:
-                weights = _load_best_safe(Path(self._best_safe_file))
-            if weights is None:
-                where = (
-                    "in this process (pass save_best_safe=True to keep it across a resume)"
-                    if self.best_safe_epoch is not None
-                    else "yet"
-                )
-                rank_zero_warn(
-                    f"LeakageEarlyStopping(restore='best_safe'): no evaluation below every threshold was seen "
-                    f"{where}; keeping the current weights"
-                )
-            else:
-                pl_module.load_state_dict(weights)
-                restored = self.best_safe_epoch
-                self.reason += f"; restored the weights of epoch {restored}"
-
+        when = f"step {step} (epoch {epoch})" if mid_epoch else f"epoch {epoch}"
+        self.reason = f"Leakage: {'; '.join(reasons)} at {when}"
+        self.stopped_epoch, self.stopped_step = epoch, step
+        trainer.should_stop = True  # mid-epoch: Lightning ends the epoch after this batch
+        restored = (
+            self._restore_best_safe(pl_module, mid_epoch=mid_epoch) if self.restore == "best_safe" else None
+        )
         if trainer.is_global_zero:
-            _log.warning(self.reason)
-            loggers.emit(
-                trainer,
-                loggers.Alert(
-                    title="memcallbacks: leakage early stopping",
-                    text=self.reason,
-                    epoch=epoch,
-                    extra={"values": dict(self.last_values), "restored_epoch": restored},
-                ),
+            self._report_stop(trainer, restored)
+
+    def _restore_best_safe(self, pl_module: pl.LightningModule, *, mid_epoch: bool) -> int | None:
+        """Load the last safe evaluation's weights; return its epoch (``None``: none kept, warned)."""
+        weights = self._best_safe_weights
+        if weights is None and self.best_safe_epoch is not None and self._best_safe_file is not None:
+            weights = _load_best_safe(Path(self._best_safe_file))
+        if weights is None:
+            where = (
+                "in this process (pass save_best_safe=True to keep it across a resume)"
+                if self.best_safe_epoch is not None
+                else "yet"
             )
-            if self._root is not None:
-                rundir.write_stopping(
-                    self._root,
-                    {
-                        "stopped": True,
-                        "stopped_epoch": epoch,
-                        "reason": self.reason,
-                        "values": dict(self.last_values),
-                        "conditions": [asdict(c) for c in self.conditions],
-                        "restore": self.restore,
-                        "restored_epoch": restored,
-                        "min_epochs": self.min_epochs,
-                    },
-                )
+            rank_zero_warn(
+                f"LeakageEarlyStopping(restore='best_safe'): no evaluation below every threshold was seen "
+                f"{where}; keeping the current weights"
+            )
+            return None
+        pl_module.load_state_dict(weights)
+        restored = self.best_safe_epoch
+        which = (
+            f"step {self.best_safe_step} (epoch {restored})"
+            if mid_epoch and self.best_safe_step is not None
+            else f"epoch {restored}"
+        )
+        self.reason = f"{self.reason}; restored the weights of {which}"
+        return restored
+
+    def _report_stop(self, trainer: pl.Trainer, restored: int | None) -> None:
+        """Log the stop, alert the trackers and write ``stopping.json`` (global rank 0)."""
+        assert self.reason is not None
+        restored_step = None if restored is None else self.best_safe_step
+        _log.warning(self.reason)
+        loggers.emit(
+            trainer,
+            loggers.Alert(
+                title="memcallbacks: leakage early stopping",
+                text=self.reason,
+                epoch=int(self.stopped_epoch or 0),
+                extra={
+                    "values": dict(self.last_values),
+                    "restored_epoch": restored,
+                    "restored_step": restored_step,
+                },
+            ),
+        )
+        if self._root is not None:
+            rundir.write_stopping(
+                self._root,
+                {
+                    "stopped": True,
+                    "stopped_epoch": self.stopped_epoch,
+                    "stopped_step": self.stopped_step,
+                    "reason": self.reason,
+                    "values": dict(self.last_values),
+                    "conditions": [asdict(c) for c in self.conditions],
+                    "restore": self.restore,
+                    "restored_epoch": restored,
+                    "restored_step": restored_step,
+                    "min_epochs": self.min_epochs,
+                },
+            )
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -597,9 +709,12 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             "last_values": dict(self.last_values),
             "seen": sorted(self.seen),
             "stopped_epoch": self.stopped_epoch,
+            "stopped_step": self.stopped_step,
             "reason": self.reason,
             "best_safe_epoch": self.best_safe_epoch,
+            "best_safe_step": self.best_safe_step,
             "last_epoch_decided": self._last_epoch_decided,
+            "last_step_decided": list(self._last_step_decided),
             "best_safe_file": self._best_safe_file,
             "warned": dict(self._warned),
         }
@@ -612,8 +727,12 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         self.stopped_epoch = state_dict.get("stopped_epoch")
         self._restored_stop = self.stopped_epoch is not None
         self.reason = state_dict.get("reason")
+        self.stopped_step = state_dict.get("stopped_step")
         self.best_safe_epoch = state_dict.get("best_safe_epoch")
+        self.best_safe_step = state_dict.get("best_safe_step")
         self._last_epoch_decided = int(state_dict.get("last_epoch_decided", -1))
+        step, point = state_dict.get("last_step_decided") or (-1, "")
+        self._last_step_decided = (int(step), str(point))
         self._best_safe_file = state_dict.get("best_safe_file")
         self._warned = {str(k): int(v) for k, v in (state_dict.get("warned") or {}).items()}
         self._best_safe_weights = None  # on disk (save_best_safe=True) or lost with the old process
@@ -628,8 +747,22 @@ def _load_best_safe(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _fresh_keys(trainer: pl.Trainer) -> set[str]:
-    """Keys logged during the current epoch (see the module docstring)."""
+    """Keys fresh at the end of the current epoch (see the module docstring).
+
+    Keys that step- or validation-scheduled monitors log are left out: they were decided on
+    at their step.
+    """
     epoch = trainer.current_epoch
-    fresh = {k for k, e in logged_epochs(trainer).items() if e == epoch}
-    fresh.update(compat.keys_logged_this_epoch(trainer))  # keys logged another way (self.log)
+    logged = logged_at(trainer)
+    fresh = {k for k, at in logged.items() if at.epoch == epoch and not at.mid_epoch}
+    mid_epoch = {k for k, at in logged.items() if at.mid_epoch}
+    fresh.update(compat.keys_logged_this_epoch(trainer) - mid_epoch)  # keys logged another way (self.log)
     return fresh
+
+
+def _fresh_keys_at_step(trainer: pl.Trainer) -> set[str]:
+    """Keys that step- or validation-scheduled monitors logged at the current global step."""
+    epoch, step = trainer.current_epoch, trainer.global_step
+    return {
+        k for k, at in logged_at(trainer).items() if at.mid_epoch and at.epoch == epoch and at.step == step
+    }

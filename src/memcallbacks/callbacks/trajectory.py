@@ -468,7 +468,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             return
         if self._checked < _CHECKED_STEPS:  # the first steps of an epoch: every check
             self._checked += 1
-            self._steps.append(self._checked_outputs(outputs))
+            self._steps.append(self._checked_outputs(outputs, batch))
             return
         try:  # later steps: one append (shapes are checked at epoch end, metadata only)
             self._steps.append(
@@ -479,11 +479,11 @@ class LossTrajectoryTracker(MemorisationCallback):
                 )
             )
         except (TypeError, KeyError, AttributeError, IndexError):
-            self._steps.append(self._checked_outputs(outputs))  # raises the clear error
+            self._steps.append(self._checked_outputs(outputs, batch))  # raises the clear error
 
-    def _checked_outputs(self, outputs: Any) -> _Step:
+    def _checked_outputs(self, outputs: Any, batch: Any = None) -> _Step:
         if not isinstance(outputs, Mapping) or self.loss_key not in outputs or self.index_key not in outputs:
-            raise RuntimeError(self._missing_outputs_message(outputs))
+            raise RuntimeError(self._missing_outputs_message(outputs, batch))
         loss = outputs[self.loss_key]
         correct = outputs.get(self.correct_key) if self.correct_key is not None else None
         has = correct is not None
@@ -544,20 +544,32 @@ class LossTrajectoryTracker(MemorisationCallback):
                 f"got {tuple(torch.as_tensor(correct).shape)}"
             )
 
-    def _missing_outputs_message(self, outputs: Any) -> str:
+    def _missing_outputs_message(self, outputs: Any, batch: Any = None) -> str:
         got = (
             f"a dict with keys {sorted(map(str, outputs))}"
             if isinstance(outputs, Mapping)
             else type(outputs).__name__
         )
+        if isinstance(batch, Mapping) and "input_ids" in batch:  # a language-model batch: its own form
+            lines = (
+                "    # from memcallbacks.lm.losses import causal_lm_step_losses, position_ids_from_mask\n"
+                "    index, batch = split_index(batch)\n"
+                '    out = self.model(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]))\n'
+                "    per_sample = causal_lm_step_losses(out.logits, batch)  # no second forward\n"
+                f'    return {{"loss": out.loss, "{self.loss_key}": per_sample.detach(), "{self.index_key}": index}}'
+            )
+        else:
+            lines = (
+                "    index, (x, y) = split_index(batch)\n"
+                '    per_sample = F.cross_entropy(self(x), y, reduction="none")\n'
+                f'    return {{"loss": per_sample.mean(), "{self.loss_key}": per_sample.detach(), '
+                f'"{self.index_key}": index}}'
+            )
         return (
             f"LossTrajectoryTracker(source='step') reads per-sample losses and sample indices from the dict "
             f"that training_step returns, but got {got}. Wrap the training set, "
             "`DataLoader(IndexedDataset(dataset), ...)`, and return them from training_step:\n\n"
-            "    index, (x, y) = split_index(batch)\n"
-            '    per_sample = F.cross_entropy(self(x), y, reduction="none")\n'
-            f'    return {{"loss": per_sample.mean(), "{self.loss_key}": per_sample.detach(), '
-            f'"{self.index_key}": index}}\n\n'
+            f"{lines}\n\n"
             "HINT: or use LossTrajectoryTracker(source='probe') to evaluate a probe set instead."
         )
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from memcallbacks.data.canaries import CanarySet
 from memcallbacks.lm.best_first import ranks_best_first
+from memcallbacks.lm.hf import why_not_incremental
 from memcallbacks.lm.scoring import (
     ScoreFn,
     is_incremental,
@@ -372,8 +373,6 @@ def exact_unavailable_reason(module: Any, canaries: CanarySet, config: ExposureC
     if config.score_fn is not None:
         return "a custom `score_fn` is given, so candidates cannot share their prefix's computation"
     if not is_incremental(module):
-        from memcallbacks.lm.hf import why_not_incremental
-
         return (
             f"{type(module).__name__} is not an IncrementalLM (no init_state/step/expand_state) and gets no "
             f"KV-cache adapter: {why_not_incremental(module)}"

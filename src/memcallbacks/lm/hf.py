@@ -537,10 +537,12 @@ def causal_lm_sample_loss_fn(
 ) -> Any:
     """A ``sample_loss_fn`` for causal-LM dict batches: next-token NLL, labels shifted by one.
 
-    Calls ``module(input_ids=..., attention_mask=...)`` (never with labels) and scores
-    ``batch[labels_key]`` (``input_ids`` when the batch has no labels) with
+    Calls ``module(input_ids=..., attention_mask=..., position_ids=...)`` (never with labels;
+    :func:`memcallbacks.lm.losses.hf_forward`, position ids counted from each row's first real
+    token) and scores ``batch[labels_key]`` (``input_ids`` when the batch has no labels) with
     :func:`memcallbacks.lm.losses.causal_lm_sample_loss`: logits at ``t`` score the label at
-    ``t + 1``; -100 labels and ``attention_mask == 0`` are left out.
+    ``t + 1``; a target counts when its input and target positions are real tokens and its label
+    is not -100, so left, right and holey padding give the unpadded loss.
 
     Args:
         reduction: ``"mean"`` over each sample's scored tokens, or ``"sum"`` (log-perplexity).

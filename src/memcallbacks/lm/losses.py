@@ -7,9 +7,11 @@ Face batch (a mapping with ``input_ids`` and ``labels``) gets the causal-LM loss
 shift (see :func:`default_sample_loss_fn`).
 
 Padding: a target token counts only when both its input position and its target position are real
-tokens (``attention_mask`` 1, label not -100), and the model gets ``position_ids`` counted from each
-row's first real token (:func:`position_ids_from_mask`, as ``transformers``' ``generate`` does), so a
-sample's loss is the same with left, right or holey padding as without padding. A model whose
+tokens (``attention_mask`` 1, label not -100; across a hole of padding, the input position is the last
+real token before the target), and the model gets ``position_ids`` counted from each row's first real
+token (:func:`position_ids_from_mask`, as ``transformers``' ``generate`` does), so a sample's loss is the
+same with left, right or holey padding as without padding (except that a sliding attention window
+spans columns, so a hole inside it hides real tokens). A model whose
 ``forward`` cannot take ``position_ids`` is warned about once: with left padding its positions then
 start at the first (padding) column, and a sample's loss depends on how much padding its batch gave it.
 :func:`causal_lm_step_losses` applies the same rule to the logits a ``training_step`` already has.
@@ -200,6 +202,26 @@ def _is_hf_non_causal(module: Any) -> str | None:
     return type(base).__name__
 
 
+def _scoring_positions(
+    labels: torch.Tensor, attention_mask: torch.Tensor | None, shift: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each position ``j``: the position whose logits score ``labels[:, j]``, and whether it is scored.
+
+    Without shift, ``j`` itself. With shift, the last real position before ``j`` (``j - 1`` in a
+    row without holes): a label counts when it is not -100, its position is real and a real token
+    precedes it, so the pairs scored are those of the unpadded sample whatever the padding.
+    """
+    width = labels.shape[1]
+    cols = torch.arange(width, device=labels.device).expand_as(labels)
+    real = attention_mask != 0 if attention_mask is not None else torch.ones_like(labels, dtype=torch.bool)
+    valid = (labels != -100) & real
+    if not shift:
+        return cols, valid
+    last = torch.where(real, cols, torch.full_like(cols, -1)).cummax(dim=1).values  # last real column <= j
+    before = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)  # last real column < j
+    return before.clamp_min(0), valid & (before >= 0)
+
+
 def causal_lm_sample_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -212,11 +234,12 @@ def causal_lm_sample_loss(
 
     With ``shift=True`` the logits at position ``t`` score ``labels[:, t + 1]`` (what
     ``transformers`` causal LMs do inside their own loss). A target counts only when both its
-    input position ``t`` and its target position ``t + 1`` are real tokens (``attention_mask``
-    1 at both) and its label is not ``-100``, so left, right and holey padding score the same
-    tokens as no padding (the logits must then come from a pass with position ids counted from
-    the first real token: :func:`position_ids_from_mask`). With ``shift=False`` the mask and
-    label at the scored position decide. ``reduction="mean"``
+    input position and its target position are real tokens (``attention_mask`` 1) and its label
+    is not ``-100``; inside a row with a hole of padding, a target's input position is the last
+    real token before it. So left, right and holey padding score exactly the token pairs of the
+    unpadded sample (the logits must then come from a pass with position ids counted from the
+    first real token: :func:`position_ids_from_mask`). With ``shift=False`` the mask and label at
+    the scored position decide. ``reduction="mean"``
     averages the NLL (natural log) over each sample's scored tokens, ``"sum"`` adds them up
     (the sequence's log-perplexity). A sample with no scored token gets NaN, never a
     loss that would read as "memorised".
@@ -252,21 +275,18 @@ def causal_lm_sample_loss(
             f"`attention_mask` has shape {tuple(attention_mask.shape)}, labels {tuple(labels.shape)}; "
             "they must match"
         )
-    real = attention_mask != 0 if attention_mask is not None else None
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-        real = real[:, 1:] & real[:, :-1] if real is not None else None  # target and input both real
-    valid = labels != -100
-    if real is not None:
-        valid = valid & real
+    index, valid = _scoring_positions(labels, attention_mask, shift)
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1)
     targets = labels.masked_fill(~valid, 0).long()
-    tok = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # [B, T']
+    full = logits.float()
+    # NLL (natural log) of each label under the logits at its scoring position; no [B, T, V] copy
+    tok = torch.logsumexp(full, dim=-1).gather(1, index) - full[rows, index, targets]
     tok = torch.where(valid, tok, torch.zeros_like(tok))
     n = valid.sum(dim=1)
     total = tok.sum(dim=1)
     nan = torch.full_like(total, float("nan"))
     loss = torch.where(n > 0, total / n.clamp_min(1) if reduction == "mean" else total, nan)
-    correct = ((logits.argmax(dim=-1) == labels) | ~valid).all(dim=1) & (n > 0)
+    correct = ((logits.argmax(dim=-1).gather(1, index) == labels) | ~valid).all(dim=1) & (n > 0)
     return loss, correct
 
 
@@ -404,12 +424,13 @@ def default_sample_loss_fn(module: Any, batch: Any, *, reduction: str = "mean") 
       logits with ``y`` ``[B, T]`` (targets already aligned with the positions) give the
       mean over positions whose target is not -100.
     * a dict with ``input_ids`` and ``labels`` (Hugging Face): the module is called as
-      ``module(input_ids=..., attention_mask=...)`` (never with ``labels``, so a
-      ``transformers`` model does not compute its own loss; a module whose ``forward`` takes
-      no ``input_ids`` keyword gets ``module(input_ids)``). ``labels`` of the shape of
-      ``input_ids`` is a causal-LM batch: the next-token NLL, logits at ``t`` scoring
-      ``labels[t + 1]``, leaving out -100 labels and ``attention_mask == 0``, averaged over
-      each sample's scored tokens (see :func:`causal_lm_sample_loss`). ``labels`` ``[B]``
+      ``module(input_ids=..., attention_mask=..., position_ids=...)`` (:func:`hf_forward`; never
+      with ``labels``, so a ``transformers`` model does not compute its own loss; a module whose
+      ``forward`` takes no ``input_ids`` keyword gets ``module(input_ids)``). ``labels`` of the
+      shape of ``input_ids`` is a causal-LM batch: the next-token NLL, logits at ``t`` scoring
+      ``labels[t + 1]``, counting a target when its input and target positions are real tokens
+      and its label is not -100, averaged over each sample's scored tokens (see
+      :func:`causal_lm_sample_loss`): left, right and holey padding give the unpadded loss. ``labels`` ``[B]``
       with ``[B, C]`` logits is classification. Anything else raises an error that names
       the ``sample_loss_fn`` to pass.
 
