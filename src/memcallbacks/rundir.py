@@ -18,8 +18,9 @@ Layout (a callback given ``name="x"`` writes to ``<folder>_x`` instead, for ever
       canary/      exposure.npz, secrets.json         exposures per evaluation; secrets only
                                                       with log_secrets=True
       audit/       inclusion.npz, epoch_XXXX.npz,     inclusion mask, scores and guesses per
-                   audit.json                         evaluation, settings and history
-      dp/          dp.json                            accountant, delta, epsilon per epoch
+                   (step_XXXXXXXX.npz by steps),      evaluation, settings and history
+                   audit.json
+      dp/          dp.json                            accountant, delta, epsilon per evaluation
       sequence/    sequences.npz, metrics.json        extraction and LM membership scores
       stopping.json, stopping_best_safe.*             the early-stopping decision, safe weights
       shadow/      inclusion.npz, scores.npz          a shadow run (ShadowScoreRecorder)
@@ -31,8 +32,15 @@ Layout (a callback given ``name="x"`` writes to ``<folder>_x`` instead, for ever
 Format versions: every summary a writer produces carries ``"format": FORMAT_VERSION`` (the JSON
 files ``meta.json``, ``metrics.json``, ``audit.json``, ``dp.json``, ``stopping.json``; the shadow
 files ``inclusion.npz`` and ``scores.npz`` hold a ``format`` array; ``attack.json`` has its own
-``format``/``version`` pair). Readers take a file without the field as version 1 and refuse a newer
-version with a :class:`RunDirectoryError` naming the file.
+``format``/``version`` pair, and ``format`` is required there). Readers take a file without the
+field as version 1 and refuse a newer version with a :class:`RunDirectoryError` naming the file.
+
+Untrusted input: a run directory may be someone else's, so every reader opens files without
+following a symbolic link and only when they are regular files (:func:`open_run_file`: a FIFO or a
+device is refused, never waited on), checks sizes before reading (:data:`MAX_JSON_BYTES`; an array's
+declared shape against :data:`MAX_ARRAY_BYTES` and the bytes present, before allocating it), keeps
+every path read from a file inside its folder (``attack.json``'s ``figure``), and range-checks logged
+values against their definitions (:func:`check_value`). Every refusal names the file and the field.
 
 Example:
     >>> import tempfile, numpy as np
@@ -45,10 +53,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import stat
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +72,16 @@ from memcallbacks.utilities import fileio
 
 __all__ = [
     "ATTACK",
+    "ATTACK_FORMAT",
     "ATTACK_FORMAT_VERSION",
     "AUDIT",
     "BEST_SAFE_FILE",
     "CANARY",
     "DP",
     "FORMAT_VERSION",
+    "MAX_ARRAY_BYTES",
+    "MAX_FIGURE_BYTES",
+    "MAX_JSON_BYTES",
     "MEMBERSHIP",
     "MONITOR_FOLDERS",
     "REPORT",
@@ -88,11 +103,17 @@ __all__ = [
     "TrajectoryFiles",
     "as_number",
     "check_format",
+    "check_value",
+    "load_run_npy",
+    "open_run_file",
+    "present",
     "find_run_dir",
     "mean_by_repetition",
     "monitor_folder",
     "read_attack",
     "read_best_safe",
+    "read_run_bytes",
+    "read_run_json",
     "read_shadow_inclusion",
     "read_shadow_scores",
     "write_attack",
@@ -126,6 +147,8 @@ ATTACK_FILE = "attack.json"
 ATTACK_FIGURE = "roc.png"
 #: the ``version`` field of ``attack.json`` this memcallbacks writes and reads
 ATTACK_FORMAT_VERSION = 1
+#: the ``format`` field of ``attack.json`` (a file without it is refused)
+ATTACK_FORMAT = "memcallbacks.offline.attack"
 #: the ``format`` field of every other summary file this memcallbacks writes (and the newest it reads)
 FORMAT_VERSION = 1
 STOPPING_FILE = "stopping.json"
@@ -289,6 +312,13 @@ def write_audit_epoch(folder: Path, epoch: int, *, scores: Any, guesses: Any, in
     )
 
 
+def write_audit_step(folder: Path, step: int, *, scores: Any, guesses: Any, included: Any) -> None:
+    """``step_XXXXXXXX.npz``: one step- or validation-scheduled evaluation (at global ``step``)."""
+    fileio.save_npz(
+        Path(folder) / f"step_{int(step):08d}.npz", scores=scores, guesses=guesses, included=included
+    )
+
+
 def write_audit_summary(folder: Path, summary: Mapping[str, Any]) -> None:
     """``audit.json``: the settings and the ``history`` of counts and bounds."""
     fileio.save_json(Path(folder) / "audit.json", _stamped(summary))
@@ -302,10 +332,13 @@ def write_dp(folder: Path, summary: Mapping[str, Any]) -> None:
 def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> dict[str, Path]:
     """``attack.json`` (the summary, stamped with ``format``/``version``), then the figure ``roc.png``.
 
-    The JSON is written first, so a failure later (the figure, a tracker) never loses the numbers.
+    The JSON is written first, so a failure later (the figure, a tracker) never loses the numbers. It
+    holds the figure's SHA-256 (``figure_sha256``), which :meth:`AttackFiles.figure_png` checks: a
+    crash between the two writes never pairs the new table with an old figure.
     """
-    stamped = {"format": "memcallbacks.offline.attack", "version": ATTACK_FORMAT_VERSION, **dict(summary)}
+    stamped = {"format": ATTACK_FORMAT, "version": ATTACK_FORMAT_VERSION, **dict(summary)}
     stamped["figure"] = ATTACK_FIGURE
+    stamped["figure_sha256"] = hashlib.sha256(roc_png).hexdigest()
     stamped["order"] = [str(label) for label in summary.get("attacks", {})]  # the JSON's keys are sorted
     json_path = fileio.save_json(Path(folder) / ATTACK_FILE, stamped)
     png_path = fileio.atomic_write_bytes(Path(folder) / ATTACK_FIGURE, roc_png)
@@ -348,17 +381,196 @@ def read_best_safe(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 # -- reading helpers ---------------------------------------------------------------------------
+# A run directory is untrusted input (it may come from someone else): every file is opened without
+# following a symbolic link, only regular files are read (a FIFO or a device is refused, never
+# waited on), sizes are checked before reading, and an array's declared size before allocating it.
+
+#: the largest JSON file a reader opens (bytes)
+MAX_JSON_BYTES = 64 * 2**20
+#: the largest array a reader allocates from an ``.npz``/``.npy`` header (bytes)
+MAX_ARRAY_BYTES = 4 * 2**30
+#: the largest figure the report copies from an attack folder (bytes)
+MAX_FIGURE_BYTES = 64 * 2**20
+
+_UNTRUSTED_FIX = "replace it by the file memcallbacks wrote, or delete it to leave its section out"
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _unreadable(path: Path, error: OSError) -> RunDirectoryError:
+    return RunDirectoryError(
+        path,
+        f"cannot be read ({error.strerror or error})",
+        fix="make the file and its folders readable (chmod), or pass another run directory",
+    )
+
+
+def present(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` exists as a directory entry (a link is not followed, so a dangling one counts).
+
+    Raises:
+        RunDirectoryError: its folder cannot be entered (the message names the path).
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise _unreadable(Path(path), e) from e
+    return True
+
+
+def open_run_file(path: str | os.PathLike[str], limit: int) -> Any:
+    """Open a run-directory file for binary reading, as untrusted input.
+
+    A symbolic link is never followed (``O_NOFOLLOW``), anything but a regular file (a FIFO, a
+    device, a folder) is refused without blocking, and so is a file over ``limit`` bytes.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RunDirectoryError: a link, a special file, too large, or unreadable (the message names it).
+    """
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise RunDirectoryError(
+                path,
+                "is a symbolic link; memcallbacks never follows links in a run directory",
+                fix=_UNTRUSTED_FIX,
+            )
+        if not stat.S_ISREG(mode):
+            raise RunDirectoryError(path, f"is a {_file_kind(mode)}, not a regular file", fix=_UNTRUSTED_FIX)
+        flags = (
+            os.O_RDONLY
+            | getattr(os, "O_NOFOLLOW", 0)
+            | getattr(os, "O_NONBLOCK", 0)
+            | getattr(os, "O_BINARY", 0)
+        )
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    f = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        f.close()
+        problem = (
+            f"is a {_file_kind(info.st_mode)}, not a regular file"
+            if not stat.S_ISREG(info.st_mode)
+            else f"holds {info.st_size} bytes, more than a memcallbacks file of its kind ({limit} bytes)"
+        )
+        raise RunDirectoryError(path, problem, fix=_UNTRUSTED_FIX)
+    return f
+
+
+def read_run_bytes(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a run-directory file, read as :func:`open_run_file` opens it (at most ``limit``)."""
+    with open_run_file(path, limit) as f:
+        data: bytes = f.read(limit + 1)
+    if len(data) > limit:
+        raise RunDirectoryError(path, f"grew past {limit} bytes while read", fix=_UNTRUSTED_FIX)
+    return data
+
+
+def _array_header(path: Path, stream: Any, member: str, available: int) -> None:
+    """Check one ``.npy`` header read from ``stream``: no object dtype, a declared size under
+    :data:`MAX_ARRAY_BYTES` and within the ``available`` bytes (header included)."""
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(stream)
+    if dtype.hasobject:
+        raise _pickled(path)
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise RunDirectoryError(
+            path,
+            f"`{member}` declares shape {tuple(shape)} of {dtype} ({nbytes} bytes), more than a reader allocates "
+            f"({MAX_ARRAY_BYTES} bytes)",
+            fix=_UNTRUSTED_FIX,
+        )
+    if nbytes > available:
+        raise RunDirectoryError(path, f"`{member}` declares {nbytes} bytes of data but holds {available}")
+
+
+def _pickled(path: Path) -> RunDirectoryError:
+    return RunDirectoryError(
+        path,
+        "contains pickled objects, which can run code when loaded (memcallbacks run directories hold plain "
+        "arrays only)",
+        fix="delete it",
+    )
+
+
+def _check_npz_members(path: Path, f: Any) -> None:
+    with zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise RunDirectoryError(path, f"holds {info.filename!r}, which is not an array")
+            with archive.open(info) as member:
+                _array_header(path, member, info.filename[:-4], info.file_size)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with open_run_file(path, 2**63 - 1) as f:
+        head = f.read(8)
+        if head.startswith(b"\x80"):
+            raise _pickled(path)
+        if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            raise RunDirectoryError(
+                path, "is empty" if not head else f"is not an .npz archive (it starts with {head!r})"
+            )
+        f.seek(0)
+        _check_npz_members(path, f)
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
 def _load_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
     try:
-        arrays = fileio.load_npz(path)
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+        arrays = _read_npz(path)
+    except (RunDirectoryError, FileNotFoundError):
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, KeyError, MemoryError) as e:
+        if isinstance(e, ValueError) and ("pickle" in str(e).lower() or "object arrays" in str(e).lower()):
+            raise _pickled(path) from e
         raise RunDirectoryError(path, f"not a readable .npz archive ({type(e).__name__}: {e})") from e
     missing = [k for k in required if k not in arrays]
     if missing:
         raise RunDirectoryError(path, f"lacks the array(s) {missing} (it holds {sorted(arrays)})")
     return arrays
+
+
+def load_run_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """One ``.npy`` of a run directory, memory-mapped, after checking it as untrusted input.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RunDirectoryError: a link, a special file, a pickle, a header declaring more data than the
+            file holds or than :data:`MAX_ARRAY_BYTES` (the message names the file).
+    """
+    path = Path(path)
+    try:
+        with open_run_file(path, 2**63 - 1) as f:
+            _array_header(path, f, path.name, os.fstat(f.fileno()).st_size)
+        return fileio.load_npy(path, mmap=True)
+    except (RunDirectoryError, FileNotFoundError):
+        raise
+    except (OSError, EOFError, ValueError, MemoryError) as e:
+        raise RunDirectoryError(path, f"not a readable .npy file ({type(e).__name__}: {e})") from e
 
 
 def check_format(path: str | os.PathLike[str], value: Any) -> int:
@@ -385,11 +597,14 @@ def check_format(path: str | os.PathLike[str], value: Any) -> int:
 
 def _load_json(path: Path, required: Sequence[str] = (), *, versioned: bool = True) -> dict[str, Any]:
     try:
-        obj = fileio.load_json(path)
-    except FileNotFoundError:
+        text = read_run_bytes(path, MAX_JSON_BYTES).decode("utf-8")
+        obj = json.loads(text, parse_constant=_no_constant)
+    except (RunDirectoryError, FileNotFoundError):
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise RunDirectoryError(path, f"not readable JSON ({type(e).__name__}: {e})") from e
+    except RecursionError as e:
+        raise RunDirectoryError(path, "not readable JSON (nested too deeply for a memcallbacks file)") from e
     if not isinstance(obj, dict):
         raise RunDirectoryError(path, f"holds a JSON {type(obj).__name__}, not an object")
     if versioned:
@@ -400,10 +615,70 @@ def _load_json(path: Path, required: Sequence[str] = (), *, versioned: bool = Tr
     return obj
 
 
+def read_run_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON object from a run directory, read as untrusted input (see :func:`open_run_file`; at most
+    :data:`MAX_JSON_BYTES`), without a format check.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RunDirectoryError: a link, a special file, too large, not JSON or not an object (names the file).
+    """
+    return _load_json(Path(path), versioned=False)
+
+
+def _no_constant(name: str) -> Any:
+    """Refuse JSON's non-standard ``NaN``/``Infinity``: memcallbacks writes ``null`` for them."""
+    raise ValueError(f"holds the non-standard constant {name} (memcallbacks writes NaN and inf as null)")
+
+
+#: the last part of a logged key whose value is a probability or rate, in [0, 1] (or NaN)
+_UNIT_PARTS = ("auc", "tpr@", "exact_rate", "prob_rate", "_frac", "accuracy")
+
+
+def _unit_key(key: str) -> bool:
+    return any(part in key for part in _UNIT_PARTS)
+
+
+def check_value(
+    path: str | os.PathLike[str], field_name: str, value: Any, *, key: str | None = None
+) -> float:
+    """A logged value read back: a number or ``null`` (NaN), range-checked against the key's definition.
+
+    ``field_name`` says where the value is in the file (it starts the error message).
+
+    AUCs, TPRs, rates, fractions and accuracies must lie in [0, 1], advantages in [-1, 1], sample
+    counts (``n_*``) must be non-negative integers, an ``epoch`` a non-negative number. ``key`` is the
+    logged key the rule is chosen by (default: ``field_name``).
+
+    Raises:
+        RunDirectoryError: not a number, or outside its range (the message names the file and field).
+    """
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RunDirectoryError(path, f"{field_name} is {value!r}, not a number")
+    number = float(value)
+    key = field_name if key is None else key
+    last = key.rsplit("/", 1)[-1]
+    if last == "epoch" and not (math.isfinite(number) and number >= 0):
+        raise RunDirectoryError(path, f"{field_name} is {value!r}, not an epoch")
+    if _unit_key(key) and not (math.isnan(number) or 0.0 <= number <= 1.0):
+        raise RunDirectoryError(path, f"{field_name} is {value!r}, outside its range [0, 1]")
+    if "advantage" in last and not (math.isnan(number) or -1.0 <= number <= 1.0):
+        raise RunDirectoryError(path, f"{field_name} is {value!r}, outside its range [-1, 1]")
+    if last.startswith("n_") and not (math.isfinite(number) and number >= 0 and number == int(number)):
+        raise RunDirectoryError(path, f"{field_name} is {value!r}, not a non-negative integer")
+    return number
+
+
 def _history(path: Path, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = obj.get("history", [])
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "epoch" in r for r in rows):
         raise RunDirectoryError(path, "`history` must be a list of objects with an `epoch`")
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            if key == "epoch" or (key.startswith("mem/") and not isinstance(value, (list, dict))):
+                check_value(path, f"history[{i}] field {key!r}", value, key=key)
     return [dict(r) for r in rows]
 
 
@@ -436,6 +711,11 @@ class TrajectoryFiles:
         return self.statistics["epochs"]
 
     @property
+    def steps(self) -> np.ndarray | None:
+        """The global step at which each column was recorded (``None`` for files written without it)."""
+        return self.statistics.get("steps")
+
+    @property
     def seen(self) -> np.ndarray:
         """Samples recorded at least once."""
         return self.statistics["count"] > 0
@@ -446,7 +726,7 @@ class TrajectoryFiles:
 
     def epoch_losses(self, j: int) -> np.ndarray:
         """Column ``j`` of the loss matrix (trainer epoch ``epochs[j]``), memory-mapped."""
-        return fileio.load_npy(self.folder / f"epoch_{j:04d}.npy", mmap=True)
+        return load_run_npy(self.folder / f"epoch_{j:04d}.npy")
 
     @property
     def score_by(self) -> str:
@@ -504,6 +784,8 @@ class MembershipFiles:
     arrays: dict[str, np.ndarray]
     history: list[dict[str, Any]]
     summary: dict[str, Any]
+    steps: np.ndarray | None = None
+    """The global step of each evaluation (``None`` for files written before steps were recorded)."""
 
     def metric(self, key: str) -> np.ndarray:
         """A logged key (``mem/mia/auc``, ``mem/gap/loss``, ...) per evaluation; NaN where absent."""
@@ -527,6 +809,11 @@ class SequenceFiles:
         """A logged key (``mem/extract/exact_rate``, ...) per evaluation; NaN where absent."""
         return np.array([as_number(row.get(key)) for row in self.history], dtype=np.float64)
 
+    @property
+    def steps(self) -> np.ndarray | None:
+        """The global step of each evaluation (``None`` for files written before steps were recorded)."""
+        return self.arrays.get("steps")
+
 
 @dataclass(frozen=True)
 class ExposureFiles:
@@ -538,6 +825,11 @@ class ExposureFiles:
     @property
     def epochs(self) -> np.ndarray:
         return self.arrays["epochs"]
+
+    @property
+    def steps(self) -> np.ndarray | None:
+        """The global step of each evaluation (``None`` for files written before steps were recorded)."""
+        return self.arrays.get("steps")
 
     @property
     def repetitions(self) -> np.ndarray:
@@ -578,8 +870,18 @@ class AuditFiles:
     def inclusion(self) -> dict[str, np.ndarray]:
         return _load_npz(self.folder / "inclusion.npz", ("included", "seed"))
 
-    def evaluation(self, epoch: int) -> dict[str, np.ndarray]:
-        return _load_npz(self.folder / f"epoch_{int(epoch):04d}.npz", ("scores", "guesses", "included"))
+    def evaluation(self, epoch: int | None = None, *, step: int | None = None) -> dict[str, np.ndarray]:
+        """One evaluation's ``scores``, ``guesses`` and ``included``: by ``epoch`` (``epoch_XXXX.npz``, the
+        epoch schedule) or by global ``step`` (``step_XXXXXXXX.npz``, a step or validation schedule)."""
+        if step is not None and epoch is None:
+            name = f"step_{int(step):08d}.npz"
+        elif epoch is not None and step is None:
+            name = f"epoch_{int(epoch):04d}.npz"
+        else:
+            raise ValueError(
+                f"AuditFiles.evaluation: pass exactly one of epoch and step (got {epoch=}, {step=})"
+            )
+        return _load_npz(self.folder / name, ("scores", "guesses", "included"))
 
 
 @dataclass(frozen=True)
@@ -605,6 +907,10 @@ def read_shadow_inclusion(folder: str | os.PathLike[str]) -> dict[str, np.ndarra
     path = Path(folder) / SHADOW_INCLUSION
     arrays = _load_npz(path, ("inclusion", "fingerprint", "run_index"))
     check_format(path, arrays.get("format"))
+    _check_kinds(path, arrays, {"inclusion": "bui", "fingerprint": "U", "run_index": "iu", "num_runs": "iu"})
+    inclusion = arrays["inclusion"]
+    if inclusion.dtype.kind != "b" and not np.isin(inclusion, (0, 1)).all():
+        raise RunDirectoryError(path, "`inclusion` holds values other than 0 and 1")
     return arrays
 
 
@@ -613,13 +919,29 @@ def read_shadow_scores(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: the file is missing.
-        RunDirectoryError: not a readable archive, a newer format, or without ``scores`` and
-            ``score_kind`` (the message names the file).
+        RunDirectoryError: not a readable archive, a newer format, without ``scores`` and
+            ``score_kind``, or arrays of another type (strings as scores; the message names the file).
     """
     path = Path(folder) / SHADOW_SCORES
     arrays = _load_npz(path, ("scores", "score_kind"))
     check_format(path, arrays.get("format"))
+    _check_kinds(
+        path,
+        arrays,
+        {"scores": "f", "score_kind": "U", "fingerprint": "U", "correct": "bui", "token_accuracy": "f"},
+    )
     return arrays
+
+
+_KIND_NAMES = {"b": "bool", "i": "integer", "u": "integer", "f": "floating-point", "U": "string"}
+
+
+def _check_kinds(path: Path, arrays: Mapping[str, np.ndarray], kinds: Mapping[str, str]) -> None:
+    """Each array named in ``kinds`` (when present) has one of the dtype kinds given (``"f"``: float, ...)."""
+    for key, allowed in kinds.items():
+        if key in arrays and arrays[key].dtype.kind not in allowed:
+            wanted = " or ".join(dict.fromkeys(_KIND_NAMES[k] for k in allowed))
+            raise RunDirectoryError(path, f"`{key}` holds {arrays[key].dtype} values, not {wanted} ones")
 
 
 @dataclass(frozen=True)
@@ -691,28 +1013,54 @@ class AttackFiles:
 
     @property
     def figure(self) -> Path | None:
-        """``roc.png`` (log-log ROC of every attack), or ``None`` when it is missing."""
+        """``roc.png`` (log-log ROC of every attack), or ``None`` when it is missing.
+
+        The name comes from ``attack.json``'s ``figure`` field, which :func:`read_attack` confined to
+        a plain file name in :attr:`folder`.
+        """
         path = self.folder / str(self.summary.get("figure") or ATTACK_FIGURE)
-        return path if path.is_file() else None
+        return path if present(path) else None
+
+    def figure_png(self) -> bytes | None:
+        """The bytes of :attr:`figure`, or ``None`` when it is missing.
+
+        Read as untrusted input (no link followed, a regular file of at most :data:`MAX_FIGURE_BYTES`)
+        and checked against ``figure_sha256`` when ``attack.json`` holds it.
+
+        Raises:
+            RunDirectoryError: the figure is a link or special file, too large, unreadable, or not the
+                one ``attack.json`` was written with (the message names the file).
+        """
+        path = self.figure
+        if path is None:
+            return None
+        data = read_run_bytes(path, MAX_FIGURE_BYTES)
+        expected = self.summary.get("figure_sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise RunDirectoryError(
+                path,
+                f"is not the figure {ATTACK_FILE} was written with (its SHA-256 differs from `figure_sha256`): "
+                "`memcallbacks attack` was interrupted between its two files, or another run replaced one",
+                fix="re-run `memcallbacks attack` to write both again",
+            )
+        return data
 
 
 def _attack_number(path: Path, label: str, entry: Mapping[str, Any], key: str) -> float:
     value = entry.get(key, ...)
     if value is ...:
         raise RunDirectoryError(path, f"attack {label!r} lacks the field {key!r}")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise RunDirectoryError(path, f"attack {label!r}: {key!r} is {value!r}, not a number")
-    return as_number(value)
+    return check_value(path, f"attack {label!r}: {key!r}", value, key=key)
 
 
 def _attack_row(file: Path, label: str, entry: Any, fprs: Sequence[float]) -> AttackRow:
-    """One attack of ``attack.json``, checked: numbers or ``null``, counts that are counts."""
+    """One attack of ``attack.json``, checked: rates in [0, 1] or ``null``, counts that are counts."""
     from memcallbacks.metrics.membership import format_fpr
 
     if not isinstance(entry, dict):
         raise RunDirectoryError(file, f"attack {label!r} is a JSON {type(entry).__name__}, not an object")
     counts = [_attack_number(file, label, entry, k) for k in ("n_members", "n_nonmembers", "n_excluded")]
-    if not all(math.isfinite(c) and c >= 0 for c in counts):
+    if not all(math.isfinite(c) for c in counts):
         raise RunDirectoryError(file, f"attack {label!r}: the sample counts {counts} are not counts")
     per_target = entry.get("per_target_auc", [])
     if not isinstance(per_target, list):
@@ -727,8 +1075,48 @@ def _attack_row(file: Path, label: str, entry: Any, fprs: Sequence[float]) -> At
         n_members=int(counts[0]),
         n_nonmembers=int(counts[1]),
         n_excluded=int(counts[2]),
-        per_target_auc=tuple(as_number(v) for v in per_target),
+        per_target_auc=tuple(
+            check_value(file, f"attack {label!r}: `per_target_auc[{i}]`", v, key="auc")
+            for i, v in enumerate(per_target)
+        ),
     )
+
+
+def _check_attack_header(file: Path, obj: Mapping[str, Any]) -> None:
+    """``format``/``version`` (both required) and a ``figure`` that names a file in the folder."""
+    if "format" not in obj:
+        raise RunDirectoryError(
+            file,
+            "lacks the field 'format' that every attack summary carries",
+            fix="re-run `memcallbacks attack` on the shadow runs to rewrite it",
+        )
+    version = obj.get("version", ATTACK_FORMAT_VERSION)  # files from before the field: version 1
+    if obj["format"] != ATTACK_FORMAT or version != ATTACK_FORMAT_VERSION:
+        raise RunDirectoryError(
+            file,
+            f"is not an attack summary this memcallbacks reads (format {obj.get('format')!r}, version "
+            f"{version!r}; this version reads format {ATTACK_FORMAT!r} version {ATTACK_FORMAT_VERSION})",
+            fix="re-run `memcallbacks attack` on the shadow runs with this memcallbacks to rewrite it",
+        )
+    figure = obj.get("figure", ATTACK_FIGURE)
+    if (
+        not isinstance(figure, str)
+        or not figure
+        or figure in (".", "..")
+        or Path(figure).name != figure
+        or "/" in figure
+        or "\\" in figure
+        or "\x00" in figure
+    ):
+        raise RunDirectoryError(
+            file,
+            f"the field 'figure' is {figure!r}, not a file name in its folder (a path read from a run directory "
+            "never leaves its folder)",
+            fix="re-run `memcallbacks attack` to rewrite it",
+        )
+    digest = obj.get("figure_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        raise RunDirectoryError(file, f"the field 'figure_sha256' is {digest!r}, not a SHA-256 digest")
 
 
 def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
@@ -736,27 +1124,18 @@ def read_attack(path: str | os.PathLike[str]) -> AttackFiles:
 
     Raises:
         FileNotFoundError: no ``attack.json`` there.
-        RunDirectoryError: the file is not readable JSON, was written by another format version, or
-            lacks a field (the message names the file).
+        RunDirectoryError: the file is not readable JSON, lacks ``format`` or was written by another
+            format version, names a figure outside its folder, lacks a field, or holds a value outside
+            its range (the message names the file and the field).
     """
     given = Path(path)
     file = given if given.name == ATTACK_FILE or given.is_file() else given / ATTACK_FILE
-    if not file.is_file():
+    if not present(file):
         raise FileNotFoundError(
             f"{str(given)!r} holds no {ATTACK_FILE}; pass the --out folder of `memcallbacks attack`"
         )
     obj = _load_json(file, versioned=False)  # its own format/version pair, checked here
-    version = obj.get("version", ATTACK_FORMAT_VERSION)  # files from before the field: version 1
-    if (
-        obj.get("format", "memcallbacks.offline.attack") != "memcallbacks.offline.attack"
-        or version != ATTACK_FORMAT_VERSION
-    ):
-        raise RunDirectoryError(
-            file,
-            f"is not an attack summary this memcallbacks reads (format {obj.get('format')!r}, version "
-            f"{version!r}; this version reads format 'memcallbacks.offline.attack' version {ATTACK_FORMAT_VERSION})",
-            fix="re-run `memcallbacks attack` on the shadow runs with this memcallbacks to rewrite it",
-        )
+    _check_attack_header(file, obj)
     for key in ("settings", "attacks"):
         if not isinstance(obj.get(key), dict):
             raise RunDirectoryError(file, f"lacks the object {key!r}")
@@ -815,28 +1194,28 @@ class RunDirectory:
         """The trajectory tracker's ``statistics.npz`` and ``meta.json`` in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "statistics.npz"
-        if not path.exists():
+        if not present(path):
             return None
         stats = _load_npz(path, ("epochs", "count", "mean", "variability"))
         n = len(stats["count"])
         for key, arr in stats.items():
-            if key != "epochs" and arr.ndim >= 1 and arr.shape[0] != n:
+            if key not in ("epochs", "steps") and arr.ndim >= 1 and arr.shape[0] != n:
                 raise RunDirectoryError(path, f"`{key}` has {arr.shape[0]} rows, `count` has {n}")
         meta_path = folder / "meta.json"
-        meta = _load_json(meta_path) if meta_path.exists() else {}
+        meta = _load_json(meta_path) if present(meta_path) else {}
         return TrajectoryFiles(folder, stats, meta)
 
     def membership(self, subdir: str = MEMBERSHIP) -> MembershipFiles | None:
         """The membership monitor's ``losses.npz`` and ``metrics.json`` in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "losses.npz"
-        if not path.exists():
+        if not present(path):
             return None
         arrays = _load_npz(path, ("epochs", "member_losses", "nonmember_losses"))
         epochs = arrays["epochs"]
-        _rows(path, arrays, len(epochs), "member_losses", "nonmember_losses")
+        _rows(path, arrays, len(epochs), "steps", "member_losses", "nonmember_losses")
         metrics_path = folder / "metrics.json"
-        if not metrics_path.exists():
+        if not present(metrics_path):
             raise RunDirectoryError(metrics_path, "is missing while losses.npz exists")
         summary = _load_json(metrics_path, ("history",))
         history = _history(metrics_path, summary)
@@ -847,18 +1226,19 @@ class RunDirectory:
             arrays=arrays,
             history=history,
             summary=summary,
+            steps=arrays.get("steps"),
         )
 
     def sequence(self, subdir: str = SEQUENCE) -> SequenceFiles | None:
         """The sequence monitor's ``sequences.npz`` and ``metrics.json`` in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "sequences.npz"
-        if not path.exists():
+        if not present(path):
             return None
         arrays = _load_npz(path, ("epochs",))
-        _rows(path, arrays, len(arrays["epochs"]), "member_loss", "nonmember_loss", "member_exact")
+        _rows(path, arrays, len(arrays["epochs"]), "steps", "member_loss", "nonmember_loss", "member_exact")
         metrics_path = folder / "metrics.json"
-        if not metrics_path.exists():
+        if not present(metrics_path):
             raise RunDirectoryError(metrics_path, "is missing while sequences.npz exists")
         summary = _load_json(metrics_path, ("history",))
         return SequenceFiles(folder, arrays, _history(metrics_path, summary), summary)
@@ -867,17 +1247,17 @@ class RunDirectory:
         """The canary monitor's ``exposure.npz`` (and ``secrets.json``) in ``subdir``, or ``None``."""
         folder = self.root / subdir
         path = folder / "exposure.npz"
-        if not path.exists():
+        if not present(path):
             return None
         arrays = _load_npz(path, ("epochs", "repetitions", "exposure"))
-        _rows(path, arrays, len(arrays["epochs"]), "exposure", "rank", "log_perplexity")
+        _rows(path, arrays, len(arrays["epochs"]), "steps", "exposure", "rank", "log_perplexity")
         c = len(arrays["repetitions"])
         if arrays["exposure"].ndim != 2 or arrays["exposure"].shape[1] != c:
             raise RunDirectoryError(
                 path, f"`exposure` has shape {arrays['exposure'].shape}, expected [epochs, {c} canaries]"
             )
         secrets_path = folder / "secrets.json"
-        secrets = _load_json(secrets_path, versioned=False) if secrets_path.exists() else None
+        secrets = _load_json(secrets_path, versioned=False) if present(secrets_path) else None
         return ExposureFiles(
             arrays, None if secrets is None else {str(k): str(v) for k, v in secrets.items()}
         )
@@ -886,7 +1266,7 @@ class RunDirectory:
         """The audit monitor's ``audit.json`` in ``subdir`` (its ``.npz`` files read on demand), or ``None``."""
         folder = self.root / subdir
         path = folder / "audit.json"
-        if not path.exists():
+        if not present(path):
             return None
         summary = _load_json(path, ("num_canaries",))
         return AuditFiles(folder, summary, _history(path, summary))
@@ -894,7 +1274,7 @@ class RunDirectory:
     def dp(self, subdir: str = DP) -> DPFiles | None:
         """The DP monitor's ``dp.json`` in ``subdir``, or ``None``."""
         path = self.root / subdir / "dp.json"
-        if not path.exists():
+        if not present(path):
             return None
         summary = _load_json(path, ("delta",))
         return DPFiles(summary, _history(path, summary))
@@ -902,26 +1282,26 @@ class RunDirectory:
     def attack_folders(self) -> list[str]:
         """The folders ``memcallbacks attack`` wrote here: ``attack`` first, then ``attack_<x>``."""
         names = sorted(p.parent.name for p in self.root.glob(f"{ATTACK}_*/{ATTACK_FILE}"))
-        return ([ATTACK] if (self.root / ATTACK / ATTACK_FILE).is_file() else []) + names
+        return ([ATTACK] if present(self.root / ATTACK / ATTACK_FILE) else []) + names
 
     def attack(self, subdir: str = ATTACK) -> AttackFiles | None:
         """What ``memcallbacks attack`` wrote to ``subdir`` (``attack.json``), or ``None``."""
-        if not (self.root / subdir / ATTACK_FILE).is_file():
+        if not present(self.root / subdir / ATTACK_FILE):
             return None
         return read_attack(self.root / subdir)
 
     def shadow(self, subdir: str = SHADOW) -> ShadowFiles | None:
         """A shadow run's files (``inclusion.npz``, and ``scores.npz`` once fit has ended)."""
         folder = self.root / subdir
-        if not (folder / SHADOW_INCLUSION).is_file():
+        if not present(folder / SHADOW_INCLUSION):
             return None
-        scores = read_shadow_scores(folder) if (folder / SHADOW_SCORES).is_file() else None
+        scores = read_shadow_scores(folder) if present(folder / SHADOW_SCORES) else None
         return ShadowFiles(folder, read_shadow_inclusion(folder), scores)
 
     def stopping(self) -> StoppingFiles | None:
         """The early-stopping decision (``stopping.json``), or ``None``."""
         path = self.root / STOPPING_FILE
-        if not path.exists():
+        if not present(path):
             return None
         return StoppingFiles(_load_json(path))
 

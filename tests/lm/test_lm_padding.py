@@ -145,11 +145,15 @@ def _unpadded_reference(model: Any, samples: list[tuple[torch.Tensor, torch.Tens
     return out
 
 
-@pytest.mark.parametrize("side", ["right", "left", "holey"])
-@pytest.mark.parametrize("arch", list(CONFIGS))
+# a sliding window counts columns, so a hole inside it hides real tokens: Mistral with holey padding
+# differs from the unpadded loss by design (documented in docs/hf.md; checked by its own test below)
+_CASES = [
+    (a, s) for a in CONFIGS for s in ("right", "left", "holey") if (a, s) != ("mistral_window", "holey")
+]
+
+
+@pytest.mark.parametrize(("arch", "side"), _CASES)
 def test_default_loss_equals_the_unpadded_loss(arch: str, side: str) -> None:
-    if arch == "mistral_window" and side == "holey":
-        pytest.skip("a sliding window counts columns: a hole inside it hides real tokens (documented)")
     model, samples = _model(arch), _samples()
     batch = _pad(samples, side)
     expected = torch.tensor(_unpadded_reference(model, samples), dtype=torch.float32)

@@ -75,7 +75,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 
-from memcallbacks import loggers
+from memcallbacks import loggers, rundir
 from memcallbacks.utilities import compat, fileio
 from memcallbacks.utilities.validation import check_bool, check_int, check_path
 
@@ -372,7 +372,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
     @property
     def folder(self) -> str:
         """This callback's folder name: ``<subdir>``, or ``<subdir>_<name>`` when given ``name``."""
-        return self.subdir if self.name is None else f"{self.subdir}_{self.name}"
+        return rundir.monitor_folder(self.subdir, self.name)
 
     @property
     def run_dir(self) -> Path:

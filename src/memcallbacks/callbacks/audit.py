@@ -171,7 +171,8 @@ class PrivacyAuditMonitor(MemorisationCallback):
       evaluation's ``epsilon_lb``, ``correct`` and ``accuracy`` are then NaN).
 
     Run directory (``<log_dir>/memcallbacks/audit/``): ``inclusion.npz`` (``included`` mask,
-    ``seed``), ``epoch_XXXX.npz`` per evaluation (``scores``, ``guesses``, ``included``) and
+    ``seed``), ``epoch_XXXX.npz`` per evaluation (``scores``, ``guesses``, ``included``; under a step
+    or validation schedule ``step_XXXXXXXX.npz``, named by the global step) and
     ``audit.json`` (settings and the history of counts and bounds).
 
     Args:
@@ -443,12 +444,17 @@ class PrivacyAuditMonitor(MemorisationCallback):
         }
 
     def write_files(self, result: tuple[np.ndarray, dict[str, Any]]) -> None:
-        """``inclusion.npz`` (first evaluation of a process), ``epoch_XXXX.npz`` and ``audit.json``."""
+        """``inclusion.npz`` (first evaluation of a process), this evaluation's scores and ``audit.json``.
+
+        The scores go to ``epoch_XXXX.npz`` under the epoch schedule and to ``step_XXXXXXXX.npz`` (the
+        global step, one file per evaluation) under a step or validation schedule.
+        """
         scores, audit = result
+        step = self._history[-1]["step"] if self.schedule != "epochs" else None
         self.write_in_background(
             _write_evaluation,
             self.run_dir,
-            self.last_epoch_done,
+            (self.last_epoch_done, step),
             None if self._inclusion_written else (self._included.copy(), self.seed),
             {"scores": scores, "guesses": audit["guesses"], "included": self._included.copy()},
             self._summary(),
@@ -549,15 +555,23 @@ def _file_row(h: dict[str, Any]) -> dict[str, Any]:
 
 def _write_evaluation(
     folder: Any,
-    epoch: int,
+    at: tuple[int, int | None],
     inclusion: tuple[np.ndarray, int] | None,
     arrays: dict[str, Any],
     summary: dict[str, Any],
 ) -> None:
-    """One evaluation's files: ``inclusion.npz`` (first evaluation of a process), ``epoch_XXXX.npz``, ``audit.json``."""
+    """One evaluation's files: ``inclusion.npz`` (first evaluation of a process), the scores, ``audit.json``.
+
+    ``at`` is ``(epoch, step)``: ``step`` is ``None`` under the epoch schedule (``epoch_XXXX.npz``),
+    else the global step of the evaluation (``step_XXXXXXXX.npz``).
+    """
     if inclusion is not None:
         rundir.write_audit_inclusion(folder, inclusion[0], inclusion[1])
-    rundir.write_audit_epoch(folder, epoch, **arrays)
+    epoch, step = at
+    if step is None:
+        rundir.write_audit_epoch(folder, epoch, **arrays)
+    else:
+        rundir.write_audit_step(folder, step, **arrays)
     rundir.write_audit_summary(folder, summary)
 
 

@@ -220,7 +220,8 @@ class DPEpsilonMonitor(MemorisationCallback):
     :func:`make_private`; set it yourself when you call Opacus directly). Epsilon is computed on
     a deep copy of the accountant, so logging never changes what the accountant reports later.
 
-    Logged keys (every ``every_n_epochs``-th epoch, identical on every rank):
+    Logged keys (every ``every_n_epochs``-th epoch, or every ``every_n_steps`` optimizer steps;
+    identical on every rank):
 
     * ``mem/dp/epsilon``: epsilon of the (epsilon, delta)-DP guarantee after the steps taken
       so far (Opacus accountant; RDP: Mironov 2017, GDP: Dong et al. 2019, PRV: Gopi et al.
@@ -228,7 +229,8 @@ class DPEpsilonMonitor(MemorisationCallback):
     * ``mem/dp/delta``: the ``delta`` used.
 
     Run directory (``<log_dir>/memcallbacks/dp/dp.json``): accountant name, delta, whether
-    the training DataLoader sampled Poisson-style, and per epoch epsilon and steps.
+    the training DataLoader sampled Poisson-style, and per evaluation its ``epoch``, global ``step``,
+    ``epsilon`` and ``steps`` (the optimizer steps the accountant counted).
 
     Resume: the accountant's history (a list of ``(noise_multiplier, sample_rate, steps)``) is
     saved in this callback's checkpoint state and restored into an empty accountant when
@@ -241,6 +243,8 @@ class DPEpsilonMonitor(MemorisationCallback):
         privacy_engine: an ``opacus.PrivacyEngine`` (or accountant); default
             ``pl_module.privacy_engine``.
         every_n_epochs: log every this many epochs.
+        every_n_steps: log every this many optimizer steps instead (``trainer.global_step``), so a
+            one-epoch run shows epsilon growing; not together with a non-default ``every_n_epochs``.
         run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
         restore_accountant: restore the accountant's history from a checkpoint on resume.
         name: tells two such callbacks in one Trainer apart: keys ``mem/dp/<metric>/<name>``,
@@ -262,15 +266,18 @@ class DPEpsilonMonitor(MemorisationCallback):
         *,
         privacy_engine: Any = None,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         restore_accountant: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, run_dir=run_dir, name=name)
+        super().__init__(
+            every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, run_dir=run_dir, name=name
+        )
         self.delta = check_delta(delta)
         self.privacy_engine = privacy_engine
         self.restore_accountant = check_bool("restore_accountant", restore_accountant)
-        self._epsilon_rows: list[dict[str, Any]] = []  # dp.json's history: epoch, epsilon, steps
+        self._epsilon_rows: list[dict[str, Any]] = []  # dp.json's history: epoch, step, epsilon, steps
         self._accountant_state: dict[str, Any] | None = None
         self._pending_accountant_state: dict[str, Any] | None = None
         self.accountant_name: str | None = None
@@ -351,26 +358,35 @@ class DPEpsilonMonitor(MemorisationCallback):
 
     def on_memorisation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Every epoch: snapshot the accountant's history for the checkpoint; then the cycle when due."""
-        accountant = self.find_accountant(pl_module)
+        self._snapshot_accountant(self.find_accountant(pl_module))
+        super().on_memorisation_epoch_end(trainer, pl_module)
+
+    def _snapshot_accountant(self, accountant: Any) -> None:
+        """Keep the accountant's history for the checkpoint (at each epoch end and each evaluation)."""
         self.accountant_name = str(accountant.mechanism())
         self._accountant_state = {
             "mechanism": self.accountant_name,
             "history": [[float(h[0]), float(h[1]), int(h[2])] for h in accountant.history],
         }
-        super().on_memorisation_epoch_end(trainer, pl_module)
 
     # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         """Epsilon so far (``None``, skipping the epoch, when the accountant fails)."""
         accountant = self.find_accountant(pl_module)
+        if self.schedule != "epochs":  # a mid-epoch checkpoint holds the accountant of this evaluation
+            self._snapshot_accountant(accountant)
         eps = self.read_epsilon(accountant)
         if eps is None:
             return None
         steps = int(sum(int(h[2]) for h in accountant.history))
-        epoch = int(trainer.current_epoch)
-        self._epsilon_rows = [h for h in self._epsilon_rows if h["epoch"] != epoch] + [
-            {"epoch": epoch, "epsilon": eps, "steps": steps}
-        ]
+        row = {
+            "epoch": int(trainer.current_epoch),
+            "step": int(trainer.global_step),
+            "epsilon": eps,
+            "steps": steps,
+        }
+        by = "epoch" if self.schedule == "epochs" else "step"  # one row per epoch, or per global step
+        self._epsilon_rows = [h for h in self._epsilon_rows if h[by] != row[by]] + [row]
         return eps
 
     def metrics(self, result: float) -> dict[str, float]:
@@ -405,7 +421,12 @@ class DPEpsilonMonitor(MemorisationCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_base_state(state_dict)
         self._epsilon_rows = [
-            {"epoch": int(h["epoch"]), "epsilon": float(h["epsilon"]), "steps": int(h["steps"])}
+            {
+                "epoch": int(h["epoch"]),
+                "step": int(h.get("step", -1)),
+                "epsilon": float(h["epsilon"]),
+                "steps": int(h["steps"]),
+            }
             for h in state_dict.get("epsilon_history", [])
         ]
         acc = state_dict.get("accountant")

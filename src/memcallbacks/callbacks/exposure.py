@@ -26,7 +26,8 @@ value that reads as safe):
                                          (``extraction=True`` only)
 =======================================  ==========================================================
 
-Files (``<run_dir>/canary/``, rank 0): ``exposure.npz`` with ``epochs [E]``,
+Files (``<run_dir>/canary/``, rank 0): ``exposure.npz`` with ``epochs [E]`` and ``steps [E]``
+(the epoch and global step of each evaluation),
 ``canary_ids [C]``, ``repetitions [C]``, ``exposure``/``log_perplexity`` ``[E, C]``,
 ``rank [E, C]`` (float64: rank in R, exact where ``rank_exact [E, C]``, else a lower bound;
 NaN for a non-finite score), ``reference_rank [E, C]`` (NaN without references),
@@ -256,6 +257,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         self.strategy_reason: str | None = None  # why the resolved strategy is not exact (None when it is)
         self._references: list[str] | None = None
         self._epochs: list[int] = []
+        self._steps: list[int] = []  # global step of each evaluation (-1: from a checkpoint without steps)
         self._per_canary: dict[str, list[list[float]]] = {k: [] for k in _HISTORY_KEYS}
         self._rank_exact: list[list[bool]] = []
         self._nonfinite: list[int] = []
@@ -391,6 +393,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         assert payload is not None
         result, extracted = payload
         epoch = int(trainer.current_epoch)
+        self._steps.append(int(trainer.global_step))
         self._record(epoch, result, extracted)
         if result.nonfinite:
             self.warn_once(
@@ -455,6 +458,7 @@ class CanaryExposureMonitor(MemorisationCallback):
 
         arrays: dict[str, Any] = {
             "epochs": np.array(self._epochs, dtype=np.int64),
+            "steps": np.array(self._steps, dtype=np.int64),
             "canary_ids": np.array(cs.ids, dtype=str),
             "repetitions": np.array([c.repetitions for c in cs], dtype=np.int64),
             "exposure": matrix("exposure"),
@@ -485,14 +489,20 @@ class CanaryExposureMonitor(MemorisationCallback):
         return arrays
 
     def records(self, result: tuple[ExposureResult, Any]) -> list[loggers.Record]:
-        """Exposure against repetitions per recorded epoch, and the per-canary table of this evaluation."""
+        """Exposure against repetitions per evaluation, and the per-canary table of this evaluation.
+
+        One line per evaluation: ``"epoch <e>"`` under the epoch schedule, ``"step <s>"`` under a step
+        or validation schedule (several evaluations share an epoch there).
+        """
         epoch = self.last_epoch_done
         cs = self.canaries
         reps = np.array([c.repetitions for c in cs])
         counts = sorted(set(reps.tolist()))
+        by_step = self.schedule != "epochs"
+        labels = [f"step {s}" for s in self._steps] if by_step else [f"epoch {e}" for e in self._epochs]
         series = {
-            f"epoch {e}": list(mean_by_repetition(exposures, reps).values())
-            for e, exposures in zip(self._epochs, self._per_canary["exposure"])
+            label: list(mean_by_repetition(exposures, reps).values())
+            for label, exposures in zip(labels, self._per_canary["exposure"])
         }
         series_record = loggers.LineSeries(
             key="mem/canary/exposure_vs_repetitions",
@@ -552,6 +562,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             "references": None if self._references is None else list(self._references),
             "resolved_method": self.resolved_method,
             "epochs": list(self._epochs),
+            "steps": list(self._steps),
             **{key: [list(r) for r in self._per_canary[key]] for key in _HISTORY_KEYS},
             "rank_exact": [list(r) for r in self._rank_exact],
             "nonfinite": list(self._nonfinite),
@@ -580,6 +591,7 @@ class CanaryExposureMonitor(MemorisationCallback):
             self.resolved_method = saved_method
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
         n_epochs = len(self._epochs)
+        self._steps = [int(s) for s in state_dict.get("steps", [-1] * n_epochs)]
         n = len(self.canaries)
         for key in _HISTORY_KEYS:
             rows = state_dict.get(key) or [[float("nan")] * n for _ in range(n_epochs)]

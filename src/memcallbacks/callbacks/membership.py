@@ -248,7 +248,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
     ``trajectory_attack=False`` switches it off.
 
     Run directory (``<log_dir>/memcallbacks/membership/``, rank 0, rewritten each evaluation):
-    ``losses.npz`` (``epochs [E]``, ``member_losses [E, n]``, ``nonmember_losses [E, m]``,
+    ``losses.npz`` (``epochs [E]`` and ``steps [E]``, the epoch and global step of each evaluation;
+    ``member_losses [E, n]``, ``nonmember_losses [E, m]``,
     float32, NaN kept; ``member_indices [n]`` into the training dataset or ``members``;
     ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, "step": s, key: value}]}``, the rows of
     :attr:`history`).
@@ -393,6 +394,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self._nonmember_slices: np.ndarray | None = None
         # loss history (kept across resume)
         self._epochs: list[int] = []
+        self._steps: list[int] = []  # global step of each evaluation (-1: from a checkpoint without steps)
         self._member_history: list[np.ndarray] = []
         self._nonmember_history: list[np.ndarray] = []
         self._ref_members: np.ndarray | None = None
@@ -440,6 +442,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
             **self.base_state(),
             **self._probes.state_dict(),
             "epochs": list(self._epochs),
+            "steps": list(self._steps),
             "member_losses": state_tensor(self.member_losses) if self._member_history else None,
             "nonmember_losses": state_tensor(self.nonmember_losses) if self._nonmember_history else None,
             "ref_members": state_tensor(self._ref_members),
@@ -450,6 +453,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.load_base_state(state_dict)
         self._probes.load_state_dict(state_dict)
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
+        self._steps = [int(s) for s in state_dict.get("steps", [-1] * len(self._epochs))]
         ml = state_array(state_dict, "member_losses", np.float32)
         nl = state_array(state_dict, "nonmember_losses", np.float32)
         self._member_history = [] if ml is None else [row.copy() for row in ml]
@@ -488,7 +492,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         assert nonmembers is not None  # required: the resolver raises otherwise
         self._check_same_structure(members, nonmembers)
         if self.slices is not None:
-            fn: Callable[[Any], Hashable] = _class_of if self.slices == "class" else self.slices  # type: ignore[assignment]
+            slices: Any = self.slices
+            fn: Callable[[Any], Hashable] = _class_of if slices == "class" else slices
             prefix = "class_" if self.slices == "class" else "group_"
             self._member_slices = np.array(
                 [prefix + _slice_name(fn(members[i])) for i in range(len(members))]
@@ -559,11 +564,12 @@ class MembershipInferenceMonitor(MemorisationCallback):
             return
         count, exact = found
         amount = f"{int(count)}" if exact else f"about {count:.0f} (expected, the loader shuffles)"
+        batches = len(trainer.train_dataloader)  # type: ignore[arg-type]
         self.warn_once(
             "unvisited",
             f"MembershipInferenceMonitor: {amount} of the {len(idx)} member probes have not been visited by training "
             f"by epoch {trainer.current_epoch} (the loop ran {trainer.num_training_batches} of "
-            f"{len(trainer.train_dataloader)} batches an epoch: `limit_train_batches` or `max_steps`); "  # type: ignore[arg-type]
+            f"{batches} batches an epoch: `limit_train_batches` or `max_steps`); "
             "they still count as members, which pulls the attack towards chance. Pass `members=` the "
             "samples actually trained on (warned once)",
         )
@@ -676,6 +682,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
             self._ref_members, self._ref_nonmembers = members.copy(), nonmembers.copy()
         metrics = self._metrics(epoch, members, nonmembers)
         self._epochs.append(epoch)
+        self._steps.append(int(trainer.global_step))
         self._member_history.append(members)
         self._nonmember_history.append(nonmembers)
         return metrics
@@ -695,6 +702,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         assert self.nonmember_indices is not None
         arrays = {
             "epochs": np.asarray(self._epochs, dtype=np.int64),
+            "steps": np.asarray(self._steps, dtype=np.int64),
             "member_losses": self.member_losses,
             "nonmember_losses": self.nonmember_losses,
             "member_indices": self.member_indices.copy(),

@@ -205,7 +205,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     ``prefix_len`` tokens gets the rest of it back, word for word, with probability at least 10%.
 
     Run directory (``<log_dir>/memcallbacks/sequence/``, rank 0, rewritten each evaluation):
-    ``sequences.npz`` (``epochs [E]``; ``member_indices [n]``, ``nonmember_indices [m]`` into the
+    ``sequences.npz`` (``epochs [E]`` and ``steps [E]``, each evaluation's epoch and global step;
+    ``member_indices [n]``, ``nonmember_indices [m]`` into the
     datasets; ``member_lengths``, ``nonmember_lengths`` (window tokens); per epoch and probe,
     float64 with NaN where undefined: ``member_loss``, ``member_min_k``, ``member_zlib``,
     ``member_exact``, ``member_token_match`` ``[E, n]``, ``member_log_q [E, n, K]`` and the same
@@ -364,6 +365,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self._zlib: np.ndarray | None = None
         self._max_id = 0
         self._epochs: list[int] = []
+        self._steps: list[int] = []  # global step of each evaluation (-1: from a checkpoint without steps)
         self._results: list[WindowScores] = []  # per evaluation, on the CPU (generated ids left out)
         self._generated: np.ndarray | None = None  # the latest greedy continuations, -1 where not decoded
         self._lm: LanguageModel | None = None
@@ -410,6 +412,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             **self.base_state(),
             **self._probes.state_dict(),
             "epochs": list(self._epochs),
+            "steps": list(self._steps),
             **results,
             "generated": state_tensor(self._generated),
         }
@@ -418,6 +421,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self.load_base_state(state_dict)
         self._probes.load_state_dict(state_dict)
         self._epochs = [int(e) for e in state_dict.get("epochs", [])]
+        self._steps = [int(s) for s in state_dict.get("steps", [-1] * len(self._epochs))]
         stored = {field: state_array(state_dict, f"results_{field}", np.float64) for field in _STORED_FIELDS}
         self._results = []
         if all(value is not None for value in stored.values()):
@@ -592,6 +596,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self._generated = scores.generated.numpy().astype(np.int64)
         scores = _without_generated(scores)
         self._epochs.append(int(trainer.current_epoch))
+        self._steps.append(int(trainer.global_step))
         self._results.append(scores)
         return scores
 
@@ -620,6 +625,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         lengths = self._lengths.numpy()
         arrays: dict[str, np.ndarray] = {
             "epochs": np.asarray(self._epochs, dtype=np.int64),
+            "steps": np.asarray(self._steps, dtype=np.int64),
             "member_indices": self.member_indices.copy(),
             "nonmember_indices": self.nonmember_indices.copy(),
             "member_lengths": lengths[:n].copy(),

@@ -370,6 +370,7 @@ class ShadowScoreRecorder(MemorisationCallback):
         batch_size: batch size of the pool evaluation.
         collate_fn: collate function of the pool evaluation (default: PyTorch's).
         run_dir: override the run directory root (default ``<trainer.log_dir>/memcallbacks``).
+        every_n_steps: refused (``ValueError``): the recorder scores the pool once, at the end of fit.
 
     Raises:
         ValueError, TypeError: an argument out of range or of the wrong type.
@@ -396,7 +397,14 @@ class ShadowScoreRecorder(MemorisationCallback):
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         run_dir: str | os.PathLike[str] | None = None,
+        every_n_steps: None = None,
     ) -> None:
+        if every_n_steps is not None:
+            raise ValueError(
+                f"ShadowScoreRecorder(every_n_steps={every_n_steps!r}): the recorder scores the pool once, at "
+                "the end of fit, and has no schedule; remove `every_n_steps` (the attack compares the runs' "
+                "final models)"
+            )
         super().__init__(run_dir=run_dir)
         args = _validate_init(
             pool=pool,

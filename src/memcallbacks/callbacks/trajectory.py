@@ -215,6 +215,21 @@ class LossTrajectoryTracker(MemorisationCallback):
     reference - min``) and ``meta.json`` (``score_by`` names the tracker's ranking) at the end of every
     recorded epoch.
 
+    Windows (``every_n_steps=N``): instead of one column per epoch, one column per window of ``N``
+    global (optimizer) steps, recorded in ``on_train_batch_end`` at each multiple of ``N`` (the
+    base class's step rule), so a one-epoch run has a trajectory. Everything said above of an
+    epoch holds for a window: a sample is visited in a window when a finite loss arrived for it
+    during the window's steps; a window may cross an epoch end and may visit a sample more than
+    once (a window longer than an epoch), then its first loss is kept and the repeats are counted
+    in ``mem/traj/duplicates`` without a warning. The statistics are per column, so per window:
+    ``learned_epoch`` is the window index (``steps[learned_epoch]`` its global step), forgetting
+    events count correct-to-incorrect transitions between windows, confidence and variability
+    are the mean and std over windows, ``mem/traj/epochs`` counts windows. The steps after the
+    last multiple of ``N`` are not recorded (``floor(S / N)`` columns for ``S`` steps). The
+    per-step cost is the same as under epochs (one append, no sync); a checkpoint saved inside a
+    window keeps its steps and a resume records the rest of the window on top. ``statistics.npz``
+    and ``meta.json`` carry ``steps`` (the global step of each column) beside ``epochs``.
+
     Args:
         source: ``"step"`` (losses returned by ``training_step``) or ``"probe"`` (a fixed probe
             set evaluated in eval mode).
@@ -234,6 +249,9 @@ class LossTrajectoryTracker(MemorisationCallback):
         batch_size: batch size of the probe evaluation.
         collate_fn: collate function of the probe loader.
         every_n_epochs: record every n-th epoch.
+        every_n_steps: record a column every this many optimizer steps instead (``trainer.global_step``;
+            windows of ``every_n_steps`` global steps, so a one-epoch run has a trajectory; see
+            "Windows" above). Not together with a non-default ``every_n_epochs``.
         dtype: ``"float16"`` (default) or ``"float32"`` storage.
         memory_budget_bytes: beyond this the store keeps epochs on disk, memory-mapped.
         num_top: rows of the most-memorised table emitted at fit end.
@@ -283,6 +301,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
         dtype: Any = "float16",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         num_top: int = 20,
@@ -293,7 +312,11 @@ class LossTrajectoryTracker(MemorisationCallback):
         log_per_sample: bool = False,
     ) -> None:
         super().__init__(
-            every_n_epochs=every_n_epochs, run_dir=run_dir, log_per_sample=log_per_sample, name=name
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            run_dir=run_dir,
+            log_per_sample=log_per_sample,
+            name=name,
         )
         _validate_init(
             source=source, num_samples=num_samples, loss_key=loss_key, index_key=index_key,
@@ -313,8 +336,15 @@ class LossTrajectoryTracker(MemorisationCallback):
         self.batch_size, self.collate_fn = int(batch_size), collate_fn
         self.dtype = TrajectoryStore(0, dtype=dtype).dtype.name
         self.memory_budget_bytes, self.num_top = int(memory_budget_bytes), int(num_top)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """What the tracker records: the store, the epoch and step of each column, the step buffers."""
         self.store: TrajectoryStore | None = None
         self.recorded_epochs: list[int] = []
+        """The trainer epoch of each store column."""
+        self.recorded_steps: list[int] = []
+        """The global step at which each store column was recorded (-1: from a checkpoint without steps)."""
         self._sample_ids: np.ndarray | None = None
         self._probe: Dataset[Any] | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -340,9 +370,14 @@ class LossTrajectoryTracker(MemorisationCallback):
         return measured
 
     # -- set-up ---------------------------------------------------------------------------------
+    def _collects(self, trainer: pl.Trainer) -> bool:
+        """Whether the steps of this epoch are buffered: step source, and a window or a due epoch."""
+        return self.source == "step" and (self.every_n_steps is not None or self.is_due(trainer))
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)  # warns once when every_n_steps exceeds the run
         # on a mid-epoch restart Lightning does not call on_train_epoch_start: decide here too
-        self._collecting = self.source == "step" and self.is_due(trainer)
+        self._collecting = self._collects(trainer)
         self._collecting_epoch = trainer.current_epoch
         self._checked = 0
         if self.store is not None and self._pending_state is None:
@@ -367,6 +402,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             state, self._pending_state = self._pending_state, None
             self.store.load_state_dict(state.get("store", {}))
             self.recorded_epochs = [int(e) for e in state.get("recorded_epochs", [])][: self.store.num_epochs]
+            steps = state.get("recorded_steps", [-1] * len(self.recorded_epochs))
+            self.recorded_steps = [int(s) for s in steps][: self.store.num_epochs]
             self._restore_partial_epoch(trainer)
             if zero:
                 self._write_summary()
@@ -381,12 +418,20 @@ class LossTrajectoryTracker(MemorisationCallback):
     def _restore_partial_epoch(self, trainer: pl.Trainer) -> None:
         """Put the steps a mid-epoch checkpoint held back in the buffer; the rest of the epoch adds to them.
 
-        Lightning writes rank 0's callback state, so under DDP the restored steps are rank 0's share.
+        Under ``every_n_steps`` the buffer is the open window (it started after global step
+        ``last_step_done``), restored whatever the epoch. Lightning writes rank 0's callback state, so
+        under DDP the restored steps are rank 0's share.
         """
         partial, self._partial = self._partial, None
-        if partial is None or int(partial.get("epoch", -1)) != trainer.current_epoch or not self._collecting:
+        if partial is None or not self._collecting:
             return
-        if self.last_epoch_done >= trainer.current_epoch:
+        if self.every_n_steps is not None:
+            if int(partial.get("window", -2)) != self.last_step_done:
+                return
+        elif (
+            int(partial.get("epoch", -1)) != trainer.current_epoch
+            or self.last_epoch_done >= trainer.current_epoch
+        ):
             return
         if (
             not trainer.is_global_zero
@@ -457,15 +502,22 @@ class LossTrajectoryTracker(MemorisationCallback):
 
     # -- hot path -------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._steps, self._checked, self._partial = [], 0, None
-        self._collecting = self.source == "step" and self.is_due(trainer)
+        if self.every_n_steps is None:  # a window of steps goes on across the epoch end
+            self._steps = []
+        self._checked, self._partial = 0, None
+        self._collecting = self._collects(trainer)
         self._collecting_epoch = trainer.current_epoch
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._collecting:
-            return
+        if self._collecting:
+            self._collect(outputs, batch)
+        if self.every_n_steps is not None:  # the base: one integer comparison unless a window closes
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _collect(self, outputs: Any, batch: Any) -> None:
+        """Buffer one step's per-sample losses and indices (on their device, no sync)."""
         if self._checked < _CHECKED_STEPS:  # the first steps of an epoch: every check
             self._checked += 1
             self._steps.append(self._checked_outputs(outputs, batch))
@@ -591,6 +643,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         epoch.duplicates = unexpected
         self.store.append(epoch.column, epoch.correct)
         self.recorded_epochs.append(int(trainer.current_epoch))
+        self.recorded_steps.append(int(trainer.global_step))
         if epoch.nonfinite:
             rank_zero_warn(
                 f"LossTrajectoryTracker: {epoch.nonfinite} sample loss(es) were NaN/inf at epoch "
@@ -728,7 +781,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             idx, losses = idx[first], losses[first]
             corr = None if corr is None else corr[first]
         unexpected = max(duplicates - (world_size(trainer) - 1), 0)  # DistributedSampler pads <= ws - 1
-        if unexpected:
+        if unexpected and self.every_n_steps is None:  # a window may span more than one pass: no warning
             self.warn_once(
                 "duplicates",
                 f"LossTrajectoryTracker: {unexpected} sample index(es) arrived more than once in epoch "
@@ -767,6 +820,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         arrays: dict[str, Any] = {
             "sample_ids": self._sample_ids,
             "epochs": np.asarray(self.recorded_epochs, dtype=np.int64),
+            "steps": np.asarray(self.recorded_steps, dtype=np.int64),
             "count": stats.count,
             "mean": stats.mean,
             "std": stats.std,
@@ -793,6 +847,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             "num_samples": self.store.num_samples,
             "num_epochs": self.store.num_epochs,
             "epochs": list(self.recorded_epochs),
+            "steps": list(self.recorded_steps),
+            "schedule": self.schedule,
             "dtype": self.store.dtype.name,
             "has_correct": bool(self.store.has_correct),
             "on_disk": self.store.on_disk,
@@ -905,11 +961,14 @@ class LossTrajectoryTracker(MemorisationCallback):
             "base": self.base_state(),
             "num_samples": self.store.num_samples,
             "recorded_epochs": list(self.recorded_epochs),
+            "recorded_steps": list(self.recorded_steps),
             "store": self.store.state_dict(),
         }
-        if self._collecting and self._steps:  # a mid-epoch checkpoint keeps the partial epoch
+        if self._collecting and self._steps:  # a mid-epoch checkpoint keeps the partial epoch (or window)
             index, loss, correct = self._take_step_buffers_copy()
             state["partial"] = {"epoch": int(self._collecting_epoch), "index": index, "loss": loss}
+            if self.every_n_steps is not None:  # the window opened after this evaluated step
+                state["partial"]["window"] = self.last_step_done
             if correct is not None:
                 state["partial"]["correct"] = correct
         return state

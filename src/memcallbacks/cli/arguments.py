@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -88,8 +89,16 @@ def add_run_dirs_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def write_or_exit(parser: argparse.ArgumentParser, out: Path, write: Callable[[], _T]) -> _T:
-    """``write()``; an ``OSError`` becomes ``parser.error`` (exit code 2) naming ``--out`` and the path."""
+    """``write()``; an ``OSError`` becomes ``parser.error`` (exit code 2) naming ``--out`` and the path.
+
+    The reason is the system's own (``os.strerror``), not the training-time advice of the run-directory
+    writers ("resume from the last checkpoint" means nothing to a command that only writes outputs).
+    """
     try:
         return write()
     except OSError as e:
-        parser.error(f"argument --out: cannot write {e.filename or out}: {e.strerror or e}")
+        reason = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+        parser.error(
+            f"argument --out: cannot write {e.filename or out}: {reason}; free disk space or pass --out a "
+            "writable folder"
+        )

@@ -13,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from memcallbacks.loggers.mlflow_backend import emit_mlflow
-from memcallbacks.loggers.records import RECORD_TYPES, Record
+from memcallbacks.loggers.records import RECORD_TYPES, Histogram, Record
 from memcallbacks.loggers.tensorboard_backend import emit_tensorboard
 from memcallbacks.loggers.wandb_backend import emit_wandb
 
@@ -86,6 +87,8 @@ def emit_to(
         getattr(record, "secret", False) and not allow_secrets
     ):
         return 0
+    if isinstance(record, Histogram):  # exact extremes only with the per-sample opt-in
+        record = dataclasses.replace(record, exact=allow_per_sample)
     failed = 0
     for logger in loggers:
         adapter = _adapter_for(logger)

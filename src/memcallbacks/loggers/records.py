@@ -41,13 +41,19 @@ MAX_CURVE_POINTS = 2_000
 class Histogram:
     """Distribution of values (e.g. this epoch's per-sample losses). Aggregate: no opt-in needed.
 
-    Non-finite values are dropped before binning; ``num_bins`` is capped at 512.
+    Non-finite values are dropped before binning; ``num_bins`` is capped at 512. What reaches a
+    tracker carries no exact extreme: the bins span the 1% and 99% quantiles rounded outward to a
+    coarse grid, values beyond fall into the end bins, and no ``min``/``max`` is sent
+    (:func:`memcallbacks.loggers.rendering.coarse_histogram`). The dispatch sets ``exact`` from the
+    per-sample opt-in (``log_per_sample=True``): only then are the bins drawn between the exact
+    minimum and maximum.
     """
 
     key: str
     values: Any  # 1-D array-like
     epoch: int
     num_bins: int = 64
+    exact: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,10 @@ from memcallbacks.loggers.records import (
 __all__ = [
     "artifact_path",
     "finite_values",
+    "HISTOGRAM_QUANTILES",
+    "coarse_histogram",
     "histogram_bins",
+    "histogram_counts",
     "histogram_summary",
     "log_log_roc_axes",
     "markdown_table",
@@ -57,23 +60,67 @@ def histogram_bins(record: Histogram) -> int:
     return max(1, min(int(record.num_bins), MAX_HISTOGRAM_BINS))
 
 
+#: the quantiles whose values, rounded outward, bound a histogram sent without per-sample opt-in
+HISTOGRAM_QUANTILES = (0.01, 0.99)
+
+
+def _grid_step(low: float, high: float) -> float:
+    """A round step (a power of ten) about a tenth of the spread of ``[low, high]``."""
+    spread = high - low
+    scale = spread if spread > 0 else max(abs(low), abs(high), 1.0)
+    return float(10.0 ** (math.floor(math.log10(scale)) - 1))
+
+
+def coarse_histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and bin edges of ``values`` that reveal no exact extreme.
+
+    The range is the 1% and 99% quantiles (:data:`HISTOGRAM_QUANTILES`) rounded outward to a grid of
+    a tenth of their spread (a power of ten); values outside it are counted in the first or last bin.
+    So no edge equals the smallest or largest value (the most or least memorised sample's loss)
+    unless that value happens to lie on the grid.
+
+    Example:
+        >>> counts, edges = coarse_histogram(np.array([0.0123, 0.5, 0.7, 3.21]), bins=4)
+        >>> int(counts.sum()), float(edges[0]) != 0.0123, float(edges[-1]) != 3.21
+        (4, True, True)
+    """
+    low, high = (float(q) for q in np.quantile(values, HISTOGRAM_QUANTILES))
+    step = _grid_step(low, high)
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    if high <= low:
+        high = low + step
+    edges = np.linspace(low, high, bins + 1)
+    counts, _ = np.histogram(np.clip(values, low, high), bins=edges)
+    return counts, edges
+
+
+def histogram_counts(record: Histogram, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and edges of ``record``'s finite ``values``: exact range only when ``record.exact``
+    (the per-sample opt-in), else :func:`coarse_histogram`."""
+    if record.exact:
+        return np.histogram(values, bins=histogram_bins(record))
+    return coarse_histogram(values, histogram_bins(record))
+
+
 def histogram_summary(record: Histogram) -> dict[str, Any] | None:
-    """Bin edges, counts and summary statistics of a histogram (``None`` without a finite value)."""
+    """Bin edges, counts and summary statistics of a histogram (``None`` without a finite value).
+
+    ``min`` and ``max`` are only included when ``record.exact`` (the per-sample opt-in).
+    """
     values = finite_values(record.values)
     if values.size == 0:
         return None
-    counts, edges = np.histogram(values, bins=histogram_bins(record))
-    return {
+    counts, edges = histogram_counts(record, values)
+    summary: dict[str, Any] = {
         "key": record.key,
         "epoch": int(record.epoch),
         "count": int(values.size),
         "mean": float(values.mean()),
         "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "bin_edges": edges.tolist(),
-        "counts": counts.tolist(),
     }
+    if record.exact:
+        summary.update(min=float(values.min()), max=float(values.max()))
+    return {**summary, "bin_edges": edges.tolist(), "counts": counts.tolist()}
 
 
 def plain_cell(value: Any) -> Any:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from memcallbacks.loggers.records import Figure, Histogram, LineSeries, Record, RocCurve, Table
 from memcallbacks.loggers.rendering import (
     finite_values,
-    histogram_bins,
+    histogram_counts,
     markdown_table,
     render_figure,
     table_rows,
@@ -28,11 +26,11 @@ def emit_tensorboard(logger: Any, record: Record) -> None:
         values = finite_values(record.values)
         if values.size == 0:
             return
-        counts, edges = np.histogram(values, bins=histogram_bins(record))
+        counts, edges = histogram_counts(record, values)
         writer.add_histogram_raw(
             record.key,
-            min=float(values.min()),
-            max=float(values.max()),
+            min=float(values.min()) if record.exact else float(edges[0]),
+            max=float(values.max()) if record.exact else float(edges[-1]),
             num=int(values.size),
             sum=float(values.sum()),
             sum_squares=float((values**2).sum()),

@@ -8,7 +8,7 @@ from typing import Any
 from memcallbacks.loggers.records import Alert, Figure, Histogram, LineSeries, Record, RocCurve, Table
 from memcallbacks.loggers.rendering import (
     finite_values,
-    histogram_bins,
+    histogram_counts,
     roc_points,
     series_points,
     table_rows,
@@ -47,7 +47,8 @@ def emit_wandb(logger: Any, record: Record) -> None:
         values = finite_values(record.values)
         if values.size == 0:
             return
-        payload = {record.key: wandb.Histogram(values.tolist(), num_bins=histogram_bins(record))}
+        counts, edges = histogram_counts(record, values)
+        payload = {record.key: wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))}
     elif isinstance(record, Table):
         payload = {record.key: wandb.Table(columns=[str(c) for c in record.columns], data=table_rows(record))}
     elif isinstance(record, LineSeries):

@@ -189,8 +189,6 @@ def run_attack(
     """
     offline = check_bool("offline", offline)
     a = check_real("a", a, minimum=0.0, maximum=1.0, hint="e.g. a=0.3")
-    offline = check_bool("offline", offline)
-    a = check_real("a", a, minimum=0.0, maximum=1.0, hint="e.g. a=0.3")
     gamma = check_real("gamma", gamma, minimum=0.0, min_inclusive=False, hint="e.g. gamma=1.0")
     chosen = _checked_methods(methods)
     runs = [item if isinstance(item, ShadowRun) else load_shadow_run(item) for item in list(run_dirs)]

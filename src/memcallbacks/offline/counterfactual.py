@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -55,7 +56,13 @@ from memcallbacks.metrics.counterfactual import (
 )
 from memcallbacks.metrics.dynamics import top_k
 from memcallbacks.offline.shadow_runs import AttackInputError, ShadowRun, load_shadow_run
-from memcallbacks.rundir import RunDirectory, RunDirectoryError
+from memcallbacks.rundir import (
+    MAX_FIGURE_BYTES,
+    RunDirectory,
+    RunDirectoryError,
+    read_run_bytes,
+    read_run_json,
+)
 from memcallbacks.utilities import fileio
 from memcallbacks.utilities.validation import check_bool, check_choice, check_int
 
@@ -63,10 +70,12 @@ __all__ = [
     "PROXIES",
     "SIGNALS",
     "SIGNAL_TEXT",
+    "DIGESTED_OUTPUTS",
     "MemorisationInputError",
     "MemorisationResult",
     "expected_signs",
     "proxy_signals",
+    "check_outputs",
     "run_memorisation",
     "trajectory_pool_ids",
     "write_outputs",
@@ -556,10 +565,20 @@ def _markdown(result: MemorisationResult, summary: Mapping[str, Any], *, log_per
     return "\n".join(lines)
 
 
+#: the outputs of :func:`write_outputs` whose SHA-256 ``memorisation.json`` lists (under ``files``)
+DIGESTED_OUTPUTS = ("memorisation.npz", "mem_histogram.png", "memorisation.md")
+
+
 def write_outputs(
     result: MemorisationResult, out: str | os.PathLike[str], *, top: int = 20, log_per_sample: bool = False
 ) -> dict[str, Path]:
-    """Write ``memorisation.npz``, ``memorisation.json``, ``mem_histogram.png`` and ``memorisation.md`` into ``out``."""
+    """Write ``memorisation.npz``, ``mem_histogram.png``, ``memorisation.md`` and, last,
+    ``memorisation.json`` into ``out``.
+
+    Each file is replaced atomically, and ``memorisation.json`` (written last) lists the SHA-256 of
+    the other three under ``files``: after a crash or a full disk between two writes,
+    :func:`check_outputs` tells that the folder mixes two runs of ``memcallbacks memorisation``.
+    """
     folder = Path(out)
     e = result.estimate
     summary = result.to_json(top=top, log_per_sample=log_per_sample)
@@ -575,10 +594,43 @@ def write_outputs(
             fingerprint=np.array(result.fingerprint),
             signal=np.array(result.signal),
         ),
-        "json": fileio.save_json(folder / "memorisation.json", summary),
         "png": fileio.atomic_write_bytes(folder / "mem_histogram.png", _histogram_png(result)),
+        "markdown": fileio.atomic_write_bytes(
+            folder / "memorisation.md", _markdown(result, summary, log_per_sample=log_per_sample).encode()
+        ),
     }
-    paths["markdown"] = fileio.atomic_write_bytes(
-        folder / "memorisation.md", _markdown(result, summary, log_per_sample=log_per_sample).encode()
-    )
+    summary["files"] = {name: _sha256(folder / name) for name in DIGESTED_OUTPUTS}
+    paths["json"] = fileio.save_json(folder / "memorisation.json", summary)
     return paths
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_outputs(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """``memorisation.json`` of a :func:`write_outputs` folder, after checking that the other outputs
+    are the ones it was written with.
+
+    Raises:
+        RunDirectoryError: ``memorisation.json`` is unreadable or lists no digests, or a file is
+            missing or differs from its digest (a run of ``memcallbacks memorisation`` interrupted,
+            or two runs writing one folder); the message names the file.
+    """
+    folder = Path(out)
+    summary = read_run_json(folder / "memorisation.json")
+    files = summary.get("files")
+    if not isinstance(files, dict):
+        raise RunDirectoryError(
+            folder / "memorisation.json", "lacks the object 'files' (the outputs' SHA-256)"
+        )
+    for name in DIGESTED_OUTPUTS:
+        data = read_run_bytes(folder / name, MAX_FIGURE_BYTES * 64)
+        if hashlib.sha256(data).hexdigest() != files.get(name):
+            raise RunDirectoryError(
+                folder / name,
+                "is not the file memorisation.json was written with (its SHA-256 differs): `memcallbacks "
+                "memorisation` was interrupted, or two runs wrote this folder",
+                fix="re-run `memcallbacks memorisation` into this folder",
+            )
+    return summary

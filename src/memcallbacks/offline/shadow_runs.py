@@ -79,10 +79,22 @@ def find_shadow_dir(path: str | os.PathLike[str]) -> Path:
         AttackInputError: nothing found, or several candidates.
     """
     root = Path(path)
+    try:
+        return _find_shadow_dir(root)
+    except (PermissionError, rundir.RunDirectoryError) as e:
+        reason = e.strerror if isinstance(e, PermissionError) else e
+        raise AttackInputError(
+            f"{str(root)!r}: cannot be read ({reason}); make the run directory readable (chmod), or leave it out"
+        ) from e
+
+
+def _find_shadow_dir(root: Path) -> Path:
     if not root.is_dir():
         raise AttackInputError(f"{str(root)!r}: not a directory; pass the run directories of the shadow runs")
     for candidate in (root, root / "shadow", root / "memcallbacks" / "shadow"):
-        if (candidate / "inclusion.npz").is_file() or (candidate / "scores.npz").is_file():
+        if rundir.present(candidate / rundir.SHADOW_INCLUSION) or rundir.present(
+            candidate / rundir.SHADOW_SCORES
+        ):
             return candidate
     found = sorted({p.parent for p in root.glob("**/shadow/inclusion.npz")})
     if len(found) == 1:
@@ -101,23 +113,29 @@ def find_shadow_dir(path: str | os.PathLike[str]) -> Path:
 def _read_files(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``inclusion.npz`` and ``scores.npz`` through :mod:`memcallbacks.rundir`, errors as :class:`AttackInputError`."""
     where = str(folder)
-    if not (folder / rundir.SHADOW_INCLUSION).is_file():
+    if not rundir.present(folder / rundir.SHADOW_INCLUSION):
         raise AttackInputError(f"{where!r}: no inclusion mask (inclusion.npz); the run cannot be attacked")
-    if not (folder / rundir.SHADOW_SCORES).is_file():
+    if not rundir.present(folder / rundir.SHADOW_SCORES):
         raise AttackInputError(
             f"{where!r}: no scores.npz: the run did not reach the end of fit (the recorder scores the pool then); "
             "finish or re-run it"
         )
     try:
         return rundir.read_shadow_inclusion(folder), rundir.read_shadow_scores(folder)
-    except ValueError as e:
+    except ValueError as e:  # RunDirectoryError included: a damaged, foreign, linked or unreadable file
         raise AttackInputError(f"{where!r}: {e}") from e
 
 
 def _finite_scores(where: str, scores: np.ndarray, inclusion: np.ndarray) -> None:
-    if scores.shape != inclusion.shape or inclusion.ndim != 1:
+    if inclusion.ndim != 1:
         raise AttackInputError(
-            f"{where!r}: {scores.size} scores for a pool of {inclusion.size} samples; the files do not belong together"
+            f"{where!r}: inclusion.npz holds an inclusion mask of shape {inclusion.shape}, not one flag per pool "
+            "sample; the file is damaged: re-run the recorder"
+        )
+    if scores.shape != inclusion.shape:
+        raise AttackInputError(
+            f"{where!r}: scores.npz holds scores of shape {scores.shape} for a pool of {inclusion.size} samples "
+            f"(expected shape {inclusion.shape}); the files do not belong together or scores.npz is damaged"
         )
     bad = ~np.isfinite(scores)
     if bad.any():
@@ -180,17 +198,21 @@ def check_compatible(runs: Sequence[ShadowRun]) -> None:
     labelled = next((r for r in runs if r.label_fingerprint is not None), None)
     seen: dict[bytes, Path] = {}
     for run in runs:
-        if labelled is not None and run.label_fingerprint not in (None, labelled.label_fingerprint):
-            raise AttackInputError(
-                f"{str(run.path)!r} trained with other labels than {str(labelled.path)!r} (label fingerprints "
-                f"{run.label_fingerprint} and {labelled.label_fingerprint}): another label-noise seed or label "
-                "mapping? Every run must use one labelled pool"
-            )
         if run.fingerprint != first.fingerprint or run.inclusion.size != first.inclusion.size:
             raise AttackInputError(
                 f"{str(run.path)!r} was trained from another pool (fingerprint {run.fingerprint}, {run.inclusion.size} "
                 f"samples) than {str(first.path)!r} (fingerprint {first.fingerprint}, {first.inclusion.size} samples); "
                 "every run must use the same pool in the same order"
+            )
+        if (
+            labelled is not None
+            and run.fingerprint == labelled.fingerprint
+            and run.label_fingerprint not in (None, labelled.label_fingerprint)
+        ):
+            raise AttackInputError(
+                f"{str(run.path)!r} trained with other labels than {str(labelled.path)!r} (label fingerprints "
+                f"{run.label_fingerprint} and {labelled.label_fingerprint}): another label-noise seed or label "
+                "mapping? Every run must use one labelled pool"
             )
         if run.score_kind != first.score_kind:
             raise AttackInputError(

@@ -15,6 +15,7 @@ from memcallbacks.rundir import (
     ATTACK,
     AttackFiles,
     RunDirectory,
+    RunDirectoryError,
     read_attack,
 )
 from memcallbacks.utilities import fileio
@@ -64,9 +65,13 @@ def attack_section(
         f"{int(n_non * low)} false positive(s), so TPR there is {'coarse' if n_non * low < 10 else 'resolved'}"
     )
     s.lines.append(f"numbers read from {att.folder / 'attack.json'}")
-    figure = att.figure
-    if figure is None:
-        note = f"{str(att.folder / 'roc.png')!r} is missing: re-run `memcallbacks attack` to draw the ROC"
+    try:
+        png = att.figure_png()  # confined to the folder, no link followed, checked against attack.json
+    except RunDirectoryError as e:
+        png, note = None, f"the ROC figure is left out: {e}"
+    else:
+        note = f"{str(att.figure or att.folder / 'roc.png')!r} is missing: re-run `memcallbacks attack` to draw the ROC"
+    if png is None:
         s.lines.append(note)
         s.problems.append(note)
         return s
@@ -76,7 +81,7 @@ def attack_section(
     while name in names:
         name, k = f"{stem}_{k}.png", k + 1
     names.add(name)
-    fileio.atomic_write_bytes(out_dir / name, figure.read_bytes())
+    fileio.atomic_write_bytes(out_dir / name, png)
     s.figures.append(
         (name, "ROC of each attack on log-log axes, every target pooled (roc.png of the attack)")
     )

@@ -9,6 +9,7 @@ import numpy as np
 
 from memcallbacks.report.common import (
     Section,
+    evaluation_axis,
     fmt,
     name_tag,
     restored_epoch,
@@ -76,9 +77,11 @@ def _exposure_figure(exp: ExposureFiles, restored: int | None, out_dir: Path, na
     counts = sorted(set(reps.tolist()))
     fig, ax = plt.subplots(figsize=(6, 4))
     cmap = plt.get_cmap("viridis")
+    by_step = evaluation_axis(epochs, exp.steps)[1] == "global step"  # several evaluations per epoch
     for i, e in enumerate(epochs):
         means = mean_by_repetition(exposure[i], reps)
-        label = f"epoch {int(e)}" + (" (weights kept)" if restored is not None and int(e) == restored else "")
+        label = f"step {int(exp.steps[i])}" if by_step and exp.steps is not None else f"epoch {int(e)}"
+        label += " (weights kept)" if restored is not None and int(e) == restored and not by_step else ""
         ax.plot(
             counts,
             [means[c] for c in counts],

@@ -82,6 +82,21 @@ def integer_epochs(ax: Any) -> None:
     ax.set_xlabel("epoch")
 
 
+def evaluation_axis(epochs: Any, steps: Any) -> tuple[Any, str]:
+    """The x values and label of a per-evaluation chart: ``(steps, "global step")`` when several
+    evaluations share an epoch (a step or validation schedule) and the file records their steps,
+    else ``(epochs, "epoch")``."""
+    e = [int(v) for v in epochs]
+    if (
+        steps is not None
+        and len(steps) == len(e)
+        and len(set(e)) < len(e)
+        and all(int(s) >= 0 for s in steps)
+    ):
+        return steps, "global step"
+    return epochs, "epoch"
+
+
 def restored_epoch(run: RunDirectory) -> int | None:
     """The epoch whose weights early stopping restored, or ``None`` (also when ``stopping.json`` is unreadable)."""
     try:

@@ -10,6 +10,7 @@ import numpy as np
 
 from memcallbacks.report.common import (
     Section,
+    evaluation_axis,
     fmt,
     integer_epochs,
     name_tag,
@@ -124,17 +125,14 @@ def _gap_auc_figure(mem: MembershipFiles, out_dir: Path, name: str) -> str:
     """Loss gap (left axis) and attack AUC (right axis) per evaluated epoch."""
     import matplotlib.pyplot as plt
 
-    epochs = mem.epochs
+    xs, xlabel = evaluation_axis(mem.epochs, mem.steps)  # global steps under a step schedule
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    h1 = ax1.plot(
-        epochs, mem.metric("mem/gap/loss"), marker="o", color="tab:blue", label="loss gap (left axis)"
-    )
+    h1 = ax1.plot(xs, mem.metric("mem/gap/loss"), marker="o", color="tab:blue", label="loss gap (left axis)")
     ax1.set_ylabel("held-out minus member loss", color="tab:blue")
     integer_epochs(ax1)
+    ax1.set_xlabel(xlabel)
     ax2 = ax1.twinx()
-    h2 = ax2.plot(
-        epochs, mem.metric("mem/mia/auc"), marker="s", color="tab:red", label="attack AUC (right axis)"
-    )
+    h2 = ax2.plot(xs, mem.metric("mem/mia/auc"), marker="s", color="tab:red", label="attack AUC (right axis)")
     h3 = [ax2.axhline(0.5, color="tab:red", ls=":", lw=1, label="chance: AUC 0.5")]
     ax2.set_ylabel("attack AUC", color="tab:red")
     ax1.legend(handles=h1 + h2 + h3, fontsize=8, loc="best")
