@@ -508,8 +508,8 @@ def _array_header(path: Path, stream: Any, member: str, available: int) -> None:
 def _pickled(path: Path) -> RunDirectoryError:
     return RunDirectoryError(
         path,
-        "contains pickled objects, which can run code when loaded (memcallbacks run directories hold plain "
-        "arrays only)",
+        "refusing to load it: it contains pickled objects, which can run code when loaded (memcallbacks run "
+        "directories hold plain arrays only)",
         fix="delete it",
     )
 
@@ -1187,12 +1187,36 @@ class RunDirectory:
         """
         if kind not in MONITOR_FOLDERS:
             raise ValueError(f"`kind` must be one of {', '.join(MONITOR_FOLDERS)}, got {kind!r}")
-        names = sorted(p.name for p in self.root.glob(f"{kind}_*") if p.is_dir() and p.name != f"{kind}_")
+        names = sorted(
+            p.name
+            for p in self.root.glob(f"{kind}_*")
+            if p.is_dir() and not p.is_symlink() and p.name != f"{kind}_"
+        )
         return ([kind] if (self.root / kind).is_dir() else []) + names
+
+    def folder(self, subdir: str) -> Path:
+        """``<root>/<subdir>``, checked as untrusted input: a plain name, not a symbolic link.
+
+        Raises:
+            RunDirectoryError: ``subdir`` is not a plain folder name, or the folder is a link
+                (memcallbacks never follows links inside a run directory).
+        """
+        folder = self.root / subdir
+        if Path(subdir).name != subdir or subdir in ("", ".", ".."):
+            raise RunDirectoryError(
+                folder, f"`subdir` must be a folder name in the run directory, got {subdir!r}"
+            )
+        if present(folder) and folder.is_symlink():
+            raise RunDirectoryError(
+                folder,
+                "is a symbolic link; memcallbacks never follows links in a run directory",
+                fix=_UNTRUSTED_FIX,
+            )
+        return folder
 
     def trajectory(self, subdir: str = TRAJECTORY) -> TrajectoryFiles | None:
         """The trajectory tracker's ``statistics.npz`` and ``meta.json`` in ``subdir``, or ``None``."""
-        folder = self.root / subdir
+        folder = self.folder(subdir)
         path = folder / "statistics.npz"
         if not present(path):
             return None
@@ -1207,7 +1231,7 @@ class RunDirectory:
 
     def membership(self, subdir: str = MEMBERSHIP) -> MembershipFiles | None:
         """The membership monitor's ``losses.npz`` and ``metrics.json`` in ``subdir``, or ``None``."""
-        folder = self.root / subdir
+        folder = self.folder(subdir)
         path = folder / "losses.npz"
         if not present(path):
             return None
@@ -1231,7 +1255,7 @@ class RunDirectory:
 
     def sequence(self, subdir: str = SEQUENCE) -> SequenceFiles | None:
         """The sequence monitor's ``sequences.npz`` and ``metrics.json`` in ``subdir``, or ``None``."""
-        folder = self.root / subdir
+        folder = self.folder(subdir)
         path = folder / "sequences.npz"
         if not present(path):
             return None
@@ -1245,7 +1269,7 @@ class RunDirectory:
 
     def exposure(self, subdir: str = CANARY) -> ExposureFiles | None:
         """The canary monitor's ``exposure.npz`` (and ``secrets.json``) in ``subdir``, or ``None``."""
-        folder = self.root / subdir
+        folder = self.folder(subdir)
         path = folder / "exposure.npz"
         if not present(path):
             return None
@@ -1264,7 +1288,7 @@ class RunDirectory:
 
     def audit(self, subdir: str = AUDIT) -> AuditFiles | None:
         """The audit monitor's ``audit.json`` in ``subdir`` (its ``.npz`` files read on demand), or ``None``."""
-        folder = self.root / subdir
+        folder = self.folder(subdir)
         path = folder / "audit.json"
         if not present(path):
             return None
@@ -1273,7 +1297,7 @@ class RunDirectory:
 
     def dp(self, subdir: str = DP) -> DPFiles | None:
         """The DP monitor's ``dp.json`` in ``subdir``, or ``None``."""
-        path = self.root / subdir / "dp.json"
+        path = self.folder(subdir) / "dp.json"
         if not present(path):
             return None
         summary = _load_json(path, ("delta",))
@@ -1286,13 +1310,14 @@ class RunDirectory:
 
     def attack(self, subdir: str = ATTACK) -> AttackFiles | None:
         """What ``memcallbacks attack`` wrote to ``subdir`` (``attack.json``), or ``None``."""
-        if not present(self.root / subdir / ATTACK_FILE):
+        folder = self.folder(subdir)
+        if not present(folder / ATTACK_FILE):
             return None
-        return read_attack(self.root / subdir)
+        return read_attack(folder)
 
     def shadow(self, subdir: str = SHADOW) -> ShadowFiles | None:
         """A shadow run's files (``inclusion.npz``, and ``scores.npz`` once fit has ended)."""
-        folder = self.root / subdir
+        folder = self.folder(subdir)
         if not present(folder / SHADOW_INCLUSION):
             return None
         scores = read_shadow_scores(folder) if present(folder / SHADOW_SCORES) else None

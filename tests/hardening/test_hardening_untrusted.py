@@ -157,6 +157,19 @@ def test_a_summary_linked_to_dev_zero_or_a_fifo_is_refused_without_reading_or_bl
     assert any("sequences.npz" in p and "FIFO" in p for p in paths["problems"])
 
 
+def test_a_monitor_folder_linked_elsewhere_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = _membership_run(tmp_path / "elsewhere")
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / rundir.MEMBERSHIP).symlink_to(elsewhere, target_is_directory=True)
+    (root / f"{rundir.MEMBERSHIP}_x").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RunDirectoryError, match="symbolic link"):
+        RunDirectory(root).membership()
+    assert RunDirectory(root).folders(rundir.MEMBERSHIP) == [
+        rundir.MEMBERSHIP
+    ]  # the named link is not listed
+
+
 def test_a_shadow_file_that_is_a_link_or_a_fifo_is_named_by_attack(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

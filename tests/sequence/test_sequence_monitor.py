@@ -43,6 +43,7 @@ def _scores(rows: Any) -> WindowScores:
     return WindowScores(
         loss=r[:, 0],
         min_k=r[:, 1],
+        min_k_pp=r[:, 1],  # the hand-written tables have no column of their own: Min-K% again
         exact=r[:, 2],
         token_match=r[:, 3],
         log_q=r[:, 4:],

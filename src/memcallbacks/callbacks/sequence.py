@@ -77,7 +77,9 @@ __all__ = ["SequenceMemorisationMonitor"]
 _SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 
 #: the per-probe results kept for every evaluation (the generated ids only for the latest)
-_STORED_FIELDS = ("loss", "min_k", "exact", "token_match", "log_q")
+_STORED_FIELDS = ("loss", "min_k", "min_k_pp", "exact", "token_match", "log_q")
+#: stored fields a checkpoint from before they existed lacks (loaded as NaN)
+_OPTIONAL_FIELDS = frozenset({"min_k_pp"})
 
 
 # --------------------------------------------------------------------------------------
@@ -183,9 +185,10 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     ``.../prob_rate_nonmember/n<n>[/s<i>]``,       the same on the non-member probes: the (n, p)
     ``.../prob_mean_nonmember[/s<i>]``             baseline of text the model never trained on
     ``mem/mia_lm/auc/loss``, ``.../auc/min_k``,    ROC AUC (members positive, exact ROC) of the mean
-    ``.../auc/zlib``                               token loss, Min-K% Prob and zlib ratio scores
+    ``.../auc/min_k_pp``, ``.../auc/zlib``         token loss, Min-K% Prob, Min-K%++ and zlib ratio
+                                                   scores
     ``mem/mia_lm/tpr@1%fpr/loss``, ``/min_k``,     TPR at FPR <= 1% for each score
-    ``/zlib``
+    ``/min_k_pp``, ``/zlib``
     ``mem/mia_lm/n_members``, ``n_nonmembers``     probes with a finite score
     ``mem/mia_lm/nonfinite``                       probes with a NaN/inf loss (excluded; warned once)
     =============================================  ==================================================
@@ -204,11 +207,18 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     probed training sequences, a user who regenerates 100 times from the sequence's first
     ``prefix_len`` tokens gets the rest of it back, word for word, with probability at least 10%.
 
+    Min-K%++ (Zhang et al., ICLR 2025) standardises each token's log-probability by the mean and
+    standard deviation of ``log p(z)`` under the model's own next-token distribution (exact over the
+    vocabulary, from the same teacher-forced pass: no extra forward), then averages the lowest
+    ``min_k`` fraction like Min-K% Prob. A position whose distribution is one-hot or uniform
+    (standard deviation 0) has no defined token score and is left out; a probe with none left gets
+    NaN and drops out of that score's AUC only.
+
     Run directory (``<log_dir>/memcallbacks/sequence/``, rank 0, rewritten each evaluation):
     ``sequences.npz`` (``epochs [E]`` and ``steps [E]``, each evaluation's epoch and global step;
     ``member_indices [n]``, ``nonmember_indices [m]`` into the
     datasets; ``member_lengths``, ``nonmember_lengths`` (window tokens); per epoch and probe,
-    float64 with NaN where undefined: ``member_loss``, ``member_min_k``, ``member_zlib``,
+    float64 with NaN where undefined: ``member_loss``, ``member_min_k``, ``member_min_k_pp``, ``member_zlib``,
     ``member_exact``, ``member_token_match`` ``[E, n]``, ``member_log_q [E, n, K]`` and the same
     ``nonmember_*``; with ``log_secrets=True`` also ``member_generated [n, suffix_len]``, the
     latest greedy continuations, -1 for skipped probes) and ``metrics.json``
@@ -231,7 +241,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         prefix_len: prompt length in tokens (``>= 1``).
         suffix_len: continuation length in tokens (``>= 1``).
         num_probes: sequences probed from each of members and non-members.
-        min_k: the fraction of least likely tokens Min-K% Prob averages, in ``(0, 1]``.
+        min_k: the fraction of least likely tokens Min-K% Prob and Min-K%++ average, in ``(0, 1]``.
         batch_size: probes per forward pass (logits ``[batch, window, vocab]`` float32 are held).
         every_n_epochs: evaluate after every this many training epochs.
         every_n_steps: evaluate every this many optimizer steps instead (``trainer.global_step``;
@@ -424,9 +434,11 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self._steps = [int(s) for s in state_dict.get("steps", [-1] * len(self._epochs))]
         stored = {field: state_array(state_dict, f"results_{field}", np.float64) for field in _STORED_FIELDS}
         self._results = []
-        if all(value is not None for value in stored.values()):
+        if all(value is not None for field, value in stored.items() if field not in _OPTIONAL_FIELDS):
             for e in range(len(self._epochs)):
                 fields = {k: torch.from_numpy(v[e].copy()) for k, v in stored.items() if v is not None}
+                for missing in _OPTIONAL_FIELDS - set(fields):  # a checkpoint from before the field
+                    fields[missing] = torch.full_like(fields["loss"], math.nan)
                 empty = torch.empty((len(fields["loss"]), 0), dtype=torch.long)
                 self._results.append(WindowScores(**fields, generated=empty))
         self._generated = state_array(state_dict, "generated", np.int64)
@@ -571,6 +583,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         attacks = {  # members positive, exact ROC
             "loss": self._attack(loss_m[fin_m], loss_n[fin_n]),
             "min_k": self._attack(-min_k_m[fin_m], -min_k_n[fin_n]),
+            "min_k_pp": self._attack(-members.min_k_pp.numpy()[fin_m], -nonmembers.min_k_pp.numpy()[fin_n]),
             "zlib": self._attack(loss_m[fin_m] / zlib_m[fin_m], loss_n[fin_n] / zlib_n[fin_n]),
         }
         metrics.update({f"mem/mia_lm/auc/{score}": auc for score, (auc, _) in attacks.items()})
@@ -637,6 +650,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             stacked = {field: values[:, part] for field, values in every.items()}
             arrays[f"{who}_loss"] = stacked["loss"]
             arrays[f"{who}_min_k"] = stacked["min_k"]
+            arrays[f"{who}_min_k_pp"] = stacked["min_k_pp"]
             arrays[f"{who}_zlib"] = stacked["loss"] / zl
             arrays[f"{who}_exact"] = stacked["exact"]
             arrays[f"{who}_token_match"] = stacked["token_match"]
@@ -705,6 +719,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         for score, (a, b) in {
             "loss": (loss_m, loss_n),
             "min_k": (-members.min_k.numpy(), -nonmembers.min_k.numpy()),
+            "min_k_pp": (-members.min_k_pp.numpy(), -nonmembers.min_k_pp.numpy()),
             "zlib": (loss_m / zlib_m, loss_n / zlib_n),
         }.items():
             a, b = a[np.isfinite(a)], b[np.isfinite(b)]

@@ -49,6 +49,7 @@ from memcallbacks.callbacks.probes import (
 )
 from memcallbacks.data.indexed import IndexedDataset
 from memcallbacks.data.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
+from memcallbacks.data.streams import IndexedStream
 from memcallbacks.metrics.dynamics import (
     MEMORISATION_SCORES,
     TrajectoryStatistics,
@@ -63,6 +64,7 @@ from memcallbacks.utilities.validation import check_choice, check_float_array, c
 __all__ = ["LossTrajectoryTracker"]
 
 _SOURCES = ("step", "probe")
+_ID_SPACES = ("dense", "hashed")
 # the outputs of this many steps per epoch are checked in full; later steps cost one append
 _CHECKED_STEPS = 2
 
@@ -127,6 +129,27 @@ def _check_probe_args(source: Any, probe_dataset: Any, sample_loss_fn: Any, coll
             raise ValueError("`probe_dataset` has 0 samples; pass a non-empty dataset to evaluate")
 
 
+def _check_id_space(id_space: Any, *, source: Any, num_samples: Any, reference: Any) -> None:
+    check_choice("id_space", id_space, _ID_SPACES)
+    if id_space == "dense":
+        return
+    if source != "step":
+        raise ValueError(
+            f"`id_space='hashed'` maps the sample ids training_step returns to rows; it needs source='step', "
+            f"got source={source!r}. Use id_space='dense' with a probe set"
+        )
+    if num_samples is None:
+        raise ValueError(
+            "`id_space='hashed'` needs `num_samples=`: the number of distinct sample ids the tracker keeps "
+            "rows for (e.g. the number of items a max_steps run visits)"
+        )
+    if reference is not None:
+        raise ValueError(
+            "`reference=` is indexed by dataset position and cannot follow hashed ids; pass id_space='dense' "
+            "(IndexedStream without id_fn) to use a reference"
+        )
+
+
 def _validate_init(
     *,
     source: Any,
@@ -144,9 +167,11 @@ def _validate_init(
     num_top: Any,
     score: Any,
     reference: Any,
+    id_space: Any = "dense",
 ) -> None:
     """Every argument check of :class:`LossTrajectoryTracker` (the dtype is checked by the store)."""
     check_choice("source", source, _SOURCES)
+    _check_id_space(id_space, source=source, num_samples=num_samples, reference=reference)
     if num_samples is not None:
         check_int("num_samples", num_samples, minimum=1, hint="or None to use the training dataset's length")
     _check_keys(loss_key, index_key, correct_key)
@@ -310,6 +335,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         name: str | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
+        id_space: str = "dense",
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -323,8 +349,9 @@ class LossTrajectoryTracker(MemorisationCallback):
             correct_key=correct_key, probe_dataset=probe_dataset, num_probes=num_probes,
             seed=seed, sample_loss_fn=sample_loss_fn, batch_size=batch_size,
             collate_fn=collate_fn, memory_budget_bytes=memory_budget_bytes, num_top=num_top,
-            score=score, reference=reference,
+            score=score, reference=reference, id_space=id_space,
         )  # fmt: skip
+        self.id_space = id_space
         self.source, self.num_samples, self.score = source, num_samples, score
         self.reference = (
             None if reference is None else check_float_array(reference, "reference", allow_nan=True)
@@ -354,6 +381,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._has_correct: bool | None = None
         self._steps: list[_Step] = []
         self._checked = 0
+        self._row_of: dict[int, int] = {}  # id_space="hashed": sample id -> store row, in order of arrival
 
     # -- identity (resume contract) ---------------------------------------------------------------
     def _state_key_args(self) -> dict[str, Any]:
@@ -365,6 +393,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             "num_samples": self.num_samples,
             "dtype": self.dtype,
         }
+        if self.id_space != "dense":
+            measured["id_space"] = self.id_space
         if self.source == "probe" and self.probe_dataset is None:
             measured.update(seed=self.seed, num_probes=self.num_probes)
         return measured
@@ -389,6 +419,7 @@ class LossTrajectoryTracker(MemorisationCallback):
                 f"this run has {n}; resume with the same dataset (or num_samples)"
             )
         self._sample_ids = ids
+        self._row_of = {}
         self._row_reference = self._reference_of(ids, n)
         zero = trainer.is_global_zero
         self.store = TrajectoryStore(
@@ -404,6 +435,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             self.recorded_epochs = [int(e) for e in state.get("recorded_epochs", [])][: self.store.num_epochs]
             steps = state.get("recorded_steps", [-1] * len(self.recorded_epochs))
             self.recorded_steps = [int(s) for s in steps][: self.store.num_epochs]
+            self._load_id_table(state.get("id_table"))
             self._restore_partial_epoch(trainer)
             if zero:
                 self._write_summary()
@@ -414,6 +446,20 @@ class LossTrajectoryTracker(MemorisationCallback):
                     f"LossTrajectoryTracker: removed {removed} epoch file(s) of an earlier run from {self.run_dir}; "
                     "resume with `ckpt_path=` to continue a run instead"
                 )
+
+    def _load_id_table(self, table: Any) -> None:
+        """Restore the rows of ``id_space='hashed'`` from a checkpoint's ``id_table``."""
+        if table is None or self.id_space != "hashed":
+            return
+        assert self._sample_ids is not None
+        ids = [int(i) for i in torch.as_tensor(table).reshape(-1).tolist()]
+        if len(ids) > self._sample_ids.shape[0]:
+            raise ValueError(
+                f"the checkpoint's LossTrajectoryTracker kept {len(ids)} sample ids, more than num_samples="
+                f"{self._sample_ids.shape[0]}; resume with the same `num_samples=`"
+            )
+        self._row_of = {sample_id: row for row, sample_id in enumerate(ids)}
+        self._sample_ids[: len(ids)] = ids
 
     def _restore_partial_epoch(self, trainer: pl.Trainer) -> None:
         """Put the steps a mid-epoch checkpoint held back in the buffer; the rest of the epoch adds to them.
@@ -483,9 +529,12 @@ class LossTrajectoryTracker(MemorisationCallback):
                 raise ValueError(f"`num_samples`={self.num_samples} but the probe dataset has {n} samples")
             self._probe = probe
             return n, ids.astype(np.int64)
-        if self.num_samples is not None:
-            return self.num_samples, np.arange(self.num_samples, dtype=np.int64)
         train = dataset_of(trainer.train_dataloader)
+        self._check_stream(train)
+        if self.num_samples is not None:
+            if self.id_space == "hashed":
+                return self.num_samples, np.full(self.num_samples, -1, dtype=np.int64)
+            return self.num_samples, np.arange(self.num_samples, dtype=np.int64)
         try:
             n = len(train)  # type: ignore[arg-type]
         except TypeError:
@@ -494,11 +543,46 @@ class LossTrajectoryTracker(MemorisationCallback):
             raise ValueError(
                 f"LossTrajectoryTracker cannot tell the number of samples: the training dataset "
                 f"({type(train).__name__}) has no length. Pass `num_samples=` (one more than the largest "
-                "sample index your training_step returns)."
+                "sample index your training_step returns); for a stream, give its items ids with "
+                "`IndexedStream(stream)` (running index: num_samples = the items the run visits) or "
+                "`IndexedStream(stream, id_fn=...)` with `id_space='hashed'`."
             )
         if n == 0:
             raise ValueError("the training dataset has 0 samples; pass `num_samples=` or a non-empty dataset")
         return n, np.arange(n, dtype=np.int64)
+
+    def _check_stream(self, train: Any) -> None:
+        """A stream's ids must suit ``id_space``: refuse before training, naming the fix."""
+        if isinstance(train, IndexedStream) and train.id_fn is not None and self.id_space == "dense":
+            raise ValueError(
+                "LossTrajectoryTracker: the training stream is an IndexedStream with `id_fn`, whose ids are "
+                "hashes, not row numbers; pass `LossTrajectoryTracker(id_space='hashed', num_samples=...)` "
+                "(num_samples: how many distinct items to keep rows for), or drop `id_fn` for the running index"
+            )
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """``id_space='hashed'``: the store row of each sample id, new ids taking the next free rows."""
+        if self.id_space == "dense" or not ids.size:
+            return ids
+        assert self.store is not None
+        assert self._sample_ids is not None
+        if int(ids.min()) < 0:
+            raise ValueError(
+                f"sample ids must be >= 0, got {int(ids.min())} in `{self.index_key}`; return the ids of "
+                "IndexedStream (split_index(batch)) unchanged"
+            )
+        uniq, first = np.unique(ids, return_index=True)
+        for sample_id in uniq[np.argsort(first, kind="stable")].tolist():  # order of arrival
+            if sample_id not in self._row_of:
+                row = len(self._row_of)
+                if row >= self.store.num_samples:
+                    raise ValueError(
+                        f"more than num_samples={self.store.num_samples} distinct sample ids arrived; pass a "
+                        "larger `num_samples=` to LossTrajectoryTracker(id_space='hashed')"
+                    )
+                self._row_of[sample_id] = row
+                self._sample_ids[row] = sample_id
+        return np.fromiter((self._row_of[i] for i in ids.tolist()), dtype=np.int64, count=ids.size)
 
     # -- hot path -------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -637,6 +721,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             index, loss, correct = self._evaluate_probe(trainer, pl_module)
             rows = self._to_host(trainer, pl_module, index, loss, correct, gathered=True)
         idx, losses, corr = rows
+        idx = self._rows(idx)
         self._check_indices(idx)
         idx, losses, corr, unexpected = self._first_visits(trainer, idx, losses, corr)
         epoch = self._column(idx, losses, corr)
@@ -740,12 +825,14 @@ class LossTrajectoryTracker(MemorisationCallback):
             losses = loss.detach().cpu().numpy().astype(np.float64)
             corr = None if correct is None else correct.cpu().numpy().astype(bool)
             return idx, losses, corr
-        # one gather of (index, loss, correct) rows; correct = -1 where unknown
-        known = correct.double() if correct is not None else torch.full_like(loss, -1.0, dtype=torch.float64)
-        packed = torch.stack([index.double(), loss.double(), known.to(loss.device)], dim=1)
-        rows = gather_concat(trainer, packed.to(pl_module.device)).cpu().numpy()  # the one host transfer
-        idx, losses = rows[:, 0].astype(np.int64), rows[:, 1]
-        corr = rows[:, 2] > 0.5 if rows.shape[0] and (rows[:, 2] >= 0).all() else None
+        # one gather of int64 (index, loss bits, correct) rows: 63-bit ids stay exact; correct = -1 where unknown
+        device = pl_module.device
+        known = correct.long() if correct is not None else torch.full_like(loss, -1, dtype=torch.long)
+        bits = loss.detach().double().to(device).view(torch.int64)
+        packed = torch.stack([index.long().to(device), bits, known.to(device)], dim=1)
+        rows = gather_concat(trainer, packed).cpu().numpy()  # the one host transfer
+        idx, losses = rows[:, 0].copy(), rows[:, 1].copy().view(np.float64)
+        corr = rows[:, 2] > 0 if rows.shape[0] and (rows[:, 2] >= 0).all() else None
         if rows.shape[0] == 0 and self.store.has_correct:
             corr = np.zeros(0, dtype=bool)
         return idx, losses, corr
@@ -964,6 +1051,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             "recorded_steps": list(self.recorded_steps),
             "store": self.store.state_dict(),
         }
+        if self.id_space == "hashed":  # the dense id table: sample id of each assigned row
+            state["id_table"] = torch.tensor(list(self._row_of), dtype=torch.int64)
         if self._collecting and self._steps:  # a mid-epoch checkpoint keeps the partial epoch (or window)
             index, loss, correct = self._take_step_buffers_copy()
             state["partial"] = {"epoch": int(self._collecting_epoch), "index": index, "loss": loss}

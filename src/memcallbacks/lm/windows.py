@@ -3,7 +3,7 @@
 What :class:`memcallbacks.SequenceMemorisationMonitor` measures on each probe sequence, cut to its
 first ``prefix_len + suffix_len`` tokens (the *window*), as a function of a model and token ids:
 
-* one teacher-forced pass per batch gives the mean token loss, Min-K% Prob and every sampling
+* one teacher-forced pass per batch gives the mean token loss, Min-K% Prob, Min-K%++ and every sampling
   scheme's ``log q`` (:func:`memcallbacks.metrics.sequence.teacher_forced_scores`);
 * greedy decoding of ``suffix_len`` tokens from the first ``prefix_len`` gives k-extractable
   memorisation (Carlini et al., "Quantifying Memorization Across Neural Language Models", ICLR
@@ -344,6 +344,7 @@ class WindowScores:
     Attributes:
         loss: ``[N]`` float64 mean token NLL of the window's real tokens (NaN below two tokens).
         min_k: ``[N]`` float64 Min-K% Prob (higher = member).
+        min_k_pp: ``[N]`` float64 Min-K%++ (higher = member; NaN when no token has a defined score).
         exact: ``[N]`` float64, 1.0 when greedy decoding reproduces the suffix exactly, else 0.0;
             NaN for a window shorter than ``prefix_len + suffix_len`` (not decoded).
         token_match: ``[N]`` float64 fraction of suffix tokens decoded right (NaN when not decoded).
@@ -353,6 +354,7 @@ class WindowScores:
 
     loss: torch.Tensor
     min_k: torch.Tensor
+    min_k_pp: torch.Tensor
     exact: torch.Tensor
     token_match: torch.Tensor
     log_q: torch.Tensor
@@ -363,7 +365,7 @@ class WindowScores:
         return WindowScores(**{name: value[index] for name, value in self.fields().items()})
 
     def fields(self) -> dict[str, torch.Tensor]:
-        """The results by name (``loss``, ``min_k``, ``exact``, ``token_match``, ``log_q``, ``generated``)."""
+        """The results by name (``loss``, ``min_k``, ``min_k_pp``, ``exact``, ``token_match``, ``log_q``, ...)."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     def to(self, device: torch.device | str) -> WindowScores:
@@ -378,7 +380,8 @@ class _Results:
         def nan(*shape: int) -> torch.Tensor:
             return torch.full(shape, float("nan"), dtype=torch.float64, device=device)
 
-        self.loss, self.min_k, self.exact, self.token_match = nan(n), nan(n), nan(n), nan(n)
+        self.loss, self.min_k, self.min_k_pp = nan(n), nan(n), nan(n)
+        self.exact, self.token_match = nan(n), nan(n)
         self.log_q = nan(n, k_schemes)
         self.generated = torch.full((n, steps), -1, dtype=torch.long, device=device)
 
@@ -392,7 +395,9 @@ class _Results:
         self.exact[at], self.token_match[at], self.generated[at] = match.exact, match.token_match, generated
 
     def result(self) -> WindowScores:
-        return WindowScores(self.loss, self.min_k, self.exact, self.token_match, self.log_q, self.generated)
+        return WindowScores(
+            self.loss, self.min_k, self.min_k_pp, self.exact, self.token_match, self.log_q, self.generated
+        )
 
 
 def _vocabulary(lm: LanguageModel, device: torch.device, max_id: int | None, sampling: Sequence[Any]) -> int:
@@ -426,7 +431,7 @@ def score_windows(
     decode: bool = True,
     max_id: int | None = None,
 ) -> WindowScores:
-    """Per-probe loss, Min-K% Prob, ``log q`` per scheme, and greedy extraction of each window.
+    """Per-probe loss, Min-K% Prob, Min-K%++, ``log q`` per scheme, and greedy extraction of each window.
 
     ``windows [N, W]`` (right-padded token ids, ``W = prefix_len + suffix_len``, e.g. from
     :func:`pad_windows`) and ``lengths [N]`` on the CPU. Rows shorter than ``W`` get NaN for the
@@ -445,7 +450,7 @@ def score_windows(
         lengths: ``[N]`` real tokens per window.
         prefix_len: the prompt length in tokens.
         suffix_len: tokens to decode.
-        min_k: the Min-K% fraction.
+        min_k: the Min-K% (and Min-K%++) fraction.
         sampling: ``(temperature, top_k)`` per scheme (see :func:`check_sampling`).
         batch_size: windows per forward pass.
         device: where the model runs.
@@ -501,7 +506,8 @@ def _score_batch(
     else:
         logits = lm.logits(ids)
     tf = teacher_forced_scores(logits, ids, length, prefix_len=prefix_len, min_k=min_k, sampling=sampling)
-    res.loss[lo:hi], res.min_k[lo:hi], res.log_q[lo:hi] = tf.loss, tf.min_k, tf.log_q
+    res.loss[lo:hi], res.min_k[lo:hi], res.min_k_pp[lo:hi] = tf.loss, tf.min_k, tf.min_k_pp
+    res.log_q[lo:hi] = tf.log_q
     decoded = torch.zeros(windows.shape[0], dtype=torch.bool)
     if state is None:  # no cache: the long rows are decoded later, in batches of their own
         return decoded

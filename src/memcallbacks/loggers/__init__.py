@@ -32,6 +32,8 @@ log a fixed-size summary each epoch and a snapshot at the end, never an ever-gro
 Privacy (docs/loggers.md): records flagged ``per_sample=True`` or ``secret=True`` are
 sent to third-party trackers only when the emitting callback was built with
 ``log_per_sample=True`` / ``log_secrets=True``; the callback passes that choice here.
+Histograms carry no exact extreme without that opt-in: their bins span the 1% and 99% quantiles
+rounded outward, and no ``min``/``max`` is sent (:func:`~memcallbacks.loggers.rendering.coarse_histogram`).
 
 Failures of the scalar path: Lightning itself calls each logger's ``log_metrics`` (for every
 ``self.log`` and every ``mem/*`` scalar), and an exception there ends training. Wrap the

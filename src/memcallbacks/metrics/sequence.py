@@ -10,6 +10,11 @@ Pure functions (torch or numpy in, the same kind out; no Lightning import):
   Zettlemoyer, "Detecting Pretraining Data from Large Language Models", ICLR 2024: the mean
   log-probability of the ``int(k * n)`` least likely of a sequence's ``n`` tokens (higher =
   member).
+* :func:`min_k_plus_plus`: Min-K%++ of Zhang, He, Yan, Shen, Zhao, Gu and Shi, "Min-K%++:
+  Improved Baseline for Detecting Pre-Training Data from Large Language Models", ICLR 2025:
+  each token's log-probability standardised by the mean and standard deviation of the
+  log-probabilities under the model's own next-token distribution, then Min-K% of those
+  (higher = member).
 * :func:`zlib_ratio`: the zlib membership score of Carlini, Tramer, Wallace, Jagielski,
   Herbert-Voss, Lee, Roberts, Brown, Song, Erlingsson, Oprea and Raffel, "Extracting Training
   Data from Large Language Models", USENIX Security 2021: log-perplexity divided by the
@@ -42,6 +47,7 @@ __all__ = [
     "exact_match_rate",
     "extraction_match",
     "extraction_probability",
+    "min_k_plus_plus",
     "min_k_prob",
     "suffix_sample_logprob",
     "teacher_forced_scores",
@@ -212,6 +218,107 @@ def _min_k(logp: torch.Tensor, valid: torch.Tensor, k: float) -> torch.Tensor:
     total = csum.gather(1, idx).squeeze(1) if logp.shape[1] else torch.zeros_like(n, dtype=logp.dtype)
     out = total / m.to(logp.dtype)
     return torch.where(n > 0, out, torch.full_like(out, math.nan))
+
+
+# --------------------------------------------------------------------------------------
+# Min-K%++ (Zhang et al., ICLR 2025)
+# --------------------------------------------------------------------------------------
+def min_k_plus_plus(
+    logits: Any, targets: Any, mask: Any = None, *, k: float = 0.2, validate_args: bool = True
+) -> Any:
+    """Min-K%++: Min-K% of each token's log-probability standardised under the model's own distribution.
+
+    Zhang, He, Yan, Shen, Zhao, Gu and Shi, "Min-K%++: Improved Baseline for Detecting
+    Pre-Training Data from Large Language Models", ICLR 2025. At each scored position t with
+    next-token distribution ``p = softmax(logits[t])`` over the whole vocabulary and target
+    ``x_t``, the token score is ``(log p(x_t) - mu_t) / sigma_t`` with ``mu_t = sum_z p(z) log p(z)``
+    and ``sigma_t = sqrt(sum_z p(z) (log p(z) - mu_t)^2)`` (exact, no sampling); the sequence's
+    score is the mean of the ``max(1, int(k * n))`` lowest of its ``n`` token scores, as in
+    :func:`min_k_prob`. Higher means more likely a member.
+
+    A position whose distribution has ``sigma_t = 0`` (one-hot, e.g. all other logits ``-inf``, or
+    uniform over its support; in practice ``sigma_t`` below the float rounding of the
+    log-probabilities, ``8 eps (|mu_t| + sqrt(sum_z p(z) log^2 p(z)))``) has no defined token score:
+    it is left out (it counts neither in ``n`` nor in the mean), never an ``inf`` or noise from a
+    division by zero. A sequence with no scored token left gives NaN.
+    Computed in float32 (float64 kept), vectorised over the batch.
+
+    Args:
+        logits: ``[B, T, V]`` (or ``[T, V]``) next-token logits, ``logits[:, t]`` predicting
+            ``targets[:, t]`` (already shifted).
+        targets: ``[B, T]`` (or ``[T]``) token ids.
+        mask: bool ``[B, T]``, true at scored tokens; ``None``: all scored.
+        k: the fraction in ``(0, 1]``.
+        validate_args: check ``k``, the shapes and the ids (host synchronisations); False on hot paths.
+
+    Returns:
+        ``[B]`` (a 0-d value for 2-D input): a float tensor on the logits' device when ``logits``
+        is a tensor, else a numpy array.
+
+    Raises:
+        ValueError: ``k`` outside ``(0, 1]``, mismatched shapes, or a target id outside the vocabulary.
+
+    Example:
+        >>> import numpy as np
+        >>> # p = (1/2, 1/4, 1/4): mu = -1.5 log 2, sigma = 0.5 log 2, so target 0 scores +1, target 1
+        >>> # scores -1; the uniform third position has sigma = 0 and is left out (n = 2)
+        >>> logits = np.log([[[0.5, 0.25, 0.25], [0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]])
+        >>> np.round(min_k_plus_plus(logits, [[0, 0, 2]], k=1.0), 6)  # mean of (+1, +1)
+        array([1.])
+        >>> np.round(min_k_plus_plus(logits, [[0, 1, 2]], k=0.5), 6)  # the lowest int(0.5 * 2) = 1 of (+1, -1)
+        array([-1.])
+    """
+    if validate_args:
+        k = check_real("k", k, minimum=0.0, maximum=1.0, min_inclusive=False, hint="e.g. k=0.2 (Min-20%++)")
+    lg, as_tensor = _as_tensor("logits", logits)
+    tg, _ = _as_tensor("targets", targets, integer=True)
+    one = lg.dim() == 2
+    if one:
+        lg, tg = lg.unsqueeze(0), tg.unsqueeze(0)
+    tg = tg.to(device=lg.device, dtype=torch.long)
+    if lg.dim() != 3 or tg.shape != lg.shape[:2]:
+        raise ValueError(
+            f"`logits` must be [B, T, V] and `targets` [B, T] (or [T, V] and [T]), got {tuple(lg.shape)} and "
+            f"{tuple(tg.shape)}"
+        )
+    valid = torch.ones_like(tg, dtype=torch.bool)
+    if mask is not None:
+        m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+        valid = (m.unsqueeze(0) if one and m.dim() == 1 else m).to(device=lg.device).bool()
+        if valid.shape != tg.shape:
+            raise ValueError(
+                f"`mask` must have the shape of `targets` {tuple(tg.shape)}, got {tuple(valid.shape)}"
+            )
+    if validate_args and tg.numel() and (int(tg.min()) < 0 or int(tg.max()) >= lg.shape[-1]):
+        raise ValueError(
+            f"`targets` holds ids in [{int(tg.min())}, {int(tg.max())}], outside the vocabulary of {lg.shape[-1]}"
+        )
+    z = min_k_pp_token_scores(lg if lg.dtype == torch.float64 else lg.float(), tg)
+    result = _min_k(z, valid & ~torch.isnan(z), k)
+    return _out(result[0] if one else result, as_tensor)
+
+
+def min_k_pp_token_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token Min-K%++ scores ``(log p(x_t) - mu_t) / sigma_t`` (:func:`min_k_plus_plus`); NaN where ``sigma_t = 0``.
+
+    No checks and no host synchronisation (the hot path): ``logits [..., V]`` float, ``targets [...]``
+    int64 ids within the vocabulary. Tokens outside the support (``p(z) = 0``) add nothing to
+    ``mu_t`` and ``sigma_t``; a target with ``p(x_t) = 0`` scores ``-inf`` (as its log-probability
+    does in :func:`min_k_prob`).
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    support = p > 0
+    logp_in = torch.where(support, logp, 0.0)  # no 0 * -inf outside the support
+    mu = (p * logp_in).sum(dim=-1)
+    rms = (p * logp_in.square()).sum(dim=-1).sqrt()
+    sigma = (p * torch.where(support, logp - mu.unsqueeze(-1), 0.0).square()).sum(dim=-1).sqrt()
+    del p, logp_in
+    # sigma below the rounding of the log-probabilities is 0 (one-hot or uniform): no defined score
+    defined = sigma > 8.0 * torch.finfo(sigma.dtype).eps * (mu.abs() + rms)
+    tok = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    z = (tok - mu) / torch.where(defined, sigma, 1.0)
+    return torch.where(defined, z, math.nan)
 
 
 # --------------------------------------------------------------------------------------
@@ -391,12 +498,15 @@ class TeacherForcedScores(NamedTuple):
         loss: ``[B]`` mean token NLL (natural log) of each sequence's real tokens; NaN for a
             sequence of fewer than two tokens.
         min_k: ``[B]`` Min-K% Prob (higher = member) of the same tokens.
+        min_k_pp: ``[B]`` Min-K%++ (higher = member) of the same tokens (:func:`min_k_plus_plus`; NaN
+            when no token has a defined score).
         log_q: ``[B, K]`` per sampling scheme, ``log q`` of the suffix (Hayes et al. 2024); NaN for
             a sequence shorter than the window.
     """
 
     loss: torch.Tensor
     min_k: torch.Tensor
+    min_k_pp: torch.Tensor
     log_q: torch.Tensor
 
 
@@ -409,10 +519,11 @@ def teacher_forced_scores(
     min_k: float,
     sampling: Sequence[tuple[float, int | None]],
 ) -> TeacherForcedScores:
-    """Loss, Min-K% Prob and every sampling scheme's ``log q`` from one teacher-forced pass.
+    """Loss, Min-K% Prob, Min-K%++ and every sampling scheme's ``log q`` from one teacher-forced pass.
 
     The sequence scores of a batch of right-padded probe windows: the mean token loss (Yeom et
-    al. 2018), Min-K% Prob (Shi et al., ICLR 2024) over each row's first ``lengths`` tokens, and,
+    al. 2018), Min-K% Prob (Shi et al., ICLR 2024) and Min-K%++ (Zhang et al., ICLR 2025, from the
+    same logits' full next-token distributions) over each row's first ``lengths`` tokens, and,
     for rows that fill the window, the log-probability that one sample from the prefix (the first
     ``prefix_len`` tokens) reproduces the rest (Hayes et al. 2024; :func:`suffix_sample_logprob`
     per ``(temperature, top_k)`` scheme). No checks and no host synchronisation: the hot path.
@@ -456,9 +567,11 @@ def teacher_forced_scores(
             )
         log_q.append(torch.where(is_long, logq.double(), math.nan))
     empty = torch.empty((loss.shape[0], 0), dtype=torch.float64, device=logits.device)
+    z = min_k_pp_token_scores(logits[:, :-1], token_ids[:, 1:])
     return TeacherForcedScores(
         loss=loss.double(),
         min_k=_min_k(tok_lp, valid, min_k).double(),
+        min_k_pp=_min_k(z, valid & ~torch.isnan(z), min_k).double(),
         log_q=torch.stack(log_q, dim=1) if log_q else empty,
     )
 

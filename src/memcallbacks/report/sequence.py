@@ -71,12 +71,13 @@ def sequence_section(
         )
     aucs = [
         f"{score} {fmt(last.get(f'mem/mia_lm/auc/{score}'))}"
-        for score in ("loss", "min_k", "zlib")
+        for score in ("loss", "min_k", "min_k_pp", "zlib")
         if f"mem/mia_lm/auc/{score}" in last
     ]
     if aucs:
         s.lines.append(
-            "membership-inference AUC by score (loss: Yeom et al. 2018; min_k: Shi et al. 2024; zlib: "
+            "membership-inference AUC by score (loss: Yeom et al. 2018; min_k: Shi et al. 2024; "
+            "min_k_pp: Zhang et al. 2025; zlib: "
             f"Carlini et al. 2021): {', '.join(aucs)}"
         )
     tag = name_tag(subdir)
@@ -120,6 +121,7 @@ def _sequence_over_epochs(seq: SequenceFiles, out_dir: Path, tag: str) -> str | 
     aucs = {
         "loss (Yeom et al. 2018)": seq.metric("mem/mia_lm/auc/loss"),
         "Min-K% Prob (Shi et al. 2024)": seq.metric("mem/mia_lm/auc/min_k"),
+        "Min-K%++ (Zhang et al. 2025)": seq.metric("mem/mia_lm/auc/min_k_pp"),
         "zlib ratio (Carlini et al. 2021)": seq.metric("mem/mia_lm/auc/zlib"),
     }
     if not any(np.isfinite(v).any() for v in (*rates.values(), *aucs.values())):
@@ -133,7 +135,7 @@ def _sequence_over_epochs(seq: SequenceFiles, out_dir: Path, tag: str) -> str | 
     ax1.set_title(f"Greedy extraction rate ({seq.summary.get('suffix_len')}-token suffix)")
     integer_epochs(ax1)
     ax1.legend(fontsize=8, loc="best")
-    for (label, values), marker in zip(aucs.items(), ("o", "s", "^")):
+    for (label, values), marker in zip(aucs.items(), ("o", "s", "D", "^")):
         if np.isfinite(values).any():
             ax2.plot(epochs, values, marker=marker, label=label)
     ax2.axhline(0.5, color="grey", ls=":", lw=1, label="chance: AUC 0.5")
