@@ -388,19 +388,6 @@ def test_a_run_folder_that_cannot_be_entered_exits_2_naming_it(
     assert "Traceback" not in err
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads unreadable files")
-def test_a_real_chmod_000_scores_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    dirs = write_shadow_files(tmp_path / "runs")
-    scores = dirs[1] / "memcallbacks" / "shadow" / "scores.npz"
-    scores.chmod(0)
-    try:
-        code, _, err = _cli(capsys, "attack", *dirs, "--out", tmp_path / "o")
-    finally:
-        scores.chmod(0o644)
-    assert code == 2
-    assert str(scores) in err
-
-
 def test_a_scores_array_of_the_wrong_shape_says_its_shape(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

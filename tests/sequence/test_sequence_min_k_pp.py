@@ -160,3 +160,29 @@ def test_monitor_logs_min_k_pp_of_an_independent_computation(tmp_path: Path) -> 
     assert last["mem/mia_lm/auc/min_k_pp"] == pytest.approx(auc)
     assert "mem/mia_lm/tpr@1%fpr/min_k_pp" in last
     assert len(saved["member_min_k_pp"]) == 2  # one row per evaluation, like min_k
+
+
+def test_a_checkpoint_from_before_min_k_pp_loads_with_nan() -> None:
+    from memcallbacks.lm.windows import WindowScores
+
+    monitor = SequenceMemorisationMonitor(prefix_len=2, suffix_len=2)
+    row = torch.tensor([0.5, 0.7], dtype=torch.float64)
+    monitor._epochs, monitor._steps = [0], [3]
+    monitor._results = [
+        WindowScores(
+            loss=row,
+            min_k=-row,
+            min_k_pp=-2 * row,
+            exact=row,
+            token_match=row,
+            log_q=row[:, None],
+            generated=torch.zeros((2, 0), dtype=torch.long),
+        )
+    ]
+    state = monitor.state_dict()
+    del state["results_min_k_pp"]  # written before the field existed
+    other = SequenceMemorisationMonitor(prefix_len=2, suffix_len=2)
+    other.load_state_dict(state)
+    assert len(other._results) == 1
+    np.testing.assert_array_equal(other._results[0].loss.numpy(), row.numpy())
+    assert torch.isnan(other._results[0].min_k_pp).all()

@@ -56,6 +56,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
+from memcallbacks.lm.losses import hf_forward, split_xy
+from memcallbacks.lm.model import evaluating, find_hf_model, output_logits
 from memcallbacks.metrics.membership import (
     MembershipReport,
     calibrated_losses,
@@ -70,9 +72,77 @@ from memcallbacks.metrics.membership import (
 from memcallbacks.metrics.trajectory_mia import trajectory_attack_scores
 from memcallbacks.utilities.validation import check_bool, check_int, check_seed
 
-__all__ = ["MembershipInferenceMonitor"]
+__all__ = ["REFERENCES", "MembershipInferenceMonitor"]
 
 NAN = float("nan")
+
+#: what ``MembershipInferenceMonitor(reference=...)`` accepts as a string (or a ``torch.nn.Module``, or None)
+REFERENCES = ("fit_start", "peft_base")
+
+
+def check_reference(reference: Any) -> str | torch.nn.Module | None:
+    """``reference`` if it is None, ``"fit_start"``, ``"peft_base"`` or a ``torch.nn.Module``.
+
+    Raises:
+        ValueError: another string.
+        TypeError: another type.
+
+    Example:
+        >>> check_reference("fit_start")
+        'fit_start'
+    """
+    if reference is None or isinstance(reference, torch.nn.Module):
+        return reference
+    if isinstance(reference, str):
+        if reference in REFERENCES:
+            return reference
+        raise ValueError(
+            f"`reference` must be 'fit_start', 'peft_base', a torch.nn.Module or None, got {reference!r}; "
+            "e.g. reference='fit_start' (the weights before the first training step)"
+        )
+    raise TypeError(
+        f"`reference` must be 'fit_start', 'peft_base', a torch.nn.Module or None, got {type(reference).__name__}"
+    )
+
+
+def reference_kind(reference: str | torch.nn.Module | None) -> str | None:
+    """``"fit_start"``, ``"peft_base"``, ``"module"`` or None: what the checkpoint records of ``reference``."""
+    return "module" if isinstance(reference, torch.nn.Module) else reference
+
+
+def peft_model_of(module: Any, owner: str) -> Any:
+    """The peft model (with ``disable_adapter()``) that ``module`` is or holds (:func:`find_hf_model` rule).
+
+    Raises:
+        ValueError: no peft model with adapters.
+    """
+    found = find_hf_model(module)
+    if (
+        found is None
+        or not callable(getattr(found, "disable_adapter", None))
+        or not getattr(found, "peft_config", None)
+    ):
+        what = "no Hugging Face model" if found is None else f"a {type(found).__name__} without peft adapters"
+        raise ValueError(
+            f"{owner}(reference='peft_base'): the model holds {what}, so there is no base model to evaluate "
+            "with the adapters disabled; wrap the model with `peft.get_peft_model(model, config)` (as "
+            "`self.model` of the LightningModule), or pass reference='fit_start' (the weights at fit start) "
+            "or reference=<the base model>"
+        )
+    return found
+
+
+def logits_width(module: Any, batch: Any) -> int | None:
+    """The last dimension (vocabulary or classes) of ``module``'s logits on ``batch``; None when it gives none."""
+    try:
+        if isinstance(batch, Mapping) and "input_ids" in batch:
+            out = hf_forward(module, batch)
+        else:
+            out = module(split_xy(batch)[0])
+        logits = output_logits(out)
+    except Exception:
+        return None
+    return int(logits.shape[-1]) if logits.dim() >= 2 else None
 
 
 def _class_of(item: Any) -> Hashable:
@@ -214,6 +284,9 @@ class MembershipInferenceMonitor(MemorisationCallback):
                                               ``min_slice_size`` members and non-members
     ``mem/mia_cal/*``                         the same attack keys for the calibrated score
                                               (``calibrate=True``), plus per-slice AUC
+    ``mem/mia_ref/*``                         the same attack keys (``auc``, ``advantage``,
+                                              ``tpr@<x>%fpr``, ...) for ``loss - reference loss``
+                                              (``reference=...``), plus per-slice AUC
     ``mem/mia_traj/auc``                      trajectory attack AUC (out-of-fold logits, members
                                               positive), from the second evaluation on
     ``mem/mia_traj/tpr@<x>%fpr``              its TPR at FPR ``<= x`` for each of ``fprs``
@@ -238,6 +311,22 @@ class MembershipInferenceMonitor(MemorisationCallback):
     TPR 0 (balanced accuracy 0.5). They are logged rather than left out so that a
     ``strict=True`` ``EarlyStopping`` on a ``mem/mia_cal/*`` key finds it from the first epoch.
 
+    Reference attack (``reference=``; Carlini et al., "Extracting Training Data from Large Language
+    Models", USENIX Security 2021, the ratio to a reference model's perplexity; Mireshghallah et
+    al., EMNLP 2022, the pre-trained model as reference in fine-tuning): score = loss now minus
+    the same sample's loss under a reference, evaluated ONCE in ``on_train_start`` before the
+    first step (the same probe evaluation, one probe pass), stored in the checkpoint and never
+    recomputed on resume. ``"fit_start"``: the weights at the start of ``fit`` (for fine-tuning:
+    the pre-trained model; assumes the run starts from weights that never saw the probes).
+    ``"peft_base"``: the model with its peft adapters disabled (``with model.disable_adapter():``;
+    the peft model is found like every Hugging Face model, the module or its ``model`` child;
+    without adapters, a ``ValueError`` at setup). A ``torch.nn.Module``: that model, moved to the
+    training device and evaluated with ``sample_loss_fn`` once (it does not train); its logits'
+    last dimension must match the trained model's on the first probe batch (another tokenizer or
+    head: a ``ValueError`` naming both). Unlike ``calibrate=True`` (whose reference is the first
+    evaluation, after a whole epoch of training), the fit-start reference has seen no training
+    step.
+
     Trajectory attack (``trajectory_attack=True``): not logged at the first evaluation (one epoch is
     no trajectory); from the second on, features are the losses at the recorded evaluations (at most
     32 of them, evenly spaced, first and latest included), standardised, L2-regularised logistic
@@ -251,14 +340,17 @@ class MembershipInferenceMonitor(MemorisationCallback):
     ``losses.npz`` (``epochs [E]`` and ``steps [E]``, the epoch and global step of each evaluation;
     ``member_losses [E, n]``, ``nonmember_losses [E, m]``,
     float32, NaN kept; ``member_indices [n]`` into the training dataset or ``members``;
-    ``nonmember_indices [m]``) and ``metrics.json`` (``{"history": [{"epoch": e, "step": s, key: value}]}``, the rows of
-    :attr:`history`).
-    Tracker records: a ``RocCurve`` (``mem/mia/roc``, ``mem/mia_cal/roc``, ``mem/mia_traj/roc``) and one
+    ``nonmember_indices [m]``; with ``reference=``, ``reference_member_losses [n]`` and
+    ``reference_nonmember_losses [m]``, the fit-start reference losses) and ``metrics.json``
+    (``{"history": [{"epoch": e, "step": s, key: value}]}``, the rows of :attr:`history`).
+    Tracker records: a ``RocCurve`` (``mem/mia/roc``, ``mem/mia_cal/roc``, ``mem/mia_ref/roc``,
+    ``mem/mia_traj/roc``) and one
     ``Histogram`` each of member and non-member losses (``mem/mia/member_losses``,
     ``mem/mia/nonmember_losses``); all aggregate.
 
     Resuming from a checkpoint: the probe indices, the calibration reference and the history are
-    restored. ``seed``, ``num_probes``, ``calibrate`` and the probe sets (``members``/``nonmembers``
+    restored, and so are the ``reference=`` losses (never recomputed). ``seed``, ``num_probes``,
+    ``calibrate``, the kind of ``reference`` and the probe sets (``members``/``nonmembers``
     given or not, and their sizes) define what is measured and must match the checkpoint (a
     ``ValueError`` names the argument and both values); ``every_n_epochs``, ``run_dir``, ``fprs``,
     ``slices``, ``batch_size`` and ``trajectory_attack`` may change, and the history carries over
@@ -284,6 +376,9 @@ class MembershipInferenceMonitor(MemorisationCallback):
             (with ``val_check_interval``, also mid-epoch).
         fprs: false-positive rates in ``(0, 1)`` at which TPR is logged.
         calibrate: also log the difficulty-calibrated attack (``mem/mia_cal/*``).
+        reference: also log the reference attack (``mem/mia_ref/*``) against ``"fit_start"`` (the
+            weights before the first step), ``"peft_base"`` (the peft model with adapters disabled)
+            or a given ``torch.nn.Module`` (e.g. the base model); None: not logged.
         trajectory_attack: also log the loss-trajectory attack (``mem/mia_traj/*``) from the second
             evaluation on.
         slices: ``None``; ``"class"`` (labels of ``(x, y)`` items, keys ``.../auc/class_<y>``); or
@@ -330,6 +425,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         evaluate_on_validation: bool = False,
         fprs: Iterable[float] = (0.001, 0.01, 0.1),
         calibrate: bool = False,
+        reference: str | torch.nn.Module | None = None,
         trajectory_attack: bool = True,
         slices: str | Callable[[Any], Hashable] | None = None,
         min_slice_size: int = 50,
@@ -364,6 +460,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.sample_loss_fn: probes.SampleLossFn = args["sample_loss_fn"]
         self.fprs: tuple[float, ...] = args["fprs"]
         self.calibrate: bool = args["calibrate"]
+        self.reference: str | torch.nn.Module | None = check_reference(reference)
         self.trajectory_attack: bool = args["trajectory_attack"]
         self.slices: str | Callable[[Any], Hashable] | None = args["slices"]
         self.min_slice_size: int = args["min_slice_size"]
@@ -399,6 +496,9 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self._nonmember_history: list[np.ndarray] = []
         self._ref_members: np.ndarray | None = None
         self._ref_nonmembers: np.ndarray | None = None
+        # the reference losses of `reference=` (evaluated once at fit start, kept across resume)
+        self._fit_ref_members: np.ndarray | None = None
+        self._fit_ref_nonmembers: np.ndarray | None = None
         # finite scores of the last evaluation, for the tracker records
         self._last_scores: dict[str, np.ndarray] = {}
         self.report: MembershipReport | None = None
@@ -406,6 +506,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         a probe set had no finite loss)."""
         self.calibrated_report: MembershipReport | None = None
         """The last calibrated report (``calibrate=True``)."""
+        self.reference_report: MembershipReport | None = None
+        """The last reference-attack report (``reference=...``)."""
         self.trajectory_report: MembershipReport | None = None
         """The last trajectory-attack report (``trajectory_attack=True``, from the second evaluation on;
         its ``threshold`` is on the negated out-of-fold logit)."""
@@ -413,7 +515,11 @@ class MembershipInferenceMonitor(MemorisationCallback):
     # -- identity and state --------------------------------------------------------------
     def _measured_args(self) -> dict[str, Any]:
         """What this monitor measures: checked against the checkpoint on resume."""
-        return {"calibrate": self.calibrate, **self._probes.measured_args()}
+        return {
+            "calibrate": self.calibrate,
+            "reference": reference_kind(self.reference),
+            **self._probes.measured_args(),
+        }
 
     @property
     def member_indices(self) -> np.ndarray | None:
@@ -447,6 +553,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
             "nonmember_losses": state_tensor(self.nonmember_losses) if self._nonmember_history else None,
             "ref_members": state_tensor(self._ref_members),
             "ref_nonmembers": state_tensor(self._ref_nonmembers),
+            "reference_members": state_tensor(self._fit_ref_members),
+            "reference_nonmembers": state_tensor(self._fit_ref_nonmembers),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -460,6 +568,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self._nonmember_history = [] if nl is None else [row.copy() for row in nl]
         self._ref_members = state_array(state_dict, "ref_members", np.float32)
         self._ref_nonmembers = state_array(state_dict, "ref_nonmembers", np.float32)
+        self._fit_ref_members = state_array(state_dict, "reference_members", np.float32)
+        self._fit_ref_nonmembers = state_array(state_dict, "reference_nonmembers", np.float32)
         self._members = self._nonmembers = None  # re-resolved against the stored indices
 
     # -- probe resolution ----------------------------------------------------------------
@@ -504,7 +614,10 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self._members, self._nonmembers = members, nonmembers
 
     # -- evaluation ----------------------------------------------------------------------
-    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray]:
+    def _evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: torch.nn.Module | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Member and non-member losses of ``module`` (default ``pl_module``) on ``pl_module``'s device."""
         assert self._members is not None
         assert self._nonmembers is not None
         n = len(self._members)
@@ -512,7 +625,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         try:
             losses, _ = probes.evaluate_sharded(
                 trainer,
-                pl_module,
+                pl_module if module is None else module,
                 probe,
                 self.sample_loss_fn,
                 batch_size=self.batch_size,
@@ -520,6 +633,12 @@ class MembershipInferenceMonitor(MemorisationCallback):
                 device=pl_module.device,
             )
         except Exception as e:
+            if module is not None:
+                raise ValueError(
+                    f"MembershipInferenceMonitor(reference={type(module).__name__}): the reference model cannot "
+                    f"score the probes: {type(e).__name__}: {e}. Pass a reference that `sample_loss_fn(module, "
+                    "batch)` can run (the same inputs and outputs as the trained model)"
+                ) from e
             self._diagnose(pl_module, e)
             raise
         values = losses.numpy().astype(np.float32, copy=False)
@@ -620,25 +739,66 @@ class MembershipInferenceMonitor(MemorisationCallback):
             metrics["mem/mia_traj/n_members"] = float(n_scored)
             metrics["mem/mia_traj/n_nonmembers"] = float(m_scored)
             metrics["mem/mia_traj/dropped"] = float(dropped)
-        if not self.calibrate:
-            return metrics
+        if self.calibrate:
+            metrics.update(self._calibrated_metrics(members, nonmembers))
+        if self._fit_ref_members is not None and self._fit_ref_nonmembers is not None:
+            metrics.update(self._reference_metrics(members, nonmembers))
+        return metrics
 
+    def _relative_attack(
+        self,
+        tag: str,
+        members: np.ndarray,
+        nonmembers: np.ndarray,
+        ref_members: np.ndarray,
+        ref_nonmembers: np.ndarray,
+    ) -> tuple[MembershipReport | None, np.ndarray, np.ndarray]:
+        """The attack on ``loss - reference loss`` (lower = member), for ``mem/mia_cal`` and ``mem/mia_ref``.
+
+        Returns the report (None when a class has no finite score) and the scores of every probe
+        (NaN where either loss is non-finite), for the per-slice AUCs.
+        """
+        dm_all = calibrated_losses(members, ref_members)
+        dn_all = calibrated_losses(nonmembers, ref_nonmembers)
+        dm, dn = dm_all[np.isfinite(dm_all)], dn_all[np.isfinite(dn_all)]
+        self._last_scores.update({f"{tag}_members": dm, f"{tag}_nonmembers": dn})
+        report = self._attack(dm, dn, f"mem/mia_{tag}") if dm.size and dn.size else None
+        return report, dm_all, dn_all
+
+    def _calibrated_metrics(self, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, float]:
+        """The ``mem/mia_cal/*`` keys: the reference is each probe's loss at the first evaluation."""
         assert self._ref_members is not None
         assert self._ref_nonmembers is not None
-        dm_all = calibrated_losses(members, self._ref_members)
-        dn_all = calibrated_losses(nonmembers, self._ref_nonmembers)
-        dm, dn = dm_all[np.isfinite(dm_all)], dn_all[np.isfinite(dn_all)]
-        self._last_scores.update(cal_members=dm, cal_nonmembers=dn)
-        c = self.calibrated_report = self._attack(dm, dn, "mem/mia_cal") if dm.size and dn.size else None
-        metrics["mem/mia_cal/auc"] = c.auc if c else NAN
-        metrics["mem/mia_cal/advantage"] = c.advantage if c else NAN
+        c, dm_all, dn_all = self._relative_attack(
+            "cal", members, nonmembers, self._ref_members, self._ref_nonmembers
+        )
+        self.calibrated_report = c
+        metrics = {"mem/mia_cal/auc": c.auc if c else NAN, "mem/mia_cal/advantage": c.advantage if c else NAN}
         for fpr in self.fprs:
             metrics[f"mem/mia_cal/tpr@{format_fpr(fpr)}fpr"] = c.tpr_at_fpr[fpr] if c else NAN
         metrics["mem/mia_cal/balanced_accuracy"] = c.balanced_accuracy if c else NAN
-        metrics["mem/mia_cal/n_members"] = float(dm.size)
-        metrics["mem/mia_cal/n_nonmembers"] = float(dn.size)
+        metrics["mem/mia_cal/n_members"] = float(np.isfinite(dm_all).sum())
+        metrics["mem/mia_cal/n_nonmembers"] = float(np.isfinite(dn_all).sum())
         for name, auc in self._slice_aucs(dm_all, dn_all).items():
             metrics[f"mem/mia_cal/auc/{name}"] = auc
+        return metrics
+
+    def _reference_metrics(self, members: np.ndarray, nonmembers: np.ndarray) -> dict[str, float]:
+        """The ``mem/mia_ref/*`` keys: the reference is ``reference=`` evaluated at fit start."""
+        assert self._fit_ref_members is not None
+        assert self._fit_ref_nonmembers is not None
+        r, dm_all, dn_all = self._relative_attack(
+            "ref", members, nonmembers, self._fit_ref_members, self._fit_ref_nonmembers
+        )
+        self.reference_report = r
+        metrics = {"mem/mia_ref/auc": r.auc if r else NAN, "mem/mia_ref/advantage": r.advantage if r else NAN}
+        for fpr in self.fprs:
+            metrics[f"mem/mia_ref/tpr@{format_fpr(fpr)}fpr"] = r.tpr_at_fpr[fpr] if r else NAN
+        metrics["mem/mia_ref/balanced_accuracy"] = r.balanced_accuracy if r else NAN
+        metrics["mem/mia_ref/n_members"] = float(np.isfinite(dm_all).sum())
+        metrics["mem/mia_ref/n_nonmembers"] = float(np.isfinite(dn_all).sum())
+        for name, auc in self._slice_aucs(dm_all, dn_all).items():
+            metrics[f"mem/mia_ref/auc/{name}"] = auc
         return metrics
 
     def _trajectory_scores(self, members: np.ndarray, nonmembers: np.ndarray) -> tuple[int, int, int]:
@@ -670,6 +830,47 @@ class MembershipInferenceMonitor(MemorisationCallback):
             nonmember_slices=self._nonmember_slices,
             min_size=self.min_slice_size,
         )
+
+    # -- the reference of `reference=` (once, before the first training step) ----------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.reference == "peft_base":
+            peft_model_of(pl_module, type(self).__name__)  # no adapters: a clear error before training
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Evaluates the probes under ``reference`` once (never again on resume: the checkpoint holds them)."""
+        super().on_train_start(trainer, pl_module)
+        if self.reference is None or self._fit_ref_members is not None:
+            return
+        self._resolve(trainer)
+        if self.reference == "peft_base":
+            with peft_model_of(pl_module, type(self).__name__).disable_adapter():
+                ref = self._evaluate(trainer, pl_module)
+        elif isinstance(self.reference, torch.nn.Module):
+            self.reference.to(pl_module.device)
+            self._check_vocabulary(pl_module, self.reference)
+            ref = self._evaluate(trainer, pl_module, self.reference)
+        else:  # "fit_start": the weights before the first step
+            ref = self._evaluate(trainer, pl_module)
+        self._fit_ref_members, self._fit_ref_nonmembers = ref
+
+    def _check_vocabulary(self, pl_module: pl.LightningModule, reference: torch.nn.Module) -> None:
+        """Both models' logits on the first member probe batch have the same last dimension, else a clear error."""
+        from lightning_fabric.utilities.apply_func import move_data_to_device
+
+        assert self._members is not None
+        items = [self._members[i] for i in range(min(self.batch_size, len(self._members)))]
+        collate = self.collate_fn or torch.utils.data.default_collate
+        batch = move_data_to_device(collate(items), pl_module.device)
+        with probes.full_precision(None, pl_module.device), evaluating(pl_module), evaluating(reference):
+            ours, theirs = logits_width(pl_module, batch), logits_width(reference, batch)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ValueError(
+                f"MembershipInferenceMonitor(reference={type(reference).__name__}): the reference model's logits "
+                f"have {theirs} entries (vocabulary or classes), the trained model's {ours}: it was built with "
+                "another tokenizer or head, so its losses are not comparable; pass the model the run fine-tunes "
+                "from (the same tokenizer), or reference='fit_start'"
+            )
 
     # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
@@ -708,10 +909,14 @@ class MembershipInferenceMonitor(MemorisationCallback):
             "member_indices": self.member_indices.copy(),
             "nonmember_indices": self.nonmember_indices.copy(),
         }
+        if self._fit_ref_members is not None and self._fit_ref_nonmembers is not None:
+            arrays["reference_member_losses"] = self._fit_ref_members.copy()
+            arrays["reference_nonmember_losses"] = self._fit_ref_nonmembers.copy()
         summary = {
             "history": self.history,
             "fprs": list(self.fprs),
             "calibrate": self.calibrate,
+            "reference": reference_kind(self.reference),
             "n_members": len(self.member_indices),
             "n_nonmembers": len(self.nonmember_indices),
         }
@@ -731,6 +936,9 @@ class MembershipInferenceMonitor(MemorisationCallback):
         if self.calibrate and self.calibrated_report is not None:
             fpr_c, tpr_c, _ = roc_curve(scores["cal_members"], scores["cal_nonmembers"])
             out.append(loggers.RocCurve("mem/mia_cal/roc", fpr_c, tpr_c, epoch, title="calibrated MIA"))
+        if self.reference_report is not None and "ref_members" in scores:
+            fpr_r, tpr_r, _ = roc_curve(scores["ref_members"], scores["ref_nonmembers"])
+            out.append(loggers.RocCurve("mem/mia_ref/roc", fpr_r, tpr_r, epoch, title="reference-model MIA"))
         if self.trajectory_report is not None and "traj_members" in scores:
             fpr_t, tpr_t, _ = roc_curve(-scores["traj_members"], -scores["traj_nonmembers"])
             out.append(loggers.RocCurve("mem/mia_traj/roc", fpr_t, tpr_t, epoch, title="trajectory MIA"))

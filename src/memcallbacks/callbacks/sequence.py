@@ -48,6 +48,7 @@ import torch
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
+from memcallbacks.callbacks.membership import check_reference, peft_model_of, reference_kind
 from memcallbacks.lm.model import evaluating
 from memcallbacks.lm.windows import (
     DECODING_MODES,
@@ -189,6 +190,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                                                    scores
     ``mem/mia_lm/tpr@1%fpr/loss``, ``/min_k``,     TPR at FPR <= 1% for each score
     ``/min_k_pp``, ``/zlib``
+    ``mem/mia_lm/auc/ref``,                        with ``reference=``: the same for the loss now minus
+    ``mem/mia_lm/tpr@1%fpr/ref``                   the loss under the reference (lower = member)
     ``mem/mia_lm/n_members``, ``n_nonmembers``     probes with a finite score
     ``mem/mia_lm/nonfinite``                       probes with a NaN/inf loss (excluded; warned once)
     =============================================  ==================================================
@@ -257,6 +260,14 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             ``.logits`` if it has one), or the module's Hugging Face model when it holds one.
         decoding: ``"auto"`` (IncrementalLM, else KV cache, else full passes), ``"cache"`` (refuse
             full passes) or ``"full"``.
+        reference: also score ``loss - reference loss`` (``mem/mia_lm/*/ref``; Carlini et al. 2021,
+            Mireshghallah et al. 2022): the reference per-probe losses come from one teacher-forced
+            pass over the probes in ``on_train_start``, before the first step, of ``"fit_start"``
+            (the weights then), ``"peft_base"`` (the peft model with adapters disabled; none: a
+            ``ValueError`` at setup) or a ``torch.nn.Module`` (moved to the training device; another
+            vocabulary size: a ``ValueError`` naming both). Stored in the checkpoint, never
+            recomputed on resume, and written to ``sequences.npz`` (``member_reference_loss``,
+            ``nonmember_reference_loss``). None: not scored.
         tokenizer: optional, ``decode(ids) -> str`` (or a function): the zlib ratio then compresses
             the decoded text (else the token ids as bytes), and tables can show text.
         num_top: rows of the per-sample table.
@@ -321,6 +332,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         p_threshold: float = 0.1,
         forward_fn: ForwardFn | None = None,
         decoding: str = "auto",
+        reference: str | torch.nn.Module | None = None,
         tokenizer: Any = None,
         num_top: int = 10,
         name: str | None = None,
@@ -354,6 +366,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         )
         for key, value in args.items():  # the attributes annotated on the class
             setattr(self, key, value)
+        self.reference: str | torch.nn.Module | None = check_reference(reference)
         self._init_state(members, nonmembers)
 
     def _init_state(self, members: Any, nonmembers: Any) -> None:
@@ -378,6 +391,9 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self._steps: list[int] = []  # global step of each evaluation (-1: from a checkpoint without steps)
         self._results: list[WindowScores] = []  # per evaluation, on the CPU (generated ids left out)
         self._generated: np.ndarray | None = None  # the latest greedy continuations, -1 where not decoded
+        self._reference_loss: np.ndarray | None = (
+            None  # [N] under `reference=`, at fit start (kept on resume)
+        )
         self._lm: LanguageModel | None = None
         self.decoding: str | None = None
         """The decoding path used: ``"incremental"``, ``"kv_cache"`` or ``"full"`` (after an evaluation)."""
@@ -410,6 +426,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "min_k": self.min_k,
             "sampling": [[t, k] for t, k in self.sampling],
             "zlib_input": "token_ids" if self.tokenizer is None else "text",
+            "reference": reference_kind(self.reference),
             **self._probes.measured_args(),
         }
 
@@ -425,6 +442,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "steps": list(self._steps),
             **results,
             "generated": state_tensor(self._generated),
+            "reference_loss": state_tensor(self._reference_loss),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -442,6 +460,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                 empty = torch.empty((len(fields["loss"]), 0), dtype=torch.long)
                 self._results.append(WindowScores(**fields, generated=empty))
         self._generated = state_array(state_dict, "generated", np.int64)
+        self._reference_loss = state_array(state_dict, "reference_loss", np.float64)
         self._windows = None  # re-resolved against the stored indices
 
     # -- probes ----------------------------------------------------------------------------
@@ -489,6 +508,69 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                     f"{max(s.numel() for s in seqs)}; lower `prefix_len`/`suffix_len` or probe longer sequences"
                 )
 
+    # -- the reference of `reference=` (once, before the first training step) --------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.reference == "peft_base":
+            peft_model_of(pl_module, type(self).__name__)  # no adapters: a clear error before training
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Scores the probes under ``reference`` once (teacher-forced only; never again on resume)."""
+        super().on_train_start(trainer, pl_module)
+        if self.reference is None or self._reference_loss is not None:
+            return
+        self._resolve(trainer)
+        if self.reference == "peft_base":
+            with peft_model_of(pl_module, type(self).__name__).disable_adapter():
+                loss = self._reference_pass(trainer, pl_module, pl_module)
+        elif isinstance(self.reference, torch.nn.Module):
+            self.reference.to(pl_module.device)
+            loss = self._reference_pass(trainer, pl_module, self.reference)
+        else:  # "fit_start": the weights before the first step
+            loss = self._reference_pass(trainer, pl_module, pl_module)
+        self._reference_loss = loss
+
+    def _reference_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: Any) -> np.ndarray:
+        """Per-probe loss of ``module`` through the teacher-forced path (no decoding), every rank's shard gathered."""
+        assert self._windows is not None
+        assert self._lengths is not None
+        lm = LanguageModel(module, self.forward_fn, "full")
+        if module is not pl_module:
+            self._check_vocabulary(LanguageModel(pl_module, self.forward_fn, "full"), lm, pl_module, module)
+        windows, lengths = _shard(trainer, self._windows, self._lengths)
+        with evaluating(pl_module), evaluating(module):
+            out = score_windows(
+                lm,
+                windows,
+                lengths,
+                prefix_len=self.prefix_len,
+                suffix_len=self.suffix_len,
+                min_k=self.min_k,
+                sampling=(),
+                batch_size=self.batch_size,
+                device=pl_module.device,
+                decode=False,
+                max_id=self._max_id,
+            )
+        if distributed.world_size(trainer) > 1:
+            out = _gather(trainer, out, self._windows.shape[0])
+        return out.loss.cpu().numpy().astype(np.float64)
+
+    def _check_vocabulary(
+        self, ours: LanguageModel, theirs: LanguageModel, pl_module: Any, reference: Any
+    ) -> None:
+        """Both models' logits on the first probe window have the same vocabulary, else a clear error."""
+        assert self._windows is not None
+        first = self._windows[:1].to(pl_module.device)
+        with evaluating(pl_module), evaluating(reference):
+            v_ours, v_ref = int(ours.logits(first).shape[-1]), int(theirs.logits(first).shape[-1])
+        if v_ours != v_ref:
+            raise ValueError(
+                f"SequenceMemorisationMonitor(reference={type(reference).__name__}): the reference model's "
+                f"vocabulary has {v_ref} tokens, the trained model's {v_ours}: it uses another tokenizer, so its "
+                "losses are not comparable; pass the model the run fine-tunes from, or reference='fit_start'"
+            )
+
     # -- evaluation --------------------------------------------------------------------------
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> WindowScores:
         assert self._windows is not None
@@ -526,6 +608,11 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     def _split(self, scores: WindowScores) -> tuple[WindowScores, WindowScores]:
         n = 0 if self.member_indices is None else len(self.member_indices)
         return scores.rows(slice(0, n)), scores.rows(slice(n, None))
+
+    def _reference_split(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self._reference_loss is not None
+        n = 0 if self.member_indices is None else len(self.member_indices)
+        return self._reference_loss[:n], self._reference_loss[n:]
 
     def _zlib_split(self) -> tuple[np.ndarray, np.ndarray]:
         assert self._zlib is not None
@@ -586,6 +673,9 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "min_k_pp": self._attack(-members.min_k_pp.numpy()[fin_m], -nonmembers.min_k_pp.numpy()[fin_n]),
             "zlib": self._attack(loss_m[fin_m] / zlib_m[fin_m], loss_n[fin_n] / zlib_n[fin_n]),
         }
+        if self._reference_loss is not None:  # loss now - loss under the reference (lower = member)
+            ref_m, ref_n = self._reference_split()
+            attacks["ref"] = self._attack(loss_m[fin_m] - ref_m[fin_m], loss_n[fin_n] - ref_n[fin_n])
         metrics.update({f"mem/mia_lm/auc/{score}": auc for score, (auc, _) in attacks.items()})
         metrics.update({f"mem/mia_lm/tpr@1%fpr/{score}": tpr for score, (_, tpr) in attacks.items()})
         return metrics
@@ -655,6 +745,8 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             arrays[f"{who}_exact"] = stacked["exact"]
             arrays[f"{who}_token_match"] = stacked["token_match"]
             arrays[f"{who}_log_q"] = stacked["log_q"]
+        if self._reference_loss is not None:
+            arrays["member_reference_loss"], arrays["nonmember_reference_loss"] = self._reference_split()
         if self.log_secrets and self._generated is not None:
             arrays["member_generated"] = self._generated[:n].copy()
         return arrays
@@ -676,6 +768,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             "p_threshold": self.p_threshold,
             "decoding": self.decoding,
             "zlib_input": "token_ids" if self.tokenizer is None else "text",
+            "reference": reference_kind(self.reference),
             "n_members": 0 if self.member_indices is None else len(self.member_indices),
             "n_nonmembers": 0 if self.nonmember_indices is None else len(self.nonmember_indices),
         }
@@ -716,12 +809,16 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         zlib_m, zlib_n = self._zlib_split()
         loss_m, loss_n = members.loss.numpy(), nonmembers.loss.numpy()
         out: list[loggers.Record] = []
-        for score, (a, b) in {
+        scores = {
             "loss": (loss_m, loss_n),
             "min_k": (-members.min_k.numpy(), -nonmembers.min_k.numpy()),
             "min_k_pp": (-members.min_k_pp.numpy(), -nonmembers.min_k_pp.numpy()),
             "zlib": (loss_m / zlib_m, loss_n / zlib_n),
-        }.items():
+        }
+        if self._reference_loss is not None:
+            ref_m, ref_n = self._reference_split()
+            scores["ref"] = (loss_m - ref_m, loss_n - ref_n)
+        for score, (a, b) in scores.items():
             a, b = a[np.isfinite(a)], b[np.isfinite(b)]
             if a.size and b.size:
                 fpr, tpr, _ = roc_curve(a, b)

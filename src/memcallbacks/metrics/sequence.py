@@ -306,19 +306,22 @@ def min_k_pp_token_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.
     ``mu_t`` and ``sigma_t``; a target with ``p(x_t) = 0`` scores ``-inf`` (as its log-probability
     does in :func:`min_k_prob`).
     """
-    logp = torch.log_softmax(logits, dim=-1)
+    shape, vocab = logits.shape[:-1], logits.shape[-1]
+    logp = torch.log_softmax(logits.reshape(-1, vocab), dim=-1)  # [N, V]
+    tok = logp.gather(-1, targets.reshape(-1, 1)).squeeze(-1)
+    # outside the support (p = 0, log p = -inf) a finite floor: p * log p = 0 there, never 0 * inf
+    logp.clamp_(min=torch.finfo(logp.dtype).min)
     p = logp.exp()
-    support = p > 0
-    logp_in = torch.where(support, logp, 0.0)  # no 0 * -inf outside the support
-    mu = (p * logp_in).sum(dim=-1)
-    rms = (p * logp_in.square()).sum(dim=-1).sqrt()
-    sigma = (p * torch.where(support, logp - mu.unsqueeze(-1), 0.0).square()).sum(dim=-1).sqrt()
-    del p, logp_in
-    # sigma below the rounding of the log-probabilities is 0 (one-hot or uniform): no defined score
-    defined = sigma > 8.0 * torch.finfo(sigma.dtype).eps * (mu.abs() + rms)
-    tok = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mu = torch.bmm(p.unsqueeze(1), logp.unsqueeze(2)).flatten()  # sum_z p log p, no [N, V] product held
+    dev = logp.sub_(mu.unsqueeze(1))  # in place: log p is not needed any more
+    var = torch.bmm(p.mul_(dev).unsqueeze(1), dev.unsqueeze(2)).flatten().clamp_min(0.0)
+    del p, dev, logp
+    sigma = var.sqrt()
+    # sigma below the rounding of the log-probabilities is 0 (one-hot or uniform): no defined score;
+    # sqrt(sum_z p log^2 p) = sqrt(sigma^2 + mu^2)
+    defined = sigma > 8.0 * torch.finfo(sigma.dtype).eps * (mu.abs() + (var + mu.square()).sqrt())
     z = (tok - mu) / torch.where(defined, sigma, 1.0)
-    return torch.where(defined, z, math.nan)
+    return torch.where(defined, z, math.nan).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------

@@ -81,6 +81,11 @@ def membership_section(
         s.lines.append(
             f"difficulty-calibrated attack (Watson et al. 2022): AUC {fmt(last.get('mem/mia_cal/auc'))}"
         )
+    if "mem/mia_ref/auc" in last:
+        s.lines.append(
+            "reference attack, loss minus the loss under `reference=` at fit start (Carlini et al. 2021; "
+            f"Mireshghallah et al. 2022): AUC {fmt(last.get('mem/mia_ref/auc'))}"
+        )
     roc = _roc_figure(mem, last, tprs, out_dir, f"mia_roc{tag}.png")
     if roc is not None:
         s.figures.append((roc, f"ROC of the loss-threshold attack, epoch {epoch} (log-log)"))

@@ -71,7 +71,7 @@ def sequence_section(
         )
     aucs = [
         f"{score} {fmt(last.get(f'mem/mia_lm/auc/{score}'))}"
-        for score in ("loss", "min_k", "min_k_pp", "zlib")
+        for score in ("loss", "min_k", "zlib", "min_k_pp")
         if f"mem/mia_lm/auc/{score}" in last
     ]
     if aucs:

@@ -1,0 +1,204 @@
+"""MembershipInferenceMonitor(reference=...): the pre-fine-tuning reference attack (mem/mia_ref/*)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import TensorDataset
+
+from helpers.data import loaders, make_blobs
+from helpers.models import TinyClassifier
+from helpers.training import trainer
+from memcallbacks import MembershipInferenceMonitor
+from memcallbacks.metrics import membership_inference
+from memcallbacks.utilities.fileio import load_npz
+
+TRAIN, HELD = make_blobs(80, seed=0), make_blobs(50, seed=1)
+
+
+def _losses(model: torch.nn.Module, data: TensorDataset) -> np.ndarray:
+    """Per-sample cross-entropy, computed here (not through the monitor's evaluation)."""
+    x, y = data.tensors
+    model.eval()
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y, reduction="none").numpy()
+
+
+def _monitor(**kwargs: object) -> MembershipInferenceMonitor:
+    return MembershipInferenceMonitor(TRAIN, HELD, fprs=(0.01, 0.1), trajectory_attack=False, **kwargs)
+
+
+def test_fit_start_reference_is_the_weights_before_the_first_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyClassifier(hidden=8)
+    at_start = copy.deepcopy(model)
+    monitor = _monitor(reference="fit_start", calibrate=True)
+    tl, vl = loaders(TRAIN, HELD)
+    trainer(tmp_path, max_epochs=3, callbacks=[monitor]).fit(model, tl, vl)
+
+    assert monitor._fit_ref_members is not None
+    assert monitor._fit_ref_nonmembers is not None
+    np.testing.assert_allclose(monitor._fit_ref_members, _losses(at_start, TRAIN), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(monitor._fit_ref_nonmembers, _losses(at_start, HELD), rtol=1e-5, atol=1e-6)
+    # score = loss now - loss at fit start, the calibrated code path with another reference
+    now_m, now_n = _losses(model, TRAIN), _losses(model, HELD)
+    expected = membership_inference(
+        now_m - _losses(at_start, TRAIN), now_n - _losses(at_start, HELD), fprs=(0.01, 0.1)
+    )
+    last = monitor.history[-1]
+    assert last["mem/mia_ref/auc"] == pytest.approx(expected.auc, abs=1e-6)
+    assert last["mem/mia_ref/advantage"] == pytest.approx(expected.advantage, abs=1e-6)
+    assert last["mem/mia_ref/tpr@1%fpr"] == pytest.approx(expected.tpr_at_fpr[0.01], abs=1e-6)
+    assert last["mem/mia_ref/tpr@10%fpr"] == pytest.approx(expected.tpr_at_fpr[0.1], abs=1e-6)
+    # the key set mirrors mem/mia_cal's
+    cal = {k.replace("mem/mia_cal/", "") for k in last if k.startswith("mem/mia_cal/")}
+    ref = {k.replace("mem/mia_ref/", "") for k in last if k.startswith("mem/mia_ref/")}
+    assert ref == cal
+    # unlike calibrate=True (reference: the first evaluation), the first evaluation is not at chance
+    assert monitor.history[0]["mem/mia_cal/auc"] == 0.5
+    assert monitor.history[0]["mem/mia_ref/auc"] != 0.5
+    monitor.flush()
+    saved = load_npz(monitor.run_dir / "losses.npz")
+    np.testing.assert_array_equal(saved["reference_member_losses"], monitor._fit_ref_members)
+    np.testing.assert_array_equal(saved["reference_nonmember_losses"], monitor._fit_ref_nonmembers)
+
+
+def _resumable(
+    tmp: Path, max_epochs: int, reference: object, ckpt_path: str | None = None
+) -> MembershipInferenceMonitor:
+    torch.manual_seed(0)
+    monitor = _monitor(reference=reference)
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+    tl, vl = loaders(TRAIN, HELD, shuffle=False)
+    t = trainer(tmp, max_epochs=max_epochs, callbacks=[monitor, ckpt], enable_checkpointing=True)
+    t.fit(TinyClassifier(hidden=8), tl, vl, ckpt_path=ckpt_path)
+    return monitor
+
+
+@pytest.mark.parametrize("kind", ["fit_start", "module"])
+def test_resume_uses_the_stored_reference(tmp_path: Path, kind: str) -> None:
+    torch.manual_seed(3)
+    base = TinyClassifier(hidden=8)
+    reference: object = "fit_start" if kind == "fit_start" else base
+    straight = _resumable(tmp_path / "straight", 3, reference)
+    first = _resumable(tmp_path / "first", 2, reference)
+    assert first._fit_ref_members is not None
+    stored = first._fit_ref_members.copy()
+    if kind == "module":
+        np.testing.assert_allclose(stored, _losses(base, TRAIN), rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # a different module now: a recomputation would show
+            for p in base.parameters():
+                p.add_(1.0)
+    resumed = _resumable(
+        tmp_path / "first", 3, reference, ckpt_path=str(tmp_path / "first" / "ckpt" / "epoch=1.ckpt")
+    )
+    assert resumed._fit_ref_members is not None
+    np.testing.assert_array_equal(resumed._fit_ref_members, stored)
+    assert resumed.history == straight.history
+
+
+def test_reference_with_another_vocabulary_is_refused(tmp_path: Path) -> None:
+    monitor = _monitor(reference=TinyClassifier(classes=5))
+    tl, vl = loaders(TRAIN, HELD)
+    with pytest.raises(ValueError, match=r"logits have 5 entries .* trained model's 3"):
+        trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
+
+
+def test_reference_that_cannot_run_the_probes_is_refused(tmp_path: Path) -> None:
+    monitor = _monitor(reference=torch.nn.Linear(4, 3))  # another input width
+    tl, vl = loaders(TRAIN, HELD)
+    with pytest.raises(ValueError, match="cannot score the probes"):
+        trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
+
+
+def test_peft_base_without_adapters_is_refused_before_training(tmp_path: Path) -> None:
+    monitor = _monitor(reference="peft_base")
+    model = TinyClassifier()
+    tl, vl = loaders(TRAIN, HELD)
+    with pytest.raises(ValueError, match="without peft adapters|no Hugging Face model"):
+        trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(model, tl, vl)
+    assert model.global_step == 0
+
+
+@pytest.mark.parametrize(("value", "error"), [("start", ValueError), (3, TypeError), ("peft", ValueError)])
+def test_bad_reference_argument(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="`reference`"):
+        MembershipInferenceMonitor(reference=value)  # type: ignore[arg-type]
+
+
+def test_state_dict_keeps_the_reference() -> None:
+    m = MembershipInferenceMonitor(reference="fit_start")
+    m._fit_ref_members = np.array([0.1, 0.2], np.float32)
+    m._fit_ref_nonmembers = np.array([0.5, np.nan], np.float32)
+    other = MembershipInferenceMonitor(reference="fit_start")
+    other.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(other._fit_ref_members, m._fit_ref_members)
+    np.testing.assert_array_equal(other._fit_ref_nonmembers, m._fit_ref_nonmembers)
+    with pytest.raises(ValueError, match="`reference`"):  # another kind of reference: another measurement
+        MembershipInferenceMonitor(reference="peft_base").load_state_dict(m.state_dict())
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft on transformers 5
+def test_peft_base_reference_is_the_model_without_adapters(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=1
+    )
+    base = transformers.GPT2LMHeadModel(cfg)
+    plain = copy.deepcopy(base).eval()  # the base weights, never wrapped
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    with torch.no_grad():  # adapters that change the output from the start
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+
+    class LM(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = lora
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids).logits
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=1e-2)
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 20, (24, 10), generator=g)
+    items = [{"input_ids": row, "labels": row} for row in ids]
+    monitor = MembershipInferenceMonitor(
+        items[:12], items[12:], reference="peft_base", trajectory_attack=False
+    )
+    loader = torch.utils.data.DataLoader(items[:12], batch_size=4)
+    trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(LM(), loader)
+
+    def causal_lm_losses(model: torch.nn.Module, rows: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            logits = model(input_ids=rows).logits[:, :-1]
+        nll = F.cross_entropy(logits.reshape(-1, 20), rows[:, 1:].reshape(-1), reduction="none")
+        return nll.view(rows.shape[0], -1).mean(dim=1).numpy()
+
+    assert monitor._fit_ref_members is not None
+    adapted = causal_lm_losses(lora, ids[:12])  # adapters on (and trained): not the reference
+    assert not np.allclose(monitor._fit_ref_members, adapted, rtol=1e-3)
+    np.testing.assert_allclose(
+        monitor._fit_ref_members, causal_lm_losses(plain, ids[:12]), rtol=1e-5, atol=1e-6
+    )
+    assert monitor._fit_ref_nonmembers is not None
+    np.testing.assert_allclose(
+        monitor._fit_ref_nonmembers, causal_lm_losses(plain, ids[12:]), rtol=1e-5, atol=1e-6
+    )
+    assert "mem/mia_ref/auc" in monitor.history[-1]
