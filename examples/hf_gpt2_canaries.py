@@ -27,6 +27,14 @@ Run::
     python examples/hf_gpt2_canaries.py                      # a few CPU-minutes
     python examples/hf_gpt2_canaries.py --sentences 1000 --epochs 1 --out /tmp/hf   # seconds
 
+One epoch measured by steps (``--every-n-steps N``: both monitors evaluate every ``N`` global
+steps, the stop decides after each evaluation and fires mid-epoch; the table printed at the end
+shows exposure rising step by step)::
+
+    python examples/hf_gpt2_canaries.py --every-n-steps 5 --epochs 1 --sentences 500 --heldout 200 \\
+        --num-probe 200 --batch-size 16 --repetitions 4 128 --per-count 1 --exposure-method extrapolated \\
+        --references 2000 --stop-bits 15 --out /tmp/hf     # seconds: 40 steps, stops mid-epoch
+
 Outputs under ``--out``: ``tokenizer.json``, ``csv/`` (metrics.csv), ``wandb/`` (offline
 run), ``memcallbacks/`` (the run directory: raw numbers as .npz/.json).
 """
@@ -61,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heldout", type=int, default=1_000, help="held-out sentences for membership inference")
     p.add_argument("--epochs", type=int, default=6, help="most training epochs (default 6)")
+    p.add_argument(
+        "--every-n-steps",
+        type=int,
+        default=0,
+        help="evaluate every N global steps instead of every epoch (0: every epoch); one epoch is then enough",
+    )
     p.add_argument("--repetitions", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--per-count", type=int, default=2, help="canaries per repetition count")
     p.add_argument("--vocab", type=int, default=512, help="BPE vocabulary size (default 512)")
@@ -187,6 +201,14 @@ class GPT2Module(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.0)
 
 
+def _print_steps(history: dict[str, np.ndarray], reps: np.ndarray, counts: list[int], per_epoch: Any) -> None:
+    """Mean exposure by insertions at each step-scheduled evaluation: it rises within the one epoch."""
+    print(f"exposure (bits) by evaluation ({per_epoch} steps per epoch):")
+    print("  step  " + "  ".join(f"x{r:<5d}" for r in counts))
+    for step, row in zip(history["steps"], history["exposure"]):
+        print(f"  {int(step):4d}  " + "  ".join(f"{float(row[reps == r].mean()):6.1f}" for r in counts))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Trains, prints exposure by insertions and the MIA AUC; returns the monitors and paths."""
     args = _parser().parse_args(argv)
@@ -225,14 +247,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     model = GPT2Module(len(tokenizer), args.max_len, args.lr)
+    schedule = {"every_n_steps": args.every_n_steps} if args.every_n_steps > 0 else {}
     membership = MembershipInferenceMonitor(
-        members, nonmembers, collate_fn=collate, seed=args.seed
+        members, nonmembers, collate_fn=collate, seed=args.seed, **schedule
     )  # no sample_loss_fn: the default reads the causal-LM batch
     exposure = CanaryExposureMonitor(
         canaries,
         method=args.exposure_method,
         num_references=args.references,
         progress=False if args.quiet else None,
+        **schedule,
     )
     stopping = LeakageEarlyStopping.exposure(bits=args.stop_bits)
 
@@ -276,8 +300,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     auc, val_loss = metrics.get("mem/mia/auc", float("nan")), metrics.get("val_loss", float("nan"))
     print(f"membership AUC {auc:.3f}, val_loss {val_loss:.3f}")
+    if schedule:
+        _print_steps(history, reps, counts, trainer.num_training_batches)
     print(
         f"epochs run: {trainer.current_epoch}, stopped by LeakageEarlyStopping: {stopping.stopped_epoch is not None}"
+        + (
+            f" at step {stopping.stopped_step} (epoch {stopping.stopped_epoch})"
+            if stopping.stopped_step
+            else ""
+        )
     )
     print(f"outputs: {out} (csv/, wandb/, memcallbacks/); took {time.perf_counter() - start:.0f} s")
     return {
@@ -285,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "exposure_by_count": by_count,
         "resolved_method": exposure.resolved_method,
         "epochs_run": trainer.current_epoch,
+        "stopping": stopping,
+        "steps_per_epoch": trainer.num_training_batches,
         "csv": Path(loggers[0].log_dir) / "metrics.csv",
         "out": out,
         "membership": membership,

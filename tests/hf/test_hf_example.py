@@ -65,3 +65,32 @@ def test_hf_gpt2_example_short_run(tmp_path: Path) -> None:
     assert abs(result.canary_score - batched) < 1e-4
     assert result.lower_bound_rank >= 1
     assert np.isfinite(out["exposure_by_count"][64])
+
+
+@pytest.mark.slow
+def test_hf_gpt2_example_by_steps_stops_mid_epoch(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("hf_gpt2_canaries_example_steps", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example
+    spec.loader.exec_module(example)
+    out = example.main(
+        ["--every-n-steps", "5", "--epochs", "1", "--sentences", "500", "--heldout", "200", "--num-probe", "200",
+         "--batch-size", "16", "--repetitions", "4", "128", "--per-count", "1", "--exposure-method", "extrapolated",
+         "--references", "2000", "--stop-bits", "15", "--out", str(tmp_path), "--quiet"]
+    )  # fmt: skip
+    stopping, per_epoch = out["stopping"], out["steps_per_epoch"]
+    assert stopping.stopped_epoch == 0
+    assert stopping.stopped_step is not None
+    assert stopping.stopped_step % 5 == 0
+    assert stopping.stopped_step < per_epoch  # within the one epoch
+    arrays = out["exposure"].arrays
+    steps = np.asarray(arrays["steps"]).tolist()
+    assert steps == list(range(5, stopping.stopped_step + 1, 5))
+    often = np.asarray(arrays["repetitions"]) == 128
+    exposure = np.asarray(arrays["exposure"])[:, often].mean(axis=1)
+    assert exposure[-1] > exposure[0] + 2.0  # exposure rises within the epoch
+    assert exposure[-1] > 15.0
+    rows = list(csv.DictReader(out["csv"].open()))
+    assert [int(r["step"]) for r in rows if r.get("mem/mia/auc")] == steps

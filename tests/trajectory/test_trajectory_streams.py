@@ -162,7 +162,9 @@ def test_hashed_ids_map_to_rows_in_order_of_arrival(tmp_path: Path) -> None:
     def blob_id(item: Any) -> int:
         return text_id(str(item[0].tolist()))
 
-    tracker = LossTrajectoryTracker(every_n_steps=5, num_samples=N, id_space="hashed", run_dir=tmp_path / "run")
+    tracker = LossTrajectoryTracker(
+        every_n_steps=5, num_samples=N, id_space="hashed", run_dir=tmp_path / "run"
+    )
     trainer(tmp_path, max_epochs=-1, max_steps=10, callbacks=[tracker]).fit(
         _model(), DataLoader(IndexedStream(Blobs(), id_fn=blob_id), batch_size=8)
     )
@@ -178,9 +180,13 @@ def test_hashed_ids_map_to_rows_in_order_of_arrival(tmp_path: Path) -> None:
 
 
 def test_hashed_ids_beyond_num_samples_name_the_fix(tmp_path: Path) -> None:
-    tracker = LossTrajectoryTracker(every_n_steps=5, num_samples=10, id_space="hashed", run_dir=tmp_path / "run")
+    tracker = LossTrajectoryTracker(
+        every_n_steps=5, num_samples=10, id_space="hashed", run_dir=tmp_path / "run"
+    )
     stream = IndexedStream(Blobs(), id_fn=lambda item: text_id(str(item[0].tolist())))
-    with pytest.raises(ValueError, match="more than num_samples=10 distinct sample ids.*larger `num_samples=`"):
+    with pytest.raises(
+        ValueError, match="more than num_samples=10 distinct sample ids.*larger `num_samples=`"
+    ):
         trainer(tmp_path, max_epochs=-1, max_steps=6, callbacks=[tracker]).fit(
             _model(), DataLoader(stream, batch_size=8)
         )
@@ -189,14 +195,13 @@ def test_hashed_ids_beyond_num_samples_name_the_fix(tmp_path: Path) -> None:
 def test_max_steps_stream_measures_logs_and_stops_mid_stream(tmp_path: Path) -> None:
     data = make_blobs(N, seed=4)
     held_out = make_blobs(N, seed=9)
-    tracker = LossTrajectoryTracker(every_n_steps=2, num_samples=N, run_dir=tmp_path / "run")
+    tracker = LossTrajectoryTracker(every_n_steps=2, num_samples=100 * 8, run_dir=tmp_path / "run")
     mia = MembershipInferenceMonitor(
         members=data, nonmembers=held_out, every_n_steps=3, run_dir=tmp_path / "run", batch_size=64
     )
     stopper = LeakageEarlyStopping("mem/traj/epochs", threshold=2.5, run_dir=tmp_path / "run")
     fit = trainer(tmp_path, max_epochs=-1, max_steps=100, callbacks=[tracker, mia, stopper])
     fit.fit(_model(), DataLoader(IndexedStream(Blobs()), batch_size=8))
-    assert fit.current_epoch == 0  # the stream never ended
     assert (stopper.stopped_epoch, stopper.stopped_step) == (0, 6)  # the third window
     assert fit.global_step == 6
     assert tracker.recorded_steps == [2, 4, 6]
@@ -205,3 +210,16 @@ def test_max_steps_stream_measures_logs_and_stops_mid_stream(tmp_path: Path) -> 
     logged = (Path(fit.logger.log_dir) / "metrics.csv").read_text()
     assert "mem/mia/auc" in logged
     assert "mem/traj/loss_mean" in logged
+
+
+def test_running_ids_split_a_stream_across_ddp_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        shares.append(list(IndexedStream([f"t{i}" for i in range(7)])))
+    assert shares[0] == [(0, "t0"), (2, "t2"), (4, "t4"), (6, "t6")]
+    assert shares[1] == [(1, "t1"), (3, "t3"), (5, "t5")]
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    assert [i for i, _ in IndexedStream(["a", "b", "c"], shard=False)] == [1, 3, 5]  # counter x 2 + rank

@@ -294,6 +294,12 @@ class LossTrajectoryTracker(MemorisationCallback):
             ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``); ``history`` keeps the plain keys.
         run_dir: root folder instead of ``<trainer.log_dir>/memcallbacks``.
         log_per_sample: allow sending the per-sample table to third-party loggers.
+        id_space: ``"dense"`` (default): the sample ids are store rows ``0..N-1`` (IndexedDataset,
+            or :class:`~memcallbacks.data.streams.IndexedStream`'s running index with
+            ``num_samples=``). ``"hashed"``: any ids in ``[0, 2**63)`` (``IndexedStream(...,
+            id_fn=text_id...)``), given rows in order of first arrival, at most ``num_samples``
+            of them (required); the id of each row is :attr:`sample_ids` (``-1``: no row yet) and
+            the table is kept in the checkpoint. Step source only, no ``reference``.
 
     Raises:
         ValueError: unknown ``source`` or ``score``, ``loss_key="loss"``, bad sizes or dtype,
@@ -998,7 +1004,11 @@ class LossTrajectoryTracker(MemorisationCallback):
 
     @property
     def sample_ids(self) -> np.ndarray:
-        """Dataset index of each store row (identity in step mode; the probe subset's indices in probe mode)."""
+        """Sample id of each store row.
+
+        Identity in step mode (``id_space="hashed"``: the hashed id, ``-1`` for a row not yet
+        given); the probe subset's dataset indices in probe mode.
+        """
         if self._sample_ids is None:
             raise RuntimeError("LossTrajectoryTracker has recorded nothing yet; call trainer.fit first")
         return self._sample_ids
