@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     res["extrapolated_10k_s"] = time.perf_counter() - t
 
     print(
-        f"model={args.model} hidden={args.hidden or 'default'} threads={args.threads} torch={torch.__version__} python={platform.python_version()}"
+        f"model={args.model} hidden={args.hidden or 'default'} threads={args.threads} "
+        f"torch={torch.__version__} python={platform.python_version()}"
     )
     print(f"canary {canary.id}: exact rank {rank}, exposure {exposure:.2f} bits (untrained model)")
     print(f"(a) per-candidate loop    {res['a_loop_s']:10.1f} s  (scaled from {len(sample)} candidates)")

@@ -37,7 +37,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from memcallbacks import CanaryExposureMonitor, CanarySet, CharTokenizer, DPEpsilonMonitor, PrivacyAuditMonitor
+from memcallbacks import (
+    CanaryExposureMonitor,
+    CanarySet,
+    CharTokenizer,
+    DPEpsilonMonitor,
+    PrivacyAuditMonitor,
+)
 from memcallbacks.demos.toy import DPWindowLM, WindowLM, lm_loader, make_payment_corpus
 
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # the package tests/helpers, als
 # the runnable scripts of examples/, which the example tests import and run small
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-import torch  # noqa: E402
+import torch
 
-from helpers.callbacks import RankDump  # noqa: E402
+from helpers.callbacks import RankDump
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the package helpers
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
