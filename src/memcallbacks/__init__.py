@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     # data
     "IndexedDataset": "memcallbacks.data.indexed",
     "split_index": "memcallbacks.data.indexed",
+    "IndexedStream": "memcallbacks.data.streams",
+    "text_id": "memcallbacks.data.streams",
     "CanarySet": "memcallbacks.data.canaries",
     "Canary": "memcallbacks.data.canaries",
     "CharTokenizer": "memcallbacks.data.canaries",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     from memcallbacks.data.canaries import Canary, CanarySet, CharTokenizer
     from memcallbacks.data.indexed import IndexedDataset, split_index
     from memcallbacks.data.store import TrajectoryStore
+    from memcallbacks.data.streams import IndexedStream, text_id
     from memcallbacks.metrics.attacks import AttackReport
     from memcallbacks.metrics.classes import LossThresholdMIA
     from memcallbacks.metrics.counterfactual import CounterfactualResult

@@ -114,6 +114,9 @@ def test_reference_strategies_refuse_to_run_without_references(name: str) -> Non
         EXPOSURE_STRATEGIES[name].compute(Plain(), canaries(), ExposureConfig(), references=None)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:exposure method='auto' falls back to 'extrapolated':UserWarning"
+)  # warned once
 @pytest.mark.parametrize(
     ("method", "module", "cs", "config", "expected"),
     [
@@ -142,6 +145,9 @@ def test_resolve_exposure_method(
     assert resolve_exposure_method(method, module, cs, config, num_references=10_000) == expected
 
 
+@pytest.mark.filterwarnings(
+    "ignore:exposure method='auto' falls back to 'extrapolated':UserWarning"
+)  # warned once
 def test_auto_counts_the_references_and_the_canaries() -> None:
     cs = canaries()  # 1000 candidates, 2 canaries
     config = ExposureConfig(max_exact=10)  # the trie does not fit: only the size rule can make it exact
