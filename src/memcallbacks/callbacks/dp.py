@@ -245,6 +245,8 @@ class DPEpsilonMonitor(MemorisationCallback):
         every_n_epochs: log every this many epochs.
         every_n_steps: log every this many optimizer steps instead (``trainer.global_step``), so a
             one-epoch run shows epsilon growing; not together with a non-default ``every_n_epochs``.
+        evaluate_on_validation: log at the end of every validation run inside ``fit`` instead (also
+            those ``val_check_interval`` runs mid-epoch); not together with the other two.
         run_dir: run directory root (default ``<trainer.log_dir>/memcallbacks``).
         restore_accountant: restore the accountant's history from a checkpoint on resume.
         name: tells two such callbacks in one Trainer apart: keys ``mem/dp/<metric>/<name>``,
@@ -267,12 +269,17 @@ class DPEpsilonMonitor(MemorisationCallback):
         privacy_engine: Any = None,
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         run_dir: str | os.PathLike[str] | None = None,
         restore_accountant: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(
-            every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, run_dir=run_dir, name=name
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            evaluate_on_validation=evaluate_on_validation,
+            run_dir=run_dir,
+            name=name,
         )
         self.delta = check_delta(delta)
         self.privacy_engine = privacy_engine

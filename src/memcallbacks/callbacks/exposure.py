@@ -452,6 +452,7 @@ class CanaryExposureMonitor(MemorisationCallback):
     def _arrays(self) -> dict[str, Any]:
         cs = self.canaries
         n = len(cs)
+        used = self.resolved_method or self.method
 
         def matrix(key: str) -> np.ndarray:
             return np.array(self._per_canary[key], dtype=np.float64).reshape(-1, n)
@@ -471,8 +472,9 @@ class CanaryExposureMonitor(MemorisationCallback):
             "log2_space_size": np.array(cs.log2_space_size),
             # ``method`` keeps its earlier values ("exact" / "extrapolated"; "hybrid" is new);
             # ``strategy`` names the strategy that computed the values
-            "method": np.array(_METHOD_FAMILY.get(self.resolved_method or self.method, self.method)),
-            "strategy": np.array(self.resolved_method or self.method),
+            # the method actually used: "auto" resolved (to "extrapolated" when it fell back)
+            "method": np.array(_METHOD_FAMILY.get(used, used)),
+            "strategy": np.array(used),
             "strategy_reason": np.array(self.__dict__.get("strategy_reason") or ""),  # "" when exact
         }
         if cs.injected_indices:  # where the canaries sit in the training set (for the report's data map)

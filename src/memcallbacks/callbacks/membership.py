@@ -56,6 +56,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
+from memcallbacks.lm.collate import check_pad_id
 from memcallbacks.lm.losses import hf_forward, split_xy
 from memcallbacks.lm.model import evaluating, find_hf_model, output_logits
 from memcallbacks.metrics.membership import (
@@ -385,7 +386,11 @@ class MembershipInferenceMonitor(MemorisationCallback):
             a function ``item -> hashable`` (keys ``.../auc/group_<key>``).
         min_slice_size: a slice is logged only with at least this many members and non-members.
         batch_size: batch size of the probe evaluation.
-        collate_fn: collate function for probe batches (default: PyTorch's default collate).
+        collate_fn: collate function for probe batches (default: PyTorch's default collate; token-id
+            rows of any length, e.g. tokenized ``datasets`` rows, are padded, see ``pad_id``).
+        pad_id: the pad id for token-id rows of different lengths (default: the model config's
+            ``pad_token_id``; needed when it has none, e.g. ``pad_id=tokenizer.eos_token_id``).
+            Padding is never scored, so the value does not change any number.
         seed: seed of the default member subset (an integer >= 0).
         run_dir: override the run directory root.
         log_per_sample: accepted for symmetry; this monitor sends only aggregate records.
@@ -431,6 +436,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         min_slice_size: int = 50,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        pad_id: int | None = None,
         seed: int = 0,
         run_dir: str | os.PathLike[str] | None = None,
         log_per_sample: bool = False,
@@ -466,6 +472,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
         self.min_slice_size: int = args["min_slice_size"]
         self.batch_size: int = args["batch_size"]
         self.collate_fn: Callable[[list[Any]], Any] | None = args["collate_fn"]
+        self.pad_id: int | None = check_pad_id(pad_id)
         self.seed: int = args["seed"]
         self._init_probes(members, nonmembers)
         self._init_state()
@@ -580,7 +587,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
             raise ValueError(
                 "`members` and `nonmembers` must yield items of the same structure (they are batched and "
                 f"scored the same way), got members item {a} and nonmembers item {b}; wrap one of them so "
-                "both give e.g. `(x, y)` pairs"
+                "both give the same kind of item (e.g. `(x, y)` pairs, or token-id rows such as "
+                "`{'input_ids': [...]}` of any length)"
             )
         if self.collate_fn is None:  # the default collate stacks members and non-members in one batch
             shapes_m, shapes_n = probes.item_shapes(first_m), probes.item_shapes(first_n)
@@ -601,6 +609,14 @@ class MembershipInferenceMonitor(MemorisationCallback):
         members, nonmembers = self._probes.resolve(trainer)
         assert nonmembers is not None  # required: the resolver raises otherwise
         self._check_same_structure(members, nonmembers)
+        # token-id rows: the padding collate is chosen now, so a missing pad id fails before training
+        probes.probe_collate(
+            ConcatDataset([members, nonmembers]),
+            self.collate_fn,
+            pad_id=self.pad_id,
+            module=trainer.lightning_module,
+            owner="MembershipInferenceMonitor",
+        )
         if self.slices is not None:
             slices: Any = self.slices
             fn: Callable[[Any], Hashable] = _class_of if slices == "class" else slices
@@ -631,6 +647,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
                 batch_size=self.batch_size,
                 collate_fn=self.collate_fn,
                 device=pl_module.device,
+                pad_id=self.pad_id,
             )
         except Exception as e:
             if module is not None:
@@ -655,6 +672,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
                 batch_size=self.batch_size,
                 collate_fn=self.collate_fn,
                 device=pl_module.device,
+                pad_id=self.pad_id,
             )
         except Exception:
             return
@@ -840,9 +858,10 @@ class MembershipInferenceMonitor(MemorisationCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluates the probes under ``reference`` once (never again on resume: the checkpoint holds them)."""
         super().on_train_start(trainer, pl_module)
+        # unusable probes (e.g. token-id rows with no pad id) fail here, before the first step
+        self._resolve(trainer)
         if self.reference is None or self._fit_ref_members is not None:
             return
-        self._resolve(trainer)
         if self.reference == "peft_base":
             with peft_model_of(pl_module, type(self).__name__).disable_adapter():
                 ref = self._evaluate(trainer, pl_module)
@@ -860,7 +879,8 @@ class MembershipInferenceMonitor(MemorisationCallback):
 
         assert self._members is not None
         items = [self._members[i] for i in range(min(self.batch_size, len(self._members)))]
-        collate = self.collate_fn or torch.utils.data.default_collate
+        chosen = probes.probe_collate(self._members, self.collate_fn, pad_id=self.pad_id, module=pl_module)
+        collate = chosen or torch.utils.data.default_collate
         batch = move_data_to_device(collate(items), pl_module.device)
         with probes.full_precision(None, pl_module.device), evaluating(pl_module), evaluating(reference):
             ours, theirs = logits_width(pl_module, batch), logits_width(reference, batch)

@@ -21,7 +21,8 @@ same samples everywhere: from a discovered training dataset, ``seeded_indices(le
 seed)``; from a discovered validation dataset, its first ``num_probes`` samples; a dataset given as
 an argument is used whole (or, with ``draw_given=True``, drawn by the same two rules). The indices
 are drawn once, kept in the checkpoint (:meth:`ProbeResolver.state_dict`) and checked against the
-data on resume.
+data on resume, together with a digest of the probe contents (:func:`probe_digest`), so a resume given
+other data of the same size raises instead of measuring other samples under the same indices.
 
 Example:
     >>> resolver = ProbeResolver("MyMonitor", num_probes=100, seed=0)
@@ -32,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -41,6 +44,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from memcallbacks.data.indexed import IndexedDataset, split_index
+from memcallbacks.lm.collate import TokenRowCollator, is_token_row, model_pad_id, row_length, token_ids_of
 from memcallbacks.lm.losses import (
     default_sample_loss_and_correct_fn,
     default_sample_loss_fn,
@@ -55,6 +59,7 @@ __all__ = [
     "as_probe_dataset",
     "evaluate_sample_losses",
     "evaluate_sharded",
+    "probe_collate",
     "full_precision",
     "item_shapes",
     "item_structure",
@@ -65,6 +70,7 @@ __all__ = [
     "check_sample_losses",
     "unwrap_loaders",
     "ProbeResolver",
+    "probe_digest",
     "training_dataset",
     "validation_dataset",
 ]
@@ -144,6 +150,7 @@ def evaluate_sample_losses(
     device: torch.device | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     trainer: Any = None,
+    pad_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Evaluate per-sample losses of every item of ``dataset`` in order, in eval mode.
 
@@ -155,10 +162,12 @@ def evaluate_sample_losses(
             to also report correctness.
         batch_size: batch size of the evaluation loader.
         device: where to run; defaults to the module's parameters' device.
-        collate_fn: collate function for the loader (default: PyTorch's default collate).
+        collate_fn: collate function for the loader (default: :func:`probe_collate`'s choice: padding
+            for token-id rows, else PyTorch's default collate).
         trainer: when given, the Trainer's precision plugin context is entered, but autocast is
             always switched off (see :func:`full_precision`): probes are measured in float32
             under ``"16-mixed"``/``"bf16-mixed"``.
+        pad_id: pad id for token-id rows (default: the model's; see :func:`probe_collate`).
 
     Returns:
         ``(losses, correct)``: float32 CPU tensor ``[N]`` and a bool CPU tensor ``[N]`` or
@@ -167,6 +176,8 @@ def evaluate_sample_losses(
     if device is None:
         p = next(module.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
+    if not isinstance(dataset, DataLoader):
+        collate_fn = probe_collate(dataset, collate_fn, pad_id=pad_id, module=module)
     loader = (
         dataset
         if isinstance(dataset, DataLoader)
@@ -195,6 +206,75 @@ def evaluate_sample_losses(
     return all_losses, all_correct
 
 
+def _first_item(dataset: Any) -> Any:
+    data: Any = dataset.dataset if isinstance(dataset, DataLoader) else dataset
+    try:
+        if len(data) == 0:
+            return None
+        item = data[0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    if isinstance(data, IndexedDataset) or isinstance(getattr(data, "dataset", None), IndexedDataset):
+        return None  # (index, item) pairs: the user's own collate convention
+    return item
+
+
+def probe_collate(
+    dataset: Any,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    *,
+    pad_id: int | None = None,
+    module: Any = None,
+    tokenizer: Any = None,
+    owner: str = "the probe evaluation",
+) -> Callable[[list[Any]], Any] | None:
+    """The collate function a probe evaluation of ``dataset`` uses (``None``: PyTorch's default collate).
+
+    The user's ``collate_fn`` when given. Otherwise, for token-id rows (:func:`memcallbacks.lm.collate.is_token_row`:
+    rows of a tokenized ``datasets.Dataset``, lists of ints, 1-D integer tensors) a
+    :class:`~memcallbacks.lm.collate.TokenRowCollator` that right-pads them, with ``pad_id``, else the
+    tokenizer's or the model's pad id. Rows of equal-length tensors keep the default collate.
+
+    Args:
+        dataset: the probe dataset (its first item decides; rows are scanned for their lengths only
+            when no pad id is known or for dict rows of tensors).
+        collate_fn: the user's collate function.
+        pad_id: the pad id given to the monitor.
+        module: the model (its config's ``pad_token_id`` is used when known).
+        tokenizer: a tokenizer with ``pad_token_id``.
+        owner: the monitor, for the error message.
+
+    Returns:
+        The collate function, or ``None`` for PyTorch's default collate.
+
+    Raises:
+        ValueError: token-id rows of different lengths and no pad id known.
+    """
+    if collate_fn is not None:
+        return collate_fn
+    first = _first_item(dataset)
+    if first is None or not is_token_row(first):
+        return None
+    stackable = not isinstance(token_ids_of(first), list)  # tensors: the default collate stacks equal lengths
+    pad = pad_id if pad_id is not None else model_pad_id(module, tokenizer)
+    if pad is not None and not stackable:
+        return TokenRowCollator(pad)
+    data: Any = dataset.dataset if isinstance(dataset, DataLoader) else dataset
+    lengths = {row_length(data[i]) for i in range(len(data))}
+    if (
+        len(lengths) == 1
+    ):  # nothing is padded: tensors keep the default collate (and the batches they always had)
+        return None if stackable else TokenRowCollator(0 if pad is None else pad)
+    if pad is None:
+        raise ValueError(
+            f"{owner}: the probes are token-id rows of different lengths ({min(lengths)} to {max(lengths)} tokens), "
+            "so they are padded into batches, but no pad id is known (the model's config and tokenizer have no "
+            "`pad_token_id`); pass `pad_id=` (e.g. pad_id=tokenizer.pad_token_id or tokenizer.eos_token_id; "
+            "padding is never scored), or a `collate_fn`"
+        )
+    return TokenRowCollator(pad)
+
+
 def shard_positions(n: int, world_size: int, rank: int) -> np.ndarray:
     """This rank's contiguous share of the positions ``0 .. n-1`` for a sharded probe evaluation.
 
@@ -221,6 +301,7 @@ def evaluate_sharded(
     batch_size: int = 256,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     device: torch.device | None = None,
+    pad_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-sample losses of every item of ``dataset``, split across the ranks, the same on every rank.
 
@@ -239,6 +320,7 @@ def evaluate_sharded(
         batch_size: batch size of each rank's evaluation loader.
         collate_fn: collate function (default: PyTorch's default collate).
         device: where to run (default: the module's device).
+        pad_id: pad id for token-id rows (default: the model's; see :func:`probe_collate`).
 
     Returns:
         ``(losses, correct)``: float32 CPU tensor ``[N]`` in dataset order, and a bool CPU tensor
@@ -249,6 +331,7 @@ def evaluate_sharded(
     if device is None:
         p = next(module.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
+    collate_fn = probe_collate(dataset, collate_fn, pad_id=pad_id, module=module)
     world = distributed.world_size(trainer) if trainer is not None else 1
     if world == 1:
         return evaluate_sample_losses(
@@ -310,6 +393,8 @@ def item_structure(item: Any) -> Any:
 
     Two probe sets batched or scored together must agree on it.
     """
+    if is_token_row(item):  # rows of any length batch together (padded)
+        return ("token_row", tuple(sorted(map(str, item))) if isinstance(item, Mapping) else ())
     if isinstance(item, torch.Tensor):
         return ("tensor", str(item.dtype), item.dim())
     if isinstance(item, np.ndarray):
@@ -328,7 +413,12 @@ def item_structure(item: Any) -> Any:
 
 
 def item_shapes(item: Any) -> list[tuple[int, ...]]:
-    """The shapes of the tensors/arrays in an item, in a fixed order (for the feature-shape check)."""
+    """The shapes of the tensors/arrays in an item, in a fixed order (for the feature-shape check).
+
+    A token-id row has none: rows of any length are padded into one batch.
+    """
+    if is_token_row(item):
+        return []
     if isinstance(item, (torch.Tensor, np.ndarray)):
         return [tuple(item.shape)]
     if isinstance(item, Mapping):
@@ -476,6 +566,9 @@ class ProbeResolver:
         """Indices of the members into their dataset (``None`` before the first :meth:`resolve`)."""
         self.nonmember_indices: np.ndarray | None = None
         """Indices of the non-members (empty when none were found and none are required)."""
+        self.digests: dict[str, str] = {}
+        """:func:`probe_digest` of each probe set (``"members"``, ``"nonmembers"``); ``""``: not reproducible."""
+        self._verified: set[str] = set()
 
     def measured_args(self) -> dict[str, Any]:
         """What the probe sets are, for the monitor's ``_measured_args`` (checked on resume)."""
@@ -509,6 +602,7 @@ class ProbeResolver:
         if self.member_indices is None:
             self.member_indices = self._draw(members, given=self.members_arg is not None, seeded=True)
         self._check("members", members, self.member_indices)
+        self._check_contents("members", members, self.member_indices)
         nonmembers = self.nonmembers_arg
         if nonmembers is None:
             nonmembers = validation_dataset(trainer, self.owner)
@@ -527,6 +621,7 @@ class ProbeResolver:
                 nonmembers, given=self.nonmembers_arg is not None, seeded=False
             )
         self._check("nonmembers", nonmembers, self.nonmember_indices)
+        self._check_contents("nonmembers", nonmembers, self.nonmember_indices)
         return Subset(members, self.member_indices.tolist()), Subset(
             nonmembers, self.nonmember_indices.tolist()
         )
@@ -562,17 +657,120 @@ class ProbeResolver:
                 f"{len(dataset)} samples; resume with the same data as the checkpointed run"
             )
 
+    def _check_contents(self, name: str, dataset: Any, idx: np.ndarray) -> None:
+        """Digest the probe contents once per process: keep it (first draw) or compare it (resume)."""
+        if name in self._verified:
+            return
+        self._verified.add(name)
+        stored = self.digests.get(name)
+        if stored == "":  # the items were not reproducible when drawn: nothing to compare
+            return
+        digest = probe_digest(dataset, idx)
+        if stored is None:
+            # a second pass finds items drawn from the dataset's own random state: no digest then
+            self.digests[name] = digest if probe_digest(dataset, idx) == digest else ""
+        elif stored != digest:
+            raise ValueError(
+                f"{self.owner}: the `{name}` probe data differ from the checkpointed run's: the same "
+                f"{idx.size} indices now select other contents (content digest {stored[:16]} in the checkpoint, "
+                f"{digest[:16]} now). Resume with the same data as the checkpointed run, or start a new run "
+                "(without `ckpt_path`) to measure this data"
+            )
+
     def state_dict(self) -> dict[str, Any]:
-        """The drawn indices, as tensors (checkpoints load with ``weights_only=True``)."""
+        """The drawn indices, as tensors (checkpoints load with ``weights_only=True``), and the content digests."""
         return {
             "member_indices": _state_tensor(self.member_indices),
             "nonmember_indices": _state_tensor(self.nonmember_indices),
+            "probe_digests": dict(self.digests),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the indices of :meth:`state_dict` (absent: drawn again at the next :meth:`resolve`)."""
+        """Restore the indices of :meth:`state_dict` (absent: drawn again at the next :meth:`resolve`).
+
+        The content digests are compared with the data at the next :meth:`resolve` (a checkpoint without
+        them, from before they were kept, is not compared).
+        """
         self.member_indices = _state_indices(state_dict.get("member_indices"))
         self.nonmember_indices = _state_indices(state_dict.get("nonmember_indices"))
+        digests = state_dict.get("probe_digests")
+        self.digests = {str(k): str(v) for k, v in digests.items()} if isinstance(digests, Mapping) else {}
+        self._verified = set()
+
+
+PROBE_DIGEST_SAMPLE = 256
+"""At most this many items of a probe set are read by :func:`probe_digest` (a fixed seeded sample)."""
+
+
+def probe_digest(dataset: Any, indices: np.ndarray) -> str:
+    """A stable digest (BLAKE2b, hex) of the contents of ``dataset[i]`` for ``i`` in ``indices``.
+
+    Reads every item of a probe set of up to :data:`PROBE_DIGEST_SAMPLE` items, else a fixed seeded sample
+    of that many (the length is hashed too). Tensors and arrays are hashed by dtype, shape and bytes; mappings
+    by sorted key; sequences in order; strings and numbers by value; other objects through ``np.asarray``
+    (e.g. images), else by type name. The global torch (CPU), numpy and ``random`` generators are seeded
+    while the items are read and restored afterwards, so random transforms that use them give the same
+    digest in every run, and training sees the random state it would have seen without the digest.
+
+    Args:
+        dataset: a map-style dataset.
+        indices: the probe indices into ``dataset``.
+
+    Returns:
+        The hex digest (32 characters).
+
+    Example:
+        >>> probe_digest([torch.zeros(3), torch.ones(3)], np.arange(2))  # doctest: +SKIP
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    positions = np.arange(idx.size)
+    if idx.size > PROBE_DIGEST_SAMPLE:
+        positions = np.sort(np.random.default_rng(0).choice(idx.size, PROBE_DIGEST_SAMPLE, replace=False))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"n={idx.size};".encode())
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(0)
+            np.random.seed(0)
+            random.seed(0)
+            for pos in positions:
+                h.update(f"[{int(pos)}]".encode())
+                _feed_digest(h, dataset[int(idx[pos])])
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return h.hexdigest()
+
+
+def _feed_digest(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        h.update(b"{")
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _feed_digest(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"({len(obj)}".encode())
+        for part in obj:
+            _feed_digest(h, part)
+        h.update(b")")
+    elif obj is None or isinstance(obj, (str, bytes, int, float, bool, np.generic)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        arr = None
+        with contextlib.suppress(Exception):
+            arr = np.asarray(obj)
+        if arr is not None and arr.dtype != object:
+            arr = np.ascontiguousarray(arr)
+            h.update(f"A{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        else:
+            h.update(f"<{type(obj).__name__}>".encode())
 
 
 def _state_tensor(idx: np.ndarray | None) -> torch.Tensor | None:

@@ -489,7 +489,9 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             texts: list[Any] = [str(decode(s[: self.width].tolist())) for s in seqs]
         else:
             texts = [s[: self.width].numpy() for s in seqs]
-        self._zlib = np.array([zlib_length(t) for t in texts], np.float64)
+        # token ids: one byte width for the whole probe set (its largest id), not per sequence
+        max_id = max((int(t.max()) for t in texts if not isinstance(t, str) and t.size), default=None)
+        self._zlib = np.array([zlib_length(t, max_id=max_id) for t in texts], np.float64)
 
     def _check_probes(
         self, m_seqs: list[torch.Tensor], m_pads: set[int], n_seqs: list[torch.Tensor], n_pads: set[int]

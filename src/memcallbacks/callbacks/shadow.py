@@ -46,6 +46,7 @@ from memcallbacks import rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.lm import losses
+from memcallbacks.lm.collate import check_pad_id
 from memcallbacks.utilities.validation import check_choice, check_int, check_probability, check_seed
 
 __all__ = [
@@ -209,8 +210,10 @@ def shadow_split(
     With ``num_runs`` (the scheme of Carlini et al.'s LiRA code): one ``[num_runs, N]`` uniform draw
     from ``seed``; each sample goes to the ``round(keep_fraction * num_runs)`` runs where its draw
     is smallest, so every sample is in exactly that many runs (balanced in/out references for
-    every sample). Without ``num_runs``: run ``i`` draws ``round(keep_fraction * N)`` samples from the
-    seed ``(seed, i)``, so runs can be added later, and a sample's in-count is binomial.
+    every sample; Python's rounding, so with the default ``keep_fraction=0.5`` an odd ``num_runs``
+    is not split in half: 5 runs put each sample in 2, and a run's share of the pool varies).
+    Without ``num_runs``: run ``i`` draws ``round(keep_fraction * N)`` samples from the seed
+    ``(seed, i)``, so runs can be added later, and a sample's in-count is binomial.
 
     Args:
         pool_size: ``N``, the number of pool samples (at least 2).
@@ -361,14 +364,18 @@ class ShadowScoreRecorder(MemorisationCallback):
     Args:
         pool: the shared candidate pool, a map-style dataset, identical (same order) in every run.
         run_index: this run's index.
-        num_runs: the planned number of runs (balanced: each sample in exactly half of them), or
+        num_runs: the planned number of runs (balanced: each sample in exactly
+            ``round(keep_fraction * num_runs)`` of them: half for an even ``num_runs``, 2 of 5 for 5), or
             ``None`` (each run draws its own half; runs can be added later).
         seed: the split seed, the same in every run.
         keep_fraction: the share of the pool each run trains on (default 0.5).
         score: ``"auto"``, ``"logit_confidence"``, ``"neg_loss"`` or a callable.
         score_kind: for a callable ``score``: ``"logit_confidence"`` or ``"neg_loss"``.
         batch_size: batch size of the pool evaluation.
-        collate_fn: collate function of the pool evaluation (default: PyTorch's).
+        collate_fn: collate function of the pool evaluation (default: PyTorch's; token-id rows of any
+            length, e.g. tokenized ``datasets`` rows, are padded, see ``pad_id``).
+        pad_id: the pad id for token-id rows of different lengths (default: the model config's
+            ``pad_token_id``; needed when it has none). Padding is never scored.
         run_dir: override the run directory root (default ``<trainer.log_dir>/memcallbacks``).
         every_n_steps: refused (``ValueError``): the recorder scores the pool once, at the end of fit.
 
@@ -396,6 +403,7 @@ class ShadowScoreRecorder(MemorisationCallback):
         score_kind: str | None = None,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        pad_id: int | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         every_n_steps: None = None,
     ) -> None:
@@ -423,6 +431,7 @@ class ShadowScoreRecorder(MemorisationCallback):
         self.score_kind = score_kind
         self.batch_size: int = args["batch_size"]
         self.collate_fn = collate_fn
+        self.pad_id = check_pad_id(pad_id)
         self.fingerprint = pool_fingerprint(pool)
         self._scores: np.ndarray | None = None
         self._correct: np.ndarray | None = None
@@ -470,6 +479,10 @@ class ShadowScoreRecorder(MemorisationCallback):
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # token-id rows: a missing pad id fails here, before the first step, not after training
+        probes.probe_collate(
+            self.pool, self.collate_fn, pad_id=self.pad_id, module=pl_module, owner="ShadowScoreRecorder"
+        )
         train = probes.dataset_of(getattr(trainer, "train_dataloader", None))
         expected = int(self.split.indices.size)
         if train is not None and hasattr(train, "__len__") and len(train) != expected:
@@ -511,7 +524,13 @@ class ShadowScoreRecorder(MemorisationCallback):
         try:
             fn, kinds = self._score_fn()
             scores, correct = probes.evaluate_sharded(
-                trainer, pl_module, self.pool, fn, batch_size=self.batch_size, collate_fn=self.collate_fn
+                trainer,
+                pl_module,
+                self.pool,
+                fn,
+                batch_size=self.batch_size,
+                collate_fn=self.collate_fn,
+                pad_id=self.pad_id,
             )
             self._scores = scores.numpy().astype(np.float32)
             self._correct = None if correct is None else correct.numpy().astype(bool)

@@ -45,11 +45,13 @@ from memcallbacks.callbacks.probes import (
     dataset_of,
     default_sample_loss_and_correct_fn,
     evaluate_sharded,
+    probe_collate,
     random_subset,
 )
 from memcallbacks.data.indexed import IndexedDataset
 from memcallbacks.data.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
 from memcallbacks.data.streams import IndexedStream
+from memcallbacks.lm.collate import check_pad_id
 from memcallbacks.metrics.dynamics import (
     MEMORISATION_SCORES,
     TrajectoryStatistics,
@@ -272,11 +274,19 @@ class LossTrajectoryTracker(MemorisationCallback):
         sample_loss_fn: probe mode: ``(module, batch) -> Tensor[B]`` or ``(Tensor[B], BoolTensor[B])``;
             default per-sample cross-entropy with correctness.
         batch_size: batch size of the probe evaluation.
-        collate_fn: collate function of the probe loader.
+        collate_fn: collate function of the probe loader (default: PyTorch's; token-id rows of any
+            length, e.g. tokenized ``datasets`` rows, are padded, see ``pad_id``).
+        pad_id: probe mode: the pad id for token-id rows of different lengths (default: the model
+            config's ``pad_token_id``; needed when it has none). Padding is never scored.
         every_n_epochs: record every n-th epoch.
         every_n_steps: record a column every this many optimizer steps instead (``trainer.global_step``;
             windows of ``every_n_steps`` global steps, so a one-epoch run has a trajectory; see
             "Windows" above). Not together with a non-default ``every_n_epochs``.
+        evaluate_on_validation: refused (``True`` raises): a trajectory column is a fixed span of
+            training (an epoch, or a window of ``every_n_steps`` steps) over which the step source
+            buffers losses; validation runs come at uneven intervals. To follow
+            ``val_check_interval=k``, pass ``every_n_steps`` equal to the optimizer steps between
+            validation runs.
         dtype: ``"float16"`` (default) or ``"float32"`` storage.
         memory_budget_bytes: beyond this the store keeps epochs on disk, memory-mapped.
         num_top: rows of the most-memorised table emitted at fit end.
@@ -331,8 +341,10 @@ class LossTrajectoryTracker(MemorisationCallback):
         sample_loss_fn: Callable[[Any, Any], Any] | None = None,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        pad_id: int | None = None,
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
+        evaluate_on_validation: bool = False,
         dtype: Any = "float16",
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         num_top: int = 20,
@@ -343,6 +355,12 @@ class LossTrajectoryTracker(MemorisationCallback):
         log_per_sample: bool = False,
         id_space: str = "dense",
     ) -> None:
+        if evaluate_on_validation is not False:
+            raise ValueError(
+                f"LossTrajectoryTracker does not take evaluate_on_validation (got {evaluate_on_validation!r}): its "
+                "columns are fixed spans of training (epochs, or windows of every_n_steps steps); pass "
+                "every_n_steps equal to the optimizer steps between your validation runs instead"
+            )
         super().__init__(
             every_n_epochs=every_n_epochs,
             every_n_steps=every_n_steps,
@@ -357,8 +375,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             collate_fn=collate_fn, memory_budget_bytes=memory_budget_bytes, num_top=num_top,
             score=score, reference=reference, id_space=id_space,
         )  # fmt: skip
-        self.id_space = id_space
-        self.source, self.num_samples, self.score = source, num_samples, score
+        self.id_space, self.source, self.num_samples, self.score = id_space, source, num_samples, score
         self.reference = (
             None if reference is None else check_float_array(reference, "reference", allow_nan=True)
         )
@@ -366,7 +383,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         self.loss_key, self.index_key, self.correct_key = loss_key, index_key, correct_key
         self.probe_dataset, self.num_probes, self.seed = probe_dataset, int(num_probes), int(seed)
         self.sample_loss_fn = sample_loss_fn or default_sample_loss_and_correct_fn
-        self.batch_size, self.collate_fn = int(batch_size), collate_fn
+        self.batch_size, self.collate_fn, self.pad_id = int(batch_size), collate_fn, check_pad_id(pad_id)
         self.dtype = TrajectoryStore(0, dtype=dtype).dtype.name
         self.memory_budget_bytes, self.num_top = int(memory_budget_bytes), int(num_top)
         self._init_state()
@@ -534,6 +551,9 @@ class LossTrajectoryTracker(MemorisationCallback):
             if self.num_samples is not None and self.num_samples != n:
                 raise ValueError(f"`num_samples`={self.num_samples} but the probe dataset has {n} samples")
             self._probe = probe
+            # token-id rows: a missing pad id fails here, before the first step
+            probe_collate(probe, self.collate_fn, pad_id=self.pad_id, module=trainer.lightning_module,
+                          owner="LossTrajectoryTracker(source='probe')")  # fmt: skip
             return n, ids.astype(np.int64)
         train = dataset_of(trainer.train_dataloader)
         self._check_stream(train)
@@ -811,6 +831,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             self.sample_loss_fn,
             batch_size=self.batch_size,
             collate_fn=self.collate_fn,
+            pad_id=self.pad_id,
         )
         return torch.arange(loss.shape[0]), loss, correct
 

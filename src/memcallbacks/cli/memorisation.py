@@ -45,8 +45,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--signal",
         choices=SIGNALS,
         default="auto",
-        help="per-sample performance: auto (correctness for classifiers; per-token accuracy or minus the loss "
-        "for language models), correct, token_accuracy, score (default: auto)",
+        help="per-sample performance: auto (correctness for classifiers, minus the loss for language models), "
+        "correct, token_accuracy (only for scores.npz files holding a token_accuracy array: ShadowScoreRecorder "
+        "does not write one), score (default: auto)",
     )
     p.add_argument(
         "--top", type=non_negative_int, default=20, help="most memorised samples listed (default: 20)"

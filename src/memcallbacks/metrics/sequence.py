@@ -327,11 +327,10 @@ def min_k_pp_token_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.
 # --------------------------------------------------------------------------------------
 # zlib ratio (Carlini et al., USENIX Security 2021)
 # --------------------------------------------------------------------------------------
-def _as_bytes(item: Any) -> bytes:
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return bytes(item)
+def _token_ids(item: Any) -> np.ndarray | None:
+    """``item`` as 1-D non-negative integer token ids, or ``None`` for text and bytes."""
+    if isinstance(item, (str, bytes, bytearray, memoryview)):
+        return None
     arr = np.asarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item)
     if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(
@@ -340,33 +339,69 @@ def _as_bytes(item: Any) -> bytes:
         )
     if arr.size and int(arr.min()) < 0:
         raise ValueError("`texts_or_bytes` token ids must be non-negative")
+    return arr
+
+
+def _as_bytes(item: Any, max_id: int | None = None) -> bytes:
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    arr = _token_ids(item)
+    assert arr is not None
     top = int(arr.max()) if arr.size else 0
+    if max_id is not None:
+        if top > max_id:
+            raise ValueError(
+                f"`max_id`={max_id} but a token id is {top}; pass the largest id of all the sequences compared "
+                "(or the vocabulary size - 1)"
+            )
+        top = int(max_id)
     width = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
     return arr.astype(width).astype(np.dtype(width).newbyteorder("<")).tobytes()
 
 
-def zlib_length(text_or_bytes: Any) -> int:
+def zlib_length(text_or_bytes: Any, *, max_id: int | None = None) -> int:
     """zlib-compressed length in bytes (level 9) of a text (UTF-8), bytes, or token ids.
 
-    Token ids are written as little-endian unsigned integers of the narrowest width holding
-    the largest id (1 byte below 256, 2 below 65,536, else 4) before compression, so a
-    character-level id sequence compresses like its text.
+    Token ids are written as little-endian unsigned integers before compression, 1 byte each when
+    the largest id is below 256, 2 below 65,536, else 4, so a character-level id sequence compresses
+    like its text. Pass ``max_id`` (the largest id of every sequence compared, or the vocabulary size
+    - 1) so that all of them get the same width: without it the width follows this sequence's own
+    largest id, and one id changing from 255 to 256 would change the length of the whole sequence.
+
+    Args:
+        text_or_bytes: a ``str`` (UTF-8), ``bytes``, or 1-D non-negative integer token ids.
+        max_id: token ids only: the id that fixes the width (at least this sequence's largest id).
+
+    Returns:
+        The compressed length in bytes.
+
+    Raises:
+        TypeError: neither text, bytes nor 1-D integer ids.
+        ValueError: a negative id, or an id above ``max_id``.
+
+    Example:
+        >>> zlib_length([1, 2, 3], max_id=300) > zlib_length([1, 2, 3])
+        True
     """
-    return len(zlib.compress(_as_bytes(text_or_bytes), 9))
+    return len(zlib.compress(_as_bytes(text_or_bytes, max_id), 9))
 
 
-def zlib_ratio(log_perplexity: Any, texts_or_bytes: Sequence[Any]) -> Any:
+def zlib_ratio(log_perplexity: Any, texts_or_bytes: Sequence[Any], *, max_id: int | None = None) -> Any:
     """Log-perplexity divided by the zlib-compressed length (bytes) of each text.
 
     The zlib membership score of Carlini et al., "Extracting Training Data from Large
     Language Models", USENIX Security 2021 (their code divides ``log(perplexity)``, the
     mean token negative log-likelihood, by ``len(zlib.compress(text))``): text the model
     finds unusually likely for how little it compresses is flagged. Lower = more likely a
-    member. zlib level 9; token ids are byte-encoded as in :func:`zlib_length`.
+    member. zlib level 9; token ids are byte-encoded as in :func:`zlib_length`, all with the width of
+    the largest id of the call (or of ``max_id``), so one sequence's ids do not change another's length.
 
     Args:
         log_perplexity: ``[B]`` log-perplexities (natural log; the mean token NLL, as in the paper).
         texts_or_bytes: ``B`` items, each a ``str`` (UTF-8), ``bytes``, or 1-D token ids.
+        max_id: the id that fixes the byte width of token ids (default: the largest id of the call).
 
     Returns:
         ``[B]`` ratios: a float tensor when ``log_perplexity`` is a tensor, else a numpy array.
@@ -387,7 +422,12 @@ def zlib_ratio(log_perplexity: Any, texts_or_bytes: Sequence[Any]) -> Any:
         raise ValueError(
             f"`texts_or_bytes` must hold one text per log-perplexity ({lp.numel()}), got {len(items)}"
         )
-    lengths = torch.tensor([zlib_length(t) for t in items], dtype=torch.float64, device=lp.device)
+    if max_id is None:
+        ids = [a for a in map(_token_ids, items) if a is not None and a.size]
+        max_id = max((int(a.max()) for a in ids), default=None)
+    lengths = torch.tensor(
+        [zlib_length(t, max_id=max_id) for t in items], dtype=torch.float64, device=lp.device
+    )
     out = lp.double() / lengths
     return _out(out if lp.dtype == torch.float64 or not as_tensor else out.to(lp.dtype), as_tensor)
 

@@ -8,8 +8,10 @@ al., NeurIPS 2023 for language models)::
     mem(i) = mean performance of the runs that trained on i - mean performance of those that did not
 
 (:func:`memcallbacks.metrics.counterfactual_memorisation`). The performance is the end-of-training
-correctness the recorder saved for classifiers, and for language models the per-token accuracy when
-the recorder saved one (``token_accuracy``), else minus the loss (the recorder's ``neg_loss`` score).
+correctness the recorder saved for classifiers, and for language models minus the loss (the recorder's
+``neg_loss`` score). ``signal="token_accuracy"`` reads a ``token_accuracy`` array from ``scores.npz``;
+:class:`memcallbacks.ShadowScoreRecorder` does not write one, so it applies only to score files that
+hold it (otherwise a clear error).
 
 When a run directory also holds a :class:`memcallbacks.LossTrajectoryTracker` folder
 (``trajectory/statistics.npz``), the Spearman correlation between ``mem`` and each in-run signal of
@@ -248,7 +250,10 @@ def _performance(run: ShadowRun, extra: Mapping[str, np.ndarray], signal: str) -
     if signal == "token_accuracy":
         if "token_accuracy" not in extra:
             raise MemorisationInputError(
-                f"{where!r}: the run recorded no per-token accuracy; pass --signal score (minus the loss)"
+                f"{where!r}: the run recorded no per-token accuracy (`ShadowScoreRecorder` does not record it: it "
+                "saves correctness for classifiers and the `neg_loss` score for language models; `token_accuracy` "
+                "is read only from a scores.npz that holds such an array); pass --signal score (minus the loss) "
+                "or --signal auto"
             )
         values = np.asarray(extra["token_accuracy"], dtype=np.float64)
     else:

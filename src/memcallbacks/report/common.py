@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from memcallbacks.rundir import (
+    AUDIT,
+    CANARY,
+    DP,
+    MEMBERSHIP,
+    SEQUENCE,
     RunDirectory,
     RunDirectoryError,
 )
@@ -16,6 +21,7 @@ from memcallbacks.utilities import fileio
 
 __all__ = [
     "Section",
+    "evaluation_axis",
     "fmt",
     "integer_epochs",
     "name_tag",
@@ -23,6 +29,8 @@ __all__ = [
     "restored_epoch",
     "safe_name",
     "save_figure",
+    "step_scheduled",
+    "steps_of_history",
     "titled",
 ]
 
@@ -95,6 +103,45 @@ def evaluation_axis(epochs: Any, steps: Any) -> tuple[Any, str]:
     ):
         return steps, "global step"
     return epochs, "epoch"
+
+
+def steps_of_history(history: list[dict[str, Any]]) -> list[int] | None:
+    """The ``step`` of each history row, or ``None`` when a row lacks it (written before steps were recorded)."""
+    steps = [row.get("step") for row in history]
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in steps):
+        return None
+    return [int(v) for v in steps]  # type: ignore[arg-type]
+
+
+def step_scheduled(run: RunDirectory) -> bool:
+    """Whether a monitor of ``run`` evaluated more than once within an epoch (a step or validation schedule).
+
+    Read from the files that record each evaluation's epoch and global step (membership, sequence,
+    canary, audit and DP folders, named ones included); an unreadable file counts as no evidence.
+    """
+    readers: dict[str, Callable[[str], Any]] = {
+        MEMBERSHIP: run.membership,
+        SEQUENCE: run.sequence,
+        CANARY: run.exposure,
+        AUDIT: run.audit,
+        DP: run.dp,
+    }
+    for kind, reader in readers.items():
+        for sub in run.folders(kind):
+            try:
+                files = reader(sub)
+                if files is None:
+                    continue
+                if hasattr(files, "epochs"):
+                    epochs, steps = files.epochs, files.steps
+                else:
+                    epochs = [int(row["epoch"]) for row in files.history]
+                    steps = steps_of_history(files.history)
+                if evaluation_axis(epochs, steps)[1] == "global step":
+                    return True
+            except (RunDirectoryError, AttributeError, KeyError, TypeError, ValueError):
+                continue  # unreadable or older files: no evidence either way
+    return False
 
 
 def restored_epoch(run: RunDirectory) -> int | None:

@@ -10,11 +10,13 @@ import numpy as np
 
 from memcallbacks.report.common import (
     Section,
+    evaluation_axis,
     fmt,
     integer_epochs,
     read_or_note,
     safe_name,
     save_figure,
+    steps_of_history,
 )
 from memcallbacks.rundir import (
     AUDIT,
@@ -43,6 +45,9 @@ def privacy_section(
 ) -> Section | None:
     """DP-SGD epsilon (an upper bound) and the audit's lower bound over epochs, in one figure.
 
+    The x axis is the global step when either monitor evaluated several times within an epoch (a step or
+    validation schedule) and its file records the steps; else the epoch.
+
     Args:
         run: the run directory.
         out_dir: where the figure goes: ``epsilon.png`` for the default folders, else
@@ -66,12 +71,15 @@ def privacy_section(
             s.lines.append(f"could not be drawn: {value}")
             s.problems.append(str(value))
     fig, ax = plt.subplots(figsize=(6, 4))
-    drawn = _dp_curve(ax, s, dp) | _audit_curve(ax, s, audit)
+    by_step = _by_step(dp) or _by_step(audit)
+    drawn = _dp_curve(ax, s, dp, by_step) | _audit_curve(ax, s, audit, by_step)
     if not drawn:
         plt.close(fig)
         s.lines.append("no evaluation recorded yet")
         return s
     integer_epochs(ax)
+    unit = "global step" if by_step else "epoch"
+    ax.set_xlabel(unit)
     ax.set_ylabel("epsilon")
     ax.set_ylim(bottom=0)
     ax.set_title("Privacy loss over training")
@@ -82,45 +90,80 @@ def privacy_section(
     s.figures.append(
         (
             save_figure(fig, out_dir, "epsilon.png" if named is None else f"epsilon_{safe_name(named)}.png"),
-            "Epsilon over epochs: the accountant's guarantee (upper bound) and the audit's lower bound",
+            f"Epsilon by {unit}: the accountant's guarantee (upper bound) and the audit's lower bound",
         )
     )
     return s
 
 
-def _dp_curve(ax: Any, s: Section, dp: Any) -> bool:
-    """Draw the accountant's epsilon per epoch; whether anything was drawn."""
+def _by_step(files: Any) -> bool:
+    """Whether a DP or audit history was evaluated several times within an epoch and records the steps."""
+    history = getattr(files, "history", None)
+    if not history:
+        return False
+    try:
+        epochs = [int(h.get("epoch", -1)) for h in history]
+        return evaluation_axis(epochs, steps_of_history(history))[1] == "global step"
+    except (TypeError, ValueError, AttributeError):  # an edited file: draw by epoch as before
+        return False
+
+
+def _xs(s: Section, history: list[dict[str, Any]], by_step: bool, what: str) -> list[int] | None:
+    """The x values of a curve: its epochs, or its global steps on a step axis (``None``, noted, when its
+    file predates steps)."""
+    if not by_step:
+        return [h["epoch"] for h in history]
+    steps = steps_of_history(history)
+    if steps is None:
+        s.lines.append(f"{what} not drawn: its file records no global steps to place it on the step axis")
+    return steps
+
+
+def _at(row: dict[str, Any], by_step: bool) -> str:
+    """``"step <s> (epoch <e>)"`` on a step axis, else ``"epoch <e>"``."""
+    return f"step {row.get('step')} (epoch {row['epoch']})" if by_step else f"epoch {row['epoch']}"
+
+
+def _dp_curve(ax: Any, s: Section, dp: Any, by_step: bool = False) -> bool:
+    """Draw the accountant's epsilon per epoch (or global step); whether anything was drawn."""
     if not (isinstance(dp, DPFiles) and dp.history):
+        return False
+    xs = _xs(s, dp.history, by_step, "DP-SGD epsilon")
+    if xs is None:
         return False
     delta, acc = dp.summary.get("delta"), dp.summary.get("accountant")
     ax.plot(
-        [h["epoch"] for h in dp.history],
+        xs,
         dp.epsilon,
         marker="o",
         label=f"DP-SGD epsilon, an upper bound ({acc}, delta={delta})",
     )
     s.lines.append(
-        f"DP-SGD epsilon after epoch {dp.history[-1]['epoch']}: {fmt(dp.epsilon[-1])} at delta {delta} "
+        f"DP-SGD epsilon after {_at(dp.history[-1], by_step)}: {fmt(dp.epsilon[-1])} at delta {delta} "
         f"({acc} accountant; a guarantee: epsilon is at most this)"
     )
     return True
 
 
-def _audit_curve(ax: Any, s: Section, audit: Any) -> bool:
-    """Draw the audit's epsilon lower bound per epoch (and say what 0 means); whether anything was drawn."""
+def _audit_curve(ax: Any, s: Section, audit: Any, by_step: bool = False) -> bool:
+    """Draw the audit's epsilon lower bound per epoch or global step (and say what 0 means); whether anything
+    was drawn."""
     if not (isinstance(audit, AuditFiles) and audit.history):
+        return False
+    xs = _xs(s, audit.history, by_step, "one-run audit")
+    if xs is None:
         return False
     eps = audit.epsilon_lb()
     conf = audit.confidence
     ax.plot(
-        [h["epoch"] for h in audit.history],
+        xs,
         eps,
         marker="s",
         label=f"audit: epsilon lower bound at {conf:.0%} confidence ({audit.summary.get('num_canaries')} canaries)",
     )
     last = audit.history[-1]
     s.lines.append(
-        f"one-run audit after epoch {last['epoch']}: epsilon >= {fmt(last.get('epsilon_lb'))} with confidence "
+        f"one-run audit after {_at(last, by_step)}: epsilon >= {fmt(last.get('epsilon_lb'))} with confidence "
         f"{conf:.0%} ({last.get('correct')} of {last.get('guesses')} guesses right)"
     )
     if np.any(eps == 0.0):
