@@ -16,27 +16,15 @@ import pytest
 import pytorch_lightning as pl
 
 from helpers import every_monitor as H
+from helpers.training import trainer
 from memcallbacks import CanaryExposureMonitor, MembershipInferenceMonitor, PrivacyAuditMonitor
 from memcallbacks.rundir import RunDirectory
 from memcallbacks.utilities.fileio import load_npz, save_npz
 
 
 def _trainer(root: Path, callbacks: list[Any], **kwargs: Any) -> pl.Trainer:
-    opts: dict[str, Any] = dict(
-        default_root_dir=str(root),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
-    opts.update(kwargs)
-    return pl.Trainer(**opts)
+    opts: dict[str, Any] = dict(max_epochs=1, logger=False, callbacks=callbacks, deterministic=True)
+    return trainer(root, **{**opts, **kwargs})
 
 
 def _fit(root: Path, schedule: dict[str, int], **trainer_kwargs: Any) -> list[Any]:

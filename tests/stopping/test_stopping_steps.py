@@ -14,25 +14,14 @@ import torch
 
 from helpers import every_monitor as H
 from helpers.step_score import StepScore
+from helpers.training import trainer as quiet_trainer
 from memcallbacks import LeakageCondition, LeakageEarlyStopping
 
 
 def _fit(root: Path, callbacks: list[Any], **kwargs: Any) -> tuple[pl.Trainer, pl.LightningModule]:
     data = H.Data()
-    opts: dict[str, Any] = dict(
-        default_root_dir=str(root),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=3,
-        logger=False,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
-    opts.update(kwargs)
-    trainer = pl.Trainer(**opts)
+    opts: dict[str, Any] = dict(max_epochs=3, logger=False, callbacks=callbacks)
+    trainer = quiet_trainer(root, **{**opts, **kwargs})
     model = H.HardModel(accountant=False)
     trainer.fit(model, data.train_loader(batch_size=4), data.val_loader())
     return trainer, model
