@@ -31,6 +31,7 @@ from memcallbacks import (
 )
 from memcallbacks.callbacks._base import check_schedule
 from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.rundir import RunDirectory
 from memcallbacks.utilities.fileio import load_json, load_npz
 
 
@@ -297,6 +298,10 @@ def test_sequence_monitor_on_a_step_schedule(tmp_path: Path) -> None:
     rows = _csv_rows(tmp_path, "mem/extract/exact_rate")
     assert [int(r["step"]) for r in rows] == [3, 6]
     assert [h["step"] for h in load_json(monitor.run_dir / "metrics.json")["history"]] == [3, 6]
+    sequence = RunDirectory(tmp_path).sequence()  # sequences.npz carries the steps too
+    assert sequence is not None
+    assert sequence.steps is not None
+    assert sequence.steps.tolist() == [3, 6]
 
 
 def test_evaluate_on_validation_without_validation_warns_once(tmp_path: Path) -> None:

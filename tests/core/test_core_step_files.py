@@ -112,34 +112,6 @@ def test_a_checkpoint_without_steps_loads_with_unknown_steps() -> None:
     assert monitor.state_dict()["steps"] == [-1, -1]
 
 
-def test_sequence_files_carry_the_history_steps(tmp_path: Path) -> None:
-    from memcallbacks import CharTokenizer, SequenceMemorisationMonitor
-    from memcallbacks.demos.toy import CharLSTMLM, TokenDataset, lm_loader, make_payment_corpus
-
-    tok = CharTokenizer()
-    texts = make_payment_corpus(24, seed=0)
-    monitor = SequenceMemorisationMonitor(
-        TokenDataset(texts[:8], tok),
-        TokenDataset(texts[8:16], tok),
-        prefix_len=8,
-        suffix_len=8,
-        batch_size=16,
-        every_n_steps=3,
-        run_dir=tmp_path,
-    )
-    trainer = _trainer(tmp_path, [monitor])
-    trainer.fit(
-        CharLSTMLM(tok.vocab_size, embedding_dim=8, hidden_size=16),
-        lm_loader(texts[:8] * 4, tok, batch_size=4),
-    )
-    monitor.flush()
-    assert [row["step"] for row in monitor.history] == [3, 6]
-    sequence = RunDirectory(tmp_path).sequence()
-    assert sequence is not None
-    assert sequence.steps is not None
-    assert sequence.steps.tolist() == [3, 6]
-
-
 def test_the_report_draws_step_scheduled_runs_by_global_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,14 +20,20 @@ from memcallbacks.lm.scoring import score_sequences
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_gpt2_canaries.py"
 
 
-@pytest.mark.slow
-def test_hf_gpt2_example_short_run(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("hf_gpt2_canaries_example", EXAMPLE)
+def _load_example(name: str) -> Any:
+    """Import examples/hf_gpt2_canaries.py as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
     assert spec is not None
     assert spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = example
     spec.loader.exec_module(example)
+    return example
+
+
+@pytest.mark.slow
+def test_hf_gpt2_example_short_run(tmp_path: Path) -> None:
+    example = _load_example("hf_gpt2_canaries_example")
     out = example.main(
         ["--sentences", "400", "--heldout", "200", "--epochs", "1", "--num-probe", "100", "--references", "500",
          "--exposure-method", "extrapolated", "--repetitions", "1", "64", "--per-count", "1",
@@ -69,12 +76,7 @@ def test_hf_gpt2_example_short_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_hf_gpt2_example_by_steps_stops_mid_epoch(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("hf_gpt2_canaries_example_steps", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = example
-    spec.loader.exec_module(example)
+    example = _load_example("hf_gpt2_canaries_example_steps")
     out = example.main(
         ["--every-n-steps", "5", "--epochs", "1", "--sentences", "500", "--heldout", "200", "--num-probe", "200",
          "--batch-size", "16", "--repetitions", "4", "128", "--per-count", "1", "--exposure-method", "extrapolated",
