@@ -22,6 +22,23 @@ of one repetition are seconds apart, so slow drift of a shared machine cancels i
 ``tracker``
     ``indexed`` plus ``LossTrajectoryTracker()`` (step source, float16 store in the run directory).
 
+What a user runs, as the independent harness ``../shared/bench/step_capture_overhead.py`` does:
+torch's default intra-op threads (``--threads 0``; this benchmark used to pin 1 thread, which
+leaves the second core of a 2-core machine free for the tracker's writer thread and the kernel's
+write-back), the tracker's default run directory (``<default_root_dir>/memcallbacks``, a fresh
+``default_root_dir`` per fit), every configuration (the tracker included) warmed up once before
+timing. The run directories are deleted at the end.
+
+On a shared 2-core machine the per-repetition ratios spread by +-30%, more than the effect: read
+the end-to-end ratios together with the diagnosis, which does not move with machine load
+(``--diagnose N``, 3 pairs by default, 0 skips): extra fits with timed subclasses of the no-op
+callback and of the tracker, giving the CPU microseconds per step of each ``on_train_batch_end``
+(the same timing wrapper on both, so their difference is the tracker's own per-step cost), the
+tracker's fixed per-fit cost (set-up, epoch ends, fit end, teardown; wall and main-thread CPU),
+the writer thread's CPU, counts of work per fit (threads started, ``fsync`` calls, files in
+the run directory), and the median microseconds of one ``on_train_batch_end`` call right after a
+real training step (:func:`hook_call_us`).
+
 Two models: the MLP of the issue (32-256-10, 200,000 samples, batch 256, 2 epochs, median of 7;
 targets tracker/raw <= 1.05) and a wide MLP whose training step takes >= 10 ms (the printed
 ``step_ms`` says how long it took; target tracker/raw <= 1.02). Also printed: bytes per
@@ -30,6 +47,8 @@ one bare inference pass.
 
 Run (full size, about 10-15 minutes on 2 quiet cores):
     python benchmarks/bench_overhead.py --out benchmarks/overhead.json
+The MLP alone with its diagnosis (about 2 minutes):
+    python benchmarks/bench_overhead.py --reps 5 --wide-samples 0 --probe 0 --diagnose 2
 Small (a smoke run):
     python benchmarks/bench_overhead.py --samples 50000 --reps 3 --wide-samples 8192 --wide-reps 3 --probe 2000
 """
@@ -37,13 +56,16 @@ Small (a smoke run):
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -55,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from memcallbacks import IndexedDataset, LossTrajectoryTracker, split_index
+from memcallbacks import IndexedDataset, LossTrajectoryTracker, rundir, split_index
 
 CONFIGS = ("raw", "indexed", "noop", "tracker")
 
@@ -129,7 +151,7 @@ def fit_once(
     if config == "noop":
         callbacks.append(NoOp())
     elif config == "tracker":
-        tracker = LossTrajectoryTracker(run_dir=root / f"run{time.monotonic_ns()}")
+        tracker = LossTrajectoryTracker()  # the default run directory, as a user has it
         callbacks.append(tracker)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -139,7 +161,7 @@ def fit_once(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=str(root),
+        default_root_dir=tempfile.mkdtemp(prefix="fit-", dir=root),
         callbacks=callbacks,
     )
     gc.collect()  # garbage of the previous fit is not charged to this one
@@ -160,7 +182,8 @@ def compare(
 ) -> dict[str, Any]:
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
     cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    fit_once("indexed", data, model_kw, 1, batch, root)  # warm-up (imports, allocator, caches)
+    for config in CONFIGS:  # warm-up of every configuration (imports, first-call costs, allocator, caches)
+        fit_once(config, data, model_kw, 1, batch, root)
     tracker = None
     for rep in range(reps):
         shift = rep % len(CONFIGS)
@@ -213,6 +236,218 @@ def compare(
         out["store_bytes_per_sample_epoch_memory"] = round(
             store.nbytes_in_memory / (store.num_samples * store.num_epochs), 4
         )
+    return out
+
+
+_HOOKS = (
+    "setup",
+    "on_fit_start",
+    "on_train_start",
+    "on_train_epoch_start",
+    "on_train_batch_end",
+    "on_train_epoch_end",
+    "on_train_end",
+    "on_fit_end",
+    "teardown",
+)
+_PHASES = {
+    "set-up": ("setup", "on_fit_start", "on_train_start"),
+    "epoch ends": ("on_train_epoch_start", "on_train_epoch_end"),
+    "fit end": ("on_train_end", "on_fit_end", "teardown"),
+}
+
+
+def timed_class(cls: type) -> type:
+    """A subclass of callback class ``cls`` whose Lightning hooks add their wall and thread-CPU seconds
+    to ``self.timings[hook] = [wall, cpu, calls]`` (class-level wrappers: the base's ``setup`` drops
+    instance attributes named like hooks)."""
+
+    def wrapper(name: str) -> Any:
+        base = getattr(cls, name)
+
+        def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return base(self, *args, **kwargs)
+            finally:
+                row = self.timings[name]
+                row[0] += time.perf_counter() - t0
+                row[1] += time.thread_time() - c0
+                row[2] += 1
+
+        return hook
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, *args, **kwargs)
+        self.timings = collections.defaultdict(lambda: [0.0, 0.0, 0])
+
+    namespace: dict[str, Any] = {name: wrapper(name) for name in _HOOKS if hasattr(cls, name)}
+    return type(f"Timed{cls.__name__}", (cls,), {"__init__": init, **namespace})
+
+
+class _WorkCounter:
+    """Counts, while active, ``os.fsync`` calls, threads started and the CPU seconds of the tracker's
+    background summary writes (measured on the writer thread)."""
+
+    def __init__(self) -> None:
+        self.fsyncs = 0
+        self.threads = 0
+        self.writer_cpu = 0.0
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _patch(self, owner: Any, name: str, make: Any) -> None:
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    def __enter__(self) -> _WorkCounter:
+        def counting_fsync(original: Any) -> Any:
+            def fsync(fd: Any) -> None:
+                self.fsyncs += 1
+                original(fd)
+
+            return fsync
+
+        def counting_start(original: Any) -> Any:
+            def start(thread: Any) -> None:
+                self.threads += 1
+                original(thread)
+
+            return start
+
+        def cpu_timed(original: Any) -> Any:
+            def write(*args: Any, **kwargs: Any) -> Any:
+                c0 = time.thread_time()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.writer_cpu += time.thread_time() - c0
+
+            return write
+
+        self._patch(os, "fsync", counting_fsync)
+        self._patch(threading.Thread, "start", counting_start)
+        self._patch(rundir, "write_trajectory_summary", cpu_timed)
+        self._patch(rundir, "sync_trajectory_summary", cpu_timed)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+
+
+def _timed_fit(
+    cls: type, data: TensorDataset, model_kw: dict[str, Any], epochs: int, batch: int, root: Path
+) -> tuple[Any, float, float, _WorkCounter]:
+    torch.manual_seed(0)
+    callback = cls()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tempfile.mkdtemp(prefix="diag-", dir=root),
+        callbacks=[callback],
+    )
+    loader = DataLoader(IndexedDataset(data), batch_size=batch, shuffle=True)
+    gc.collect()
+    with _WorkCounter() as work:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        trainer.fit(MLP(**model_kw), loader)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    return callback, wall, cpu, work
+
+
+def diagnose(
+    data: TensorDataset, model_kw: dict[str, Any], *, epochs: int, batch: int, reps: int, root: Path
+) -> dict[str, Any]:
+    """Hook time of the tracker against the no-op callback inside real fits (medians over ``reps`` pairs).
+
+    The figures that do not move with load: CPU microseconds per step of each ``on_train_batch_end``
+    (same wrapper on both), the tracker's fixed cost per fit by phase, the writer thread's CPU and
+    counts of work. Hook wall time includes waits (``fsync``, the writer's flush) and, on a loaded
+    machine, time the process was not scheduled.
+    """
+    noop_cls, tracker_cls = timed_class(NoOp), timed_class(LossTrajectoryTracker)
+    per_step: dict[str, list[float]] = {"noop": [], "tracker": []}
+    phases: dict[str, list[tuple[float, float]]] = {p: [] for p in _PHASES}
+    fit_wall: list[float] = []
+    fit_cpu: list[float] = []
+    counts: dict[str, list[float]] = {"fsyncs": [], "threads_started": [], "files": [], "writer_cpu_ms": []}
+    for _ in range(reps):
+        noop, *_unused = _timed_fit(noop_cls, data, model_kw, epochs, batch, root)
+        tracker, wall, cpu, work = _timed_fit(tracker_cls, data, model_kw, epochs, batch, root)
+        for name, cb in (("noop", noop), ("tracker", tracker)):
+            _, step_cpu, steps = cb.timings["on_train_batch_end"]
+            per_step[name].append(1e6 * step_cpu / max(steps, 1))
+        for phase, hooks in _PHASES.items():
+            rows = [tracker.timings[h] for h in hooks if h in tracker.timings]
+            phases[phase].append((sum(r[0] for r in rows), sum(r[1] for r in rows)))
+        fit_wall.append(wall)
+        fit_cpu.append(cpu)
+        counts["fsyncs"].append(work.fsyncs)
+        counts["threads_started"].append(work.threads)
+        counts["files"].append(sum(1 for p in tracker.run_dir.rglob("*") if p.is_file()))
+        counts["writer_cpu_ms"].append(1000 * work.writer_cpu)
+    med = statistics.median
+    fixed_wall = sum(med(w for w, _ in v) for v in phases.values())
+    fixed_cpu = sum(med(c for _, c in v) for v in phases.values())
+    step_cost = med(t - n for t, n in zip(per_step["tracker"], per_step["noop"]))
+    steps = len(data) // batch + (len(data) % batch > 0)
+    return {
+        "reps": reps,
+        "step_cpu_us": {k: round(med(v), 2) for k, v in per_step.items()},
+        "tracker_minus_noop_step_cpu_us": round(step_cost, 2),
+        "fixed_per_fit_ms": {
+            p: {"wall": round(1000 * med(w for w, _ in v), 1), "cpu": round(1000 * med(c for _, c in v), 1)}
+            for p, v in phases.items()
+        },
+        "fixed_wall_ms": round(1000 * fixed_wall, 1),
+        "fixed_cpu_ms": round(1000 * fixed_cpu, 1),
+        "tracker_fit_wall_s": round(med(fit_wall), 3),
+        "tracker_fit_main_cpu_s": round(med(fit_cpu), 3),
+        # the tracker's own cost over its fit: fixed wall plus the per-step difference on every step
+        "hook_share_of_fit": round((fixed_wall + 1e-6 * step_cost * steps * epochs) / med(fit_wall), 4),
+        "hook_cpu_share_of_fit_cpu": round((fixed_cpu + 1e-6 * step_cost * steps * epochs) / med(fit_cpu), 4),
+        "per_fit": {k: med(v) for k, v in counts.items()},
+    }
+
+
+def hook_call_us(calls: int = 1500, rounds: int = 5, batch: int = 256) -> dict[str, float]:
+    """Median wall microseconds of one ``on_train_batch_end`` call, no-op and tracker, each call right
+    after a real training step of the MLP (caches as a fit leaves them), outside Lightning.
+
+    A per-call median: a call preempted by another job is an outlier, not a shift, so this figure
+    holds on a loaded machine."""
+    net = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y, index = torch.randn(batch, 32), torch.randint(0, 10, (batch,)), torch.arange(batch)
+
+    def run(callback: pl.Callback) -> float:
+        if isinstance(callback, LossTrajectoryTracker):  # as after on_train_epoch_start of a due epoch
+            callback._collecting, callback._checked, callback._steps = True, 0, []
+        hook, times = callback.on_train_batch_end, []
+        for i in range(calls):
+            per_sample = F.cross_entropy(net(x), y, reduction="none")
+            loss = per_sample.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out = {"loss": loss.detach(), "sample_loss": per_sample.detach(), "sample_index": index}
+            t0 = time.perf_counter_ns()
+            hook(None, None, out, None, i)  # type: ignore[arg-type]
+            times.append(time.perf_counter_ns() - t0)
+        return statistics.median(times[10:]) / 1000
+
+    res: dict[str, list[float]] = {"noop": [], "tracker": []}
+    for _ in range(rounds):
+        res["noop"].append(run(NoOp()))
+        res["tracker"].append(run(LossTrajectoryTracker()))
+    out = {k: round(statistics.median(v), 2) for k, v in res.items()}
+    out["tracker_minus_noop"] = round(out["tracker"] - out["noop"], 2)
     return out
 
 
@@ -270,25 +505,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--wide-hidden", type=int, default=1024)
     parser.add_argument("--wide-reps", type=int, default=5)
     parser.add_argument("--probe", type=int, default=10_000, help="probe samples (0 skips the probe ratio)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default, what a user has)"
+    )
+    parser.add_argument(
+        "--diagnose",
+        type=int,
+        default=3,
+        help="pairs of timed no-op/tracker fits for the hook diagnosis (0 skips)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
     args = parser.parse_args(argv)
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)  # keep stdout to the JSON result
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    mlp_data = synthetic(args.samples)
     results: dict[str, Any] = {
         "mlp": compare(
             "MLP 32-256-10",
-            synthetic(args.samples),
+            mlp_data,
             {"hidden": 256},
             epochs=args.epochs,
             batch=args.batch,
             reps=args.reps,
             root=root,
-        ),
-        "wide": compare(
+        )
+    }
+    if args.diagnose:
+        results["mlp"]["diagnosis"] = diagnose(
+            mlp_data, {"hidden": 256}, epochs=args.epochs, batch=args.batch, reps=args.diagnose, root=root
+        )
+        results["mlp"]["diagnosis"]["hook_call_us_between_steps"] = hook_call_us(batch=args.batch)
+    if args.wide_samples and args.wide_reps:
+        results["wide"] = compare(
             f"MLP 32-{args.wide_hidden}x3-10",
             synthetic(args.wide_samples),
             {"hidden": args.wide_hidden, "layers": 3},
@@ -296,8 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             batch=args.batch,
             reps=args.wide_reps,
             root=root,
-        ),
-    }
+        )
     if args.probe:
         results["probe"] = probe_ratio(synthetic(4096), args.probe, 3, root)
     results["env"] = {
@@ -305,10 +556,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lightning": pl.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "threads": args.threads,
+        "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+    shutil.rmtree(
+        root, ignore_errors=True
+    )  # the run directories (about 18 MB per tracker fit at 200,000 samples)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out is not None:

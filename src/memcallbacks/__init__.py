@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     "Canary": "memcallbacks.data.canaries",
     "CharTokenizer": "memcallbacks.data.canaries",
     "TrajectoryStore": "memcallbacks.data.store",
+    # packed language-model batches whose samples stay the texts
+    "PackingCollator": "memcallbacks.lm.packing",
+    "packed_text_losses": "memcallbacks.lm.packing",
+    "packed_model_inputs": "memcallbacks.lm.packing",
     # callbacks, and their base class (the extension point for a new monitor)
     "MemorisationCallback": "memcallbacks.callbacks._base",
     "LossTrajectoryTracker": "memcallbacks.callbacks.trajectory",
@@ -89,6 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover - static names for type checkers and IDEs
     from memcallbacks.data.indexed import IndexedDataset, split_index
     from memcallbacks.data.store import TrajectoryStore
     from memcallbacks.data.streams import IndexedStream, text_id
+    from memcallbacks.lm.packing import PackingCollator, packed_model_inputs, packed_text_losses
     from memcallbacks.metrics.attacks import AttackReport
     from memcallbacks.metrics.classes import LossThresholdMIA
     from memcallbacks.metrics.counterfactual import CounterfactualResult

@@ -1,8 +1,8 @@
 """The run directory's schema: one writer and one reader per callback's files.
 
-Every file a callback writes to the run directory (``<trainer.log_dir>/memcallbacks`` unless
-``run_dir=`` is given) is named and written here, and read back here by the report, so a file
-name or key lives in one place. Writers take exactly the arrays and dicts the callbacks build
+Every file a callback writes to the run directory (one per run whatever the logger, unless
+``run_dir=`` is given: :func:`resolve_run`) is named and written here, and read back here by the
+report, so a file name or key lives in one place. Writers take exactly the arrays and dicts the callbacks build
 and write them atomically through :mod:`memcallbacks.utilities.fileio` (never pickle); readers check that a
 file holds what its writer puts there and raise :class:`RunDirectoryError` naming the file
 otherwise.
@@ -11,6 +11,8 @@ Layout (a callback given ``name="x"`` writes to ``<folder>_x`` instead, for ever
 :func:`monitor_folder` is the rule, and :meth:`RunDirectory.folders` finds them all)::
 
     <run_dir>/
+      run.json                                        which run wrote the folder (``run_id``; every
+                                                      summary below stamps it too): claim_run_dir
       trajectory/  epoch_XXXX.npy, correct_XXXX.npy   one column of the [N, E] loss matrix per
                                                       recorded epoch (TrajectoryStore)
                    statistics.npz, meta.json          per-sample statistics, settings
@@ -53,11 +55,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import secrets as _secrets
 import stat
+import time
+import warnings
+import weakref
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -85,6 +92,7 @@ __all__ = [
     "MEMBERSHIP",
     "MONITOR_FOLDERS",
     "REPORT",
+    "RUN_FILE",
     "SEQUENCE",
     "SHADOW",
     "STOPPING_FILE",
@@ -97,6 +105,7 @@ __all__ = [
     "MembershipFiles",
     "RunDirectory",
     "RunDirectoryError",
+    "RunInfo",
     "SequenceFiles",
     "ShadowFiles",
     "StoppingFiles",
@@ -104,6 +113,7 @@ __all__ = [
     "as_number",
     "check_format",
     "check_value",
+    "claim_run_dir",
     "load_run_npy",
     "open_run_file",
     "present",
@@ -116,6 +126,8 @@ __all__ = [
     "read_run_json",
     "read_shadow_inclusion",
     "read_shadow_scores",
+    "resolve_run",
+    "start_run",
     "write_attack",
     "write_audit_epoch",
     "write_audit_inclusion",
@@ -152,6 +164,8 @@ ATTACK_FORMAT = "memcallbacks.offline.attack"
 #: the ``format`` field of every other summary file this memcallbacks writes (and the newest it reads)
 FORMAT_VERSION = 1
 STOPPING_FILE = "stopping.json"
+#: the run directory's top-level file: which run wrote it (``run_id``), see :func:`claim_run_dir`
+RUN_FILE = "run.json"
 #: the safe weights of ``LeakageEarlyStopping(save_best_safe=True)`` (safetensors: tensors only, no pickle)
 BEST_SAFE_FILE = "stopping_best_safe.safetensors"
 #: what marks a folder as a run directory (any one of them)
@@ -204,9 +218,227 @@ def monitor_folder(subdir: str, name: str | None = None) -> str:
     return f"{subdir}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in str(name))}"
 
 
-def _stamped(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """``summary`` with ``"format": FORMAT_VERSION`` first."""
-    return {"format": FORMAT_VERSION, **{k: v for k, v in summary.items() if k != "format"}}
+# -- which run wrote a run directory ---------------------------------------------------------
+# root (resolved) -> the run id this process claimed it for (rank 0); the writers stamp it
+_CLAIMED: dict[str, str] = {}
+# trainer -> (default root, run id, whether it resumes a checkpoint's run), decided once per Trainer
+_RUNS: weakref.WeakKeyDictionary[Any, tuple[str, str, bool]] = weakref.WeakKeyDictionary()
+# trainer -> {root: run id} it claimed
+_TRAINER_CLAIMS: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _key(root: Path | None) -> str | None:
+    return None if root is None else os.path.abspath(root)
+
+
+def _npz_stamp(root: Path) -> dict[str, Any]:
+    run_id = _CLAIMED.get(_key(root) or "")
+    return {} if run_id is None else {"run_id": np.array(run_id)}
+
+
+def new_run_id() -> str:
+    """A fresh run id: the UTC start time and 6 random hex digits, e.g. ``20261206-051500-3fa2c1``."""
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{_secrets.token_hex(3)}"
+
+
+def _logger_root(trainer: Any) -> tuple[Path, str | None]:
+    """The default root for the Trainer's first logger (rank 0's view), and the logger's own run id.
+
+    A logger with a per-version folder (``log_dir``: TensorBoard, CSV) gets ``<log_dir>/memcallbacks``;
+    any other logger (W&B, MLflow, ...) gets ``<save_dir>/<name>/<version>/memcallbacks``, beside
+    ``ModelCheckpoint``'s ``checkpoints/`` (W&B's ``trainer.log_dir`` is ``save_dir``, shared by runs);
+    no logger, ``<default_root_dir>/memcallbacks``.
+    """
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    if not loggers:
+        return Path(trainer.default_root_dir) / "memcallbacks", None
+    logger = loggers[0]
+    log_dir = getattr(logger, "log_dir", None)
+    if log_dir is not None:
+        return Path(log_dir) / "memcallbacks", None
+    version = logger.version
+    own_id = version if isinstance(version, str) and version else None
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    parts = [str(logger.name)] if logger.name else []
+    parts.append(
+        own_id if own_id is not None else (f"version_{version}" if version is not None else new_run_id())
+    )
+    return Path(save_dir, *parts) / "memcallbacks", own_id
+
+
+def resolve_run(trainer: Any, run_dir: Path | None = None) -> tuple[Path, str, bool]:
+    """The run directory root, the run id and whether the run resumes a checkpoint's run.
+
+    Global rank 0 decides once per Trainer (at ``setup``) and broadcasts, so every rank agrees
+    (call it on every rank, in the same order). The run id is the logger's own (W&B, MLflow), else
+    :func:`new_run_id`; the root is ``run_dir`` when given, else the logger's folder
+    (:func:`_logger_root`): one folder per run whatever the logger, ``.`` never shared. A resume
+    replaces both with the checkpoint's at fit start (:func:`start_run`).
+
+    Args:
+        trainer: the ``Trainer`` (read: ``loggers``, ``default_root_dir``, ``strategy``).
+        run_dir: the callback's ``run_dir=`` argument, or ``None``.
+
+    Returns:
+        ``(root, run_id, resumed)``.
+    """
+    decided = _RUNS.get(trainer)
+    if decided is None:
+        choice: tuple[str, str, bool] | None = None
+        if bool(getattr(trainer, "is_global_zero", True)):
+            root, own_id = _logger_root(trainer)
+            choice = (str(root), own_id or new_run_id(), False)
+        strategy = getattr(trainer, "strategy", None)
+        if strategy is not None:
+            choice = strategy.broadcast(choice, src=0)
+        assert choice is not None
+        decided = (str(choice[0]), str(choice[1]), bool(choice[2]))
+        _RUNS[trainer] = decided
+    root_text, run_id, resumed = decided
+    return (Path(run_dir) if run_dir is not None else Path(root_text)), run_id, resumed
+
+
+def start_run(trainer: Any, root: Path, *, explicit: bool, saved: Any = None) -> tuple[Path, str]:
+    """At fit start, after a checkpoint's state is restored: the monitor's root and run id, recorded.
+
+    ``saved`` is the ``run`` entry of the monitor's checkpoint state (``{"run_id", "root",
+    "explicit"}``). A resumed run keeps its run id and, when neither ``run_dir=`` is given nor was,
+    its run directory if it still exists (whatever the new logger version); the other monitors of
+    the Trainer follow. Rank 0 then records the run (:func:`claim_run_dir`) and drops the empty
+    folders ``setup`` made at a root the run left.
+
+    Returns:
+        ``(root, run_id)``.
+    """
+    default_root, run_id, resumed = resolve_run(trainer)
+    if isinstance(saved, Mapping) and isinstance(saved.get("run_id"), str):
+        run_id, resumed = str(saved["run_id"]), True
+        saved_root = saved.get("root")
+        if not saved.get("explicit") and isinstance(saved_root, str) and os.path.isdir(saved_root):
+            default_root = Path(saved_root)
+        _RUNS[trainer] = (str(default_root), run_id, True)
+    new_root = Path(root) if explicit else default_root
+    if bool(getattr(trainer, "is_global_zero", True)):
+        if _key(new_root) != _key(Path(root)):
+            _drop_empty(Path(root))
+        loggers = list(getattr(trainer, "loggers", None) or [])
+        claims = _TRAINER_CLAIMS.setdefault(trainer, {})
+        key = _key(new_root) or ""
+        claim_run_dir(
+            new_root,
+            run_id,
+            resumed=resumed,
+            logger=type(loggers[0]).__name__ if loggers else "",
+            replacing=claims.get(key),
+        )
+        claims[key] = run_id
+    return new_root, run_id
+
+
+def _drop_empty(root: Path) -> None:
+    """Remove ``root`` and its subfolders where they are empty (what ``setup`` made for nothing)."""
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run directory's top-level ``run.json``: which run wrote it.
+
+    Attributes:
+        run_id: the run that last claimed the folder (:func:`claim_run_dir`).
+        previous: earlier runs that wrote here (oldest first), when runs shared the folder.
+        info: the whole file (``logger``, ``created``, ...).
+    """
+
+    run_id: str
+    previous: tuple[str, ...]
+    info: dict[str, Any]
+
+
+def _holds_files(root: Path) -> bool:
+    """Whether ``root`` holds a file a callback wrote (an earlier run's; empty folders do not count)."""
+    return any(p.is_file() and p.name != ".write-test" for p in root.rglob("*")) if root.is_dir() else False
+
+
+def claim_run_dir(
+    root: str | os.PathLike[str],
+    run_id: str,
+    *,
+    resumed: bool = False,
+    logger: str = "",
+    replacing: str | None = None,
+) -> bool:
+    """Record on rank 0 that run ``run_id`` writes to ``root``: ``<root>/run.json``, once per run.
+
+    From then on the writers of this module stamp ``run_id`` into each monitor's summary file
+    (``meta.json``, ``metrics.json``, ``exposure.npz``, ``audit.json``, ``dp.json``, ``stopping.json``,
+    the shadow files), and the report shows apart any folder another run wrote.
+
+    Args:
+        root: the run directory.
+        run_id: this run's id (:func:`resolve_run`).
+        resumed: the run resumes a checkpoint (no warning when the folder held this run already).
+        logger: the first logger's class name, recorded.
+        replacing: a run id this same run claimed ``root`` with before (a monitor without checkpoint
+            state claimed first, then a resumed one brought the checkpoint's id): not another run.
+
+    Returns:
+        Whether ``root`` held another run's files (then a warning says so).
+    """
+    key = _key(Path(root))
+    assert key is not None
+    if _CLAIMED.get(key) == run_id:
+        return False
+    path = Path(root) / RUN_FILE
+    old: dict[str, Any] = {}
+    if present(path):
+        try:
+            old = _load_json(path, ("run_id",))
+        except RunDirectoryError:
+            old = {}
+    elif _holds_files(Path(root)):
+        old = {"run_id": "(not recorded)"}
+    if replacing is not None and old.get("run_id") == replacing:  # this run's own first claim, replaced
+        old = {k: v for k, v in old.items() if k != "run_id"}
+    other = old.get("run_id") not in (None, run_id)
+    previous = (
+        [str(p) for p in old.get("previous", []) if isinstance(p, str)] if isinstance(old, dict) else []
+    )
+    if other:
+        previous.append(str(old["run_id"]))
+    info = {
+        "run_id": run_id,
+        "previous": previous,
+        "logger": logger,
+        "created": old.get("created")
+        if not other and old.get("created")
+        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    fileio.save_json(path, _stamped(info))
+    _CLAIMED[key] = run_id
+    if other:
+        warnings.warn(
+            f"the run directory {str(root)!r} holds files of another run ({old['run_id']}); this run ({run_id}) "
+            "writes there too: the folders it does not rewrite stay the other run's, and `memcallbacks report` "
+            "shows them apart. Give each run its own folder: a logger (CSVLogger, TensorBoardLogger, WandbLogger) "
+            "or `run_dir=`"
+            + ("; or resume with the checkpoint of the run that wrote it" if not resumed else ""),
+            stacklevel=2,
+        )
+    return other
+
+
+def _stamped(summary: Mapping[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """``summary`` with ``"format": FORMAT_VERSION`` first, and the ``run_id`` that claimed ``root``."""
+    stamped = {"format": FORMAT_VERSION, **{k: v for k, v in summary.items() if k != "format"}}
+    run_id = _CLAIMED.get(_key(root) or "") if root is not None else None
+    if run_id is not None:
+        stamped["run_id"] = run_id
+    return stamped
 
 
 # -- writers (called by the callbacks on rank 0) ---------------------------------------------
@@ -221,7 +453,7 @@ def write_trajectory_summary(
     (``durable=False``; :func:`sync_trajectory_summary` flushes the last one at fit end).
     """
     fileio.save_npz(Path(folder) / "statistics.npz", compress=False, durable=durable, **arrays)
-    fileio.save_json(Path(folder) / "meta.json", _stamped(meta), durable=durable)
+    fileio.save_json(Path(folder) / "meta.json", _stamped(meta, Path(folder).parent), durable=durable)
 
 
 def sync_trajectory_summary(folder: Path) -> None:
@@ -234,18 +466,19 @@ def sync_trajectory_summary(folder: Path) -> None:
 def write_membership(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """``losses.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], "fprs": ..., ...}``)."""
     fileio.save_npz(Path(folder) / "losses.npz", compress=False, **arrays)
-    fileio.save_json(Path(folder) / "metrics.json", _stamped(summary))
+    fileio.save_json(Path(folder) / "metrics.json", _stamped(summary, Path(folder).parent))
 
 
 def write_sequence(folder: Path, arrays: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """``sequences.npz`` (uncompressed) and ``metrics.json`` (``{"history": [...], ...}``)."""
     fileio.save_npz(Path(folder) / "sequences.npz", compress=False, **arrays)
-    fileio.save_json(Path(folder) / "metrics.json", _stamped(summary))
+    fileio.save_json(Path(folder) / "metrics.json", _stamped(summary, Path(folder).parent))
 
 
 def write_exposure(folder: Path, arrays: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> None:
-    """``exposure.npz`` (compressed) and, only when ``secrets`` is given, ``secrets.json`` (id -> secret)."""
-    fileio.save_npz(Path(folder) / "exposure.npz", **arrays)
+    """``exposure.npz`` (compressed; with the claiming ``run_id``) and, only when ``secrets`` is given,
+    ``secrets.json`` (id -> secret)."""
+    fileio.save_npz(Path(folder) / "exposure.npz", **{**arrays, **_npz_stamp(Path(folder).parent)})
     if secrets is not None:
         fileio.save_json(Path(folder) / "secrets.json", dict(secrets))
 
@@ -270,7 +503,7 @@ def write_shadow_inclusion(
     }
     if label_fingerprint is not None:
         arrays["label_fingerprint"] = np.array(label_fingerprint)
-    fileio.save_npz(Path(folder) / SHADOW_INCLUSION, **arrays)
+    fileio.save_npz(Path(folder) / SHADOW_INCLUSION, **arrays, **_npz_stamp(Path(folder).parent))
 
 
 def write_shadow_scores(
@@ -297,7 +530,7 @@ def write_shadow_scores(
         arrays["epochs_completed"] = np.int64(epochs_completed)
     if global_step is not None:
         arrays["global_step"] = np.int64(global_step)
-    fileio.save_npz(Path(folder) / SHADOW_SCORES, **arrays)
+    fileio.save_npz(Path(folder) / SHADOW_SCORES, **arrays, **_npz_stamp(Path(folder).parent))
 
 
 def write_audit_inclusion(folder: Path, included: Any, seed: int) -> None:
@@ -321,12 +554,12 @@ def write_audit_step(folder: Path, step: int, *, scores: Any, guesses: Any, incl
 
 def write_audit_summary(folder: Path, summary: Mapping[str, Any]) -> None:
     """``audit.json``: the settings and the ``history`` of counts and bounds."""
-    fileio.save_json(Path(folder) / "audit.json", _stamped(summary))
+    fileio.save_json(Path(folder) / "audit.json", _stamped(summary, Path(folder).parent))
 
 
 def write_dp(folder: Path, summary: Mapping[str, Any]) -> None:
     """``dp.json``: accountant, delta, Poisson sampling, ``history`` of epsilon and steps per epoch."""
-    fileio.save_json(Path(folder) / "dp.json", _stamped(summary))
+    fileio.save_json(Path(folder) / "dp.json", _stamped(summary, Path(folder).parent))
 
 
 def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> dict[str, Path]:
@@ -347,7 +580,7 @@ def write_attack(folder: Path, summary: Mapping[str, Any], roc_png: bytes) -> di
 
 def write_stopping(root: Path, info: Mapping[str, Any]) -> None:
     """``<root>/stopping.json``: the early-stopping decision (``stopped_epoch``, ``reason``, ...)."""
-    fileio.save_json(Path(root) / STOPPING_FILE, _stamped(info))
+    fileio.save_json(Path(root) / STOPPING_FILE, _stamped(info, Path(root)))
 
 
 def write_best_safe(path: str | os.PathLike[str], weights: Mapping[str, Any]) -> Path:
@@ -1322,6 +1555,41 @@ class RunDirectory:
             return None
         scores = read_shadow_scores(folder) if present(folder / SHADOW_SCORES) else None
         return ShadowFiles(folder, read_shadow_inclusion(folder), scores)
+
+    def run(self) -> RunInfo | None:
+        """The top-level ``run.json`` (which run wrote this folder last), or ``None`` (an older run directory)."""
+        path = self.root / RUN_FILE
+        if not present(path):
+            return None
+        obj = _load_json(path, ("run_id",))
+        previous = obj.get("previous") or []
+        return RunInfo(str(obj["run_id"]), tuple(str(p) for p in previous if isinstance(p, str)), obj)
+
+    def written_by(self, subdir: str) -> str | None:
+        """The run id stamped in ``subdir``'s summary file (``stopping.json`` for :data:`STOPPING_FILE`).
+
+        ``None`` when there is no summary file; ``""`` when the summary holds no stamp (written outside
+        a ``Trainer``, or by an older memcallbacks).
+
+        Raises:
+            RunDirectoryError: the summary file is unreadable.
+        """
+        if subdir == STOPPING_FILE:
+            candidates = [self.root / STOPPING_FILE]
+        else:
+            folder = self.folder(subdir)
+            candidates = [folder / n for n in ("meta.json", "metrics.json", "audit.json", "dp.json")]
+            candidates += [folder / "exposure.npz", folder / SHADOW_INCLUSION]
+        for path in candidates:
+            if not present(path):
+                continue
+            if path.suffix == ".json":
+                value = _load_json(path).get("run_id")
+            else:
+                stamp = _read_npz(path).get("run_id")
+                value = None if stamp is None else str(stamp)
+            return "" if value is None else str(value)
+        return None
 
     def stopping(self) -> StoppingFiles | None:
         """The early-stopping decision (``stopping.json``), or ``None``."""

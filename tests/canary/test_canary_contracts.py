@@ -75,7 +75,8 @@ def test_bad_arguments_name_the_argument() -> None:
 def test_two_monitors_need_distinct_names(tmp_path) -> None:
     a = CanaryExposureMonitor(canaries(), method="exact")
     b = CanaryExposureMonitor(canaries(seed=3), method="exact")
-    with pytest.raises(RuntimeError, match="state_key"):  # Lightning refuses two states under one key
+    # refused when the Trainer starts, naming the fix
+    with pytest.raises(ValueError, match="without `name=`"):
         make_trainer(tmp_path, max_epochs=1, callbacks=[a, b]).fit(
             tiny_window_lm(TOK.vocab_size), loader(canaries())
         )
@@ -130,7 +131,8 @@ def test_diverged_model_logs_nan_never_a_safe_value(tmp_path, method) -> None:
     metrics = trainer.callback_metrics
     assert math.isnan(float(metrics["mem/canary/exposure_max"]))
     assert math.isnan(float(metrics["mem/canary/exposure_mean/r8"]))
-    assert math.isnan(float(metrics["mem/canary/rank_min"]))  # not |R|: that would read as safe
+    rank_key = "mem/canary/rank_min" if method == "exact" else "mem/canary/reference_rank_min"
+    assert math.isnan(float(metrics[rank_key]))  # not |R|: that would read as safe
     assert float(metrics["mem/canary/nonfinite"]) > 0
     assert float(metrics["mem/canary/saturated"]) == 0
     nan_warnings = [w for w in caught if "NaN or infinite" in str(w.message)]
@@ -174,6 +176,7 @@ def test_hybrid_gives_an_exposed_canary_its_exact_rank() -> None:
             assert true_rank[i] > 10  # the budget of 200 expansions covers every rank up to 10 here
     metrics = monitor._metrics(result)
     assert metrics["mem/canary/rank_min"] == true_rank.min()  # a rank in R, not among the references
+    assert metrics["mem/canary/rank_lower_bound"] == true_rank.min()  # the best rank is exact here
     assert metrics["mem/canary/reference_rank_min"] == float(np.min(result.reference_rank))
     assert metrics["mem/canary/rank_exact"] == float(result.rank_exact.sum())
     # the extrapolated method alone misreports it (the reason for the hybrid)
@@ -237,3 +240,21 @@ def test_bpe_secrets_scored_as_the_training_text_tokenises_them(bpe, model_fn) -
     ranks = np.array([int(np.sum(space <= s)) for s in canary_scores])  # ties against the canary
     np.testing.assert_array_equal(result.rank, ranks)
     np.testing.assert_allclose(result.exposure, math.log2(1000) - np.log2(ranks), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("rank", "exact", "expected"),
+    [
+        ([3.0, 40.0], [True, False], 3.0),  # the others' bounds are above: 3 is the best rank
+        ([30.0, 4.0], [True, False], math.nan),  # a canary bounded at >= 4 may rank better than 30
+        ([5.0, 5.0], [True, False], 5.0),  # a bound equal to the exact rank: nothing ranks better
+        ([7.0, 9.0], [False, False], math.nan),  # bounds only: no exact rank to report
+        ([1.0, math.nan], [True, False], math.nan),  # a non-finite score: NaN, never a safe value
+        ([2.0, 6.0], [True, True], 2.0),
+    ],
+)
+def test_best_exact_rank_is_exact_or_nan(rank: list[float], exact: list[bool], expected: float) -> None:
+    from memcallbacks.callbacks.exposure import best_exact_rank
+
+    got = best_exact_rank(np.array(rank), np.array(exact))
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected

@@ -162,6 +162,10 @@ def test_extraction_counts_emitted_secret() -> None:
     metrics = monitor._metrics(result, extracted)
     assert metrics["mem/canary/extracted"] == 1.0
     assert metrics["mem/canary/reference_rank_min"] == 1.0
+    # the reference rank 1 is no rank in R: with extrapolation rank_min (1 = the model's favourite of
+    # all 10^6 candidates) is not logged at all (it used to read 1 here, the reference rank)
+    assert "mem/canary/rank_min" not in metrics
+    assert "mem/canary/rank_lower_bound" not in metrics
 
 
 def test_resume_gives_identical_numbers(tmp_path) -> None:

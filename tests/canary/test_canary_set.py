@@ -195,3 +195,32 @@ def test_bad_tokenizer_and_reference_count() -> None:
     with pytest.raises(ValueError, match="`num_references` must be"):
         cs.sample_references(0)
     assert len(cs.sample_references(94)) == 94
+
+
+def _raw_bpe_tokenizer():
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    texts = [f"my pin is {i:06d}." for i in range(0, 10**6, 7919)] + ["hello there"] * 20
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>"]))
+    return tok
+
+
+def test_a_raw_tokenizers_tokenizer_is_accepted() -> None:
+    # docs/hf.md builds a raw `tokenizers.Tokenizer`: its encode() returns an Encoding (ids in `.ids`);
+    # before, CanarySet failed with "'tokenizers.Encoding' object is not subscriptable"
+    tok = _raw_bpe_tokenizer()
+    cs = CanarySet("my pin is {secret}.", tok, repetitions=(1, 2), per_count=1, seed=0)
+    for c in cs:
+        assert list(c.token_ids) == tok.encode(c.text).ids
+        assert tok.decode(list(c.token_ids[c.secret_start : c.secret_end])).replace(" ", "") == c.secret
+    assert cs.char_token_ids() is not None  # digits split: one token per character
+
+
+def test_a_tokenizer_returning_no_ids_is_refused_with_the_fix() -> None:
+    with pytest.raises(TypeError, match="returned object, not token ids.*function text -> list of ids"):
+        CanarySet("pin {secret}", lambda text: object(), seed=0)

@@ -172,3 +172,11 @@ def test_a_registered_strategy_becomes_a_valid_method(monkeypatch: pytest.Monkey
     monitor = CanaryExposureMonitor(canaries(), method="mine")
     assert monitor.method == "mine"
     assert resolve_exposure_method("mine", Plain(), canaries(), ExposureConfig(), num_references=10) == "mine"
+
+
+def test_an_unregistered_name_is_refused_by_the_resolver_with_the_registered_names() -> None:
+    # before: the name came back unchanged and failed later with a KeyError inside the monitor
+    with pytest.raises(
+        ValueError, match=r"`method`='mine' is not an exposure strategy.*'exact_list'.*'hybrid'"
+    ):
+        resolve_exposure_method("mine", Plain(), canaries(), ExposureConfig(), num_references=10)

@@ -208,7 +208,7 @@ def test_a_batch_with_its_own_position_ids_keeps_them() -> None:
 
     own = torch.tensor([[0, 1, 0, 1]])
     batch = {"input_ids": torch.ones(1, 4), "attention_mask": torch.ones(1, 4), "position_ids": own}
-    assert hf_forward(Echo(), batch) is own
+    assert hf_forward(Echo(), batch, packed=True) is own
 
 
 class _NoPositions(torch.nn.Module):

@@ -85,9 +85,13 @@ def test_sequence_numbers_are_the_logged_ones(run, report):
         ),
         ["mem/extract/exact_rate", "mem/extract/exact_rate_nonmember"],
     )
+    # every member rate beside the held-out rate of the same kind
     close(
-        printed(rf"p = 0\.10: fraction of member probes .*: n=1: {num}, n=10: {num}, n=100: {num}"),
-        [f"mem/extract/prob_rate/n{n}" for n in (1, 10, 100)],
+        printed(
+            rf"p = 0\.10: fraction of probes .*: n=1: members {num} vs held out {num}, "
+            rf"n=10: members {num} vs held out {num}, n=100: members {num} vs held out {num}"
+        ),
+        [f"mem/extract/prob_rate{who}/n{n}" for n in (1, 10, 100) for who in ("", "_nonmember")],
     )
     close(
         printed(rf"Carlini et al\. 2021\): loss {num}, min_k {num}, zlib {num}"),
@@ -133,7 +137,19 @@ def test_figures_draw_the_logged_series(run, tmp_path, monkeypatch):
     np.testing.assert_allclose(
         epoch2.get_ydata(), [logged(run, f"mem/extract/prob_rate/n{n}")[2] for n in (1, 10, 100)], rtol=1e-6
     )
+    dashed = [
+        line
+        for line in tries.lines
+        if line.get_linestyle() == "--" and line.get_color() == epoch2.get_color()
+    ]
+    assert len(dashed) == 1  # the held-out baseline of epoch 2, same colour, dashed
+    np.testing.assert_allclose(
+        dashed[0].get_ydata(),
+        [logged(run, f"mem/extract/prob_rate_nonmember/n{n}")[2] for n in (1, 10, 100)],
+        rtol=1e-6,
+    )
     legend = [t.get_text() for t in tries.get_legend().get_texts()]
+    assert "held out (never trained on): the baseline" in legend
     assert "greedy exact rate (one greedy decode)" in legend
     assert any("p_threshold = 0.10" in t for t in legend)
 

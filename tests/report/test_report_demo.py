@@ -79,9 +79,8 @@ def test_demo_writes_run_dir_report_and_offline_wandb(demo_run):
     logged_auc = [r["mem/mia/auc"] for r in rows if "mem/mia/auc" in r]
     written = fileio.load_json(run_dir / "membership" / "metrics.json")["history"][-1]["mem/mia/auc"]
     assert logged_auc[-1] == pytest.approx(written, abs=1e-6)
-    assert (
-        f"membership-inference AUC (1,000 members vs 1,000 held out, after epoch 1): {written:.3f}" in printed
-    )
+    assert "membership inference (loss threshold, 1,000 members vs 1,000 held out, after epoch 1):" in printed
+    assert f"  AUC {written:.3f} vs chance 0.500 -> " in printed
     for key in ("mem/extract/exact_rate", "mem/extract/prob_rate/n100", "mem/mia_lm/auc/min_k"):
         assert key in keys, key
         assert f"{key}/canaries" in keys, key
@@ -134,16 +133,31 @@ def test_demo_prints_the_extraction_rates_and_the_lm_ranking_it_logged(demo_run)
     def last(key):
         return [r[key] for r in rows if key in r][-1]
 
+    # each member rate printed beside the held-out rate of the same kind (greedy with greedy, (n, p) with (n, p))
     line = re.search(
-        r"extractable after epoch 1 \(greedy; \(n=100, p=0\.1\) sampling\): training text (\S+); (\S+) "
-        r"\(held out (\S+), 16\+16 tokens\); canary secrets (\S+); (\S+) \(fresh canaries (\S+); "
-        r"by times inserted x1: \d/2 x2: \d/2 x4: \d/2 x8: \d/2 x16: \d/2 x32: \d/2\)",
+        r"extractable after epoch 1 \(16-token prefix, 16-token suffix\):\n"
+        r"  greedy:      training text (\S+) vs held out (\S+) -> .*\n"
+        r"  \(n=100, p=0\.1\) sampling: training text (\S+) vs held out (\S+) -> .*\n"
+        r"  greedy:      canary secrets (\S+) vs fresh canaries (\S+) -> .*\n"
+        r"  \(n=100, p=0\.1\) sampling: canary secrets (\S+) vs fresh canaries (\S+) -> .*\n"
+        r"  canary secrets extracted by times inserted \(greedy, \(n=100, p=0\.1\) sampling\): "
+        r"x1: \d/2, \d/2  x2: \d/2, \d/2  x4: \d/2, \d/2  x8: \d/2, \d/2  x16: \d/2, \d/2  x32: \d/2, \d/2\n",
         printed,
     )
     assert line is not None, printed
-    keys = ["mem/extract/exact_rate", "mem/extract/prob_rate/n100", "mem/extract/exact_rate_nonmember"]
+    keys = [
+        "mem/extract/exact_rate",
+        "mem/extract/exact_rate_nonmember",
+        "mem/extract/prob_rate/n100",
+        "mem/extract/prob_rate_nonmember/n100",
+    ]
     expected = [last(k) for k in keys] + [last(k + "/canaries") for k in keys]
     assert [float(v) for v in line.groups()] == pytest.approx(expected, abs=5e-4 + 1e-6)
+    for member, heldout, verdict in re.findall(
+        r" (\S+) vs (?:held out|fresh canaries) (\S+) -> (.*)", printed
+    ):
+        # the demo says plainly when members are not above their baseline
+        assert verdict.startswith("NOT above") == (float(member) <= float(heldout)), verdict
     # the LM ranking: the tracker ranks by calibrated_loss (zlib reference); the printed share is the report's
     run = RunDirectory(out / "memcallbacks")
     traj, exp = run.trajectory(), run.exposure()

@@ -16,6 +16,7 @@ from helpers.models import TinyClassifier, per_sample_losses
 from helpers.state import same
 from helpers.training import trainer
 from memcallbacks import IndexedDataset, LossTrajectoryTracker
+from memcallbacks.utilities.fileio import load_npz
 
 N, BATCH, EPOCHS = 37, 4, 2  # 37 is not divisible by 2 * 4: DistributedSampler pads with a repeated index
 
@@ -25,8 +26,13 @@ def _fit(tmp_path: Path, **kw) -> tuple[LossTrajectoryTracker, LossTrajectoryTra
     torch.manual_seed(0)
     model = TinyClassifier(lr=0.0)  # the model stays fixed: every process and visit sees the same losses
     step = LossTrajectoryTracker(run_dir=tmp_path / "run")
-    probe = LossTrajectoryTracker(
-        source="probe", num_probes=15, name="probe", run_dir=tmp_path / "run", batch_size=4
+    probe = LossTrajectoryTracker(  # the fit-start reference: one collective probe pass in on_train_start
+        source="probe",
+        num_probes=15,
+        name="probe",
+        run_dir=tmp_path / "run",
+        batch_size=4,
+        reference="fit_start",
     )
     loader = DataLoader(IndexedDataset(ds), batch_size=BATCH, shuffle=True)
     trainer(tmp_path, max_epochs=EPOCHS, callbacks=[step, probe, RankDump(tmp_path / "ranks")], **kw).fit(
@@ -53,6 +59,11 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
         [np.load(run / "trajectory_probe" / f"epoch_{j:04d}.npy") for j in range(EPOCHS)], axis=1
     )
     np.testing.assert_allclose(ddp_probe, one_probe.store.matrix(), rtol=2e-3)  # shards gathered in order
+    # the fit-start reference, gathered in probe order; with lr=0 it is every column's loss
+    assert one_probe._fit_reference is not None
+    ddp_reference = load_npz(run / "trajectory_probe" / "statistics.npz")["reference"]
+    np.testing.assert_allclose(ddp_reference, one_probe._fit_reference, rtol=1e-5)
+    np.testing.assert_allclose(ddp_reference, one_probe.store.matrix()[:, 0], rtol=2e-3)
 
     with open(next((tmp_path / "ddp").rglob("metrics.csv"))) as f:
         rows = [r for r in csv.DictReader(f) if r.get("mem/traj/visited_frac")]

@@ -67,3 +67,6 @@ def test_resume_reproduces_uninterrupted_trajectories(
     assert [f.name for f in files] == [f"epoch_{j:04d}.npy" for j in range(EPOCHS)]  # none missing or doubled
     on_disk = np.stack([np.load(f) for f in files], axis=1)
     np.testing.assert_array_equal(on_disk, expected)
+    # every draw of each sample, carried across the resume: once per epoch here
+    visits = np.load(second_dir / "trajectory" / "statistics.npz")["visits"]
+    np.testing.assert_array_equal(visits, np.full(45, EPOCHS))

@@ -213,7 +213,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         )
         tr.fit(TinyClassifier(), loaders(make_blobs(20))[0])
 
-    with pytest.raises(RuntimeError, match="state_key` must be unique"):
+    with pytest.raises(ValueError, match="two LossTrajectoryTracker callbacks without `name=`"):
         fit_two_unnamed()
     with pytest.raises(TypeError, match="map-style dataset with a length, got IndexedStream"):
         LossTrajectoryTracker(source="probe", probe_dataset=IndexedStream(make_blobs(4)))

@@ -50,6 +50,19 @@ Run-directory writes submitted with :meth:`MemorisationCallback.write_in_backgro
 flushed at the end of the epoch that submitted them (``on_train_epoch_end``): a failed write
 (disk full) raises in that epoch, naming the file.
 
+Resume: a checkpoint saved after an epoch's last batch and before its end-of-epoch work (e.g.
+``ModelCheckpoint(every_n_train_steps=n)`` with ``n`` dividing the epoch, the process killed during
+the epoch-end evaluation) resumes at the next epoch: Lightning does not run that epoch's
+``on_train_epoch_end`` again. A monitor whose checkpoint state has not done that epoch's work
+evaluates it in ``on_train_start``, before training goes on, as that epoch at the checkpoint's
+global step (``trainer.current_epoch`` reads that epoch meanwhile), logs it at that step and lets
+:class:`LeakageEarlyStopping` decide on it; one info line says so. Step-scheduled evaluations are
+never lost this way (they run before ``ModelCheckpoint`` saves at the same step).
+
+Ctrl-C: when training is interrupted (``KeyboardInterrupt``, Lightning calls ``on_exception``), one
+line per Trainer lists what each monitor kept: its run-directory folder and its last evaluated
+epoch and step.
+
 Trainer modes: under ``Trainer(fast_dev_run=...)`` every monitor (and
 :class:`LeakageEarlyStopping`) is skipped (no evaluation, no run directory, no logging), as
 Lightning skips its loggers, checkpoints and ``EarlyStopping``; a warning says so once per
@@ -73,7 +86,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from memcallbacks import loggers, rundir
 from memcallbacks.utilities import compat, fileio
@@ -186,19 +199,15 @@ def check_schedule(
 
 
 def resolve_run_root(trainer: Any, run_dir: Path | None, owner: str, subdir: str = "") -> Path:
-    """The run directory root: ``run_dir`` if given, else ``<trainer.log_dir>/memcallbacks``.
+    """The run directory root: ``run_dir`` if given, else one folder per run (:func:`rundir.resolve_run`).
 
-    Call it on every rank (``trainer.log_dir`` is broadcast from rank 0 by Lightning). Global
-    rank 0 creates ``<root>/<subdir>`` and checks that it can write there.
+    Call it on every rank (rank 0 decides and broadcasts). Global rank 0 creates ``<root>/<subdir>``,
+    checks that it can write there. A monitor records the run in ``<root>/run.json`` at fit start.
 
     Raises:
         PermissionError: the folder cannot be created or written, naming ``owner`` and the folder.
     """
-    if run_dir is not None:
-        root = run_dir
-    else:
-        log_dir = trainer.log_dir
-        root = Path(log_dir if log_dir is not None else trainer.default_root_dir) / "memcallbacks"
+    root = rundir.resolve_run(trainer, run_dir)[0]  # rank 0 decides, one folder per run
     if trainer.is_global_zero:
         try:
             fileio.make_writable_folder(root / subdir if subdir else root)
@@ -216,6 +225,8 @@ _HOOKS = frozenset(
     if (name.startswith("on_") or name == "teardown") and callable(getattr(Callback, name))
 ) - {"on_exception"}
 _FAST_DEV_RUN_WARNED: set[str] = set()
+# Trainers whose interruption (Ctrl-C) has been reported: one report per Trainer, whatever the monitors.
+_INTERRUPT_REPORTED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def warn_fast_dev_run(owner: str) -> None:
@@ -303,6 +314,67 @@ class WarnsOnce:
         return self.__dict__.get("_warned", {}).get(key, 0)
 
 
+def _catch_up_on_train_start(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``on_train_start`` that, on a resume that skipped an epoch's end, runs inside that epoch and evaluates it.
+
+    Wraps the outermost ``on_train_start`` of a monitor (an override's ``super()`` call runs plainly):
+    when :meth:`MemorisationCallback._lost_epoch` finds an epoch whose end-of-epoch work the
+    checkpoint lacks, the whole hook and the epoch's work run with ``trainer.current_epoch`` reading
+    that epoch (so a monitor restores what its checkpoint kept of it), then the monitor starts the
+    resumed epoch (its ``on_train_epoch_start``, which Lightning does not call on this resume).
+    """
+    if getattr(fn, "_memcallbacks_catch_up", False):
+        return fn
+
+    @functools.wraps(fn)
+    def on_train_start(self: Any, trainer: Any, pl_module: Any) -> Any:
+        if self.__dict__.get("_in_train_start"):  # super().on_train_start() inside an override
+            return fn(self, trainer, pl_module)
+        lost = self._lost_epoch(trainer)
+        self.__dict__["_in_train_start"] = True
+        try:
+            if lost is None:
+                return fn(self, trainer, pl_module)
+            with compat.showing_epoch(trainer, lost):
+                fn(self, trainer, pl_module)
+                self._catch_up(trainer, pl_module, lost)
+        finally:
+            self.__dict__["_in_train_start"] = False
+        if type(self).on_train_epoch_start is not Callback.on_train_epoch_start:
+            self.on_train_epoch_start(trainer, pl_module)  # the resumed epoch starts now
+        return None
+
+    on_train_start._memcallbacks_catch_up = True  # type: ignore[attr-defined]
+    return on_train_start
+
+
+def _report_interruption(trainer: Any) -> None:
+    """Say once per Trainer what every monitor kept when training was interrupted (Ctrl-C)."""
+    try:
+        if trainer in _INTERRUPT_REPORTED:
+            return
+        _INTERRUPT_REPORTED.add(trainer)
+    except TypeError:  # not weak-referenceable: report anyway
+        pass
+    lines = []
+    for cb in getattr(trainer, "callbacks", []):
+        if not isinstance(cb, MemorisationCallback) or cb.__dict__.get("_skip_run"):
+            continue
+        label = type(cb).__name__ + (f"(name={cb.name!r})" if cb.name else "")
+        where = str(cb.run_dir) if cb._run_dir is not None else "(no run directory yet)"
+        last = "none evaluated"
+        if cb._history:
+            last = f"last evaluated epoch {cb._history[-1]['epoch']}, step {cb._history[-1]['step']}"
+        lines.append(f"  {label}: {where} ({last})")
+    if not lines:
+        return
+    rank_zero_info(
+        "memcallbacks: training was interrupted; the run directory keeps every finished evaluation:\n"
+        + "\n".join(lines)
+        + "\nThe monitors' state is in each checkpoint: resume with `trainer.fit(..., ckpt_path=<checkpoint>)`"
+    )
+
+
 class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
     """Base class of every memcallbacks monitor: the evaluation cycle, run directory, logging and state.
 
@@ -318,7 +390,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
             ``on_train_batch_end``, and not at epoch ends; ``None`` schedules by epochs.
         evaluate_on_validation: evaluate instead at the end of every validation run inside ``fit``
             (with ``val_check_interval``, also in the middle of an epoch), and not at epoch ends.
-        run_dir: the run directory root instead of ``<trainer.log_dir>/memcallbacks``.
+        run_dir: the run directory root instead of the run's own folder (:func:`memcallbacks.rundir.resolve_run`).
         log_per_sample: allow per-sample records to reach third-party loggers.
         log_secrets: allow secret-bearing records (canary secrets) to reach third-party loggers.
         name: tells two monitors of one class apart: keys ``<key>/<name>``, folder ``<subdir>_<name>/``.
@@ -337,6 +409,11 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
     """
 
     subdir: str = "monitor"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "on_train_start" in vars(cls):  # a resume that skipped an epoch end: _catch_up_on_train_start
+            cls.on_train_start = _catch_up_on_train_start(vars(cls)["on_train_start"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -365,6 +442,8 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         self._writer: fileio.BackgroundWriter | None = None
         self._history: list[dict[str, Any]] = []
         self._warned: dict[str, int] = {}
+        self._state_loaded = False  # load_base_state ran: on_train_start looks for a lost epoch end
+        self._catching_up = False  # evaluating, in on_train_start, an epoch end a resume skipped
         self.last_eval_seconds: float = float("nan")
         """Wall time of the last evaluation (measure, metrics, logging, files, records)."""
 
@@ -376,7 +455,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
 
     @property
     def run_dir(self) -> Path:
-        """This callback's folder in the run directory (``<trainer.log_dir>/memcallbacks/<folder>``)."""
+        """This callback's folder in the run directory (``<run directory>/<folder>``)."""
         if self._run_dir is None:
             raise RuntimeError(
                 f"{type(self).__name__}.run_dir is known once the Trainer has called setup(); "
@@ -386,10 +465,20 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
 
     def _resolve_run_dir(self, trainer: pl.Trainer) -> None:
         self._run_dir = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__, self.folder)
+        self._run_id: str | None = rundir.resolve_run(trainer, self._run_dir_arg)[1]  # into the checkpoint
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._resolve_run_dir(trainer)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after the checkpoint's state is restored: a resumed run keeps its run id and run directory
+        if self._run_dir is not None:
+            saved = self.__dict__.pop("_saved_run", None)
+            explicit = self._run_dir_arg is not None
+            self._run_dir, self._run_id = rundir.start_run(
+                trainer, self._run_dir, explicit=explicit, saved=saved
+            )
 
     # -- scheduling ----------------------------------------------------------------------
     @property
@@ -426,6 +515,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         n = self.every_n_steps
         return n is not None and step > 0 and step % n == 0 and step != self._last_step_done
 
+    @_catch_up_on_train_start
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = self.every_n_steps
         if n is None:
@@ -483,6 +573,33 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         """
         if self.is_due(trainer):
             self.evaluate(trainer, pl_module)
+
+    # -- resume: the epoch end a mid-epoch checkpoint skipped ---------------------------------
+    def _lost_epoch(self, trainer: pl.Trainer) -> int | None:
+        """The epoch whose end-of-epoch work the loaded checkpoint lacks though Lightning counts it done.
+
+        ``None`` unless a checkpoint state was loaded: a fresh run, or a monitor added on resume,
+        has nothing to catch up.
+        """
+        loaded, self._state_loaded = self._state_loaded, False
+        if not loaded or trainer.state.fn != "fit":
+            return None
+        lost = int(trainer.current_epoch) - 1
+        return lost if lost > self._last_epoch_done else None
+
+    def _catch_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Run the end-of-epoch work of ``epoch`` now (``trainer.current_epoch`` reads ``epoch``)."""
+        rank_zero_info(
+            f"{type(self).__name__}: the checkpoint was saved after the last batch of epoch {epoch} and before "
+            f"its end-of-epoch evaluation; evaluating epoch {epoch} now (global step {trainer.global_step}), "
+            "before training goes on"
+        )
+        self._catching_up = True
+        try:
+            self._run_epoch_end(trainer, pl_module)
+        finally:
+            self._catching_up = False
+        self.flush()
 
     # -- the evaluation cycle ------------------------------------------------------------------
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -556,18 +673,19 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         values = {k: float(v) for k, v in metrics.items()}
         trainer = compat.trainer_of(pl_module)
         mid_epoch = self._mid_epoch and trainer is not None
+        direct = (mid_epoch or self._catching_up) and trainer is not None  # loggers at this very step
         on_step = mid_epoch and not trainer.validating
         pl_module.log_dict(
             values,
             on_step=on_step,
             on_epoch=not on_step,
-            logger=False if mid_epoch else None,  # None: Lightning's default (the loggers)
+            logger=False if direct else None,  # None: Lightning's default (the loggers)
             sync_dist=False,
             add_dataloader_idx=False,
         )
         if trainer is None:
             return
-        if mid_epoch:
+        if direct:
             step = int(trainer.global_step)
             for logger in trainer.loggers:
                 logger.log_metrics({**values, "epoch": int(trainer.current_epoch)}, step=step)
@@ -633,6 +751,8 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
             self._close_writer()
         except Exception as e:
             rank_zero_warn(f"{type(self).__name__}: writing the run directory failed: {e!r}")
+        if isinstance(exception, KeyboardInterrupt):
+            _report_interruption(trainer)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -661,6 +781,7 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         if key is None:  # Lightning reads it in every hook: compute it once
             key = self._generate_state_key(**self._state_key_args())
             self.__dict__["_state_key_cache"] = key
+        _refuse_twin(self, compat.callbacks_being_validated())  # Trainer(...) is checking the keys
         return key
 
     def base_state(self) -> dict[str, Any]:
@@ -671,6 +792,11 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
             "measured": self._measured_args(),
             "history": self.history,
             "warned": dict(self._warned),
+            "run": {  # which run wrote the run directory: a resume keeps both (rundir.resolve_run)
+                "run_id": getattr(self, "_run_id", None),
+                "root": None if self._run_dir is None else str(self._run_dir),
+                "explicit": self._run_dir_arg is not None,
+            },
         }
 
     def load_base_state(self, state: dict[str, Any]) -> None:
@@ -686,6 +812,32 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         self._last_step_done = int(state.get("last_step_done", -1))
         self._history = [_history_row(row) for row in state.get("history") or []]
         self._warned = {str(k): int(v) for k, v in (state.get("warned") or {}).items()}
+        self.__dict__["_saved_run"] = state.get("run")  # adopted at fit start (rundir.start_run)
+        self._state_loaded = True
+
+
+def _refuse_twin(monitor: MemorisationCallback, callbacks: list[Any] | None) -> None:
+    """Refuse, naming ``name=``, a second monitor of ``monitor``'s class with the same ``name`` in one Trainer.
+
+    Lightning refuses two stateful callbacks with one state key in ``Trainer(...)``, with a message
+    that does not say how to tell them apart; this runs first (see
+    :func:`memcallbacks.utilities.compat.callbacks_being_validated`).
+
+    Raises:
+        ValueError: another callback of the same class has the same state key (same ``name``, ``None`` included).
+    """
+    if not callbacks:
+        return
+    cls, args = type(monitor), monitor._state_key_args()
+    if not any(cb is not monitor and type(cb) is cls and cb._state_key_args() == args for cb in callbacks):
+        return
+    same = "without `name=`" if monitor.name is None else f"with the same name={monitor.name!r}"
+    raise ValueError(
+        f"two {cls.__name__} callbacks {same} in one Trainer: their checkpoint states, logged keys and "
+        f"run-directory folders would collide. Give each a distinct `name=`, e.g. {cls.__name__}(..., "
+        f"name='a') and {cls.__name__}(..., name='b'): it suffixes the keys (mem/.../a) and the folder "
+        f"({monitor.subdir}_a/)"
+    )
 
 
 def _notify_after_monitor(trainer: pl.Trainer, pl_module: pl.LightningModule, point: str) -> None:

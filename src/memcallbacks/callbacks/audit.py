@@ -66,9 +66,12 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.callbacks.exposure import training_data_of
 from memcallbacks.data.canaries import ListDataset
+from memcallbacks.data.canary_check import SCAN_LIMIT, item_fingerprint, locate_canaries, locate_items
+from memcallbacks.lm.collate import check_pad_id
 from memcallbacks.metrics.audit import audit_guesses, count_correct, epsilon_lower_bound
-from memcallbacks.utilities.validation import check_int, check_real, check_seed
+from memcallbacks.utilities.validation import check_bool, check_int, check_real, check_seed
 
 __all__ = ["PrivacyAuditMonitor", "default_num_guesses"]
 
@@ -195,6 +198,16 @@ class PrivacyAuditMonitor(MemorisationCallback):
             cross-entropy, see :func:`memcallbacks.callbacks.probes.default_sample_loss_fn`).
         batch_size: evaluation batch size.
         collate_fn: collate function for data-point canaries.
+        pad_id: the pad id for data-point canaries that are token-id rows of different lengths (lists,
+            1-D tensors, tokenized ``datasets`` rows), padded on the right into causal-LM batches
+            (default: the model config's ``pad_token_id``; needed when it has none, e.g.
+            ``pad_id=tokenizer.eos_token_id``). Padding is never scored.
+        check_training_data: at the start of training, look for the canaries in the last
+            :data:`~memcallbacks.data.canary_check.SCAN_LIMIT` items of the training data (by content
+            for data points; by the CanarySet's token ids, or text, for token canaries). A canary drawn
+            "out" found there raises a ``ValueError`` (the audit would be invalid); canaries drawn "in"
+            not found, or data that cannot be read, give a warning (once, counted in the checkpoint)
+            and ``data_check`` in ``audit.json``. ``False`` skips the look.
         every_n_epochs: evaluate every this many epochs.
         every_n_steps: evaluate every this many optimizer steps instead (``trainer.global_step``;
             not at epoch ends); see :class:`~memcallbacks.callbacks._base.MemorisationCallback`.
@@ -208,7 +221,10 @@ class PrivacyAuditMonitor(MemorisationCallback):
 
     Raises:
         ValueError: ``m < 2``, ``k_pos + k_neg > m`` or ``< 1``, ``delta`` outside ``[0, 1)``,
-            ``beta`` outside ``(0, 1)``, or an ``included`` mask of the wrong shape.
+            ``beta`` outside ``(0, 1)``, or an ``included`` mask of the wrong shape; at train start
+            (before the first step), canaries the model cannot score (shape, label range, token-id rows
+            without a pad id) or a canary drawn "out" found in the training data.
+        TypeError: ``pad_id`` is not an int, ``check_training_data`` not a bool.
 
     Example:
         >>> import torch
@@ -238,6 +254,8 @@ class PrivacyAuditMonitor(MemorisationCallback):
         sample_loss_fn: probes.SampleLossFn = probes.default_sample_loss_fn,
         batch_size: int = 256,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        pad_id: int | None = None,
+        check_training_data: bool = True,
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
         evaluate_on_validation: bool = False,
@@ -267,6 +285,10 @@ class PrivacyAuditMonitor(MemorisationCallback):
         self.sample_loss_fn = sample_loss_fn
         self.batch_size: int = checked["batch_size"]
         self.collate_fn = collate_fn
+        self.pad_id: int | None = check_pad_id(pad_id)
+        self.check_training_data = check_bool("check_training_data", check_training_data)
+        self.data_check = "off" if not self.check_training_data else "not_run"
+        """What the look for the canaries in the training data found: ok, missing, unchecked, off."""
         self._inclusion_written = False
 
     # -- the user-side API ----------------------------------------------------------------
@@ -354,29 +376,36 @@ class PrivacyAuditMonitor(MemorisationCallback):
             )
             scores = -np.asarray(log_ppl, dtype=np.float64)
         else:
-            try:
-                losses, _ = probes.evaluate_sample_losses(
-                    pl_module,
-                    self.canaries,
-                    self.sample_loss_fn,
-                    batch_size=self.batch_size,
-                    collate_fn=self.collate_fn,
-                    trainer=trainer,
-                )
-            except (RuntimeError, IndexError) as e:  # shape or label-range mismatch inside the model
-                raise ValueError(
-                    f"PrivacyAuditMonitor could not score its {self.num_canaries} audit canaries with the model "
-                    f"({type(e).__name__}: {e}). The canaries must be items the training set could hold: the "
-                    f"same feature shape and label range as the training data (first canary: "
-                    f"{_describe_item(self.canaries[0])}); or pass `sample_loss_fn`/`canary_score_fn`"
-                ) from e
-            scores = -losses.double().numpy()
+            scores = -self._data_point_losses(pl_module, self.canaries, trainer).double().numpy()
         if scores.shape != (self.num_canaries,):
             raise ValueError(
                 f"the audit scores must have shape ({self.num_canaries},) (one per canary), got {scores.shape}; "
                 "check `canary_score_fn`/`sample_loss_fn`"
             )
         return scores
+
+    def _data_point_losses(
+        self, pl_module: Any, dataset: Any, trainer: Any, collate_fn: Callable[[list[Any]], Any] | None = None
+    ) -> torch.Tensor:
+        """Per-sample losses of data-point canaries (``dataset``: all of them, or a few at setup)."""
+        try:
+            losses, _ = probes.evaluate_sample_losses(
+                pl_module,
+                dataset,
+                self.sample_loss_fn,
+                batch_size=self.batch_size,
+                collate_fn=collate_fn or self.collate_fn,
+                trainer=trainer,
+                pad_id=self.pad_id,
+            )
+        except (RuntimeError, IndexError) as e:  # shape or label-range mismatch inside the model
+            raise ValueError(
+                f"PrivacyAuditMonitor could not score its {self.num_canaries} audit canaries with the model "
+                f"({type(e).__name__}: {e}). The canaries must be items the training set could hold: the "
+                f"same feature shape and label range as the training data (first canary: "
+                f"{_describe_item(self.canaries[0])}); or pass `sample_loss_fn`/`canary_score_fn`"
+            ) from e
+        return losses
 
     def audit(self, scores: Any) -> dict[str, Any]:
         """Guesses, counts and the epsilon lower bound for one vector of scores (no logging).
@@ -414,6 +443,86 @@ class PrivacyAuditMonitor(MemorisationCallback):
             "epsilon_lb": eps,
             "nonfinite": 0,
         }
+
+    # -- setup: checks before the first step ----------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._check_scoring(trainer, pl_module)
+        if self.check_training_data:  # the training DataLoader exists from here on
+            self.data_check = self._check_training_data(trainer)
+
+    def _check_scoring(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score two canaries now, so a wrong shape, label range or missing pad id fails before the first step."""
+        if self.canary_score_fn is not None:
+            return
+        few = list(range(min(2, self.num_canaries)))
+        if self.is_token_canaries:
+            from memcallbacks.lm import scoring
+
+            chosen = [self.canaries[i] for i in few]
+            scoring.score_sequences(
+                pl_module, [c.scored_ids for c in chosen], [c.secret_start for c in chosen], progress=False
+            )
+            return
+        # token-id rows: the padding collate is chosen from every canary, so a missing pad id fails here
+        collate = probes.probe_collate(
+            self.canaries, self.collate_fn, pad_id=self.pad_id, module=pl_module, owner="PrivacyAuditMonitor"
+        )
+        self._data_point_losses(pl_module, Subset(self.canaries, few), trainer, collate_fn=collate)
+
+    def _check_training_data(self, trainer: pl.Trainer) -> str:
+        """Look for the canaries in the training data; raise when one drawn "out" is there, warn when "in" is not.
+
+        Raises:
+            ValueError: a canary drawn "out" is in the training data (not a duplicate of one drawn "in").
+        """
+        data, collate = training_data_of(trainer)
+        if self.is_token_canaries:
+            cs = self.canaries
+            presence = locate_canaries(cs, data, collate=collate)
+            ids = set(presence.found)
+            found = {i for i, c in enumerate(cs) if c.id in ids}
+            scanned, complete, readable = presence.scanned, presence.complete, presence.status != "unchecked"
+            twins: set[int] = set()
+        else:
+            items = [self.canaries[i] for i in range(self.num_canaries)]
+            found, scanned, complete = locate_items(items, data)
+            readable = scanned > 0
+            twins = _twins_of_included(items, self._included)
+        out_found = sorted(i for i in found if not self._included[i] and i not in twins)
+        if out_found:
+            raise ValueError(
+                f"PrivacyAuditMonitor: {len(out_found)} audit canaries drawn 'out' are in the training data "
+                f"(canaries {out_found[:6]}); the audit's bound needs the excluded half never trained on. Train on "
+                "`audit.inject(train_set)` (it adds only the canaries drawn 'in') and add the canaries nowhere "
+                "else, or pass check_training_data=False"
+            )
+        return self._warn_absent(found, scanned, complete, readable)
+
+    def _warn_absent(self, found: set[int], scanned: int, complete: bool, readable: bool) -> str:
+        if not readable:
+            self.warn_once(
+                "canaries_not_in_training_data",
+                "PrivacyAuditMonitor could not check that its canaries drawn 'in' are in the training data (no "
+                "map-style training dataset, or items it cannot compare); make sure you train on "
+                "`audit.inject(train_set)`, or pass check_training_data=False (warned once; audit.json records "
+                "data_check='unchecked')",
+            )
+            return "unchecked"
+        missing = [int(i) for i in self.included_indices() if int(i) not in found]
+        if not missing:
+            return "ok"
+        where = (
+            f"in any of the {scanned} training items" if complete else f"in the last {scanned} training items"
+        )
+        self.warn_once(
+            "canaries_not_in_training_data",
+            f"PrivacyAuditMonitor: {len(missing)} of the {int(self._included.sum())} canaries drawn 'in' were not "
+            f"found {where} (first: {missing[:6]}; the look stops at {SCAN_LIMIT} items). An audit of canaries "
+            "the model never saw proves nothing: train on `audit.inject(train_set)`. Pass "
+            "check_training_data=False to skip the look (warned once; audit.json records data_check='missing')",
+        )
+        return "missing"
 
     # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
     def measure(
@@ -493,6 +602,7 @@ class PrivacyAuditMonitor(MemorisationCallback):
             "delta": self.delta,
             "beta": self.beta,
             "seed": self.seed,
+            "data_check": self.__dict__.get("data_check", "not_run"),
             "history": [_file_row(h) for h in self._history],
         }
 
@@ -573,6 +683,13 @@ def _write_evaluation(
     else:
         rundir.write_audit_step(folder, step, **arrays)
     rundir.write_audit_summary(folder, summary)
+
+
+def _twins_of_included(items: list[Any], included: np.ndarray) -> set[int]:
+    """Canaries drawn "out" whose content equals a canary drawn "in" (a duplicate in the pool)."""
+    prints = [item_fingerprint(item) for item in items]
+    inside = {p for p, inc in zip(prints, included) if inc and p is not None}
+    return {k for k, p in enumerate(prints) if not included[k] and p in inside}
 
 
 def _describe_item(item: Any) -> str:

@@ -334,6 +334,7 @@ class DPEpsilonMonitor(MemorisationCallback):
     # -- Lightning hooks ------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         accountant = self.find_accountant(pl_module)
+        self.__dict__["_live_accountant"] = accountant  # state_dict snapshots it: a mid-epoch checkpoint
         self.accountant_name = str(accountant.mechanism())
         pending = self._pending_accountant_state
         if self.restore_accountant and pending is not None and len(accountant.history) == 0:
@@ -418,6 +419,9 @@ class DPEpsilonMonitor(MemorisationCallback):
         return {"delta": self.delta}
 
     def state_dict(self) -> dict[str, Any]:
+        live = self.__dict__.get("_live_accountant")
+        if live is not None:  # the steps of a partial epoch too (a mid-epoch checkpoint)
+            self._snapshot_accountant(live)
         return {
             **self.base_state(),
             "epsilon_history": [dict(h) for h in self._epsilon_rows],

@@ -14,12 +14,15 @@ value that reads as safe):
 ``mem/canary/exposure_max``              largest exposure over the canaries (bits, 0..log2|R|)
 ``mem/canary/exposure_mean``             mean exposure over the canaries
 ``mem/canary/exposure_mean/r{count}``    mean exposure of the canaries inserted ``count`` times
-``mem/canary/rank_min``                  best rank of a canary in R (1 = the model's favourite
-                                         candidate): exact, or a proven lower bound where no
-                                         exact rank was found (``rank_exact`` counts the exact)
+``mem/canary/rank_min``                  best canary rank in R, exact (1 = the model's favourite
+                                         candidate); exact methods and ``hybrid`` only (NaN there
+                                         when the search did not find the best canary's rank);
+                                         never logged by ``extrapolated``, which ranks in R nothing
+``mem/canary/rank_lower_bound``          ``hybrid`` only: proven lower bound on the best canary
+                                         rank in R (equal to ``rank_min`` when that is known)
 ``mem/canary/rank_exact``                canaries whose rank in R is exact
 ``mem/canary/reference_rank_min``        best rank among the sampled references (1..references+1;
-                                         methods with references only)
+                                         methods with references only): not a rank in R
 ``mem/canary/saturated``                 canaries at the cap ``log2|R|``
 ``mem/canary/nonfinite``                 NaN/inf scores met in this evaluation (a diverged model)
 ``mem/canary/extracted``                 canaries whose secret greedy/beam decoding emits
@@ -45,16 +48,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+from torch.utils.data import default_collate
 
 from memcallbacks import loggers, rundir
+from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback
 from memcallbacks.data.canaries import CanarySet
+from memcallbacks.data.canary_check import SCAN_LIMIT, CanaryPresence, locate_canaries
+from memcallbacks.data.indexed import IndexedDataset
+from memcallbacks.lightning import sharded_run
 from memcallbacks.lm.canary_rank import (
     EXPOSURE_STRATEGIES,
     ExposureConfig,
@@ -74,15 +84,59 @@ from memcallbacks.utilities.validation import (
     check_seed,
 )
 
-__all__ = ["CanaryExposureMonitor"]
+__all__ = ["CanaryExposureMonitor", "best_exact_rank", "training_data_of"]
 
-# strategies whose forward pass needs every rank (parameters sharded across ranks)
-_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 _HISTORY_KEYS = ("exposure", "rank", "log_perplexity", "reference_rank")
+
+
+# strategies that give canaries ranks in R (exact, or with best-first search): they log mem/canary/rank_min
+_RANKS_IN_SPACE = frozenset({"exact_list", "exact_trie", "exact", "hybrid"})
+
+
+def best_exact_rank(rank: np.ndarray, rank_exact: np.ndarray) -> float:
+    """The best canary rank in R when it is known exactly, else NaN.
+
+    Known exactly when the smallest exact rank is no larger than every other canary's proven lower
+    bound (then no canary can rank better). NaN when a rank is NaN (a non-finite score) or when no
+    canary's rank is exact or a canary without an exact rank may rank better.
+
+    Example:
+        >>> best_exact_rank(np.array([3.0, 40.0]), np.array([True, False]))
+        3.0
+        >>> best_exact_rank(np.array([30.0, 4.0]), np.array([True, False]))
+        nan
+    """
+    rank = np.asarray(rank, dtype=np.float64)
+    exact = np.asarray(rank_exact, dtype=bool)
+    if rank.size == 0 or np.isnan(rank).any() or not exact.any():
+        return math.nan
+    best = float(np.min(rank[exact]))
+    if (~exact).any() and float(np.min(rank[~exact])) < best:
+        return math.nan
+    return best
 
 
 # strategy name -> the ``method`` value written to exposure.npz (the file's earlier vocabulary)
 _METHOD_FAMILY = {"exact_list": "exact", "exact_trie": "exact", "exact": "exact"}
+
+
+def training_data_of(trainer: Any) -> tuple[Any, Callable[[int], Any] | None]:
+    """The map-style dataset behind the first training DataLoader, and ``index -> collated item``.
+
+    The dataset is unwrapped from :class:`~memcallbacks.IndexedDataset`; the second element applies
+    the DataLoader's own ``collate_fn`` to one item (``None`` with PyTorch's default collate), so a
+    collate function that tokenises shows the ids the model trains on. ``(None, None)`` without a loader.
+    """
+    loaders = list(probes.unwrap_loaders(getattr(trainer, "train_dataloader", None)))
+    if not loaders:
+        return None, None
+    loader = loaders[0]
+    data = loader.dataset
+    base = data.dataset if isinstance(data, IndexedDataset) else data
+    collate_fn = getattr(loader, "collate_fn", None)
+    if collate_fn is None or collate_fn is default_collate or not hasattr(data, "__getitem__"):
+        return base, None
+    return base, lambda i: collate_fn([data[i]])
 
 
 def _methods() -> tuple[str, ...]:
@@ -126,6 +180,64 @@ def _validate_init(
             f"method={method!r} scores all {canaries.space_size} candidates, more than `max_exact`={max_exact}; "
             "use method='extrapolated' (or raise `max_exact`)"
         )
+
+
+def _ids(names: Any, limit: int = 6) -> str:
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(str(n) for n in names[:limit]) + more
+
+
+def _mismatch_message(found: CanaryPresence, n_canaries: int) -> str:
+    cid, index = found.mismatched[0]
+    if found.compared == "token_ids":
+        cause = (
+            "the item's token ids do not contain the canary's text as the CanarySet's tokenizer encodes it. "
+            "Either the training data is tokenised by another tokenizer than the CanarySet's (the monitor "
+            "would score ids the model never saw, and read near 0 bits): build the CanarySet with the "
+            "tokenizer that makes the training ids; or the rows are truncated before the canary ends (raise "
+            "`max_len`, shorten the format); or the dataset was rebuilt or reordered after `inject`"
+        )
+    else:
+        cause = "the item's text does not contain the canary's text: the dataset was rebuilt or reordered after inject"
+    return (
+        f"CanaryExposureMonitor: {len(found.mismatched)} training item(s) at the positions `canaries.inject` "
+        f"recorded do not hold their canary (first: canary {cid} at index {index}; {len(found.missing)} of "
+        f"{n_canaries} canaries affected): {cause}. Build the DataLoader on the dataset `inject` returned. "
+        "Pass check_training_data=False to measure anyway"
+    )
+
+
+def _absent_message(found: CanaryPresence, n_canaries: int, data: Any) -> str:
+    if found.status == "unchecked":
+        why = (
+            "no map-style training dataset"
+            if data is None or not hasattr(data, "__getitem__")
+            else (
+                "its items hold neither text nor token ids" + (f"; {found.notes[0]}" if found.notes else "")
+            )
+        )
+        return (
+            f"CanaryExposureMonitor could not check that the {n_canaries} canaries are in the training data ({why}); "
+            "make sure the training set is `canaries.inject(texts)` tokenised with the CanarySet's tokenizer, or "
+            "pass check_training_data=False (warned once; exposure.npz records data_check='unchecked')"
+        )
+    where = (
+        f"in any of the {found.scanned} training items"
+        if found.complete
+        else f"in the {found.scanned} items read"
+    )
+    if not found.complete and found.scanned >= SCAN_LIMIT:
+        where += (
+            f" (the last {SCAN_LIMIT} of the dataset; `inject` records positions, then no scan is needed)"
+        )
+    return (
+        f"CanaryExposureMonitor: {len(found.missing)} of {n_canaries} canaries ({_ids(found.missing)}) were not "
+        f"found {where}, compared by {found.compared.replace('_', ' ')}. A canary the model never saw reads "
+        "about 1-2 bits: insert them with `train_texts = canaries.inject(train_texts)` before building the "
+        "DataLoader, with the CanarySet's tokenizer; check_training_data=False for canaries kept out on purpose "
+        "(warned once; exposure.npz records data_check='missing')"
+    )
 
 
 class CanaryExposureMonitor(MemorisationCallback):
@@ -179,6 +291,16 @@ class CanaryExposureMonitor(MemorisationCallback):
         log_secrets: include the secrets in the table sent to trackers and write
             ``secrets.json`` to the run directory.
         progress: progress bar while scoring (None: when slow and stdout is a terminal).
+        check_training_data: at the start of training, look for the canaries in the training data
+            (:func:`memcallbacks.data.canary_check.locate_canaries`): at the positions
+            ``canaries.inject`` recorded (those items only), else in the last
+            :data:`~memcallbacks.data.canary_check.SCAN_LIMIT` items. Items that are token ids must
+            hold each canary's text as the CanarySet's tokenizer encodes it; text items its text
+            (the DataLoader's ``collate_fn`` is applied when it tokenises). A recorded position whose
+            item does not hold its canary (another tokenizer, or a dataset rebuilt after ``inject``)
+            raises a ``ValueError``; canaries not found, or data that cannot be read, give a
+            warning (once, counted in the checkpoint) and ``data_check`` in ``exposure.npz``.
+            ``False`` skips the look (canaries kept out of training on purpose).
         name: tells two monitors in one Trainer apart (e.g. two formats): their checkpoint
             states, the run-directory folder (``canary_<name>``) and the logged keys, which end in
             ``/<name>`` (``mem/canary/exposure_max/<name>``); ``history`` keeps the plain keys.
@@ -192,7 +314,9 @@ class CanaryExposureMonitor(MemorisationCallback):
         ValueError: bad ``method``, ``num_references``, ``max_exact``, ``max_expansions``,
             ``batch_size``, ``beam_width`` or ``seed``; ``method="exact"`` on a space
             above ``max_exact``; at fit start, a canary longer than the module's ``max_len`` or
-            a format whose prefix encodes to no token.
+            a format whose prefix encodes to no token; at train start (before the first step), a
+            training item at a position ``inject`` recorded that does not hold its canary in the
+            CanarySet's token ids (``check_training_data``).
         TypeError: ``canaries`` is not a CanarySet, a flag is not a bool; at fit start, the
             module's output is not ``[B, T, V]`` logits and no ``score_fn`` was given.
 
@@ -225,6 +349,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         log_per_sample: bool = False,
         log_secrets: bool = False,
         progress: bool | None = None,
+        check_training_data: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(
@@ -246,13 +371,9 @@ class CanaryExposureMonitor(MemorisationCallback):
         self.seed = canaries.seed + 1 if seed is None else int(seed)
         self.extraction = bool(extraction)
         self.beam_width = int(beam_width)
-        self.config = ExposureConfig(
-            score_fn=score_fn,
-            batch_size=int(batch_size),
-            max_exact=int(max_exact),
-            max_expansions=int(max_expansions),
-            progress=progress,
-        )
+        self.check_training_data = check_bool("check_training_data", check_training_data)
+        self.data_check: CanaryPresence | None = None  # what the fit-start look at the training data found
+        self.config = ExposureConfig(score_fn, int(batch_size), int(max_exact), int(max_expansions), progress)
         self.resolved_method: str | None = None
         self.strategy_reason: str | None = None  # why the resolved strategy is not exact (None when it is)
         self._references: list[str] | None = None
@@ -297,6 +418,7 @@ class CanaryExposureMonitor(MemorisationCallback):
 
     # -- setup ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)  # the run id and run directory (MemorisationCallback)
         cs = self.canaries
         if len(cs.prefix_ids) == 0:
             raise ValueError(
@@ -312,7 +434,7 @@ class CanaryExposureMonitor(MemorisationCallback):
                     f"(`max_len`={int(max_len)}); shorten the format or the secret"
                 )
         # sharded strategies run every forward as a collective of the whole module: no adapter there
-        self._use_adapter = type(trainer.strategy).__name__ not in _SHARDED_STRATEGIES
+        self._use_adapter = not sharded_run(trainer, pl_module)
         module = self._scoring_module(pl_module)
         # fails early, with a hint to pass score_fn, when the module's output is not [B, T, V]
         score_candidates(module, cs, cs.secrets, dataclasses.replace(self.config, progress=False))
@@ -324,6 +446,26 @@ class CanaryExposureMonitor(MemorisationCallback):
         self.resolved_method = self._resolve_method(module)
         if EXPOSURE_STRATEGIES[self.resolved_method].needs_references and self._references is None:
             self._references = cs.sample_references(self.num_references, seed=self.seed)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.check_training_data:  # the training DataLoader exists from here on (not at fit start)
+            self.data_check = self._check_training_data(trainer)
+
+    def _check_training_data(self, trainer: pl.Trainer) -> CanaryPresence:
+        """Look for the canaries in the training data; raise on a wrong position, warn when not found.
+
+        Raises:
+            ValueError: an item at a position ``canaries.inject`` recorded does not hold its canary.
+        """
+        cs = self.canaries
+        data, collate = training_data_of(trainer)
+        found = locate_canaries(cs, data, injected=cs.injected_indices or None, collate=collate)
+        if found.status == "mismatch":
+            raise ValueError(_mismatch_message(found, len(cs)))
+        if found.status != "ok":
+            self.warn_once("canaries_not_in_training_data", _absent_message(found, len(cs), data))
+        return found
 
     def _scoring_module(self, pl_module: Any) -> Any:
         """The module scored: a Hugging Face causal LM (or a LightningModule holding one as an
@@ -385,7 +527,7 @@ class CanaryExposureMonitor(MemorisationCallback):
         """Score the canaries (rank 0, or every rank when the parameters are sharded) and keep the result."""
         # FSDP/DeepSpeed shard the parameters: every forward is a collective, so every rank scores
         # (rank 0's result is still the one broadcast); under DDP rank 0 alone scores
-        sharded = type(trainer.strategy).__name__ in _SHARDED_STRATEGIES
+        sharded = sharded_run(trainer, pl_module)
         payload = None
         if trainer.is_global_zero or sharded:
             payload = (self.compute(pl_module), self._extract(pl_module) if self.extraction else None)
@@ -436,11 +578,18 @@ class CanaryExposureMonitor(MemorisationCallback):
         metrics = {
             "mem/canary/exposure_max": float(np.max(exposure)),  # NaN when any canary is NaN
             "mem/canary/exposure_mean": float(np.mean(exposure)),
-            "mem/canary/rank_min": result.rank_min,
             "mem/canary/rank_exact": float(np.count_nonzero(result.rank_exact)),
             "mem/canary/saturated": float(result.saturated),
             "mem/canary/nonfinite": float(result.nonfinite),
         }
+        # one meaning per key: ranks in R (strategies that rank in R) apart from ranks among the references
+        strategy = result.method if result.method in EXPOSURE_STRATEGIES else self.resolved_method
+        if strategy in _RANKS_IN_SPACE or (result.rank_exact.size and result.rank_exact.all()):
+            metrics["mem/canary/rank_min"] = best_exact_rank(result.rank, result.rank_exact)
+        if strategy == "hybrid":
+            metrics["mem/canary/rank_lower_bound"] = (
+                float(np.min(result.rank)) if result.rank.size else math.nan
+            )
         if result.reference_rank is not None:
             metrics["mem/canary/reference_rank_min"] = float(np.min(result.reference_rank))
         for r, mean in mean_by_repetition(exposure, reps).items():
@@ -476,6 +625,8 @@ class CanaryExposureMonitor(MemorisationCallback):
             "method": np.array(_METHOD_FAMILY.get(used, used)),
             "strategy": np.array(used),
             "strategy_reason": np.array(self.__dict__.get("strategy_reason") or ""),  # "" when exact
+            # the fit-start look for the canaries in the training data: ok, missing, unchecked or off
+            "data_check": np.array(self._data_check_status()),
         }
         if cs.injected_indices:  # where the canaries sit in the training set (for the report's data map)
             arrays["injected_index"] = np.array(
@@ -489,6 +640,12 @@ class CanaryExposureMonitor(MemorisationCallback):
         if self._last_reference_scores is not None:
             arrays["reference_scores"] = np.asarray(self._last_reference_scores, dtype=np.float32)
         return arrays
+
+    def _data_check_status(self) -> str:
+        check = self.__dict__.get("data_check")
+        if check is not None:
+            return check.status
+        return "off" if not self.__dict__.get("check_training_data", True) else "not_run"
 
     def records(self, result: tuple[ExposureResult, Any]) -> list[loggers.Record]:
         """Exposure against repetitions per evaluation, and the per-canary table of this evaluation.

@@ -146,6 +146,37 @@ def logits_width(module: Any, batch: Any) -> int | None:
     return int(logits.shape[-1]) if logits.dim() >= 2 else None
 
 
+def check_reference_vocabulary(
+    pl_module: Any,
+    reference: torch.nn.Module,
+    dataset: Dataset[Any],
+    *,
+    owner: str,
+    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    pad_id: int | None,
+) -> None:
+    """Both models' logits on the first probe batch of ``dataset`` have the same last dimension.
+
+    Raises:
+        ValueError: the widths differ (another tokenizer or head), naming ``owner`` and both widths.
+    """
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
+    items = [dataset[i] for i in range(min(batch_size, len(dataset)))]  # type: ignore[arg-type]
+    chosen = probes.probe_collate(dataset, collate_fn, pad_id=pad_id, module=pl_module)
+    batch = move_data_to_device((chosen or torch.utils.data.default_collate)(items), pl_module.device)
+    with probes.full_precision(None, pl_module.device), evaluating(pl_module), evaluating(reference):
+        ours, theirs = logits_width(pl_module, batch), logits_width(reference, batch)
+    if ours is not None and theirs is not None and ours != theirs:
+        raise ValueError(
+            f"{owner}(reference={type(reference).__name__}): the reference model's logits "
+            f"have {theirs} entries (vocabulary or classes), the trained model's {ours}: it was built with "
+            "another tokenizer or head, so its losses are not comparable; pass the model the run fine-tunes "
+            "from (the same tokenizer), or reference='fit_start'"
+        )
+
+
 def _class_of(item: Any) -> Hashable:
     """The label of an ``(x, y)`` item (or a dict item with a label key)."""
     y: Any = None
@@ -264,7 +295,7 @@ class MembershipInferenceMonitor(MemorisationCallback):
     """Log the train/held-out loss gap and a loss-threshold membership-inference attack each epoch.
 
     Two fixed probe sets are evaluated at the end of each ``every_n_epochs``-th training epoch,
-    in eval mode under ``torch.inference_mode()`` with autocast off (train mode is restored
+    in eval mode under ``torch.no_grad()`` with autocast off (train mode is restored
     afterwards): members (training samples) and non-members (held-out samples). No change to the
     LightningModule is needed when batches are ``(x, y)`` and ``module(x)`` returns logits.
 
@@ -875,22 +906,16 @@ class MembershipInferenceMonitor(MemorisationCallback):
 
     def _check_vocabulary(self, pl_module: pl.LightningModule, reference: torch.nn.Module) -> None:
         """Both models' logits on the first member probe batch have the same last dimension, else a clear error."""
-        from lightning_fabric.utilities.apply_func import move_data_to_device
-
         assert self._members is not None
-        items = [self._members[i] for i in range(min(self.batch_size, len(self._members)))]
-        chosen = probes.probe_collate(self._members, self.collate_fn, pad_id=self.pad_id, module=pl_module)
-        collate = chosen or torch.utils.data.default_collate
-        batch = move_data_to_device(collate(items), pl_module.device)
-        with probes.full_precision(None, pl_module.device), evaluating(pl_module), evaluating(reference):
-            ours, theirs = logits_width(pl_module, batch), logits_width(reference, batch)
-        if ours is not None and theirs is not None and ours != theirs:
-            raise ValueError(
-                f"MembershipInferenceMonitor(reference={type(reference).__name__}): the reference model's logits "
-                f"have {theirs} entries (vocabulary or classes), the trained model's {ours}: it was built with "
-                "another tokenizer or head, so its losses are not comparable; pass the model the run fine-tunes "
-                "from (the same tokenizer), or reference='fit_start'"
-            )
+        check_reference_vocabulary(
+            pl_module,
+            reference,
+            self._members,
+            owner="MembershipInferenceMonitor",
+            batch_size=self.batch_size,
+            collate_fn=self.collate_fn,
+            pad_id=self.pad_id,
+        )
 
     # -- the evaluation cycle (see MemorisationCallback) ------------------------------------
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Probe evaluation: per-sample losses of a fixed dataset, in eval mode, batched.
 
 The "probe" source of per-sample losses (docs/architecture.md, "Data flow"). Members and non-members are
-measured the same way: eval mode, ``torch.inference_mode()``, the module's device, batches
+measured the same way: eval mode, ``torch.no_grad()``, the module's device, batches
 collated by the default collate (or the user's). Train mode is restored afterwards.
 
 The default per-sample loss is ``F.cross_entropy(logits, y, reduction="none")`` (never the
@@ -306,7 +306,7 @@ def evaluate_sharded(
     """Per-sample losses of every item of ``dataset``, split across the ranks, the same on every rank.
 
     The one probe evaluation of memcallbacks under DDP: each rank evaluates its contiguous shard
-    (:func:`shard_positions`) with :func:`evaluate_sample_losses` (eval mode, inference mode,
+    (:func:`shard_positions`) with :func:`evaluate_sample_losses` (eval mode, no grad,
     autocast off), then one all-gather of ``(position, loss, correct)`` rows and
     :func:`memcallbacks.utilities.distributed.columns_by_index` rebuild the full vectors in dataset order, padding
     removed. On one process it is :func:`evaluate_sample_losses`. Every rank must call it (it

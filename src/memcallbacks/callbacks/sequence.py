@@ -26,6 +26,11 @@ Distributed runs: the probes are split across ranks (contiguous shards of equal 
 padded by repeating the final probe), each rank evaluates its shard, one all-gather reassembles
 the per-probe results in probe order, and every rank computes the metrics from the same numbers
 (every rank logs identical values). Rank 0 writes the run directory and the tracker records.
+Under sharded parameters (FSDP2's ``fully_shard`` with ``ModelParallelStrategy``, ``FSDPStrategy``,
+DeepSpeed ZeRO-3; one rule, :func:`memcallbacks.lightning.sharded_run`) every forward pass is a
+collective of all ranks, so every rank runs the same forward calls: equal shards, every row of a
+shard decoded (a short row's result discarded), ``suffix_len`` decoding steps, no sampling (the
+(n, p) probabilities are exact). A custom ``forward_fn`` must then call the model exactly once.
 
 This module is the Lightning glue over the base's evaluation cycle (``measure`` -> ``metrics`` ->
 ``write_files`` -> ``records``): the model runs in :mod:`memcallbacks.lm.windows`, the per-sequence
@@ -49,6 +54,7 @@ from memcallbacks import loggers, rundir
 from memcallbacks.callbacks import probes
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
 from memcallbacks.callbacks.membership import check_reference, peft_model_of, reference_kind
+from memcallbacks.lightning import sharded_run
 from memcallbacks.lm.model import evaluating
 from memcallbacks.lm.windows import (
     DECODING_MODES,
@@ -73,9 +79,6 @@ from memcallbacks.utilities.validation import (
 )
 
 __all__ = ["SequenceMemorisationMonitor"]
-
-#: strategies whose forward passes are collectives (ranks cannot evaluate different shards)
-_SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 
 #: the per-probe results kept for every evaluation (the generated ids only for the latest)
 _STORED_FIELDS = ("loss", "min_k", "min_k_pp", "exact", "token_match", "log_q")
@@ -164,7 +167,7 @@ class SequenceMemorisationMonitor(MemorisationCallback):
     """Log how much of its training text a language model reproduces, and how well LM scores flag it.
 
     At the end of each ``every_n_epochs``-th training epoch, in eval mode under
-    ``torch.inference_mode()`` (float32 scores; train mode restored afterwards), on fixed seeded
+    ``torch.no_grad()`` (float32 scores; train mode restored afterwards), on fixed seeded
     probes of ``num_probes`` member sequences and ``num_probes`` non-member sequences, each cut to
     its first ``prefix_len + suffix_len`` tokens (the probe window):
 
@@ -286,7 +289,10 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             members and non-members, token ids outside the model's vocabulary.
         TypeError: wrong argument types, items that are not token sequences, a model without
             next-token logits.
-        RuntimeError: no training dataset to probe, or a fully sharded strategy (FSDP, DeepSpeed).
+        RuntimeError: no training dataset to probe.
+
+    Every probe and the model are checked in ``on_train_start``, before the first training step
+    (a list of strings is refused there with the fix: tokenize them first).
 
     Example:
         >>> import pytorch_lightning as pl
@@ -486,7 +492,14 @@ class SequenceMemorisationMonitor(MemorisationCallback):
         self._max_id = int(self._windows.max()) if self._windows.numel() else 0
         if self.tokenizer is not None:
             decode = getattr(self.tokenizer, "decode", self.tokenizer)
-            texts: list[Any] = [str(decode(s[: self.width].tolist())) for s in seqs]
+            texts: list[Any] = [decode(s[: self.width].tolist()) for s in seqs]
+            wrong = [type(t).__name__ for t in texts if not isinstance(t, str)]
+            if wrong:  # str(...) of a list or None would compress alike: the zlib score would be the loss
+                raise TypeError(
+                    f"SequenceMemorisationMonitor: `tokenizer` must decode ids to a str, got {wrong[0]} for "
+                    f"{len(wrong)} of {len(texts)} probe sequences; the zlib ratio compresses the decoded text. "
+                    "Pass a tokenizer whose decode(ids) returns text, or tokenizer=None to compress the token ids"
+                )
         else:
             texts = [s[: self.width].numpy() for s in seqs]
         # token ids: one byte width for the whole probe set (its largest id), not per sequence
@@ -517,11 +530,18 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             peft_model_of(pl_module, type(self).__name__)  # no adapters: a clear error before training
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Scores the probes under ``reference`` once (teacher-forced only; never again on resume)."""
+        """Checks the probes and the model before the first step; scores the probes under ``reference`` once.
+
+        The probes are resolved and tokenised here (every check of :meth:`_resolve`), and one probe
+        window runs through the model (its logits, vocabulary and ``top_k``), so a bad probe or model
+        fails before any training step. The reference pass is teacher-forced only and never runs again
+        on resume.
+        """
         super().on_train_start(trainer, pl_module)
+        self._resolve(trainer)
+        self._check_model(pl_module)
         if self.reference is None or self._reference_loss is not None:
             return
-        self._resolve(trainer)
         if self.reference == "peft_base":
             with peft_model_of(pl_module, type(self).__name__).disable_adapter():
                 loss = self._reference_pass(trainer, pl_module, pl_module)
@@ -558,6 +578,31 @@ class SequenceMemorisationMonitor(MemorisationCallback):
             out = _gather(trainer, out, self._windows.shape[0])
         return out.loss.cpu().numpy().astype(np.float64)
 
+    def _check_model(self, pl_module: pl.LightningModule) -> None:
+        """The first probe window through the model, on every rank (one forward pass: sharded models too).
+
+        Raises what the first evaluation would: a model without next-token logits, a probe token id
+        or a ``top_k`` beyond its vocabulary.
+        """
+        assert self._windows is not None
+        assert self._lengths is not None
+        if self._windows.shape[0] == 0:
+            return
+        with evaluating(pl_module):
+            score_windows(
+                LanguageModel(pl_module, self.forward_fn, "full"),
+                self._windows[:1],
+                self._lengths[:1],
+                prefix_len=self.prefix_len,
+                suffix_len=self.suffix_len,
+                min_k=self.min_k,
+                sampling=self.sampling,
+                batch_size=1,
+                device=pl_module.device,
+                decode=False,
+                max_id=self._max_id,
+            )
+
     def _check_vocabulary(
         self, ours: LanguageModel, theirs: LanguageModel, pl_module: Any, reference: Any
     ) -> None:
@@ -593,6 +638,9 @@ class SequenceMemorisationMonitor(MemorisationCallback):
                 batch_size=self.batch_size,
                 device=pl_module.device,
                 max_id=self._max_id,
+                # sharded parameters: every forward is a collective, so every rank decodes every row of
+                # its (equal) shard, short rows too (their results discarded): the same calls on all ranks
+                decode_every_row=sharded_run(trainer, pl_module),
             )
         self.decoding = self._lm.mode
         if self._lm.mode == "full" and self._lm.fallback_reason is not None:
@@ -874,15 +922,8 @@ def _without_generated(scores: WindowScores) -> WindowScores:
 def _shard(
     trainer: pl.Trainer, windows: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's contiguous shard of the probes (the last padded by repeating the final probe)."""
+    """This rank's contiguous shard of the probes (equal lengths: the last padded by repeating the final probe)."""
     world = distributed.world_size(trainer)
-    strategy = type(getattr(trainer, "strategy", None)).__name__
-    if world > 1 and strategy in _SHARDED_STRATEGIES:
-        raise RuntimeError(
-            f"SequenceMemorisationMonitor does not support {strategy} yet (every forward pass is a "
-            "collective there, and ranks decode different numbers of probes); use strategy='ddp', or "
-            "run the monitor in a separate evaluation with the gathered weights"
-        )
     if world == 1:
         return windows, lengths
     positions = torch.from_numpy(probes.shard_positions(windows.shape[0], world, int(trainer.global_rank)))
@@ -896,6 +937,7 @@ def _gather(trainer: pl.Trainer, scores: WindowScores, total: int) -> WindowScor
     gathered = distributed.gather_concat(trainer, torch.cat([f.double() for f in flat], dim=1))[:total]
     out, col = {}, 0
     for (name, value), f in zip(fields.items(), flat):
-        out[name] = gathered[:, col : col + f.shape[1]].reshape(-1, *value.shape[1:]).to(value.dtype)
+        rows = gathered[:, col : col + f.shape[1]]  # [total, k]; k may be 0 (no sampling scheme)
+        out[name] = rows.reshape(rows.shape[0], *value.shape[1:]).to(value.dtype)
         col += f.shape[1]
     return WindowScores(**out)

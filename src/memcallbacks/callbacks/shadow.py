@@ -326,7 +326,14 @@ def _validate_init(
             raise ValueError(
                 f"`score_kind` is only for a callable `score`, got score={score!r}, score_kind={score_kind!r}"
             )
-    elif score_kind is not None:
+    elif score_kind is None:  # RMIA turns scores back into probabilities by their kind
+        name = getattr(score, "__name__", type(score).__name__)
+        raise ValueError(
+            f"a callable `score` ({name}) needs `score_kind`, got score_kind=None; pass "
+            "score_kind='logit_confidence' if it returns log(p_y / (1 - p_y)) or score_kind='neg_loss' if it "
+            "returns minus a loss (the attacks turn scores back into probabilities with sigmoid or exp)"
+        )
+    else:
         check_choice("score_kind", score_kind, SCORE_KINDS)
     if collate_fn is not None and not callable(collate_fn):
         raise TypeError(
@@ -343,7 +350,7 @@ class ShadowScoreRecorder(MemorisationCallback):
 
     Run the same script ``N`` times with ``run_index = 0 .. N-1`` (same ``pool``, ``num_runs`` and
     ``seed``) and train each on :attr:`train_dataset`. At the end of fit the recorder evaluates the
-    whole pool once (eval mode, inference mode, autocast off, sharded across DDP ranks) and writes
+    whole pool once (eval mode, no grad, autocast off, sharded across DDP ranks) and writes
     the scores; ``memcallbacks attack`` then runs LiRA / RMIA / the loss attack over the runs.
 
     Scores (``score=``): ``"auto"`` (default) gives the logit-scaled confidence of the true label
@@ -370,7 +377,8 @@ class ShadowScoreRecorder(MemorisationCallback):
         seed: the split seed, the same in every run.
         keep_fraction: the share of the pool each run trains on (default 0.5).
         score: ``"auto"``, ``"logit_confidence"``, ``"neg_loss"`` or a callable.
-        score_kind: for a callable ``score``: ``"logit_confidence"`` or ``"neg_loss"``.
+        score_kind: required with a callable ``score`` (a ``ValueError`` otherwise): ``"logit_confidence"``
+            or ``"neg_loss"``, what it returns.
         batch_size: batch size of the pool evaluation.
         collate_fn: collate function of the pool evaluation (default: PyTorch's; token-id rows of any
             length, e.g. tokenized ``datasets`` rows, are padded, see ``pad_id``).

@@ -55,6 +55,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks._base import (
@@ -72,6 +73,20 @@ __all__ = ["LeakageCondition", "LeakageEarlyStopping"]
 _log = logging.getLogger(__name__)
 _MODES = ("max", "min")
 _RESTORE = (None, "best_safe")
+# the memcallbacks monitor that logs each mem/<area>/... key area
+_MONITOR_OF_AREA = {
+    "audit": "PrivacyAuditMonitor",
+    "canary": "CanaryExposureMonitor",
+    "dp": "DPEpsilonMonitor",
+    "extract": "SequenceMemorisationMonitor",
+    "gap": "MembershipInferenceMonitor",
+    "mia": "MembershipInferenceMonitor",
+    "mia_cal": "MembershipInferenceMonitor",
+    "mia_lm": "SequenceMemorisationMonitor",
+    "mia_ref": "MembershipInferenceMonitor",
+    "mia_traj": "MembershipInferenceMonitor",
+    "traj": "LossTrajectoryTracker",
+}
 BEST_SAFE_FILE = rundir.BEST_SAFE_FILE
 
 
@@ -211,7 +226,7 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
     reduced across ranks (any rank past the threshold stops every rank). On stopping it sets
     ``trainer.should_stop``, logs a warning line, sends a :class:`~memcallbacks.loggers.Alert`
     to the trackers, stores :attr:`stopped_epoch`, :attr:`stopped_step` and :attr:`reason`, and writes
-    ``<trainer.log_dir>/memcallbacks/stopping.json``.
+    ``<run directory>/stopping.json`` (:func:`memcallbacks.rundir.resolve_run`).
 
     Args:
         monitor: key of the one-condition shorthand (e.g. ``"mem/canary/exposure_max"``).
@@ -231,7 +246,7 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             (safetensors format: tensors only, no pickle) so they survive a resume.
         strict: raise when a monitored key is still missing once every memcallbacks monitor has
             had its first evaluation; with ``False``, warn once.
-        run_dir: folder for ``stopping.json`` (default ``<trainer.log_dir>/memcallbacks``).
+        run_dir: folder for ``stopping.json`` (default: the run's own folder, :func:`memcallbacks.rundir.resolve_run`).
         continue_after_stop: when resuming from a checkpoint of a run this callback stopped,
             train on (the counters restart at 0) instead of stopping again at once.
         name: tells two stoppers on the same keys apart in one Trainer (their checkpoint states).
@@ -243,6 +258,15 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             negative ``min_epochs``.
         TypeError: a bool argument that is not a bool, a threshold that is not a number.
         RuntimeError: (during training, ``strict=True``) a monitored key is never logged.
+        MisconfigurationException: (at ``setup``, ``strict=True``) a condition watches a key of a
+            memcallbacks monitor (``mem/canary/...``, ``mem/mia/...``, ...) and no memcallbacks monitor
+            is in the Trainer.
+        ValueError: (in ``Trainer(...)``) two stoppers on the same keys with the same ``name``.
+
+    After a rollback (``restore="best_safe"``), every checkpoint saved says which evaluation's weights
+    it holds: ``checkpoint["memcallbacks_weights"]["epoch"]`` (and ``"step"``), with
+    :attr:`restored_epoch`/:attr:`restored_step`; a warning says so once. An epoch left without a
+    decision by a resume restarts the patience counters and is listed in :attr:`gaps`.
 
     Example:
         >>> from memcallbacks import CanaryExposureMonitor, LeakageEarlyStopping
@@ -287,6 +311,8 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         self.counters: dict[str, int] = {c.monitor: 0 for c in self.conditions}
         self.last_values: dict[str, float] = {}
         self.seen: set[str] = set()
+        self.gaps: list[list[int]] = []
+        """``[first, last]`` epochs without a decision (a resume that lost them): patience restarted after each."""
         self.stopped_epoch: int | None = None
         self.stopped_step: int | None = None
         """Global step of the stop (``trainer.global_step`` when it was decided)."""
@@ -294,6 +320,10 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         self.best_safe_epoch: int | None = None
         self.best_safe_step: int | None = None
         """Global step of the evaluation whose weights ``restore="best_safe"`` keeps."""
+        self.restored_epoch: int | None = None
+        """Epoch of the weights ``restore="best_safe"`` loaded at the stop (``None``: no rollback)."""
+        self.restored_step: int | None = None
+        """Global step of those weights (``None``: no rollback)."""
         self._last_epoch_decided = -1
         # (global step, point) of the last mid-epoch decision
         self._last_step_decided: tuple[int, str] = (-1, "")
@@ -361,7 +391,26 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
                 args["name"] = self.name
             key = self._generate_state_key(**args)
             self.__dict__["_state_key_cache"] = key
+        self._refuse_twin(compat.callbacks_being_validated())  # Trainer(...) is checking the keys
         return key
+
+    def _refuse_twin(self, callbacks: list[Any] | None) -> None:
+        """Refuse, naming ``name=``, a second stopper on the same keys with the same ``name`` in one Trainer."""
+        if not callbacks:
+            return
+        keys = sorted(c.monitor for c in self.conditions)
+        for cb in callbacks:
+            if (
+                cb is not self
+                and isinstance(cb, LeakageEarlyStopping)
+                and cb.name == self.name
+                and sorted(c.monitor for c in cb.conditions) == keys
+            ):
+                raise ValueError(
+                    f"two LeakageEarlyStopping callbacks on {keys} with name={self.name!r} in one Trainer: "
+                    "their checkpoint states would collide. Merge them into one (`conditions=[...]`), or "
+                    "give each a distinct `name=`, e.g. LeakageEarlyStopping(..., name='strict')"
+                )
 
     @property
     def stopping_path(self) -> Path:
@@ -385,7 +434,35 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         # under fast_dev_run this is not reached: SkipsFastDevRun turns every hook into a no-op
         if stage != "fit":
             return
+        self._check_monitors_attached(trainer)
         self._root = resolve_run_root(trainer, self._run_dir_arg, type(self).__name__)
+
+    def _check_monitors_attached(self, trainer: pl.Trainer) -> None:
+        """Refuse (warn with ``strict=False``), before the first step, keys of a memcallbacks monitor none logs.
+
+        A condition on a key of a memcallbacks area (``mem/canary/...``, ``mem/mia/...``, ...) needs
+        a memcallbacks monitor in the Trainer; keys of other areas may be logged by the module
+        itself and are checked once the monitors have had their first evaluation.
+        """
+        if any(isinstance(cb, MemorisationCallback) for cb in trainer.callbacks):  # type: ignore[attr-defined]
+            return
+        needed: dict[str, str] = {}
+        for cond in self.conditions:
+            parts = cond.monitor.split("/")
+            if len(parts) >= 3 and parts[0] == "mem" and parts[1] in _MONITOR_OF_AREA:
+                needed[cond.monitor] = _MONITOR_OF_AREA[parts[1]]
+        if not needed:
+            return
+        classes = sorted(set(needed.values()))
+        message = (
+            f"LeakageEarlyStopping monitors {sorted(needed)}, but no memcallbacks monitor is in the Trainer's "
+            f"`callbacks=[...]`, so nothing will log {'it' if len(needed) == 1 else 'them'}. Add "
+            f"{' and '.join(classes)} to `callbacks=[...]` beside the stopper, e.g. "
+            f"Trainer(callbacks=[{classes[0]}(...), stopper])"
+        )
+        if self.strict:
+            raise MisconfigurationException(message)
+        self.warn_once("no_monitor", message)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._skip_run:
@@ -402,6 +479,7 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             self.stopped_epoch = None
             self.reason = None
             self.counters = dict.fromkeys(self.counters, 0)
+            self.restored_epoch = self.restored_step = None  # training goes on: later weights are its own
             return
         trainer.should_stop = True
         rank_zero_warn(
@@ -485,6 +563,7 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
                 "restored_epoch": None,
                 "restored_step": None,
                 "min_epochs": self.min_epochs,
+                "gaps": [list(g) for g in self.gaps],
                 "last_epoch": int(trainer.current_epoch) - 1,
                 "last_step": int(trainer.global_step),
             },
@@ -496,11 +575,26 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         epoch = trainer.current_epoch
         if self._last_epoch_decided == epoch:
             return
+        skipped = self._last_epoch_decided >= 0 and epoch > self._last_epoch_decided + 1
+        if skipped and self.stopped_epoch is None:
+            self._restart_patience(self._last_epoch_decided + 1, epoch - 1)
         self._last_epoch_decided = epoch
         if self.stopped_epoch is not None:
             trainer.should_stop = True
             return
         self._decide(trainer, pl_module, _fresh_keys(trainer), completed=epoch + 1, mid_epoch=False)
+
+    def _restart_patience(self, first: int, last: int) -> None:
+        """No decision was taken for epochs ``first..last``: patience never counts across such a gap."""
+        gap = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+        self.counters = dict.fromkeys(self.counters, 0)
+        self.gaps.append([first, last])
+        self.warn_once(
+            "gap",
+            f"LeakageEarlyStopping: no decision was taken for {gap} (its evaluation is missing from the "
+            "checkpoint this run resumed from); patience restarts from 0 after it and `gaps` in "
+            "stopping.json records it",
+        )
 
     def _decide_at_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, point: str) -> None:
         """The decision after the evaluations due at this global step (step or validation schedule)."""
@@ -638,6 +732,8 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         restored = (
             self._restore_best_safe(pl_module, mid_epoch=mid_epoch) if self.restore == "best_safe" else None
         )
+        if restored is not None:  # checkpoints saved from now on hold these weights (on_save_checkpoint)
+            self.restored_epoch, self.restored_step = restored, self.best_safe_step
         if trainer.is_global_zero:
             self._report_stop(trainer, restored)
 
@@ -699,8 +795,39 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
                     "restored_epoch": restored,
                     "restored_step": restored_step,
                     "min_epochs": self.min_epochs,
+                    "gaps": [list(g) for g in self.gaps],
                 },
             )
+
+    # -- checkpoints after a rollback --------------------------------------------------------------
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """After a rollback, write into the checkpoint which evaluation's weights it holds (and warn once).
+
+        The entry is ``checkpoint["memcallbacks_weights"] = {"epoch": E, "step": S, ...}``: a
+        checkpoint named ``epoch=2-step=...`` written after ``restore="best_safe"`` loaded the
+        weights of epoch 1 says ``"epoch": 1`` there.
+        """
+        if self.restored_epoch is None:
+            return
+        saved_at = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        checkpoint["memcallbacks_weights"] = {
+            "epoch": int(self.restored_epoch),
+            "step": None if self.restored_step is None else int(self.restored_step),
+            "saved_at_epoch": int(trainer.current_epoch),
+            "saved_at_step": int(trainer.global_step),
+            "restored_by": "LeakageEarlyStopping(restore='best_safe')",
+            "reason": self.reason,
+        }
+        self.warn_once(
+            "rolled_back_checkpoint",
+            f"LeakageEarlyStopping: a checkpoint saved at {saved_at} holds the weights of epoch "
+            f"{self.restored_epoch} (step {self.restored_step}) that restore='best_safe' loaded, not those of its "
+            "own epoch; its name may say otherwise. `checkpoint['memcallbacks_weights']` records which, and its "
+            "optimizer state is the later one: deploy or evaluate from it, and to train on from the safe point "
+            f"resume from the checkpoint of epoch {self.restored_epoch} itself",
+        )
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -708,11 +835,14 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
             "counters": dict(self.counters),
             "last_values": dict(self.last_values),
             "seen": sorted(self.seen),
+            "gaps": [list(g) for g in self.gaps],
             "stopped_epoch": self.stopped_epoch,
             "stopped_step": self.stopped_step,
             "reason": self.reason,
             "best_safe_epoch": self.best_safe_epoch,
             "best_safe_step": self.best_safe_step,
+            "restored_epoch": self.restored_epoch,
+            "restored_step": self.restored_step,
             "last_epoch_decided": self._last_epoch_decided,
             "last_step_decided": list(self._last_step_decided),
             "best_safe_file": self._best_safe_file,
@@ -724,12 +854,15 @@ class LeakageEarlyStopping(SkipsFastDevRun, WarnsOnce, Callback):
         self.counters = {c.monitor: int(counters.get(c.monitor, 0)) for c in self.conditions}
         self.last_values = {str(k): float(v) for k, v in state_dict.get("last_values", {}).items()}
         self.seen = set(state_dict.get("seen", []))
+        self.gaps = [[int(a), int(b)] for a, b in state_dict.get("gaps") or []]
         self.stopped_epoch = state_dict.get("stopped_epoch")
         self._restored_stop = self.stopped_epoch is not None
         self.reason = state_dict.get("reason")
         self.stopped_step = state_dict.get("stopped_step")
         self.best_safe_epoch = state_dict.get("best_safe_epoch")
         self.best_safe_step = state_dict.get("best_safe_step")
+        self.restored_epoch = state_dict.get("restored_epoch")
+        self.restored_step = state_dict.get("restored_step")
         self._last_epoch_decided = int(state_dict.get("last_epoch_decided", -1))
         step, point = state_dict.get("last_step_decided") or (-1, "")
         self._last_step_decided = (int(step), str(point))
@@ -755,8 +888,8 @@ def _fresh_keys(trainer: pl.Trainer) -> set[str]:
     epoch = trainer.current_epoch
     logged = logged_at(trainer)
     fresh = {k for k, at in logged.items() if at.epoch == epoch and not at.mid_epoch}
-    mid_epoch = {k for k, at in logged.items() if at.mid_epoch}
-    fresh.update(compat.keys_logged_this_epoch(trainer) - mid_epoch)  # keys logged another way (self.log)
+    # keys logged another way (self.log): a key the monitors log is judged by when they logged it only
+    fresh.update(compat.keys_logged_this_epoch(trainer) - set(logged))
     return fresh
 
 

@@ -8,8 +8,10 @@ memorisation scores of :func:`memcallbacks.metrics.memorisation_score`: by defau
 loss over training (the area under the loss curve; cf. Pleiss et al., NeurIPS 2020), which
 ranks mislabelled and atypical samples -- the ones a classifier has to memorise -- first; for
 language models, where a memorised sequence has a *low* loss, the lowest loss a sample reached
-calibrated by a per-sample reference loss (``reference=``, e.g. the zlib entropy of the text;
-Watson et al., ICLR 2022; Carlini et al., USENIX Security 2021), or uncalibrated.
+calibrated by a per-sample reference loss (``reference=``: the probes' losses under the weights at
+fit start, the peft base model or a given model, evaluated once before the first step; or given
+losses, e.g. the zlib entropy of the text; Watson et al., ICLR 2022; Carlini et al., USENIX
+Security 2021), or uncalibrated.
 
 Two sources of per-sample losses:
 
@@ -29,6 +31,7 @@ Two sources of per-sample losses:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,17 +39,29 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import Dataset, IterableDataset
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import (
+    BatchSampler,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    Subset,
+    WeightedRandomSampler,
+)
 
 from memcallbacks import loggers, rundir
-from memcallbacks.callbacks._base import MemorisationCallback
+from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
+from memcallbacks.callbacks.dp import is_poisson_loader
+from memcallbacks.callbacks.membership import check_reference as check_reference_model
+from memcallbacks.callbacks.membership import check_reference_vocabulary, peft_model_of, reference_kind
 from memcallbacks.callbacks.probes import (
     dataset_of,
     default_sample_loss_and_correct_fn,
+    evaluate_sample_losses,
     evaluate_sharded,
     probe_collate,
     random_subset,
+    unwrap_loaders,
 )
 from memcallbacks.data.indexed import IndexedDataset
 from memcallbacks.data.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
@@ -72,6 +87,20 @@ _CHECKED_STEPS = 2
 
 _Step = tuple[Any, Any, Any]  # (sample losses [B], sample indices [B], correctness [B] or None)
 
+#: how the training DataLoader draws samples (``meta.json["sampling"]``)
+SAMPLINGS = ("without_replacement", "poisson", "with_replacement")
+_VISITED_FRAC_MEANING = {
+    "without_replacement": "fraction of the N samples with a finite loss in the column; each sample is drawn once "
+    "per epoch, so below 1 means samples were missed (or their loss was NaN/inf)",
+    "poisson": "fraction of the N samples drawn at least once (with a finite loss) in the column: Poisson "
+    "sampling (Opacus) takes each sample in each of an epoch's 1/q batches with probability q, so an epoch "
+    "draws about 1 - (1 - q)^(1/q) ~ 63% of them (expected_visited_frac), some more than once; the first loss "
+    "is kept, visits counts every draw",
+    "with_replacement": "fraction of the N samples drawn at least once (with a finite loss) in the column: the "
+    "sampler draws with replacement, so some are drawn more than once and others not at all "
+    "(expected_visited_frac); the first loss is kept, visits counts every draw",
+}
+
 
 @dataclass
 class _Epoch:
@@ -83,6 +112,112 @@ class _Epoch:
     nonfinite: int
     duplicates: int = 0
     stats: TrajectoryStatistics | None = None
+
+
+def _sampler_of(loader: Any) -> Any:
+    """The sampler that draws the indices of ``loader``: its batch sampler's, else its own."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, BatchSampler):
+        return batch_sampler.sampler
+    return getattr(loader, "sampler", None)
+
+
+def sampling_of(loader: Any) -> tuple[str, float | None]:
+    """How a training DataLoader draws samples, and the expected fraction of them one epoch visits.
+
+    ``"poisson"``: Opacus' ``DPDataLoader`` (``UniformWithReplacementSampler`` or its
+    distributed form): each of the ``steps`` batches of an epoch (``1/q`` by default) takes
+    each sample independently with probability ``q``, so an epoch visits a sample
+    ``Binomial(steps, q)`` times and visits ``1 - (1 - q)^steps`` of them (about ``1 - 1/e =
+    0.63``). ``"with_replacement"``: a ``RandomSampler`` or ``WeightedRandomSampler`` with
+    ``replacement=True`` drawing ``m`` indices with probabilities ``p_i``: the expected visited
+    fraction is the mean of ``1 - (1 - p_i)^m``. ``"without_replacement"``: any other sampler,
+    assumed to visit each sample once per epoch (expected fraction 1, not computed: ``None``).
+
+    Args:
+        loader: the Trainer's ``train_dataloader`` (a DataLoader, or a collection of them).
+
+    Returns:
+        ``(sampling, expected_visited_frac)``; ``expected_visited_frac`` is ``None`` when unknown.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, RandomSampler
+        >>> data = list(range(4))
+        >>> sampling_of(DataLoader(data, sampler=RandomSampler(data, replacement=True)))
+        ('with_replacement', 0.68359375)
+    """
+    found = list(unwrap_loaders(loader))
+    if len(found) != 1:
+        return "without_replacement", None
+    dl = found[0]
+    # an Opacus loader exists only once opacus is imported: otherwise skip its import (~0.2 s)
+    if "opacus" in sys.modules and is_poisson_loader(dl):
+        bs = getattr(dl, "batch_sampler", None)
+        q = getattr(bs, "sample_rate", None)
+        steps = getattr(bs, "steps", getattr(bs, "num_batches", None))
+        if q is None or steps is None:
+            return "poisson", None
+        return "poisson", float(1.0 - (1.0 - float(q)) ** int(steps))
+    sampler = _sampler_of(dl)
+    if isinstance(sampler, (RandomSampler, WeightedRandomSampler)) and sampler.replacement:
+        if isinstance(sampler, WeightedRandomSampler):
+            p = sampler.weights.double() / sampler.weights.double().sum()
+        else:
+            n = len(sampler.data_source)
+            p = torch.full((n,), 1.0 / max(n, 1), dtype=torch.float64)
+        return "with_replacement", float((1.0 - (1.0 - p) ** int(sampler.num_samples)).mean())
+    return "without_replacement", None
+
+
+def _is_integer_tensor(tensor: torch.Tensor) -> bool:
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+def _holds_values(batch: Any, values: list[int], depth: int = 3) -> bool:
+    """Whether ``batch`` (nested dicts/lists/tuples) holds an integer vector equal to ``values``."""
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        integer = batch.dtype.kind in "iu" if isinstance(batch, np.ndarray) else _is_integer_tensor(batch)
+        return integer and tuple(batch.shape) == (len(values),) and batch.tolist() == values
+    if depth == 0:
+        return False
+    if isinstance(batch, Mapping):
+        return any(_holds_values(v, values, depth - 1) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        if len(batch) == len(values) and all(type(v) is int for v in batch) and list(batch) == values:
+            return True
+        return any(_holds_values(v, values, depth - 1) for v in batch)
+    return False
+
+
+def _check_collate_keeps_index(loader: Any) -> None:
+    """Before the first step: the loader's collate function keeps the index IndexedDataset adds to each item.
+
+    Collates the last two items as the DataLoader would and looks for their positions anywhere in
+    the batch (under any key). A collate function that fails on them is left for training to report.
+
+    Raises:
+        ValueError: the positions are nowhere in the collated batch.
+    """
+    dataset = loader.dataset
+    n = len(dataset)
+    positions = [n - 1, n - 2] if n >= 2 else [0]
+    try:
+        batch = loader.collate_fn(dataset.__getitems__(positions))
+    except Exception:
+        return
+    if _holds_values(batch, positions):
+        return
+    name = getattr(loader.collate_fn, "__name__", type(loader.collate_fn).__name__)
+    raise ValueError(
+        f"LossTrajectoryTracker: the training DataLoader's collate_fn ({name}) dropped the sample index: the "
+        "dataset is wrapped in IndexedDataset, which adds an 'index' key to dict items (or makes (index, "
+        "item) pairs), but the collated batch holds no index. Keep it in your collate function, e.g.\n\n"
+        "    def collate(items):\n"
+        '        batch = my_collate([{k: v for k, v in it.items() if k != "index"} for it in items])\n'
+        '        batch["index"] = torch.tensor([it["index"] for it in items])\n'
+        "        return batch\n\n"
+        "then `index, batch = split_index(batch)` in training_step"
+    )
 
 
 def _check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
@@ -152,6 +287,39 @@ def _check_id_space(id_space: Any, *, source: Any, num_samples: Any, reference: 
         )
 
 
+def _is_model_reference(reference: Any) -> bool:
+    """``reference`` names a model to evaluate once at fit start (a string or a module), not given losses."""
+    return isinstance(reference, (str, torch.nn.Module))
+
+
+def _check_reference_arg(reference: Any, *, source: Any, score: Any) -> None:
+    """``reference=``: per-sample losses, or (probe source) ``"fit_start"``, ``"peft_base"`` or a module."""
+    if score == "calibrated_loss" and reference is None:
+        raise ValueError(
+            "`score='calibrated_loss'` needs `reference=`: with source='probe', reference='fit_start' (the "
+            "weights before the first step, evaluated once), 'peft_base' or a reference model; or one "
+            "reference loss per training sample (dataset index order), e.g. "
+            "memcallbacks.metrics.zlib_entropy(texts) or a reference model's losses"
+        )
+    if reference is None:
+        return
+    if not _is_model_reference(reference):
+        check_float_array(
+            reference, "reference", allow_nan=True, hint="; pass one reference loss per sample (NaN: none)"
+        )
+        return
+    check_reference_model(reference)
+    if source != "probe":
+        what = repr(reference) if isinstance(reference, str) else type(reference).__name__
+        raise ValueError(
+            f"`reference={what}` evaluates the tracked samples once before the first step, which with "
+            "source='step' would be one extra pass over the whole training set; pass source='probe' (the "
+            "probe set is evaluated once at fit start as the reference), or compute the reference losses "
+            "once yourself (e.g. memcallbacks.callbacks.probes.evaluate_sample_losses(base_model, "
+            "train_dataset)) and pass them as an array, one per training sample in dataset index order"
+        )
+
+
 def _validate_init(
     *,
     source: Any,
@@ -183,15 +351,7 @@ def _validate_init(
     check_memory_budget(memory_budget_bytes)
     check_int("num_top", num_top, minimum=0, hint="use 0 to emit no table at fit end")
     check_choice("score", score, MEMORISATION_SCORES)
-    if score == "calibrated_loss" and reference is None:
-        raise ValueError(
-            "`score='calibrated_loss'` needs `reference=`: one reference loss per training sample (dataset "
-            "index order), e.g. memcallbacks.metrics.zlib_entropy(texts) or a reference model's losses"
-        )
-    if reference is not None:
-        check_float_array(
-            reference, "reference", allow_nan=True, hint="; pass one reference loss per sample (NaN: none)"
-        )
+    _check_reference_arg(reference, source=source, score=score)
     _check_probe_args(source, probe_dataset, sample_loss_fn, collate_fn)
 
 
@@ -218,16 +378,24 @@ class LossTrajectoryTracker(MemorisationCallback):
     ``mem/traj/unlearned_frac``   fraction of seen samples not learned: ``learned_epoch == -1`` with
                                   correctness, else gold-label probability ``exp(-last loss) < 0.5``
                                   (:func:`~memcallbacks.metrics.unlearned_fraction`); NaN if none seen
-    ``mem/traj/visited_frac``     fraction of the ``N`` samples visited this epoch (finite loss)
+    ``mem/traj/visited_frac``     fraction of the ``N`` samples visited this epoch (finite loss); below 1
+                                  by design when the loader samples with replacement (Opacus' Poisson
+                                  sampling: about 0.63, ``meta.json["expected_visited_frac"]``)
     ``mem/traj/nonfinite``        number of samples whose loss was NaN/inf this epoch (stored as NaN,
                                   not visited)
     ``mem/traj/duplicates``       records dropped this epoch because their sample was already recorded
-                                  in it (the first is kept; a warning the first time), beyond the at
-                                  most ``world_size - 1`` repeats ``DistributedSampler`` pads with
+                                  in it (the first is kept; a warning the first time, none when the
+                                  loader samples with replacement), beyond the at most
+                                  ``world_size - 1`` repeats ``DistributedSampler`` pads with
     ``mem/traj/clipped``          finite losses beyond the storage dtype's range this epoch (float16:
                                   above 65504), stored clipped (a warning the first time; use
                                   ``dtype="float32"``)
-    ``mem/traj/score_max``        largest memorisation score (mean loss over the recorded epochs)
+    ``mem/traj/score_max``        largest memorisation score by ``score=`` (the most memorised sample's;
+                                  higher = more memorised for every score): ``mean_loss`` the highest
+                                  mean loss (a sample fitted late), ``min_loss``/``low_loss`` minus
+                                  the lowest/last loss (<= 0; near 0 = reproduced almost exactly),
+                                  ``calibrated_loss`` reference minus lowest loss (> 0: below the
+                                  reference), ``loss_drop`` first minus last loss; NaN if none finite
     ``mem/traj/epochs``           number of epochs recorded so far
     ============================  =====================================================================
 
@@ -239,8 +407,19 @@ class LossTrajectoryTracker(MemorisationCallback):
     epoch), ``correct_XXXX.npy``, ``statistics.npz`` (per-sample statistics; ``score`` is the
     mean loss, ``first`` the first-visit loss; ``min_loss = -min``, ``low_loss = -last``,
     ``loss_drop = first - last``; with ``reference``, ``reference`` per row and ``calibrated_loss =
-    reference - min``) and ``meta.json`` (``score_by`` names the tracker's ranking) at the end of every
+    reference - min``; step source: ``visits``, how many times each sample was drawn in the recorded
+    columns, repeats included) and ``meta.json`` (``score_by`` names the tracker's ranking,
+    ``reference`` where the reference came from, ``sampling`` how the loader draws samples,
+    ``expected_visited_frac`` and ``visited_frac`` what that fraction means) at the end of every
     recorded epoch.
+
+    Sampling with replacement: Opacus' ``DPDataLoader`` (Poisson sampling, each sample in each
+    of an epoch's ``1/q`` batches with probability ``q``) and ``RandomSampler`` /
+    ``WeightedRandomSampler`` with ``replacement=True`` draw some samples several times in an
+    epoch and others not at all. The tracker recognises them at fit start (``meta.json
+    ["sampling"]``: ``"poisson"``, ``"with_replacement"``, else ``"without_replacement"``), keeps
+    the first loss of each sample per column, counts the repeats in ``mem/traj/duplicates``
+    without a warning, and records every draw in ``statistics.npz["visits"]``.
 
     Windows (``every_n_steps=N``): instead of one column per epoch, one column per window of ``N``
     global (optimizer) steps, recorded in ``on_train_batch_end`` at each multiple of ``N`` (the
@@ -294,12 +473,20 @@ class LossTrajectoryTracker(MemorisationCallback):
             ``"mean_loss"`` (default; classifiers), ``"calibrated_loss"`` (language models, with
             ``reference``), ``"min_loss"`` (language models), ``"low_loss"`` or ``"loss_drop"``
             (language models, probe source); see :func:`memcallbacks.metrics.memorisation_score`.
-        reference: per-sample reference losses for ``"calibrated_loss"``, in the units of the
-            tracked loss and indexed like :attr:`sample_ids` (the training set's dataset index; the
-            probe dataset's with ``probe_dataset=``): e.g.
-            :func:`memcallbacks.metrics.zlib_entropy` of the training texts, or a reference model's
-            per-sample losses (in fine-tuning: the pre-trained model's). NaN: no reference (the
-            sample ranks last). Not saved in checkpoints: pass it again when resuming.
+        reference: the reference losses of ``"calibrated_loss"`` (``reference - min``; Watson et
+            al., ICLR 2022, difficulty calibration). With ``source="probe"``, a model evaluated
+            ONCE on the probe set in ``on_train_start``, before the first step, kept in the
+            checkpoint and never recomputed on resume: ``"fit_start"`` (the weights at the start
+            of ``fit``: in fine-tuning, the pre-trained model), ``"peft_base"`` (the peft model
+            with its adapters disabled) or a ``torch.nn.Module`` that ``sample_loss_fn`` can run
+            with the same vocabulary or classes. Or, with either source, one loss per sample in
+            the units of the tracked loss, indexed like :attr:`sample_ids` (the training set's
+            dataset index; the probe dataset's with ``probe_dataset=``): e.g.
+            :func:`memcallbacks.metrics.zlib_entropy` of the training texts, or a reference
+            model's per-sample losses computed beforehand. NaN: no reference (the sample ranks
+            last). Given losses are not saved in checkpoints: pass them again when resuming.
+            A model reference with ``source="step"`` is refused (it would be one extra pass over
+            the whole training set).
         name: distinguishes two trackers in one Trainer: sub-folder ``trajectory_<name>`` and keys
             ``mem/traj/<metric>/<name>`` (e.g. ``mem/traj/loss_mean/probe``); ``history`` keeps the plain keys.
         run_dir: root folder instead of ``<trainer.log_dir>/memcallbacks``.
@@ -314,7 +501,11 @@ class LossTrajectoryTracker(MemorisationCallback):
     Raises:
         ValueError: unknown ``source`` or ``score``, ``loss_key="loss"``, bad sizes or dtype,
             ``score="calibrated_loss"`` without ``reference``, a ``reference`` that does not cover
-            every sample (at ``fit``) or holds an infinity.
+            every sample (at ``fit``) or holds an infinity, a model ``reference`` with
+            ``source="step"``, with another vocabulary, that cannot score the probes, or
+            ``"peft_base"`` without peft adapters (before the first step); a training
+            DataLoader whose ``collate_fn`` drops :class:`IndexedDataset`'s index (before the
+            first step).
         TypeError: a string, float or bool where an integer is expected, and the like.
 
     Example:
@@ -376,10 +567,10 @@ class LossTrajectoryTracker(MemorisationCallback):
             score=score, reference=reference, id_space=id_space,
         )  # fmt: skip
         self.id_space, self.source, self.num_samples, self.score = id_space, source, num_samples, score
-        self.reference = (
-            None if reference is None else check_float_array(reference, "reference", allow_nan=True)
-        )
-        self._row_reference: np.ndarray | None = None  # reference[sample_ids], set with the samples
+        # given losses (checked here), or a model to evaluate once at fit start
+        self.reference: np.ndarray | str | torch.nn.Module | None = reference
+        if reference is not None and not _is_model_reference(reference):
+            self.reference = check_float_array(reference, "reference", allow_nan=True)
         self.loss_key, self.index_key, self.correct_key = loss_key, index_key, correct_key
         self.probe_dataset, self.num_probes, self.seed = probe_dataset, int(num_probes), int(seed)
         self.sample_loss_fn = sample_loss_fn or default_sample_loss_and_correct_fn
@@ -405,6 +596,15 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._steps: list[_Step] = []
         self._checked = 0
         self._row_of: dict[int, int] = {}  # id_space="hashed": sample id -> store row, in order of arrival
+        # the reference loss of each store row, set with the samples
+        self._row_reference: np.ndarray | None = None
+        # reference="fit_start"/"peft_base"/module: the probes' losses evaluated once at fit start (kept in checkpoints)
+        self._fit_reference: np.ndarray | None = None
+        # step source: how many times each row's loss arrived (every draw, repeats included)
+        self._visits: np.ndarray | None = None
+        self._sampling: str | None = None  # step source: one of SAMPLINGS
+        self._train_indexed = False  # step source: the training DataLoader's dataset is an IndexedDataset
+        self._expected_visited_frac: float | None = None
 
     # -- identity (resume contract) ---------------------------------------------------------------
     def _state_key_args(self) -> dict[str, Any]:
@@ -420,6 +620,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             measured["id_space"] = self.id_space
         if self.source == "probe" and self.probe_dataset is None:
             measured.update(seed=self.seed, num_probes=self.num_probes)
+        if _is_model_reference(self.reference):  # what the fit-start reference losses in the checkpoint are
+            measured["reference"] = reference_kind(self.reference)  # type: ignore[arg-type]
         return measured
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -433,6 +635,8 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._collecting = self._collects(trainer)
         self._collecting_epoch = trainer.current_epoch
         self._checked = 0
+        if self.source == "step":
+            self._check_training_loader(trainer)
         if self.store is not None and self._pending_state is None:
             return  # a second fit() on the same tracker continues its trajectories
         n, ids = self._resolve_samples(trainer)
@@ -443,7 +647,9 @@ class LossTrajectoryTracker(MemorisationCallback):
             )
         self._sample_ids = ids
         self._row_of = {}
-        self._row_reference = self._reference_of(ids, n)
+        self._row_reference = self._resolve_reference(
+            trainer, pl_module, ids, n, resuming=self._pending_state is not None
+        )
         zero = trainer.is_global_zero
         self.store = TrajectoryStore(
             n,
@@ -452,9 +658,11 @@ class LossTrajectoryTracker(MemorisationCallback):
             memory_budget_bytes=self.memory_budget_bytes,
             keep_epochs=zero,
         )
+        self._visits = np.zeros(n, dtype=np.int64) if self.source == "step" else None
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.store.load_state_dict(state.get("store", {}))
+            self._load_visits(state.get("visits"), n)
             self.recorded_epochs = [int(e) for e in state.get("recorded_epochs", [])][: self.store.num_epochs]
             steps = state.get("recorded_steps", [-1] * len(self.recorded_epochs))
             self.recorded_steps = [int(s) for s in steps][: self.store.num_epochs]
@@ -469,6 +677,32 @@ class LossTrajectoryTracker(MemorisationCallback):
                     f"LossTrajectoryTracker: removed {removed} epoch file(s) of an earlier run from {self.run_dir}; "
                     "resume with `ckpt_path=` to continue a run instead"
                 )
+
+    def _load_visits(self, visits: Any, n: int) -> None:
+        """Restore the per-sample draw counts; a checkpoint without them leaves them unknown (not written)."""
+        if self._visits is None:
+            return
+        restored = None if visits is None else torch.as_tensor(visits).reshape(-1).numpy().astype(np.int64)
+        self._visits = restored if restored is not None and restored.shape == (n,) else None
+
+    def _check_training_loader(self, trainer: pl.Trainer) -> None:
+        """How the training DataLoader samples (Poisson, with replacement), said once per fit; what it implies."""
+        found = list(unwrap_loaders(trainer.train_dataloader))
+        self._train_indexed = bool(found) and isinstance(found[0].dataset, IndexedDataset)
+        if len(found) == 1 and self._train_indexed:
+            _check_collate_keeps_index(found[0])
+        self._sampling, self._expected_visited_frac = sampling_of(trainer.train_dataloader)
+        if self._sampling == "without_replacement":
+            return
+        expected = self._expected_visited_frac
+        share = "" if expected is None else f" (here about {expected:.0%})"
+        rank_zero_info(
+            f"LossTrajectoryTracker: the training DataLoader samples {self._sampling.replace('_', ' ')}"
+            f"{' (Opacus)' if self._sampling == 'poisson' else ''}: an epoch visits each sample 0, 1 or more "
+            f"times, so mem/traj/visited_frac is below 1{share} and mem/traj/duplicates counts the repeated "
+            "draws (the first loss of the epoch is kept, no warning); statistics.npz['visits'] counts every "
+            "draw of each sample"
+        )
 
     def _load_id_table(self, table: Any) -> None:
         """Restore the rows of ``id_space='hashed'`` from a checkpoint's ``id_table``."""
@@ -511,9 +745,109 @@ class LossTrajectoryTracker(MemorisationCallback):
         if partial.get("correct") is not None or self._has_correct is None:
             self._has_correct = partial.get("correct") is not None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and isinstance(self.reference, str) and self.reference == "peft_base":
+            peft_model_of(pl_module, type(self).__name__)  # no adapters: a clear error before training
+
+    def _resolve_reference(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, ids: np.ndarray, n: int, *, resuming: bool
+    ) -> np.ndarray | None:
+        """The reference loss of each store row: given, or (a model reference) evaluated once at fit start.
+
+        The fit-start losses are kept in the checkpoint and never recomputed: a resumed run whose
+        checkpoint lacks them raises rather than take the resumed weights as the reference.
+        """
+        if not _is_model_reference(self.reference):
+            if self.source == "probe":
+                self._check_probes_score(trainer, pl_module)
+            return self._reference_of(ids, n)
+        if self._fit_reference is None:
+            if resuming:
+                raise ValueError(
+                    f"LossTrajectoryTracker(reference={self._reference_name()}): the checkpoint holds no "
+                    "reference losses evaluated at fit start (it was written without a model reference), and "
+                    "evaluating them now would take the resumed weights as the reference; resume without "
+                    "this `reference=`, or start a new run (no `ckpt_path`)"
+                )
+            self._fit_reference = self._evaluate_reference(trainer, pl_module)
+        if self._fit_reference.shape != (n,):
+            raise ValueError(
+                f"the checkpoint's LossTrajectoryTracker reference holds {self._fit_reference.shape[0]} losses, "
+                f"this run tracks {n} probes; resume with the same probe set"
+            )
+        return check_reference(self._fit_reference.astype(np.float64), n)
+
+    def _check_probes_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before the first step: the model scores the first probes (else the first evaluation would fail)."""
+        assert self._probe is not None
+        head = Subset(self._probe, list(range(min(2, len(self._probe)))))  # type: ignore[arg-type]
+        try:
+            evaluate_sample_losses(
+                pl_module, head, self.sample_loss_fn, batch_size=self.batch_size, device=pl_module.device,
+                collate_fn=self.collate_fn, trainer=trainer, pad_id=self.pad_id,
+            )  # fmt: skip
+        except Exception as e:
+            raise ValueError(
+                f"LossTrajectoryTracker(source='probe'): the model cannot score the probe set: {type(e).__name__}: "
+                f"{e}. HINT: the default `sample_loss_fn` takes (x, y) classification items and Hugging Face "
+                "batches with labels; pass `sample_loss_fn=(module, batch) -> per-sample losses [B]` for "
+                "anything else, or a `probe_dataset=` whose items the model takes"
+            ) from e
+
+    def _reference_label(self) -> str | None:
+        """``meta.json["reference"]``: where ``statistics.npz["reference"]`` came from (None: no reference).
+
+        ``"losses"`` (given per sample), ``"fit_start"`` (the weights before the first step),
+        ``"peft_base"`` (the base model with the adapters disabled) or ``"module"`` (a given model).
+        """
+        if self.reference is None:
+            return None
+        if isinstance(self.reference, np.ndarray):
+            return "losses"
+        return reference_kind(self.reference)
+
+    def _reference_name(self) -> str:
+        return repr(self.reference) if isinstance(self.reference, str) else type(self.reference).__name__
+
+    def _evaluate_reference(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray:
+        """The probe set's losses under ``reference`` (the weights at fit start, the peft base, a module)."""
+        assert self._probe is not None
+        owner = type(self).__name__
+        ref = self.reference
+        if isinstance(ref, torch.nn.Module):
+            ref.to(pl_module.device)
+            check_reference_vocabulary(
+                pl_module, ref, self._probe, owner=owner, batch_size=self.batch_size,
+                collate_fn=self.collate_fn, pad_id=self.pad_id,
+            )  # fmt: skip
+            try:
+                return self._probe_losses(trainer, pl_module, ref)
+            except Exception as e:
+                raise ValueError(
+                    f"{owner}(reference={type(ref).__name__}): the reference model cannot score the probes: "
+                    f"{type(e).__name__}: {e}. Pass a reference that `sample_loss_fn(module, batch)` can run "
+                    "(the same inputs and outputs as the trained model)"
+                ) from e
+        if ref == "peft_base":
+            with peft_model_of(pl_module, owner).disable_adapter():
+                return self._probe_losses(trainer, pl_module, pl_module)
+        # "fit_start": the weights before the first step
+        return self._probe_losses(trainer, pl_module, pl_module)
+
+    def _probe_losses(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: torch.nn.Module
+    ) -> np.ndarray:
+        assert self._probe is not None
+        loss, _ = evaluate_sharded(
+            trainer, module, self._probe, self.sample_loss_fn, batch_size=self.batch_size,
+            collate_fn=self.collate_fn, device=pl_module.device, pad_id=self.pad_id,
+        )  # fmt: skip
+        return loss.numpy().astype(np.float32, copy=True)
+
     def _reference_of(self, ids: np.ndarray, n: int) -> np.ndarray | None:
         """The reference loss of each store row, or ``None``; raises when ``reference`` does not cover them."""
-        if self.reference is None:
+        if not isinstance(self.reference, np.ndarray):
             return None
         size = self.reference.shape[0]
         if (self.source == "step" and size != n) or (ids.size and int(ids.max()) >= size):
@@ -633,9 +967,11 @@ class LossTrajectoryTracker(MemorisationCallback):
             self._steps.append(self._checked_outputs(outputs, batch))
             return
         try:  # later steps: one append (shapes are checked at epoch end, metadata only)
+            loss = outputs[self.loss_key]
             self._steps.append(
                 (
-                    outputs[self.loss_key].detach(),
+                    # detach (about 1 us) only what holds a graph: the documented `.detach()`ed losses pass as they are
+                    loss.detach() if loss.requires_grad else loss,
                     outputs[self.index_key],
                     outputs.get(self.correct_key) if self._has_correct else None,
                 )
@@ -712,7 +1048,14 @@ class LossTrajectoryTracker(MemorisationCallback):
             if isinstance(outputs, Mapping)
             else type(outputs).__name__
         )
-        if isinstance(batch, Mapping) and "input_ids" in batch:  # a language-model batch: its own form
+        if isinstance(batch, Mapping) and "text_ids" in batch:  # packed texts (PackingCollator): per text
+            lines = (
+                "    # from memcallbacks import packed_model_inputs, packed_text_losses\n"
+                "    out = self.model(**packed_model_inputs(batch), use_cache=False)\n"
+                "    losses, index = packed_text_losses(out, batch)  # one loss per text, no second forward\n"
+                f'    return {{"loss": out.loss, "{self.loss_key}": losses.detach(), "{self.index_key}": index}}'
+            )
+        elif isinstance(batch, Mapping) and "input_ids" in batch:  # a language-model batch: its own form
             lines = (
                 "    # from memcallbacks.lm.losses import causal_lm_step_losses, position_ids_from_mask\n"
                 "    index, batch = split_index(batch)\n"
@@ -727,10 +1070,15 @@ class LossTrajectoryTracker(MemorisationCallback):
                 f'    return {{"loss": per_sample.mean(), "{self.loss_key}": per_sample.detach(), '
                 f'"{self.index_key}": index}}'
             )
+        wrap = (
+            "The training set is wrapped in IndexedDataset already (`DataLoader(IndexedDataset(dataset), ...)`): "
+            "return its index"
+            if self._train_indexed
+            else "Wrap the training set, `DataLoader(IndexedDataset(dataset), ...)`, and return them"
+        )
         return (
             f"LossTrajectoryTracker(source='step') reads per-sample losses and sample indices from the dict "
-            f"that training_step returns, but got {got}. Wrap the training set, "
-            "`DataLoader(IndexedDataset(dataset), ...)`, and return them from training_step:\n\n"
+            f"that training_step returns, but got {got}. {wrap} from training_step:\n\n"
             f"{lines}\n\n"
             "HINT: or use LossTrajectoryTracker(source='probe') to evaluate a probe set instead."
         )
@@ -779,7 +1127,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             "mem/traj/nonfinite": float(result.nonfinite),
             "mem/traj/duplicates": float(result.duplicates),
             "mem/traj/clipped": float(self.store.clipped_last_epoch),
-            "mem/traj/score_max": float(np.nanmax(stats.mean)) if seen.any() else nan,
+            "mem/traj/score_max": self._score_max(stats),
             "mem/traj/epochs": float(self.store.num_epochs),
         }
         if stats.forgetting_events is not None:
@@ -789,6 +1137,12 @@ class LossTrajectoryTracker(MemorisationCallback):
             if correct is not None and visited.size:
                 out["mem/traj/correct_frac"] = float(correct[visited].mean())
         return out
+
+    def _score_max(self, stats: TrajectoryStatistics) -> float:
+        """The largest memorisation score by ``score=`` (higher = more memorised); NaN when none is finite."""
+        score = memorisation_score(stats, by=self.score, reference=self._row_reference)
+        finite = score[np.isfinite(score)]
+        return float(finite.max()) if finite.size else float("nan")
 
     def write_files(self, result: _Epoch) -> None:
         """``statistics.npz`` and ``trajectory.json`` (the epoch files are written by the store)."""
@@ -807,18 +1161,37 @@ class LossTrajectoryTracker(MemorisationCallback):
         if not steps:
             return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device), None
         checked: list[_Step] = []
+        last: tuple[Any, ...] | None = None
         for loss, index, correct in steps:
             index = self._index_tensor(index)
             if (correct is not None) != bool(self._has_correct):
                 self._raise_correct_changed(correct is not None)
-            self._check_step((loss, index, correct))
+            # _check_step reads only these: a step like the one checked before it passes as that one did
+            shape = (
+                correct.shape if isinstance(correct, torch.Tensor) else None if correct is None else object()
+            )
+            key: tuple[Any, ...] = (type(loss), getattr(loss, "dtype", None), getattr(loss, "shape", None))
+            key += (index.dtype, index.shape, type(correct), shape)
+            if key != last:
+                self._check_step((loss, index, correct))
+                last = key
             checked.append((loss, index, correct))
-        loss = torch.cat([s[0].to(device, non_blocking=True) for s in checked]).float()
-        index = torch.cat([s[1].to(device, non_blocking=True) for s in checked]).long()
+        loss = self._cat_on(device, [s[0] for s in checked]).float()
+        index = self._cat_on(device, [s[1] for s in checked]).long()
         correct = None
         if self._has_correct:
-            correct = torch.cat([torch.as_tensor(s[2]).to(device, non_blocking=True) for s in checked]).bool()
+            correct = self._cat_on(device, [torch.as_tensor(s[2]) for s in checked]).bool()
         return index, loss, correct
+
+    @staticmethod
+    def _cat_on(device: torch.device, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """``torch.cat`` of ``tensors`` on ``device``: one move of the result when they share a device
+        (a ``.to`` per step costs about 1.4 us each), one move per tensor when they do not (a restored
+        partial epoch sits on the CPU)."""
+        try:
+            return torch.cat(tensors).to(device, non_blocking=True)
+        except RuntimeError:  # tensors on different devices
+            return torch.cat([t.to(device, non_blocking=True) for t in tensors])
 
     def _evaluate_probe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -887,15 +1260,19 @@ class LossTrajectoryTracker(MemorisationCallback):
         """Each index keeps its first record of the epoch; returns the rows and the unexpected repeats."""
         assert self.store is not None
         n = self.store.num_samples
-        # an O(N) bincount tells whether any index repeats
-        duplicates = int(idx.size - np.count_nonzero(np.bincount(idx, minlength=n))) if idx.size else 0
+        # an O(N) bincount tells whether any index repeats, and counts every draw of each sample
+        counts = np.bincount(idx, minlength=n) if idx.size else None
+        duplicates = int(idx.size - np.count_nonzero(counts)) if counts is not None else 0
+        if self._visits is not None and counts is not None:
+            self._visits += counts
         if duplicates:
             _, first = np.unique(idx, return_index=True)
             first.sort()
             idx, losses = idx[first], losses[first]
             corr = None if corr is None else corr[first]
         unexpected = max(duplicates - (world_size(trainer) - 1), 0)  # DistributedSampler pads <= ws - 1
-        if unexpected and self.every_n_steps is None:  # a window may span more than one pass: no warning
+        # no warning where repeats are expected: a window may span more than one pass; a sampler with replacement
+        if unexpected and self.every_n_steps is None and self._sampling in (None, "without_replacement"):
             self.warn_once(
                 "duplicates",
                 f"LossTrajectoryTracker: {unexpected} sample index(es) arrived more than once in epoch "
@@ -948,6 +1325,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             arrays["first"] = stats.first
         if self._row_reference is not None:  # calibrated_loss = reference - min
             arrays["reference"] = self._row_reference
+        if self._visits is not None:  # every draw of each sample over the recorded columns, repeats included
+            arrays["visits"] = self._visits.copy()
         if stats.forgetting_events is not None:
             arrays.update(
                 correctness=stats.correctness,
@@ -968,12 +1347,17 @@ class LossTrajectoryTracker(MemorisationCallback):
             "on_disk": self.store.on_disk,
             "memory_budget_bytes": self.memory_budget_bytes,
             "score_by": self.score,
+            "reference": self._reference_label(),
+            "sampling": self._sampling,
+            "expected_visited_frac": self._expected_visited_frac,
+            "visited_frac": _VISITED_FRAC_MEANING.get(self._sampling or ""),
             "clipped_total": self.store.clipped_total,
             "keys": {"loss": self.loss_key, "index": self.index_key, "correct": self.correct_key},
             "files": "epoch_XXXX.npy: column j of the [N, E] float matrix (NaN = not visited), "
             "trainer epoch = epochs[j]; correct_XXXX.npy: bool; statistics.npz: per-sample statistics "
             "(score = mean loss; first = first-visit loss; min_loss = -min, low_loss = -last, "
-            "loss_drop = first - last, calibrated_loss = reference - min)",
+            "loss_drop = first - last, calibrated_loss = reference - min; reference: the reference loss per row, "
+            "see `reference`; visits: how many times each sample was drawn in the recorded columns)",
         }
         # derived from the epoch files (written synchronously by the store): off the training loop
         self.write_in_background(rundir.write_trajectory_summary, self.run_dir, arrays, meta, durable=durable)
@@ -1084,6 +1468,10 @@ class LossTrajectoryTracker(MemorisationCallback):
         }
         if self.id_space == "hashed":  # the dense id table: sample id of each assigned row
             state["id_table"] = torch.tensor(list(self._row_of), dtype=torch.int64)
+        if self._fit_reference is not None:  # evaluated once at fit start: never recomputed on resume
+            state["fit_reference"] = state_tensor(self._fit_reference)
+        if self._visits is not None:
+            state["visits"] = state_tensor(self._visits.copy())  # a copy: the counts grow in place
         if self._collecting and self._steps:  # a mid-epoch checkpoint keeps the partial epoch (or window)
             index, loss, correct = self._take_step_buffers_copy()
             state["partial"] = {"epoch": int(self._collecting_epoch), "index": index, "loss": loss}
@@ -1106,6 +1494,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         self.load_base_state(state_dict.get("base", {}))
         if "store" not in state_dict:
             return
+        self._fit_reference = state_array(state_dict, "fit_reference", np.float32)
         self._pending_state = dict(state_dict)
         partial = state_dict.get("partial")
         self._partial = dict(partial) if isinstance(partial, Mapping) else None

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"run directory:  {run_dir}")
     print(f"report written: {paths['html']}")
     print(f"summary:        {paths['markdown']}")
+    for title in paths["other_runs"]:
+        print(f"memcallbacks report: written by another run, shown apart: {title}", file=sys.stderr)
     if paths["problems"]:
         for problem in paths["problems"]:
             print(f"memcallbacks report: section missing: {problem}", file=sys.stderr)

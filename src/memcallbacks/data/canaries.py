@@ -126,7 +126,8 @@ def _shorten(text: str, n: int = 40) -> str:
 def encoder_of(tokenizer: Any) -> Callable[[str, bool], list[int]]:
     """Turns a tokenizer into ``encode(text, add_special_tokens) -> list[int]``.
 
-    Accepts an object with ``encode`` (a Hugging Face tokenizer, :class:`CharTokenizer`), an
+    Accepts an object with ``encode`` (a Hugging Face tokenizer, :class:`CharTokenizer`, or a raw
+    ``tokenizers.Tokenizer``, whose ``encode`` returns an ``Encoding``: its ``.ids`` are used), an
     object whose ``__call__`` returns a mapping with ``"input_ids"``, or a plain function
     ``text -> ids`` (special tokens are then never added).
 
@@ -161,6 +162,8 @@ class _Encoder:
             out = out["input_ids"]
         elif hasattr(out, "input_ids"):
             out = out.input_ids
+        elif hasattr(out, "ids") and not hasattr(out, "tolist"):  # a raw `tokenizers.Encoding`
+            out = out.ids
         return _as_id_list(out)
 
 
@@ -175,6 +178,11 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 def _as_id_list(ids: Any) -> list[int]:
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
+    if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)):
+        raise TypeError(
+            f"the tokenizer returned {type(ids).__name__}, not token ids; pass a tokenizer whose `encode(text)` "
+            "returns a list of ids (or an object with `.ids` / `input_ids`), or a function text -> list of ids"
+        )
     if ids and isinstance(ids[0], (list, tuple)):  # a batch of one
         if len(ids) != 1:
             raise TypeError("the tokenizer returned a batch of sequences for one text")
@@ -407,6 +415,19 @@ class CanarySet:
             return self._encode(secret, False)
         except Exception as e:
             raise ValueError(f"the tokenizer cannot encode a secret of `alphabet`/`candidates`: {e}") from e
+
+    def plain_token_ids(self, canary: Canary) -> list[int]:
+        """Token ids of ``canary``'s text without special tokens (no BOS/EOS).
+
+        What a training row that holds the canary contains as a contiguous run, wherever the row
+        puts its own special tokens.
+
+        Example:
+            >>> cs = CanarySet("pin {secret}", CharTokenizer("pin 0123456789"), length=2, seed=0)
+            >>> cs[0].token_ids[0] == CharTokenizer.bos_token_id, len(cs.plain_token_ids(cs[0]))
+            (True, 6)
+        """
+        return self._encode(canary.text, False)
 
     def char_token_ids(self) -> list[int] | None:
         """One token id per alphabet character when every candidate tokenises character by character, else None.

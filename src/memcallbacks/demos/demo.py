@@ -434,8 +434,37 @@ def _fit(demo: _Demo, out: Path, *, epochs: int, loggers: list[Any], profiler: A
         log_every_n_steps=10,
     )
     t_fit = time.perf_counter()
-    trainer.fit(demo.model, demo.loader)
+    try:
+        trainer.fit(demo.model, demo.loader)
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into sys.exit(1)
+        if isinstance(e, KeyboardInterrupt) or trainer.interrupted:
+            _print_interrupted(demo, trainer, out)
+        raise
     return time.perf_counter() - t_fit
+
+
+def _print_interrupted(demo: _Demo, trainer: Any, out: Path) -> None:
+    """After Ctrl-C: what each monitor kept in the run directory, the checkpoints, and how to see them."""
+    print(
+        f"\nmemcallbacks demo: interrupted (Ctrl-C) in epoch {trainer.current_epoch}; what was kept:",
+        flush=True,
+    )
+    for cb in demo.callbacks:
+        history = getattr(cb, "history", None)
+        try:
+            folder = str(cb.run_dir)
+        except (AttributeError, RuntimeError):
+            folder = str(getattr(cb, "path", "") or "")
+        if not isinstance(history, list):
+            continue
+        last = history[-1] if history else None
+        kept = f"evaluations up to epoch {last.get('epoch')}" if last else "nothing evaluated yet"
+        print(f"  {type(cb).__name__:<30s} {kept}: {folder}")
+    ckpts = sorted((out / "checkpoints").glob("*.ckpt"))
+    print(
+        f"  checkpoints: {', '.join(p.name for p in ckpts) if ckpts else 'none yet'} in {out / 'checkpoints'}"
+    )
+    print(f"  the report of what was kept: memcallbacks report {out}", flush=True)
 
 
 def _results(
@@ -453,6 +482,7 @@ def _results(
     results.update(_numbers(run_dir))
     mia = demo.mia
     results["mia_auc"] = float(mia.report.auc) if mia.report is not None else float("nan")
+    results["mia_tpr"] = {float(f): float(t) for f, t in mia.report.tpr_at_fpr.items()} if mia.report else {}
     results["mia_members"], results["mia_nonmembers"] = len(demo.members), len(demo.nonmembers)
     results["extraction"] = _extraction(run_dir, [c.repetitions for c in demo.canaries])
     results["canary_top1"] = _canary_top1(run_dir)
@@ -524,16 +554,46 @@ def _extraction(run_dir: Path, repetitions: Sequence[int]) -> dict[str, Any] | N
         "window": (text.summary.get("prefix_len"), text.summary.get("suffix_len")),
     }
     for who, row in (("text", last_t), ("canary", last_c)):
+        # every member rate beside its held-out baseline of the same kind (greedy / (n, p) sampling)
         out[who] = float(as_number(row.get("mem/extract/exact_rate")))
         out[f"{who}_nonmember"] = float(as_number(row.get("mem/extract/exact_rate_nonmember")))
         out[f"{who}_prob"] = float(as_number(row.get(f"mem/extract/prob_rate/n{n}")))
-    # the canaries' greedy extraction by insertion count (member probe i is canary member_indices[i])
-    exact = canary.arrays["member_exact"][-1]
-    reps = np.asarray(repetitions, dtype=np.int64)[canary.arrays["member_indices"]]
-    out["canary_by_count"] = {
-        int(r): (int(np.nansum(exact[reps == r])), int((reps == r).sum())) for r in sorted(set(reps.tolist()))
-    }
+        out[f"{who}_prob_nonmember"] = float(as_number(row.get(f"mem/extract/prob_rate_nonmember/n{n}")))
+    out["canary_by_count"] = _canary_by_count(canary, repetitions, n, float(out["p"] or 0.0))
     return out
+
+
+def _canary_by_count(canary: Any, repetitions: Sequence[int], n: int, p: float) -> dict[int, dict[str, int]]:
+    """Per insertion count, the canary secrets extracted greedily and by (n, p) sampling, at the last evaluation.
+
+    Member probe ``i`` is canary ``member_indices[i]``; a probe not decoded (NaN) counts in neither.
+    """
+    from memcallbacks.metrics.sequence import extraction_probability
+
+    exact = np.asarray(canary.arrays["member_exact"][-1], dtype=np.float64)
+    log_q = np.asarray(canary.arrays["member_log_q"][-1], dtype=np.float64)
+    log_q = log_q[:, 0] if log_q.ndim == 2 and log_q.shape[1] else np.full(exact.shape, np.nan)
+    discovered = extraction_probability(np.minimum(log_q, 0.0), n) >= p
+    reps = np.asarray(repetitions, dtype=np.int64)[canary.arrays["member_indices"]]
+    out: dict[int, dict[str, int]] = {}
+    for r in sorted(set(reps.tolist())):
+        rows = (reps == r) & np.isfinite(exact)
+        out[int(r)] = {
+            "greedy": int(np.sum(exact[rows] > 0)),
+            "sampled": int(np.sum(discovered[rows & np.isfinite(log_q)])),
+            "of": int(rows.sum()),
+        }
+    return out
+
+
+def _versus(what: str, member: float, heldout: float, baseline: str) -> str:
+    """``member`` beside its baseline, and a plain verdict when members are not above it."""
+    line = f"{what} {member:.3f} vs {baseline} {heldout:.3f}"
+    if not (np.isfinite(member) and np.isfinite(heldout)):
+        return line + " (not measured)"
+    if member <= heldout:
+        return line + f" -> NOT above {baseline}: no sign of memorisation here"
+    return line + f" -> {member - heldout:+.3f} above {baseline}"
 
 
 def _canary_top1(run_dir: Path) -> dict[str, Any] | None:
@@ -590,20 +650,15 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
         )
         print("  " + _by_count(results["kept_exposure_by_count"]))
     print(
-        f"membership-inference AUC ({results['mia_members']:,} members vs {results['mia_nonmembers']:,} held out, "
-        f"after epoch {results.get('mia_epoch')}): "
-        f"{results['mia_auc']:.3f}"
+        f"membership inference (loss threshold, {results['mia_members']:,} members vs "
+        f"{results['mia_nonmembers']:,} held out, after epoch {results.get('mia_epoch')}):"
     )
+    print("  " + _versus("AUC", results["mia_auc"], 0.5, "chance"))
+    for fpr, tpr in sorted(results.get("mia_tpr", {}).items()):
+        print("  " + _versus(f"TPR at {100 * fpr:g}% FPR", tpr, fpr, "chance"))
     ext = results.get("extraction")
     if ext is not None:
-        by_count = " ".join(f"x{r}: {k}/{m}" for r, (k, m) in ext["canary_by_count"].items())
-        prefix_len, suffix_len = ext["window"]
-        print(
-            f"extractable after epoch {ext['epoch']} (greedy; (n={ext['n']}, p={ext['p']:g}) sampling): training "
-            f"text {ext['text']:.3f}; {ext['text_prob']:.3f} (held out {ext['text_nonmember']:.3f}, "
-            f"{prefix_len}+{suffix_len} tokens); canary secrets {ext['canary']:.3f}; {ext['canary_prob']:.3f} "
-            f"(fresh canaries {ext['canary_nonmember']:.3f}; by times inserted {by_count})"
-        )
+        _print_extraction(ext)
     top1 = results.get("canary_top1")
     if top1 is not None:
         print(
@@ -617,6 +672,29 @@ def _print_summary(results: dict[str, Any], loggers: Sequence[str], out: Path, f
     )
     _print_stopping_and_times(results, fit_seconds)
     _print_where(results, out)
+
+
+def _print_extraction(ext: dict[str, Any]) -> None:
+    """Extraction rates, each beside the held-out rate of the same kind, and the canaries by insertion count."""
+    prefix_len, suffix_len = ext["window"]
+    sampled = f"(n={ext['n']}, p={ext['p']:g}) sampling"
+    print(f"extractable after epoch {ext['epoch']} ({prefix_len}-token prefix, {suffix_len}-token suffix):")
+    print("  greedy:      " + _versus("training text", ext["text"], ext["text_nonmember"], "held out"))
+    print(
+        f"  {sampled}: " + _versus("training text", ext["text_prob"], ext["text_prob_nonmember"], "held out")
+    )
+    print(
+        "  greedy:      "
+        + _versus("canary secrets", ext["canary"], ext["canary_nonmember"], "fresh canaries")
+    )
+    print(
+        f"  {sampled}: "
+        + _versus("canary secrets", ext["canary_prob"], ext["canary_prob_nonmember"], "fresh canaries")
+    )
+    by_count = "  ".join(
+        f"x{r}: {c['greedy']}/{c['of']}, {c['sampled']}/{c['of']}" for r, c in ext["canary_by_count"].items()
+    )
+    print(f"  canary secrets extracted by times inserted (greedy, {sampled}): {by_count}")
 
 
 def _print_stopping_and_times(results: dict[str, Any], fit_seconds: float) -> None:

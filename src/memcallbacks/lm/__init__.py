@@ -11,4 +11,11 @@
 * :mod:`~memcallbacks.lm.hf`: the ``transformers`` KV-cache adapter and per-sample LM loss functions.
 * :mod:`~memcallbacks.lm.windows`: teacher-forced scores and greedy extraction of probe windows.
 * :mod:`~memcallbacks.lm.canary_rank`: the exposure strategies (exact, extrapolated, hybrid, ...).
+* :mod:`~memcallbacks.lm.collate`: padding token-id rows (lists, tensors, ``datasets`` rows).
+* :mod:`~memcallbacks.lm.packing`: packed batches whose samples stay the texts (``PackingCollator``,
+  ``packed_text_losses``, ``packed_model_inputs``; also exported by ``memcallbacks``).
 """
+
+from memcallbacks.lm.packing import PackingCollator, packed_model_inputs, packed_text_losses
+
+__all__ = ["PackingCollator", "packed_model_inputs", "packed_text_losses"]

@@ -393,9 +393,13 @@ def resolve_exposure_method(
     ``"exact"``: the trie when it applies, else the list. ``"auto"``: exact when the space is
     no larger than the references plus the canaries, or when the trie applies and
     ``|R| <= max_exact``; else ``"hybrid"`` when the best-first search applies; else
-    ``"extrapolated"``. A registered name is returned as is. When ``"auto"`` ends at
+    ``"extrapolated"``. A registered name is returned as is; any other name raises. When ``"auto"`` ends at
     ``"extrapolated"`` (no exact rank at all), a ``UserWarning`` says so once per reason
     (:func:`exact_unavailable_reason`).
+
+    Raises:
+        ValueError: ``method`` is neither ``"auto"``, ``"exact"`` nor a name in :data:`EXPOSURE_STRATEGIES`
+            (the message lists them).
 
     Example:
         >>> from memcallbacks import CanarySet, CharTokenizer
@@ -408,6 +412,11 @@ def resolve_exposure_method(
     if method == "exact":
         return trie.name if trie.supports(module, canaries, config) else listed.name
     if method != "auto":
+        if method not in EXPOSURE_STRATEGIES:
+            raise ValueError(
+                f"`method`={method!r} is not an exposure strategy; use 'auto', 'exact' or a registered name: "
+                f"{sorted(EXPOSURE_STRATEGIES)} (register a new ExposureStrategy in EXPOSURE_STRATEGIES first)"
+            )
         return method
     if canaries.space_size <= num_references + len(canaries):
         return trie.name if trie.supports(module, canaries, config) else listed.name

@@ -15,6 +15,9 @@ spans columns, so a hole inside it hides real tokens). A model whose
 ``forward`` cannot take ``position_ids`` is warned about once: with left padding its positions then
 start at the first (padding) column, and a sample's loss depends on how much padding its batch gave it.
 :func:`causal_lm_step_losses` applies the same rule to the logits a ``training_step`` already has.
+One text per row: a batch whose rows pack several texts (``text_ids``, or its own ``position_ids``
+restarting inside a row) is refused here, since a row's loss would mix texts; packed training
+steps get per-text losses from :func:`memcallbacks.lm.packing.packed_text_losses`.
 """
 
 from __future__ import annotations
@@ -145,28 +148,109 @@ def _position_ids_for(module: Any, mask: torch.Tensor) -> torch.Tensor | None:
         return None
     if support == "kwargs":
         return position_ids_from_mask(mask)
+    _warn_no_positions(module, "this batch has padding before real tokens (left or holey padding)", 5)
+    return None
+
+
+def _restarts_inside_rows(position_ids: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether a row's positions restart at a real token (several packed texts per row). Syncs the host."""
+    if position_ids.dim() != 2 or position_ids.shape[1] < 2:
+        return False
+    real = mask != 0 if isinstance(mask, torch.Tensor) and mask.shape == position_ids.shape else None
+    real = torch.ones_like(position_ids, dtype=torch.bool) if real is None else real
+    before = _last_real_before(real)
+    previous = position_ids.gather(1, before.clamp_min(0))
+    return bool((real & (before >= 0) & (position_ids <= previous)).any())
+
+
+def _warn_no_positions(module: Any, why: str, stacklevel: int) -> None:
     name = type(module).__name__
     if name not in _WARNED_NO_POSITIONS:
         _WARNED_NO_POSITIONS.add(name)
         warnings.warn(
-            f"{name}.forward takes no `position_ids`, and this batch has padding before real tokens (left or "
-            "holey padding): the model counts positions from the first column, padding included, so a "
-            "sample's loss depends on how much padding its batch gave it and differs from its unpadded loss. "
-            "Give `forward` a `position_ids` argument and pass it on to the model, or pad on the right "
-            "(tokenizer.padding_side = 'right') for evaluation batches.",
+            f"{name}.forward takes no `position_ids`, and {why}: the model counts positions from the first "
+            "column, padding included, so a sample's loss depends on how much padding its batch gave it and "
+            "differs from its unpadded loss. Give `forward` a `position_ids` argument and pass it on to the "
+            "model, or pad on the right (tokenizer.padding_side = 'right') for evaluation batches.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
+        )
+
+
+def _own_position_ids(module: Any, own: torch.Tensor, mask: Any) -> torch.Tensor | None:
+    """The batch's own ``position_ids`` for ``module``: passed on, or refused / warned about when it cannot take them.
+
+    Packed rows (positions restarting inside a row) cannot be run as one text: refused. Other
+    positions that differ from the default ones are warned about once (like left padding).
+    """
+    if _accepts_keyword(module, "position_ids"):
+        return own
+    mask_t = mask if isinstance(mask, torch.Tensor) and mask.shape == own.shape else None
+    if _restarts_inside_rows(own, mask_t):
+        raise ValueError(
+            f"the batch's own `position_ids` restart inside a row (packed texts), but "
+            f"{type(module).__name__}.forward takes no `position_ids`: the model would run each row as one "
+            "text, every text after the first at shifted positions and attending to the texts before it. Give "
+            "`forward` a `position_ids` argument and pass it on to the model (see 'Packed sequences' in "
+            "docs/hf.md), or give this module unpacked texts"
+        )
+    if mask_t is not None:
+        default, real = position_ids_from_mask(mask_t), mask_t != 0
+    else:
+        default = torch.arange(own.shape[-1], device=own.device).expand_as(own)
+        real = torch.ones_like(own, dtype=torch.bool)
+    if bool(((own != default) & real).any()):
+        _warn_no_positions(
+            module, "the batch brings its own `position_ids`, which differ from the default ones", 5
         )
     return None
 
 
-def hf_forward(module: Any, batch: Mapping[str, Any]) -> Any:
+def _refuse_packed_rows(batch: Mapping[str, Any], own: Any, mask: Any) -> None:
+    """A per-row loss of packed rows would mix texts: refuse them (a sync only when the batch has position ids)."""
+    why = ""
+    if "text_ids" in batch:
+        why = "it has `text_ids` (PackingCollator)"
+    elif isinstance(own, torch.Tensor) and _restarts_inside_rows(
+        own, mask if isinstance(mask, torch.Tensor) else None
+    ):
+        why = "its own `position_ids` restart inside a row"
+    if why:
+        raise ValueError(
+            f"this batch packs several texts per row ({why}), but a per-sample loss scores one text per row, so "
+            "a row's loss would mix its texts. Probe sets (members, non-members, shadow pools, audit canaries) "
+            "are texts: give the monitors the unpacked texts even when training packs (token-id rows are padded "
+            "by TokenRowCollator). For per-text losses of a packed training step use "
+            "`memcallbacks.lm.packing.packed_text_losses(out, batch)`; `hf_forward(module, batch, packed=True)` "
+            "runs packed rows as they are."
+        )
+
+
+def hf_forward(module: Any, batch: Mapping[str, Any], *, packed: bool = False) -> Any:
     """Calls ``module`` the Hugging Face way, without labels (the model must not compute its own loss).
 
     ``module(input_ids=..., attention_mask=..., position_ids=...)``: the mask when the batch has one
-    and ``forward`` takes it, and position ids from the mask (:func:`position_ids_from_mask`) when
-    ``forward`` takes them (named, or through ``**kwargs`` when the batch has padding before real
-    tokens). A ``forward`` without an ``input_ids`` keyword gets ``module(input_ids)``.
+    and ``forward`` takes it; the batch's own ``position_ids`` when it has them (e.g. packed texts,
+    whose positions restart per text), else position ids from the mask
+    (:func:`position_ids_from_mask`) when ``forward`` takes them (named, or through ``**kwargs``
+    when the batch has padding before real tokens). A ``forward`` without ``position_ids`` given a
+    batch whose own position ids restart inside a row (packed texts) is refused with a
+    ``ValueError``; given other non-default ones, or a left-padded batch, it is warned about once.
+    A ``forward`` without an ``input_ids`` keyword gets ``module(input_ids)``.
+
+    Args:
+        module: the model (or a module whose ``forward`` passes these arguments on to it).
+        batch: a dict batch with ``input_ids``, optionally ``attention_mask`` and ``position_ids``.
+        packed: run rows that hold several texts (``text_ids``, or position ids restarting inside a
+            row) as they are. False (every monitor: one text per row) refuses them with a
+            ``ValueError``, since a per-row loss would mix texts.
+
+    Returns:
+        The module's output.
+
+    Raises:
+        ValueError: packed rows with ``packed=False``; packed position ids for a ``forward`` that
+            cannot take ``position_ids``.
 
     Example:
         >>> class Echo(torch.nn.Module):
@@ -180,14 +264,19 @@ def hf_forward(module: Any, batch: Mapping[str, Any]) -> Any:
         return module(input_ids)
     kwargs: dict[str, Any] = {"input_ids": input_ids}
     mask = batch.get("attention_mask")
-    if mask is not None and _accepts_keyword(module, "attention_mask"):
+    takes_mask = mask is not None and _accepts_keyword(module, "attention_mask")
+    if takes_mask:
         kwargs["attention_mask"] = mask
-        if isinstance(mask, torch.Tensor) and "position_ids" not in batch:
-            positions = _position_ids_for(module, mask)
-            if positions is not None:
-                kwargs["position_ids"] = positions
-    if isinstance(batch.get("position_ids"), torch.Tensor) and _accepts_keyword(module, "position_ids"):
-        kwargs["position_ids"] = batch["position_ids"]  # the batch's own (e.g. packed sequences)
+    own = batch.get("position_ids")
+    if not packed:
+        _refuse_packed_rows(batch, own, mask)
+    positions: torch.Tensor | None = None
+    if isinstance(own, torch.Tensor):
+        positions = _own_position_ids(module, own, mask)
+    elif takes_mask and isinstance(mask, torch.Tensor):
+        positions = _position_ids_for(module, mask)
+    if positions is not None:
+        kwargs["position_ids"] = positions
     return module(**kwargs)
 
 
@@ -211,15 +300,19 @@ def _scoring_positions(
     row without holes): a label counts when it is not -100, its position is real and a real token
     precedes it, so the pairs scored are those of the unpadded sample whatever the padding.
     """
-    width = labels.shape[1]
-    cols = torch.arange(width, device=labels.device).expand_as(labels)
     real = attention_mask != 0 if attention_mask is not None else torch.ones_like(labels, dtype=torch.bool)
     valid = (labels != -100) & real
     if not shift:
-        return cols, valid
-    last = torch.where(real, cols, torch.full_like(cols, -1)).cummax(dim=1).values  # last real column <= j
-    before = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)  # last real column < j
+        return torch.arange(labels.shape[1], device=labels.device).expand_as(labels), valid
+    before = _last_real_before(real)
     return before.clamp_min(0), valid & (before >= 0)
+
+
+def _last_real_before(real: torch.Tensor) -> torch.Tensor:
+    """For each column ``j`` of ``real`` ``[B, T]``: the last real column ``< j`` of its row, or -1."""
+    cols = torch.arange(real.shape[1], device=real.device).expand_as(real)
+    last = torch.where(real, cols, torch.full_like(cols, -1)).cummax(dim=1).values  # last real column <= j
+    return torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
 
 
 def causal_lm_sample_loss(
@@ -334,6 +427,12 @@ def causal_lm_step_losses(
         raise TypeError(
             f"`batch` must be the step's dict batch with an `input_ids` tensor, got {got}; for `(x, y)` "
             "batches use `F.cross_entropy(logits, y, reduction='none')`"
+        )
+    if "text_ids" in batch:
+        raise ValueError(
+            "causal_lm_step_losses gives one loss per row, but this batch packs several texts per row (it has "
+            "`text_ids`, from PackingCollator): use `memcallbacks.lm.packing.packed_text_losses(out, batch)`, "
+            "which gives one loss per text and the texts' indices"
         )
     labels = batch.get(labels_key)
     labels = batch["input_ids"] if labels is None else labels

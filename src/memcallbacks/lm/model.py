@@ -11,8 +11,8 @@ sequence scorer (:mod:`memcallbacks.lm.windows`) and the per-sample losses
   :func:`is_causal_lm` says whether such a model is a causal LM.
 * :func:`output_logits`: the logits tensor of a model's output (a tensor, a tuple whose first item
   is the logits, or an object/dict with ``logits``), optionally checked to be ``[B, T, V]``.
-* :func:`evaluating`: eval mode and ``torch.inference_mode()`` (or ``torch.no_grad()``) for the
-  duration of a block, train mode restored afterwards.
+* :func:`evaluating`: eval mode and ``torch.no_grad()`` (or, on request, ``torch.inference_mode()``)
+  for the duration of a block, train mode restored afterwards.
 
 Pure torch, no Lightning; ``transformers`` is never imported here (``is_causal_lm`` reads its
 registry of causal-LM classes only once ``transformers`` is loaded).
@@ -206,13 +206,18 @@ def forward_params(model: Any) -> set[str]:
 
 
 @contextlib.contextmanager
-def evaluating(module: Any, *, inference: bool = True) -> Iterator[None]:
+def evaluating(module: Any, *, inference: bool = False) -> Iterator[None]:
     """Eval mode and no autograd for the block; the module's train mode is restored afterwards.
+
+    ``torch.no_grad()`` by default, never ``torch.inference_mode()`` unless asked: a sharded model
+    (FSDP2 ``fully_shard``) allocates its all-gather buffers in its first forward pass, and buffers
+    made under inference mode break every later training step ("Inplace update to inference tensor
+    outside InferenceMode"); every monitor's evaluation may be such a first pass.
 
     Args:
         module: the model (anything with ``eval``/``train``; other objects pass through).
-        inference: ``torch.inference_mode()`` (default); False: ``torch.no_grad()``, for passes
-            whose tensors a later training step may touch (FSDP2's all-gather buffers).
+        inference: False (default): ``torch.no_grad()``; True: ``torch.inference_mode()``, only for a
+            module that is never trained afterwards and holds no buffers a training step reuses.
 
     Example:
         >>> net = torch.nn.Linear(2, 2)

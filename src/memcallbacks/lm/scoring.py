@@ -23,7 +23,7 @@ Three ways to get scores, fastest last:
   2019, Sec. 8): only prefixes at least as likely as the secret are expanded, so a highly
   exposed canary is ranked after a handful of model steps, whatever the space's size.
 
-All run in eval mode under ``torch.inference_mode()``, restore the module's train mode, and
+All run in eval mode under ``torch.no_grad()``, restore the module's train mode, and
 show a tqdm progress bar when a call takes more than a few seconds, on rank 0 and only
 when stdout is a terminal (``progress=True``/``False`` forces it).
 

@@ -127,6 +127,12 @@ def token_ids_of(item: Any, name: str, index: int) -> tuple[torch.Tensor, set[in
                 "items must be token-id sequences or dicts with 'input_ids' (and optionally 'attention_mask')"
             )
         raw, mask = item["input_ids"], item.get("attention_mask")
+    if isinstance(raw, (str, bytes)) or (isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], str)):
+        raise TypeError(
+            f"`{name}` item {index} is text ({type(raw).__name__}), not token ids: tokenize the sequences first "
+            "with the model's tokenizer, e.g. `[tokenizer(t)['input_ids'] for t in texts]` (Hugging Face) or "
+            "`memcallbacks.demos.toy.TokenDataset(texts, tokenizer)`"
+        )
     try:
         ids = torch.as_tensor(np.asarray(raw.cpu() if isinstance(raw, torch.Tensor) else raw))
     except (TypeError, ValueError):
@@ -430,6 +436,7 @@ def score_windows(
     device: torch.device,
     decode: bool = True,
     max_id: int | None = None,
+    decode_every_row: bool = False,
 ) -> WindowScores:
     """Per-probe loss, Min-K% Prob, Min-K%++, ``log q`` per scheme, and greedy extraction of each window.
 
@@ -456,6 +463,9 @@ def score_windows(
         device: where the model runs.
         decode: run greedy decoding (False: the extraction results stay NaN).
         max_id: the largest probe token id, checked against the logits' vocabulary.
+        decode_every_row: decode short rows too (their results are discarded), so that the number
+            of forward calls depends on ``N`` and ``batch_size`` only, never on the data: what a
+            sharded model needs, where every forward pass is a collective of all ranks.
 
     Returns:
         A :class:`WindowScores` on ``device``.
@@ -473,12 +483,18 @@ def score_windows(
     for start in range(0, n, batch_size):
         rows = torch.arange(start, min(n, start + batch_size))
         use_cache = decode and lm.decodes_from_scoring_pass()
-        decoded |= _score_batch(lm, res, windows, lengths, rows, prefix_len, min_k, sampling, use_cache)
-    long_rows = (lengths >= width).nonzero().flatten()
+        decoded |= _score_batch(
+            lm, res, windows, lengths, rows, prefix_len, min_k, sampling, use_cache, decode_every_row
+        )
+    short = lengths < width
+    long_rows = (~short | decode_every_row).nonzero().flatten()
     rest = long_rows[~decoded[long_rows]] if decode else long_rows[:0]
     for start in range(0, rest.numel(), batch_size):  # without a scoring-pass cache: batches of long rows
         sel = rest[start : start + batch_size]
         res.decoded(lm, sel, windows[sel].to(device), prefix_len, None)
+    if decode_every_row and bool(short.any()):  # short rows were decoded for the lockstep only
+        at = short.nonzero().flatten().to(res.exact.device)
+        res.exact[at], res.token_match[at], res.generated[at] = float("nan"), float("nan"), -1
     return res.result()
 
 
@@ -492,8 +508,9 @@ def _score_batch(
     min_k: float,
     sampling: Sequence[tuple[float, int | None]],
     use_cache: bool,
+    decode_every_row: bool = False,
 ) -> torch.Tensor:
-    """Scores the windows ``rows`` (contiguous) and, from the pass's cache, decodes the long ones.
+    """Scores the windows ``rows`` (contiguous) and, from the pass's cache, decodes the long ones (or all).
 
     Returns the CPU mask ``[N]`` of the rows decoded here.
     """
@@ -511,7 +528,7 @@ def _score_batch(
     decoded = torch.zeros(windows.shape[0], dtype=torch.bool)
     if state is None:  # no cache: the long rows are decoded later, in batches of their own
         return decoded
-    local = (lengths[lo:hi] >= windows.shape[1]).nonzero().flatten()  # on the CPU
+    local = ((lengths[lo:hi] >= windows.shape[1]) | decode_every_row).nonzero().flatten()  # on the CPU
     every = local.numel() == ids.shape[0]
     at = local.to(device)
     nxt = (logits[:, prefix_len - 1] if every else logits[at, prefix_len - 1]).clone()

@@ -23,7 +23,9 @@ from memcallbacks.rundir import (
     DP,
     MEMBERSHIP,
     REPORT,
+    RUN_FILE,
     SEQUENCE,
+    STOPPING_FILE,
     TRAJECTORY,
     RunDirectory,
     RunDirectoryError,
@@ -43,6 +45,11 @@ def report_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def _prepare_out(out: Path) -> Path:
+    if out.is_symlink():  # the report writes into it: never through a link planted in a run directory
+        raise NotADirectoryError(
+            f"`out` {str(out)!r} is a symbolic link (to {os.readlink(out)!r}); the report is not written "
+            "through a link. Pass a real folder (`--out` on the command line), or remove the link"
+        )
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(
             f"`out` {str(out)!r} is a file; pass a folder for the report (it is created)"
@@ -61,6 +68,8 @@ def _prepare_out(out: Path) -> Path:
 
 
 _Builder = Callable[[RunDirectory, Path], Section | None]
+# a section's builder and the folders (or ``stopping.json``) it reads, to tell which run wrote them
+_Entry = tuple[str, _Builder, tuple[str, ...]]
 
 
 def _build_section(
@@ -77,9 +86,9 @@ def _build_section(
         ), f"{title}: {type(e).__name__}: {e}"
 
 
-def _monitor_builders(run: RunDirectory) -> list[tuple[str, _Builder]]:
+def _monitor_builders(run: RunDirectory) -> list[_Entry]:
     """A section per monitor folder, named folders (``<folder>_<name>``) included, in the report's order."""
-    builders: list[tuple[str, _Builder]] = [(STOPPING_TITLE, stopping_section)]
+    builders: list[_Entry] = [(STOPPING_TITLE, stopping_section, (STOPPING_FILE,))]
     per_folder: list[tuple[str, str, Callable[..., Section | None], bool]] = [
         (CANARY, CANARY_TITLE, canary_section, True),
         (MEMBERSHIP, MEMBERSHIP_TITLE, membership_section, True),
@@ -88,8 +97,10 @@ def _monitor_builders(run: RunDirectory) -> list[tuple[str, _Builder]]:
     ]
     for kind, title, section, default in per_folder:
         for sub in run.folders(kind) or ([kind] if default else []):
-            builders.append((titled(title, sub), partial(section, subdir=sub, title=titled(title, sub))))
-    builders.append((PRIVACY_TITLE, partial(privacy_section, title=PRIVACY_TITLE)))
+            builders.append(
+                (titled(title, sub), partial(section, subdir=sub, title=titled(title, sub)), (sub,))
+            )
+    builders.append((PRIVACY_TITLE, partial(privacy_section, title=PRIVACY_TITLE), (DP, AUDIT)))
     for kind, title in ((DP, DP_TITLE), (AUDIT, AUDIT_TITLE)):
         for sub in run.folders(kind):
             if sub != kind:  # the default folders share the section above
@@ -98,22 +109,82 @@ def _monitor_builders(run: RunDirectory) -> list[tuple[str, _Builder]]:
                 section = partial(
                     privacy_section, title=named, dp_subdir=dp_subdir, audit_subdir=audit_subdir
                 )
-                builders.append((named, section))
+                builders.append((named, section, (sub,)))
     return builders
 
 
-def _builders(
-    run: RunDirectory, root: Path, attacks: Sequence[str | os.PathLike[str]]
-) -> list[tuple[str, _Builder]]:
-    """Every section to build: the monitors' folders, then each attack output (the run's own first)."""
+def _builders(run: RunDirectory, root: Path, attacks: Sequence[str | os.PathLike[str]]) -> list[_Entry]:
+    """Every section to build: the monitors' folders, then each attack output (the run's own first).
+
+    Attack outputs read shadow runs, not this run's training: they carry no run to check (``()``).
+    """
     builders = _monitor_builders(run)
     sources = [root / sub for sub in run.attack_folders()]
     sources += [Path(a) for a in attacks if Path(a).resolve() not in {p.resolve() for p in sources}]
     figure_names: set[str] = set()
     for source in sources:
         title = f"{ATTACK_TITLE}, `{shown_path(source, root)}`"
-        builders.append((title, partial(attack_section, source=source, title=title, names=figure_names)))
+        builders.append((title, partial(attack_section, source=source, title=title, names=figure_names), ()))
     return builders
+
+
+def _written_by(run: RunDirectory, sources: Sequence[str]) -> str | None:
+    """The run that wrote a section's folders when it is not the run directory's own run, else ``None``.
+
+    Every folder present must carry the run id of ``run.json``; an unstamped one (an older
+    memcallbacks, or a file written outside a ``Trainer``) reads ``"(not recorded)"``.
+    """
+    info = run.run()
+    if info is None:  # a run directory from before run ids: nothing to compare
+        return None
+    for sub in sources:
+        writer = run.written_by(sub)
+        if writer is not None and writer != info.run_id:
+            return writer or "(not recorded)"
+    return None
+
+
+def _apart(section: Section, writer: str, run_id: str) -> Section:
+    """``section`` marked as written by another run, for the report's "From other runs" part."""
+    section.title = f"{section.title} (run {writer})"
+    section.lines.insert(
+        0,
+        f"**Written by another run ({writer}), not by run {run_id}** that wrote this run directory last: "
+        "these numbers describe a different training. Delete the folder, or give each run its own "
+        "folder (a logger, or `run_dir=`)",
+    )
+    return section
+
+
+def _build_sections(
+    run: RunDirectory, root: Path, out_dir: Path, attacks: Sequence[str | os.PathLike[str]]
+) -> tuple[str | None, list[Section], list[Section], list[str]]:
+    """``(run id, this run's sections, sections another run wrote, problems)``."""
+    try:
+        info = run.run()
+    except RunDirectoryError as e:
+        info = None
+        problems = [f"{RUN_FILE}: {e}"]
+    else:
+        problems = []
+    sections: list[Section] = []
+    others: list[Section] = []
+    for title, build, sources in _builders(run, root, attacks):
+        section, problem = _build_section(title, build, run, out_dir)
+        if problem:
+            problems.append(problem)
+        if section is None:
+            continue
+        try:
+            writer = _written_by(run, sources) if info is not None else None
+        except Exception:  # an unreadable file: the section itself names it
+            writer = None
+        if writer is not None and info is not None:
+            others.append(_apart(section, writer, info.run_id))
+        else:
+            sections.append(section)
+        problems += [f"{section.title}: {p}" for p in section.problems]
+    return (None if info is None else info.run_id), sections, others, problems
 
 
 def build_report(
@@ -128,15 +199,18 @@ def build_report(
     and the message is returned under ``"problems"``.
 
     Args:
-        run_dir: the folder the callbacks wrote (default ``<trainer.log_dir>/memcallbacks``), or
-            a folder above it (the demo's output folder, ``lightning_logs``).
+        run_dir: the folder the callbacks wrote (by default the run's own folder, see
+            :func:`memcallbacks.rundir.resolve_run`), or a folder above it
+            (the demo's output folder, ``lightning_logs``).
         out: output folder; default ``<run directory>/report``.
         attacks: more ``memcallbacks attack`` output folders (or ``attack.json`` files) to show,
             besides the run directory's own ``attack/`` and ``attack_<x>/`` folders.
 
     Returns:
         ``{"html": Path, "markdown": Path, "figures": [Path, ...], "problems": [str, ...],
-        "run_dir": Path}``.
+        "run_dir": Path, "run_id": str | None, "other_runs": [str, ...]}``: ``run_id`` is the run that
+        wrote the run directory (``run.json``; ``None`` for a run directory from before run ids),
+        ``other_runs`` the titles of the sections another run wrote, shown apart under "From other runs".
 
     Raises:
         FileNotFoundError: ``run_dir`` holds no memcallbacks output.
@@ -156,21 +230,22 @@ def build_report(
     root = find_run_dir(run_dir)
     out_dir = _prepare_out(Path(out) if out is not None else root / REPORT)
     run = RunDirectory(root)
-    sections: list[Section] = []
-    problems: list[str] = []
-    for title, build in _builders(run, root, attacks):
-        section, problem = _build_section(title, build, run, out_dir)
-        if problem:
-            problems.append(problem)
-        if section is not None:
-            sections.append(section)
-            problems += [f"{section.title}: {p}" for p in section.problems]
+    run_id, sections, others, problems = _build_sections(run, root, out_dir, attacks)
     if not sections:
         sections.append(Section("Nothing recorded", ["the run directory holds no evaluations yet"]))
 
-    md_path = fileio.atomic_write_bytes(out_dir / "summary.md", render_markdown(root, sections).encode())
+    md = render_markdown(root, sections, run_id=run_id, others=others)
+    md_path = fileio.atomic_write_bytes(out_dir / "summary.md", md.encode())
     html_path = fileio.atomic_write_bytes(
-        out_dir / "report.html", render_html(root, out_dir, sections).encode()
+        out_dir / "report.html", render_html(root, out_dir, sections, run_id=run_id, others=others).encode()
     )
-    figures = [out_dir / name for s in sections for name, _ in s.figures]
-    return {"html": html_path, "markdown": md_path, "figures": figures, "problems": problems, "run_dir": root}
+    figures = [out_dir / name for s in sections + others for name, _ in s.figures]
+    return {
+        "html": html_path,
+        "markdown": md_path,
+        "figures": figures,
+        "problems": problems,
+        "run_dir": root,
+        "run_id": run_id,
+        "other_runs": [s.title for s in others],
+    }

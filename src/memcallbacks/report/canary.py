@@ -22,9 +22,28 @@ from memcallbacks.rundir import (
     mean_by_repetition,
 )
 
-__all__ = ["CANARY_TITLE", "canary_section"]
+__all__ = ["CANARY_TITLE", "canary_section", "chance_exposure"]
 
 CANARY_TITLE = "Canary exposure (Secret Sharer)"
+
+
+def chance_exposure(log2_space_size: float = math.inf) -> float:
+    """The expected exposure of a secret the model never saw: the chance level of exposure, in bits.
+
+    With ``exposure = log2|R| - log2 rank`` (Carlini et al. 2019, Def. 4) and the rank of an unseen
+    secret uniform over ``1..|R|``, the expectation is ``log2|R| - log2(|R|!) / |R|``, which tends to
+    ``1 / ln 2 = 1.443`` bits as ``|R|`` grows (Stirling); the extrapolated exposure ``-log2 CDF`` of
+    a secret drawn like the references has exactly that mean (``-log2`` of a uniform variable). An
+    unknown space (NaN or inf) gives the limit.
+
+    Example:
+        >>> round(chance_exposure(), 4), round(chance_exposure(math.log2(10**6)), 4), round(chance_exposure(1.0), 4)
+        (1.4427, 1.4427, 0.5)
+    """
+    if not math.isfinite(log2_space_size):
+        return 1.0 / math.log(2.0)
+    n = 2.0**log2_space_size
+    return log2_space_size - math.lgamma(n + 1.0) / (n * math.log(2.0))
 
 
 def canary_section(
@@ -56,7 +75,9 @@ def canary_section(
         return s
     per = ", ".join(f"x{k}: {fmt(v, 1)}" for k, v in exp.mean_by_repetition(-1).items())
     s.lines.append(
-        f"mean exposure (bits) by insertion count at the last evaluation (epoch {int(epochs[-1])}): {per}"
+        f"mean exposure (bits) by insertion count at the last evaluation (epoch {int(epochs[-1])}): {per}; "
+        f"chance (a secret never trained on) {chance_exposure(cap):.2f} bits, the most {fmt(cap, 1)} bits: a "
+        "canary near the most ranks first among the whole space and can be extracted (Carlini et al. 2019)"
     )
     s.lines.append(f"largest exposure at epoch {int(epochs[-1])}: {fmt(np.max(exposure[-1]), 1)} bits")
     restored = restored_epoch(run)
@@ -91,7 +112,10 @@ def _exposure_figure(exp: ExposureFiles, restored: int | None, out_dir: Path, na
         )
     if math.isfinite(cap):
         ax.axhline(cap, color="grey", ls="--", lw=1, label=f"maximum: log2|R| = {cap:.1f} bits")
-    ax.axhline(0.0, color="black", ls=":", lw=1, label="chance: 0 bits (not memorised)")
+    chance = chance_exposure(cap)
+    ax.axhline(
+        chance, color="black", ls=":", lw=1, label=f"chance: {chance:.2f} bits (a secret never trained on)"
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks(counts, [str(int(c)) for c in counts])
     ax.minorticks_off()

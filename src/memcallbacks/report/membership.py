@@ -72,19 +72,28 @@ def membership_section(
     tprs = _tpr_keys(last)
     low = min((f for f, _ in tprs), default=0.001)
     s.lines.append(
-        f"last evaluation (epoch {epoch}): AUC {fmt(auc)}, advantage {fmt(last.get('mem/mia/advantage'))}, "
-        + ", ".join(f"TPR@{f:.1%}FPR {fmt(last.get(k))}".replace(".0%", "%") for f, k in tprs)
+        f"last evaluation (epoch {epoch}): AUC {fmt(auc)} (chance 0.500), advantage "
+        f"{fmt(last.get('mem/mia/advantage'))} (chance 0), "
+        + ", ".join(
+            f"TPR@{f:.1%}FPR {fmt(last.get(k))} (chance {f:.3f})".replace(".0%", "%") for f, k in tprs
+        )
         + f" ({n_mem} members, {n_non} non-members: FPR {low:.1%} allows {int(n_non * low)} false positive(s), "
         f"so TPR there is {'coarse' if n_non * low < 10 else 'resolved'})"
     )
+    if math.isfinite(auc) and auc <= 0.5:
+        s.lines.append(
+            f"**members are not above chance (AUC {fmt(auc)} <= 0.5)**: the attack tells members from held-out "
+            "samples no better than a coin, so this evaluation shows no membership leakage"
+        )
     if "mem/mia_cal/auc" in last:
         s.lines.append(
-            f"difficulty-calibrated attack (Watson et al. 2022): AUC {fmt(last.get('mem/mia_cal/auc'))}"
+            f"difficulty-calibrated attack (Watson et al. 2022): AUC {fmt(last.get('mem/mia_cal/auc'))} "
+            "(chance 0.500)"
         )
     if "mem/mia_ref/auc" in last:
         s.lines.append(
             "reference attack, loss minus the loss under `reference=` at fit start (Carlini et al. 2021; "
-            f"Mireshghallah et al. 2022): AUC {fmt(last.get('mem/mia_ref/auc'))}"
+            f"Mireshghallah et al. 2022): AUC {fmt(last.get('mem/mia_ref/auc'))} (chance 0.500)"
         )
     roc = _roc_figure(mem, last, tprs, out_dir, f"mia_roc{tag}.png")
     if roc is not None:

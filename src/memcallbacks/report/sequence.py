@@ -62,13 +62,11 @@ def sequence_section(
     )
     tries = _n_tries(seq.summary, last)
     p = seq.summary.get("p_threshold")
+    s.lines += _verdict(
+        "greedy extraction", last, "mem/extract/exact_rate", "mem/extract/exact_rate_nonmember"
+    )
     if tries:
-        rates = ", ".join(f"n={n}: {fmt(last.get(f'mem/extract/prob_rate/n{n}'))}" for n in tries)
-        s.lines.append(
-            f"(n, p)-discoverable extraction (Hayes et al. 2024), p = {fmt(p, 2)}: fraction of member probes "
-            f"that a user sampling n times gets back at least once with probability >= p: {rates}; "
-            f"mean single-sample probability {fmt(last.get('mem/extract/prob_mean'), 4)}"
-        )
+        s.lines += _sampled_lines(last, tries, p)
     aucs = [
         f"{score} {fmt(last.get(f'mem/mia_lm/auc/{score}'))}"
         for score in ("loss", "min_k", "zlib", "min_k_pp")
@@ -90,11 +88,45 @@ def sequence_section(
         s.figures.append(
             (
                 _extraction_vs_tries(seq, out_dir, tag, tries, p),
-                f"(n, p)-discoverable extraction rate against the number of tries n, p = {fmt(p, 2)}, "
-                "greedy rate marked (Hayes et al. 2024)",
+                f"(n, p)-discoverable extraction rate against the number of tries n, p = {fmt(p, 2)}, members "
+                "(solid) beside held-out probes (dashed), greedy rate marked (Hayes et al. 2024)",
             )
         )
     return s
+
+
+def _sampled_lines(last: dict[str, Any], tries: list[int], p: Any) -> list[str]:
+    """The (n, p)-discoverable rates of members beside the held-out probes', and the verdict at the largest n."""
+    rates = ", ".join(
+        f"n={n}: members {fmt(last.get(f'mem/extract/prob_rate/n{n}'))} vs held out "
+        f"{fmt(last.get(f'mem/extract/prob_rate_nonmember/n{n}'))}"
+        for n in tries
+    )
+    n = tries[-1]
+    return [
+        f"(n, p)-discoverable extraction (Hayes et al. 2024), p = {fmt(p, 2)}: fraction of probes "
+        f"that a user sampling n times gets back at least once with probability >= p: {rates}; "
+        f"mean single-sample probability: members {fmt(last.get('mem/extract/prob_mean'), 4)} vs held out "
+        f"{fmt(last.get('mem/extract/prob_mean_nonmember'), 4)}",
+        *_verdict(
+            f"(n={n}, p) extraction",
+            last,
+            f"mem/extract/prob_rate/n{n}",
+            f"mem/extract/prob_rate_nonmember/n{n}",
+        ),
+    ]
+
+
+def _verdict(what: str, row: dict[str, Any], member_key: str, heldout_key: str) -> list[str]:
+    """A plain line when the members' rate is not above the held-out rate of the same kind (else none)."""
+    member, heldout = as_number(row.get(member_key)), as_number(row.get(heldout_key))
+    if not (math.isfinite(member) and math.isfinite(heldout)) or member > heldout:
+        return []
+    return [
+        f"**{what}: members ({fmt(member)}) are not above the held-out baseline ({fmt(heldout)})**: the model "
+        "completes the text it was trained on no more often than text it never saw, so this rate shows no "
+        "memorisation"
+    ]
 
 
 def _n_tries(summary: dict[str, Any], row: dict[str, Any]) -> list[int]:
@@ -172,6 +204,9 @@ def _extraction_vs_tries(seq: SequenceFiles, out_dir: Path, tag: str, tries: lis
             color=color,
             label=f"epoch {epoch}",
         )
+        heldout = [as_number(row.get(f"mem/extract/prob_rate_nonmember/n{n}")) for n in tries]
+        if any(math.isfinite(v) for v in heldout):
+            ax.plot(tries, heldout, marker="x", ls="--", color=color, alpha=0.8)
         greedy = as_number(row.get("mem/extract/exact_rate"))
         if math.isfinite(greedy):
             ax.plot(
@@ -187,6 +222,7 @@ def _extraction_vs_tries(seq: SequenceFiles, out_dir: Path, tag: str, tries: lis
             )
     handles, _ = ax.get_legend_handles_labels()
     handles += [
+        Line2D([], [], marker="x", color="grey", ls="--", label="held out (never trained on): the baseline"),
         Line2D([], [], marker="*", ms=11, color="grey", mec="black", mew=0.6, ls="none",
                label="greedy exact rate (one greedy decode)"),
         Line2D([], [], ls="none", label=f"p_threshold = {fmt(p, 2)}: extracted with probability >= p"),
@@ -195,10 +231,12 @@ def _extraction_vs_tries(seq: SequenceFiles, out_dir: Path, tag: str, tries: lis
     ax.set_xticks(tries, [str(n) for n in tries])
     ax.minorticks_off()
     _rate_limits(
-        ax, *[seq.metric(f"mem/extract/prob_rate/n{n}") for n in tries], seq.metric("mem/extract/exact_rate")
+        ax,
+        *[seq.metric(f"mem/extract/prob_rate{who}/n{n}") for n in tries for who in ("", "_nonmember")],
+        seq.metric("mem/extract/exact_rate"),
     )
     ax.set_xlabel("n: samples drawn from the prefix (log scale)")
-    ax.set_ylabel("fraction of member probes extracted")
+    ax.set_ylabel("fraction of probes extracted (solid: members)")
     ax.set_title("(n, p)-discoverable extraction vs tries" + (f" ({tag[1:]})" if tag else ""))
     ax.legend(handles=handles, fontsize=7, loc="best")
     return save_figure(fig, out_dir, f"extraction_vs_tries{tag}.png")

@@ -135,6 +135,13 @@ def _canaries(run: RunDirectory, ax: Any, s: Section, traj: TrajectoryFiles) -> 
             f"canaries inserted >= {ranked.min_repetitions} times rank in the top 1% "
             f"({ranked.top_size} of the {int(seen.sum())} samples) by `{by}`"
         )
+        sampling = str(traj.meta.get("sampling") or "")
+        if ranked.draws is not None and sampling in ("poisson", "with_replacement"):
+            s.lines.append(
+                f"{sampling.replace('_', ' ')} sampling: an epoch draws each copy 0, 1 or more times, so the "
+                f"{ranked.copies} copies are those drawn at least once; the sampler drew them {ranked.draws} times "
+                f"in the {len(traj.epochs)} recorded epoch(s) (`visits` in statistics.npz)"
+            )
 
 
 #: what each memorisation score ranks by (``LossTrajectoryTracker(score=...)``), higher = more memorised
@@ -166,6 +173,8 @@ class CanaryRanking(NamedTuple):
     copies: int  #: canary copies recorded (of canaries inserted ``>= min_repetitions`` times)
     top_size: int  #: samples in the top fraction (at least 1)
     min_repetitions: int
+    #: times the sampler drew those copies (``statistics.npz["visits"]``; None: not recorded)
+    draws: int | None = None
 
     @property
     def share(self) -> float:
@@ -204,7 +213,10 @@ def canary_copies_ranked(
     score = traj.score(by)
     k = max(1, int(np.ceil(top * int(seen.sum()))))
     best = top_k(score, k, tiebreak=traj.statistics["variability"])
-    return CanaryRanking(int(np.isin(sel, best).sum()), int(sel.size), k, int(min_repetitions))
+    # every draw, repeats included (Poisson sampling repeats and skips samples)
+    visits = traj.statistics.get("visits")
+    draws = None if visits is None else int(np.asarray(visits)[sel].sum())
+    return CanaryRanking(int(np.isin(sel, best).sum()), int(sel.size), k, int(min_repetitions), draws)
 
 
 def _canary_stars(

@@ -14,6 +14,12 @@ function here; no callback reaches into Lightning by itself.
   that no memcallbacks monitor logs.
 - :func:`val_data_source`: the object the validation loop takes its dataloaders from
   (``val_loop._data_source``), for a monitor that evaluates on the validation data.
+- :func:`callbacks_being_validated`: the callback list the Trainer's constructor checks for
+  duplicate state keys (the ``callbacks`` local of ``_validate_callbacks_list``), so that a
+  monitor can refuse a twin with a message that names ``name=`` before Lightning's own error.
+- :func:`showing_epoch`: ``trainer.current_epoch`` reads another epoch for a while
+  (``fit_loop.epoch_progress.current.completed``), for the evaluation of an epoch whose end a
+  resume skipped (:class:`~memcallbacks.callbacks._base.MemorisationCallback`).
 
 Public API used instead of internals elsewhere: ``LightningModule.trainer`` (through
 :func:`trainer_of`), ``Trainer.callbacks`` (read, never reordered), ``Trainer.fast_dev_run``.
@@ -21,9 +27,19 @@ Public API used instead of internals elsewhere: ``LightningModule.trainer`` (thr
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["is_training_done", "keys_logged_this_epoch", "trainer_of", "val_data_source"]
+__all__ = [
+    "callbacks_being_validated",
+    "is_training_done",
+    "keys_logged_this_epoch",
+    "showing_epoch",
+    "trainer_of",
+    "val_data_source",
+]
 
 
 def trainer_of(pl_module: Any) -> Any:
@@ -86,3 +102,52 @@ def val_data_source(trainer: Any) -> Any:
             "memcallbacks.utilities.compat.val_data_source: this Lightning version has no "
             f"`fit_loop.epoch_loop.val_loop._data_source` ({e}); memcallbacks needs an update for it"
         ) from e
+
+
+@contextlib.contextmanager
+def showing_epoch(trainer: Any, epoch: int) -> Iterator[None]:
+    """``trainer.current_epoch`` reads ``epoch`` inside the ``with`` block, and its own value again after it.
+
+    Sets ``trainer.fit_loop.epoch_progress.current.completed`` (what ``current_epoch`` returns in
+    Lightning 2.x) and puts it back, also when the block raises.
+
+    Raises:
+        RuntimeError: this Lightning version no longer has the attribute (update this function).
+    """
+    try:
+        progress = trainer.fit_loop.epoch_progress.current
+        saved = progress.completed
+    except AttributeError as e:
+        raise RuntimeError(
+            "memcallbacks.utilities.compat.showing_epoch: this Lightning version has no "
+            f"`fit_loop.epoch_progress.current.completed` ({e}); memcallbacks needs an update for it"
+        ) from e
+    progress.completed = int(epoch)
+    try:
+        if trainer.current_epoch != int(epoch):
+            raise RuntimeError(
+                "memcallbacks.utilities.compat.showing_epoch: `trainer.current_epoch` no longer reads "
+                "`fit_loop.epoch_progress.current.completed`; memcallbacks needs an update for it"
+            )
+        yield
+    finally:
+        progress.completed = saved
+
+
+def callbacks_being_validated(max_depth: int = 1) -> list[Any] | None:
+    """The callbacks Lightning's ``Trainer(...)`` is checking for duplicate state keys, when called inside that check.
+
+    Looks up to ``max_depth`` frames above the caller (a ``state_key`` property: 1, Lightning's
+    function itself) for Lightning 2.x's ``_validate_callbacks_list(callbacks)`` (it reads every
+    stateful callback's ``state_key``) and returns its ``callbacks`` list; ``None`` anywhere else
+    (then Lightning's own check still runs). Cheap: Lightning reads ``state_key`` in every hook call.
+    """
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "_validate_callbacks_list":
+            callbacks = frame.f_locals.get("callbacks")
+            return list(callbacks) if isinstance(callbacks, list) else None
+    return None

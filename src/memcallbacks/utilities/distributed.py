@@ -4,6 +4,10 @@ Each rank keeps its own per-sample tensors; at epoch end they are gathered once 
 hold different counts, so tensors are padded to the longest, gathered, and trimmed).
 ``DistributedSampler`` pads its last batch with repeated indices: :func:`first_occurrence`
 keeps one record per sample index so that AUCs and statistics are not biased by padding.
+
+:func:`parameters_sharded` is the one rule, decided from the model itself, for "every forward
+pass of this model is a collective" (FSDP2, FSDP, DeepSpeed ZeRO-3, tensor parallelism): then every
+rank must run the same number of forward calls in every evaluation, or the run hangs.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["broadcast_object", "columns_by_index", "first_occurrence", "gather_concat", "world_size"]
+__all__ = [
+    "broadcast_object",
+    "columns_by_index",
+    "first_occurrence",
+    "gather_concat",
+    "parameters_sharded",
+    "sharding_kind",
+    "world_size",
+]
 
 
 def world_size(trainer: Any) -> int:
@@ -102,3 +114,74 @@ def broadcast_object(trainer: Any, obj: Any, src: int = 0) -> Any:
     if world_size(trainer) == 1:
         return obj
     return trainer.strategy.broadcast(obj, src=src)
+
+
+def _sharded_module_types() -> tuple[type, ...]:
+    """FSDP's wrapper classes (FSDP2's ``FSDPModule`` mixin and FSDP1's ``FullyShardedDataParallel``)."""
+    if not torch.distributed.is_available():
+        return ()
+    types: list[type] = []
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        types.append(FSDPModule)
+    except ImportError:  # pragma: no cover - torch < 2.6
+        pass
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        types.append(FullyShardedDataParallel)
+    except ImportError:  # pragma: no cover - torch built without FSDP
+        pass
+    return tuple(types)
+
+
+def _dtensor_type() -> type | None:
+    if not torch.distributed.is_available():
+        return None
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch < 2.4
+        return None
+    return DTensor
+
+
+def sharding_kind(module: Any) -> str | None:
+    """How ``module``'s parameters are split across ranks, or ``None`` when every rank holds them whole.
+
+    Decided from the model itself, never from a class name: ``"fsdp"`` when the module or a
+    submodule is FSDP-wrapped (FSDP2's ``fully_shard`` makes it an ``FSDPModule``; FSDP1's
+    ``FullyShardedDataParallel``), ``"dtensor"`` when a parameter is a ``DTensor`` (FSDP2 or tensor
+    parallelism applied by other means), ``"deepspeed"`` when a parameter carries DeepSpeed ZeRO-3's
+    partitioning attributes (``ds_id`` and ``ds_status``). Anything that is not a
+    ``torch.nn.Module`` gives ``None``.
+
+    Example:
+        >>> sharding_kind(torch.nn.Linear(2, 2)) is None
+        True
+    """
+    if not isinstance(module, torch.nn.Module):
+        return None
+    wrappers = _sharded_module_types()
+    if wrappers and any(isinstance(m, wrappers) for m in module.modules()):
+        return "fsdp"
+    dtensor = _dtensor_type()
+    for p in module.parameters():
+        if dtensor is not None and isinstance(p, dtensor):
+            return "dtensor"
+        if hasattr(p, "ds_id") and hasattr(p, "ds_status"):
+            return "deepspeed"
+    return None
+
+
+def parameters_sharded(module: Any) -> bool:
+    """Whether ``module``'s forward pass is a collective over the ranks (see :func:`sharding_kind`).
+
+    Then every rank must run the same number of forward calls in every evaluation (equal probe
+    shards, fixed decoding lengths), or the ranks wait on each other forever.
+
+    Example:
+        >>> parameters_sharded(torch.nn.Linear(2, 2))
+        False
+    """
+    return sharding_kind(module) is not None
