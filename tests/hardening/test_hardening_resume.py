@@ -58,15 +58,6 @@ def _fit(trainer: pl.Trainer, data: H.Data, ckpt_path: str | None = None) -> H.H
     return model
 
 
-def _without_run_ids(tree: dict[str, Any]) -> dict[str, Any]:
-    """A run directory without what names the run that wrote it (the two runs compared are two runs)."""
-    return {
-        name: {k: v for k, v in content.items() if k != "run_id"} if isinstance(content, dict) else content
-        for name, content in tree.items()
-        if name != "run.json"
-    }
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("save_at", ["train_epoch_end", "validation_end"])
 def test_resume_equals_uninterrupted_for_all_callbacks(tmp_path: Path, save_at: str) -> None:
@@ -115,8 +106,8 @@ def test_resume_equals_uninterrupted_for_all_callbacks(tmp_path: Path, save_at: 
     assert stop_a.stopped_epoch == stop_c.stopped_epoch == 2
 
     # run directories: the same files, bitwise the same content, each epoch exactly once
-    tree_a = _without_run_ids(H.load_tree(tmp_path / "straight"))
-    tree_c = _without_run_ids(H.load_tree(tmp_path / "resumed"))
+    tree_a = H.without_run_ids(H.load_tree(tmp_path / "straight"))
+    tree_c = H.without_run_ids(H.load_tree(tmp_path / "resumed"))
     assert sorted(tree_a) == sorted(tree_c)
     assert H.differences(tree_a, tree_c) == []
     epochs = sorted(k for k in tree_c if k.startswith("trajectory/epoch_"))

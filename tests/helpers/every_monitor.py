@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from helpers.callbacks import RankDump, StopAfter
 from helpers.data import EpochShuffleSampler
-from helpers.state import differences, load_tree, same, snapshot
+from helpers.state import differences, load_tree, same, snapshot, without_run_ids
 from memcallbacks.data.indexed import IndexedDataset, split_index
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "make_canaries",
     "same",
     "snapshot",
+    "without_run_ids",
 ]
 
 DIM, CLASSES = 8, 3

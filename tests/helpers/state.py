@@ -106,3 +106,15 @@ def same(a: Any, b: Any) -> bool:
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys whose values differ (or exist on one side only)."""
     return sorted(k for k in set(a) | set(b) if k not in a or k not in b or not same(a[k], b[k]))
+
+
+def without_run_ids(tree: dict[str, Any]) -> dict[str, Any]:
+    """A run directory's tree without what names the run that wrote it (``run.json``, ``run_id`` fields).
+
+    Two fits compared file by file are two runs: their run ids differ by design.
+    """
+    return {
+        name: {k: v for k, v in content.items() if k != "run_id"} if isinstance(content, dict) else content
+        for name, content in tree.items()
+        if name != "run.json"
+    }
