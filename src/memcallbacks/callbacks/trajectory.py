@@ -31,7 +31,6 @@ Two sources of per-sample losses:
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,66 +39,48 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import (
-    BatchSampler,
-    Dataset,
-    IterableDataset,
-    RandomSampler,
-    Subset,
-    WeightedRandomSampler,
-)
+from torch.utils.data import Dataset, IterableDataset
 
 from memcallbacks import loggers, rundir
 from memcallbacks.callbacks._base import MemorisationCallback, state_array, state_tensor
-from memcallbacks.callbacks.dp import is_poisson_loader
-from memcallbacks.callbacks.membership import check_reference as check_reference_model
-from memcallbacks.callbacks.membership import check_reference_vocabulary, peft_model_of, reference_kind
+from memcallbacks.callbacks._step_buffer import Step, StepBuffer, hashed_rows, rows_on_host
+from memcallbacks.callbacks._trajectory_checks import (
+    check_collate_keeps_index,
+    is_model_reference,
+    validate_init,
+)
+from memcallbacks.callbacks._trajectory_reference import (
+    ProbeEvaluation,
+    evaluate_reference,
+    reference_label,
+    reference_name,
+    reference_of,
+)
+from memcallbacks.callbacks._trajectory_sampling import SAMPLINGS, VISITED_FRAC_MEANING, sampling_of
+from memcallbacks.callbacks.membership import peft_model_of, reference_kind
 from memcallbacks.callbacks.probes import (
     dataset_of,
     default_sample_loss_and_correct_fn,
-    evaluate_sample_losses,
     evaluate_sharded,
     probe_collate,
     random_subset,
     unwrap_loaders,
 )
 from memcallbacks.data.indexed import IndexedDataset
-from memcallbacks.data.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore, check_memory_budget
+from memcallbacks.data.store import DEFAULT_MEMORY_BUDGET_BYTES, TrajectoryStore
 from memcallbacks.data.streams import IndexedStream
 from memcallbacks.lm.collate import check_pad_id
 from memcallbacks.metrics.dynamics import (
-    MEMORISATION_SCORES,
     TrajectoryStatistics,
     check_reference,
     memorisation_score,
     top_k,
     unlearned_fraction,
 )
-from memcallbacks.utilities.distributed import gather_concat, world_size
-from memcallbacks.utilities.validation import check_choice, check_float_array, check_int, check_seed
+from memcallbacks.utilities.distributed import world_size
+from memcallbacks.utilities.validation import check_float_array
 
-__all__ = ["LossTrajectoryTracker"]
-
-_SOURCES = ("step", "probe")
-_ID_SPACES = ("dense", "hashed")
-# the outputs of this many steps per epoch are checked in full; later steps cost one append
-_CHECKED_STEPS = 2
-
-_Step = tuple[Any, Any, Any]  # (sample losses [B], sample indices [B], correctness [B] or None)
-
-#: how the training DataLoader draws samples (``meta.json["sampling"]``)
-SAMPLINGS = ("without_replacement", "poisson", "with_replacement")
-_VISITED_FRAC_MEANING = {
-    "without_replacement": "fraction of the N samples with a finite loss in the column; each sample is drawn once "
-    "per epoch, so below 1 means samples were missed (or their loss was NaN/inf)",
-    "poisson": "fraction of the N samples drawn at least once (with a finite loss) in the column: Poisson "
-    "sampling (Opacus) takes each sample in each of an epoch's 1/q batches with probability q, so an epoch "
-    "draws about 1 - (1 - q)^(1/q) ~ 63% of them (expected_visited_frac), some more than once; the first loss "
-    "is kept, visits counts every draw",
-    "with_replacement": "fraction of the N samples drawn at least once (with a finite loss) in the column: the "
-    "sampler draws with replacement, so some are drawn more than once and others not at all "
-    "(expected_visited_frac); the first loss is kept, visits counts every draw",
-}
+__all__ = ["SAMPLINGS", "LossTrajectoryTracker", "sampling_of"]
 
 
 @dataclass
@@ -112,247 +93,6 @@ class _Epoch:
     nonfinite: int
     duplicates: int = 0
     stats: TrajectoryStatistics | None = None
-
-
-def _sampler_of(loader: Any) -> Any:
-    """The sampler that draws the indices of ``loader``: its batch sampler's, else its own."""
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    if isinstance(batch_sampler, BatchSampler):
-        return batch_sampler.sampler
-    return getattr(loader, "sampler", None)
-
-
-def sampling_of(loader: Any) -> tuple[str, float | None]:
-    """How a training DataLoader draws samples, and the expected fraction of them one epoch visits.
-
-    ``"poisson"``: Opacus' ``DPDataLoader`` (``UniformWithReplacementSampler`` or its
-    distributed form): each of the ``steps`` batches of an epoch (``1/q`` by default) takes
-    each sample independently with probability ``q``, so an epoch visits a sample
-    ``Binomial(steps, q)`` times and visits ``1 - (1 - q)^steps`` of them (about ``1 - 1/e =
-    0.63``). ``"with_replacement"``: a ``RandomSampler`` or ``WeightedRandomSampler`` with
-    ``replacement=True`` drawing ``m`` indices with probabilities ``p_i``: the expected visited
-    fraction is the mean of ``1 - (1 - p_i)^m``. ``"without_replacement"``: any other sampler,
-    assumed to visit each sample once per epoch (expected fraction 1, not computed: ``None``).
-
-    Args:
-        loader: the Trainer's ``train_dataloader`` (a DataLoader, or a collection of them).
-
-    Returns:
-        ``(sampling, expected_visited_frac)``; ``expected_visited_frac`` is ``None`` when unknown.
-
-    Example:
-        >>> from torch.utils.data import DataLoader, RandomSampler
-        >>> data = list(range(4))
-        >>> sampling_of(DataLoader(data, sampler=RandomSampler(data, replacement=True)))
-        ('with_replacement', 0.68359375)
-    """
-    found = list(unwrap_loaders(loader))
-    if len(found) != 1:
-        return "without_replacement", None
-    dl = found[0]
-    # an Opacus loader exists only once opacus is imported: otherwise skip its import (~0.2 s)
-    if "opacus" in sys.modules and is_poisson_loader(dl):
-        bs = getattr(dl, "batch_sampler", None)
-        q = getattr(bs, "sample_rate", None)
-        steps = getattr(bs, "steps", getattr(bs, "num_batches", None))
-        if q is None or steps is None:
-            return "poisson", None
-        return "poisson", float(1.0 - (1.0 - float(q)) ** int(steps))
-    sampler = _sampler_of(dl)
-    if isinstance(sampler, (RandomSampler, WeightedRandomSampler)) and sampler.replacement:
-        if isinstance(sampler, WeightedRandomSampler):
-            p = sampler.weights.double() / sampler.weights.double().sum()
-        else:
-            n = len(sampler.data_source)
-            p = torch.full((n,), 1.0 / max(n, 1), dtype=torch.float64)
-        return "with_replacement", float((1.0 - (1.0 - p) ** int(sampler.num_samples)).mean())
-    return "without_replacement", None
-
-
-def _is_integer_tensor(tensor: torch.Tensor) -> bool:
-    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
-
-
-def _holds_values(batch: Any, values: list[int], depth: int = 3) -> bool:
-    """Whether ``batch`` (nested dicts/lists/tuples) holds an integer vector equal to ``values``."""
-    if isinstance(batch, (torch.Tensor, np.ndarray)):
-        integer = batch.dtype.kind in "iu" if isinstance(batch, np.ndarray) else _is_integer_tensor(batch)
-        return integer and tuple(batch.shape) == (len(values),) and batch.tolist() == values
-    if depth == 0:
-        return False
-    if isinstance(batch, Mapping):
-        return any(_holds_values(v, values, depth - 1) for v in batch.values())
-    if isinstance(batch, (list, tuple)):
-        if len(batch) == len(values) and all(type(v) is int for v in batch) and list(batch) == values:
-            return True
-        return any(_holds_values(v, values, depth - 1) for v in batch)
-    return False
-
-
-def _check_collate_keeps_index(loader: Any) -> None:
-    """Before the first step: the loader's collate function keeps the index IndexedDataset adds to each item.
-
-    Collates the last two items as the DataLoader would and looks for their positions anywhere in
-    the batch (under any key). A collate function that fails on them is left for training to report.
-
-    Raises:
-        ValueError: the positions are nowhere in the collated batch.
-    """
-    dataset = loader.dataset
-    n = len(dataset)
-    positions = [n - 1, n - 2] if n >= 2 else [0]
-    try:
-        batch = loader.collate_fn(dataset.__getitems__(positions))
-    except Exception:
-        return
-    if _holds_values(batch, positions):
-        return
-    name = getattr(loader.collate_fn, "__name__", type(loader.collate_fn).__name__)
-    raise ValueError(
-        f"LossTrajectoryTracker: the training DataLoader's collate_fn ({name}) dropped the sample index: the "
-        "dataset is wrapped in IndexedDataset, which adds an 'index' key to dict items (or makes (index, "
-        "item) pairs), but the collated batch holds no index. Keep it in your collate function, e.g.\n\n"
-        "    def collate(items):\n"
-        '        batch = my_collate([{k: v for k, v in it.items() if k != "index"} for it in items])\n'
-        '        batch["index"] = torch.tensor([it["index"] for it in items])\n'
-        "        return batch\n\n"
-        "then `index, batch = split_index(batch)` in training_step"
-    )
-
-
-def _check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise TypeError(
-            f"`{name}` must be a non-empty string (a key of the dict training_step returns), got {value!r}"
-            + ("; or None" if optional else "")
-        )
-    return value
-
-
-def _check_keys(loss_key: Any, index_key: Any, correct_key: Any) -> None:
-    _check_key("loss_key", loss_key)
-    _check_key("index_key", index_key)
-    _check_key("correct_key", correct_key, optional=True)
-    if loss_key == "loss":
-        raise ValueError(
-            "`loss_key` must not be 'loss': Lightning rescales `loss` under gradient accumulation and it "
-            "is a batch mean; return per-sample losses under their own key, e.g. "
-            "'sample_loss': per_sample.detach()"
-        )
-    if len({loss_key, index_key, correct_key} - {None}) < 2 + (correct_key is not None):
-        raise ValueError(
-            f"`loss_key`, `index_key` and `correct_key` must differ, got {loss_key!r}, {index_key!r}, "
-            f"{correct_key!r}"
-        )
-
-
-def _check_probe_args(source: Any, probe_dataset: Any, sample_loss_fn: Any, collate_fn: Any) -> None:
-    for arg, fn in (("sample_loss_fn", sample_loss_fn), ("collate_fn", collate_fn)):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"`{arg}` must be a callable or None, got {fn!r}")
-    if source == "step" and (probe_dataset is not None or sample_loss_fn is not None):
-        raise ValueError(
-            "`probe_dataset`/`sample_loss_fn` are used with source='probe' only; got source='step'. "
-            "Pass source='probe' to evaluate a probe set."
-        )
-    if probe_dataset is not None:
-        if isinstance(probe_dataset, IterableDataset) or not hasattr(probe_dataset, "__len__"):
-            raise TypeError(
-                f"`probe_dataset` must be a map-style dataset with a length, got {type(probe_dataset).__name__}"
-            )
-        if len(probe_dataset) == 0:
-            raise ValueError("`probe_dataset` has 0 samples; pass a non-empty dataset to evaluate")
-
-
-def _check_id_space(id_space: Any, *, source: Any, num_samples: Any, reference: Any) -> None:
-    check_choice("id_space", id_space, _ID_SPACES)
-    if id_space == "dense":
-        return
-    if source != "step":
-        raise ValueError(
-            f"`id_space='hashed'` maps the sample ids training_step returns to rows; it needs source='step', "
-            f"got source={source!r}. Use id_space='dense' with a probe set"
-        )
-    if num_samples is None:
-        raise ValueError(
-            "`id_space='hashed'` needs `num_samples=`: the number of distinct sample ids the tracker keeps "
-            "rows for (e.g. the number of items a max_steps run visits)"
-        )
-    if reference is not None:
-        raise ValueError(
-            "`reference=` is indexed by dataset position and cannot follow hashed ids; pass id_space='dense' "
-            "(IndexedStream without id_fn) to use a reference"
-        )
-
-
-def _is_model_reference(reference: Any) -> bool:
-    """``reference`` names a model to evaluate once at fit start (a string or a module), not given losses."""
-    return isinstance(reference, (str, torch.nn.Module))
-
-
-def _check_reference_arg(reference: Any, *, source: Any, score: Any) -> None:
-    """``reference=``: per-sample losses, or (probe source) ``"fit_start"``, ``"peft_base"`` or a module."""
-    if score == "calibrated_loss" and reference is None:
-        raise ValueError(
-            "`score='calibrated_loss'` needs `reference=`: with source='probe', reference='fit_start' (the "
-            "weights before the first step, evaluated once), 'peft_base' or a reference model; or one "
-            "reference loss per training sample (dataset index order), e.g. "
-            "memcallbacks.metrics.zlib_entropy(texts) or a reference model's losses"
-        )
-    if reference is None:
-        return
-    if not _is_model_reference(reference):
-        check_float_array(
-            reference, "reference", allow_nan=True, hint="; pass one reference loss per sample (NaN: none)"
-        )
-        return
-    check_reference_model(reference)
-    if source != "probe":
-        what = repr(reference) if isinstance(reference, str) else type(reference).__name__
-        raise ValueError(
-            f"`reference={what}` evaluates the tracked samples once before the first step, which with "
-            "source='step' would be one extra pass over the whole training set; pass source='probe' (the "
-            "probe set is evaluated once at fit start as the reference), or compute the reference losses "
-            "once yourself (e.g. memcallbacks.callbacks.probes.evaluate_sample_losses(base_model, "
-            "train_dataset)) and pass them as an array, one per training sample in dataset index order"
-        )
-
-
-def _validate_init(
-    *,
-    source: Any,
-    num_samples: Any,
-    loss_key: Any,
-    index_key: Any,
-    correct_key: Any,
-    probe_dataset: Any,
-    num_probes: Any,
-    seed: Any,
-    sample_loss_fn: Any,
-    batch_size: Any,
-    collate_fn: Any,
-    memory_budget_bytes: Any,
-    num_top: Any,
-    score: Any,
-    reference: Any,
-    id_space: Any = "dense",
-) -> None:
-    """Every argument check of :class:`LossTrajectoryTracker` (the dtype is checked by the store)."""
-    check_choice("source", source, _SOURCES)
-    _check_id_space(id_space, source=source, num_samples=num_samples, reference=reference)
-    if num_samples is not None:
-        check_int("num_samples", num_samples, minimum=1, hint="or None to use the training dataset's length")
-    _check_keys(loss_key, index_key, correct_key)
-    check_int("num_probes", num_probes, minimum=1, hint="the size of the random probe subset")
-    check_seed("seed", seed)
-    check_int("batch_size", batch_size, minimum=1)
-    check_memory_budget(memory_budget_bytes)
-    check_int("num_top", num_top, minimum=0, hint="use 0 to emit no table at fit end")
-    check_choice("score", score, MEMORISATION_SCORES)
-    _check_reference_arg(reference, source=source, score=score)
-    _check_probe_args(source, probe_dataset, sample_loss_fn, collate_fn)
 
 
 class LossTrajectoryTracker(MemorisationCallback):
@@ -559,7 +299,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             log_per_sample=log_per_sample,
             name=name,
         )
-        _validate_init(
+        validate_init(
             source=source, num_samples=num_samples, loss_key=loss_key, index_key=index_key,
             correct_key=correct_key, probe_dataset=probe_dataset, num_probes=num_probes,
             seed=seed, sample_loss_fn=sample_loss_fn, batch_size=batch_size,
@@ -569,7 +309,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         self.id_space, self.source, self.num_samples, self.score = id_space, source, num_samples, score
         # given losses (checked here), or a model to evaluate once at fit start
         self.reference: np.ndarray | str | torch.nn.Module | None = reference
-        if reference is not None and not _is_model_reference(reference):
+        if reference is not None and not is_model_reference(reference):
             self.reference = check_float_array(reference, "reference", allow_nan=True)
         self.loss_key, self.index_key, self.correct_key = loss_key, index_key, correct_key
         self.probe_dataset, self.num_probes, self.seed = probe_dataset, int(num_probes), int(seed)
@@ -592,9 +332,9 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's buffered steps
         self._collecting = False
         self._collecting_epoch = -1
-        self._has_correct: bool | None = None
-        self._steps: list[_Step] = []
-        self._checked = 0
+        self._buffer = StepBuffer(
+            self.loss_key, self.index_key, self.correct_key
+        )  # step source: this column's steps
         self._row_of: dict[int, int] = {}  # id_space="hashed": sample id -> store row, in order of arrival
         # the reference loss of each store row, set with the samples
         self._row_reference: np.ndarray | None = None
@@ -603,8 +343,12 @@ class LossTrajectoryTracker(MemorisationCallback):
         # step source: how many times each row's loss arrived (every draw, repeats included)
         self._visits: np.ndarray | None = None
         self._sampling: str | None = None  # step source: one of SAMPLINGS
-        self._train_indexed = False  # step source: the training DataLoader's dataset is an IndexedDataset
         self._expected_visited_frac: float | None = None
+
+    @property
+    def _steps(self) -> list[Step]:
+        """The buffered steps of the column being collected (the step buffer's list)."""
+        return self._buffer.steps
 
     # -- identity (resume contract) ---------------------------------------------------------------
     def _state_key_args(self) -> dict[str, Any]:
@@ -620,7 +364,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             measured["id_space"] = self.id_space
         if self.source == "probe" and self.probe_dataset is None:
             measured.update(seed=self.seed, num_probes=self.num_probes)
-        if _is_model_reference(self.reference):  # what the fit-start reference losses in the checkpoint are
+        if is_model_reference(self.reference):  # what the fit-start reference losses in the checkpoint are
             measured["reference"] = reference_kind(self.reference)  # type: ignore[arg-type]
         return measured
 
@@ -634,7 +378,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         # on a mid-epoch restart Lightning does not call on_train_epoch_start: decide here too
         self._collecting = self._collects(trainer)
         self._collecting_epoch = trainer.current_epoch
-        self._checked = 0
+        self._buffer.checked = 0
         if self.source == "step":
             self._check_training_loader(trainer)
         if self.store is not None and self._pending_state is None:
@@ -688,9 +432,9 @@ class LossTrajectoryTracker(MemorisationCallback):
     def _check_training_loader(self, trainer: pl.Trainer) -> None:
         """How the training DataLoader samples (Poisson, with replacement), said once per fit; what it implies."""
         found = list(unwrap_loaders(trainer.train_dataloader))
-        self._train_indexed = bool(found) and isinstance(found[0].dataset, IndexedDataset)
-        if len(found) == 1 and self._train_indexed:
-            _check_collate_keeps_index(found[0])
+        self._buffer.train_indexed = bool(found) and isinstance(found[0].dataset, IndexedDataset)
+        if len(found) == 1 and self._buffer.train_indexed:
+            check_collate_keeps_index(found[0])
         self._sampling, self._expected_visited_frac = sampling_of(trainer.train_dataloader)
         if self._sampling == "without_replacement":
             return
@@ -741,9 +485,9 @@ class LossTrajectoryTracker(MemorisationCallback):
         ):  # the checkpoint holds rank 0's steps only; each rank would restore them
             return
         loss, index = partial["loss"], partial["index"]
-        self._steps = [(loss, index, partial.get("correct"))]
-        if partial.get("correct") is not None or self._has_correct is None:
-            self._has_correct = partial.get("correct") is not None
+        self._buffer.steps = [(loss, index, partial.get("correct"))]
+        if partial.get("correct") is not None or self._buffer.has_correct is None:
+            self._buffer.has_correct = partial.get("correct") is not None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -758,19 +502,29 @@ class LossTrajectoryTracker(MemorisationCallback):
         The fit-start losses are kept in the checkpoint and never recomputed: a resumed run whose
         checkpoint lacks them raises rather than take the resumed weights as the reference.
         """
-        if not _is_model_reference(self.reference):
+        if not is_model_reference(self.reference):
             if self.source == "probe":
-                self._check_probes_score(trainer, pl_module)
-            return self._reference_of(ids, n)
+                assert self._probe is not None
+                self._probe_evaluation().check_scores(trainer, pl_module, self._probe)
+            return reference_of(self.reference, ids, n, source=self.source)
         if self._fit_reference is None:
             if resuming:
                 raise ValueError(
-                    f"LossTrajectoryTracker(reference={self._reference_name()}): the checkpoint holds no "
+                    f"LossTrajectoryTracker(reference={reference_name(self.reference)}): the checkpoint holds no "
                     "reference losses evaluated at fit start (it was written without a model reference), and "
                     "evaluating them now would take the resumed weights as the reference; resume without "
                     "this `reference=`, or start a new run (no `ckpt_path`)"
                 )
-            self._fit_reference = self._evaluate_reference(trainer, pl_module)
+            assert self._probe is not None
+            assert isinstance(self.reference, (str, torch.nn.Module))
+            self._fit_reference = evaluate_reference(
+                trainer,
+                pl_module,
+                self.reference,
+                self._probe,
+                self._probe_evaluation(),
+                owner=type(self).__name__,
+            )
         if self._fit_reference.shape != (n,):
             raise ValueError(
                 f"the checkpoint's LossTrajectoryTracker reference holds {self._fit_reference.shape[0]} losses, "
@@ -778,87 +532,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             )
         return check_reference(self._fit_reference.astype(np.float64), n)
 
-    def _check_probes_score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Before the first step: the model scores the first probes (else the first evaluation would fail)."""
-        assert self._probe is not None
-        head = Subset(self._probe, list(range(min(2, len(self._probe)))))  # type: ignore[arg-type]
-        try:
-            evaluate_sample_losses(
-                pl_module, head, self.sample_loss_fn, batch_size=self.batch_size, device=pl_module.device,
-                collate_fn=self.collate_fn, trainer=trainer, pad_id=self.pad_id,
-            )  # fmt: skip
-        except Exception as e:
-            raise ValueError(
-                f"LossTrajectoryTracker(source='probe'): the model cannot score the probe set: {type(e).__name__}: "
-                f"{e}. HINT: the default `sample_loss_fn` takes (x, y) classification items and Hugging Face "
-                "batches with labels; pass `sample_loss_fn=(module, batch) -> per-sample losses [B]` for "
-                "anything else, or a `probe_dataset=` whose items the model takes"
-            ) from e
-
-    def _reference_label(self) -> str | None:
-        """``meta.json["reference"]``: where ``statistics.npz["reference"]`` came from (None: no reference).
-
-        ``"losses"`` (given per sample), ``"fit_start"`` (the weights before the first step),
-        ``"peft_base"`` (the base model with the adapters disabled) or ``"module"`` (a given model).
-        """
-        if self.reference is None:
-            return None
-        if isinstance(self.reference, np.ndarray):
-            return "losses"
-        return reference_kind(self.reference)
-
-    def _reference_name(self) -> str:
-        return repr(self.reference) if isinstance(self.reference, str) else type(self.reference).__name__
-
-    def _evaluate_reference(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray:
-        """The probe set's losses under ``reference`` (the weights at fit start, the peft base, a module)."""
-        assert self._probe is not None
-        owner = type(self).__name__
-        ref = self.reference
-        if isinstance(ref, torch.nn.Module):
-            ref.to(pl_module.device)
-            check_reference_vocabulary(
-                pl_module, ref, self._probe, owner=owner, batch_size=self.batch_size,
-                collate_fn=self.collate_fn, pad_id=self.pad_id,
-            )  # fmt: skip
-            try:
-                return self._probe_losses(trainer, pl_module, ref)
-            except Exception as e:
-                raise ValueError(
-                    f"{owner}(reference={type(ref).__name__}): the reference model cannot score the probes: "
-                    f"{type(e).__name__}: {e}. Pass a reference that `sample_loss_fn(module, batch)` can run "
-                    "(the same inputs and outputs as the trained model)"
-                ) from e
-        if ref == "peft_base":
-            with peft_model_of(pl_module, owner).disable_adapter():
-                return self._probe_losses(trainer, pl_module, pl_module)
-        # "fit_start": the weights before the first step
-        return self._probe_losses(trainer, pl_module, pl_module)
-
-    def _probe_losses(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: torch.nn.Module
-    ) -> np.ndarray:
-        assert self._probe is not None
-        loss, _ = evaluate_sharded(
-            trainer, module, self._probe, self.sample_loss_fn, batch_size=self.batch_size,
-            collate_fn=self.collate_fn, device=pl_module.device, pad_id=self.pad_id,
-        )  # fmt: skip
-        return loss.numpy().astype(np.float32, copy=True)
-
-    def _reference_of(self, ids: np.ndarray, n: int) -> np.ndarray | None:
-        """The reference loss of each store row, or ``None``; raises when ``reference`` does not cover them."""
-        if not isinstance(self.reference, np.ndarray):
-            return None
-        size = self.reference.shape[0]
-        if (self.source == "step" and size != n) or (ids.size and int(ids.max()) >= size):
-            upto = (
-                f" with dataset indices up to {int(ids.max())}" if self.source == "probe" and ids.size else ""
-            )
-            raise ValueError(
-                f"`reference` holds {size} losses but the tracker records {n} samples{upto}; pass one "
-                "reference loss per training sample, in dataset index order"
-            )
-        return check_reference(self.reference[ids], ids.shape[0])
+    def _probe_evaluation(self) -> ProbeEvaluation:
+        return ProbeEvaluation(self.sample_loss_fn, self.batch_size, self.collate_fn, self.pad_id)
 
     def _resolve_samples(self, trainer: pl.Trainer) -> tuple[int, np.ndarray]:
         if self.source == "probe":
@@ -920,35 +595,11 @@ class LossTrajectoryTracker(MemorisationCallback):
                 "(num_samples: how many distinct items to keep rows for), or drop `id_fn` for the running index"
             )
 
-    def _rows(self, ids: np.ndarray) -> np.ndarray:
-        """``id_space='hashed'``: the store row of each sample id, new ids taking the next free rows."""
-        if self.id_space == "dense" or not ids.size:
-            return ids
-        assert self.store is not None
-        assert self._sample_ids is not None
-        if int(ids.min()) < 0:
-            raise ValueError(
-                f"sample ids must be >= 0, got {int(ids.min())} in `{self.index_key}`; return the ids of "
-                "IndexedStream (split_index(batch)) unchanged"
-            )
-        uniq, first = np.unique(ids, return_index=True)
-        for sample_id in uniq[np.argsort(first, kind="stable")].tolist():  # order of arrival
-            if sample_id not in self._row_of:
-                row = len(self._row_of)
-                if row >= self.store.num_samples:
-                    raise ValueError(
-                        f"more than num_samples={self.store.num_samples} distinct sample ids arrived; pass a "
-                        "larger `num_samples=` to LossTrajectoryTracker(id_space='hashed')"
-                    )
-                self._row_of[sample_id] = row
-                self._sample_ids[row] = sample_id
-        return np.fromiter((self._row_of[i] for i in ids.tolist()), dtype=np.int64, count=ids.size)
-
     # -- hot path -------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_steps is None:  # a window of steps goes on across the epoch end
-            self._steps = []
-        self._checked, self._partial = 0, None
+            self._buffer.steps = []
+        self._buffer.checked, self._partial = 0, None
         self._collecting = self._collects(trainer)
         self._collecting_epoch = trainer.current_epoch
 
@@ -956,146 +607,31 @@ class LossTrajectoryTracker(MemorisationCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._collecting:
-            self._collect(outputs, batch)
+            self._buffer.collect(outputs, batch)
         if self.every_n_steps is not None:  # the base: one integer comparison unless a window closes
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def _collect(self, outputs: Any, batch: Any) -> None:
-        """Buffer one step's per-sample losses and indices (on their device, no sync)."""
-        if self._checked < _CHECKED_STEPS:  # the first steps of an epoch: every check
-            self._checked += 1
-            self._steps.append(self._checked_outputs(outputs, batch))
-            return
-        try:  # later steps: one append (shapes are checked at epoch end, metadata only)
-            loss = outputs[self.loss_key]
-            self._steps.append(
-                (
-                    # detach (about 1 us) only what holds a graph: the documented `.detach()`ed losses pass as they are
-                    loss.detach() if loss.requires_grad else loss,
-                    outputs[self.index_key],
-                    outputs.get(self.correct_key) if self._has_correct else None,
-                )
-            )
-        except (TypeError, KeyError, AttributeError, IndexError):
-            self._steps.append(self._checked_outputs(outputs, batch))  # raises the clear error
-
-    def _checked_outputs(self, outputs: Any, batch: Any = None) -> _Step:
-        if not isinstance(outputs, Mapping) or self.loss_key not in outputs or self.index_key not in outputs:
-            raise RuntimeError(self._missing_outputs_message(outputs, batch))
-        loss = outputs[self.loss_key]
-        correct = outputs.get(self.correct_key) if self.correct_key is not None else None
-        has = correct is not None
-        if self._has_correct is None:
-            self._has_correct = has
-        elif has != self._has_correct:
-            self._raise_correct_changed(has)
-        step = (loss, self._index_tensor(outputs[self.index_key]), correct)
-        self._check_step(step)
-        return (loss.detach(), step[1], None if correct is None else torch.as_tensor(correct))
-
-    def _index_tensor(self, index: Any) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):
-            return index
-        if index is None:
-            raise TypeError(
-                f"`{self.index_key}` returned by training_step is None; return the sample indices of "
-                "IndexedDataset unchanged: `index, batch = split_index(batch)` and "
-                f"`return {{..., '{self.index_key}': index}}`"
-            )
-        try:
-            return torch.as_tensor(index)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(
-                f"`{self.index_key}` returned by training_step must be an integer tensor of sample indices [B], "
-                f"got {type(index).__name__}; return the index from `split_index(batch)` unchanged"
-            ) from e
-
-    def _raise_correct_changed(self, has: bool) -> None:
-        raise ValueError(
-            f"`{self.correct_key}` was {'returned' if self._has_correct else 'missing'} at earlier steps "
-            f"but is {'returned' if has else 'missing'} now; return it at every step or never"
-        )
-
-    def _check_step(self, step: _Step) -> None:
-        """Metadata-only checks of one step's outputs (no device sync)."""
-        loss, index, correct = step
-        if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
-            raise TypeError(
-                f"`{self.loss_key}` returned by training_step must be a floating tensor of per-sample losses "
-                f"[B], got {type(loss).__name__}"
-                f"{'' if not isinstance(loss, torch.Tensor) else ' of dtype ' + str(loss.dtype)}"
-            )
-        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-            raise TypeError(
-                f"`{self.index_key}` returned by training_step must be an integer tensor of sample indices, "
-                f"got dtype {index.dtype}; return the index from `split_index(batch)` unchanged"
-            )
-        if loss.dim() != 1 or index.shape != loss.shape:
-            raise ValueError(
-                f"`{self.loss_key}` and `{self.index_key}` must both have shape [B] (one per sample); got "
-                f"{tuple(loss.shape)} and {tuple(index.shape)}. Use reduction='none' and reduce extra "
-                "dimensions per sample (e.g. .mean(dim=1))."
-            )
-        if correct is not None and tuple(torch.as_tensor(correct).shape) != tuple(loss.shape):
-            raise ValueError(
-                f"`{self.correct_key}` must have shape [B] = {tuple(loss.shape)}, "
-                f"got {tuple(torch.as_tensor(correct).shape)}"
-            )
-
-    def _missing_outputs_message(self, outputs: Any, batch: Any = None) -> str:
-        got = (
-            f"a dict with keys {sorted(map(str, outputs))}"
-            if isinstance(outputs, Mapping)
-            else type(outputs).__name__
-        )
-        if isinstance(batch, Mapping) and "text_ids" in batch:  # packed texts (PackingCollator): per text
-            lines = (
-                "    # from memcallbacks import packed_model_inputs, packed_text_losses\n"
-                "    out = self.model(**packed_model_inputs(batch), use_cache=False)\n"
-                "    losses, index = packed_text_losses(out, batch)  # one loss per text, no second forward\n"
-                f'    return {{"loss": out.loss, "{self.loss_key}": losses.detach(), "{self.index_key}": index}}'
-            )
-        elif isinstance(batch, Mapping) and "input_ids" in batch:  # a language-model batch: its own form
-            lines = (
-                "    # from memcallbacks.lm.losses import causal_lm_step_losses, position_ids_from_mask\n"
-                "    index, batch = split_index(batch)\n"
-                '    out = self.model(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]))\n'
-                "    per_sample = causal_lm_step_losses(out.logits, batch)  # no second forward\n"
-                f'    return {{"loss": out.loss, "{self.loss_key}": per_sample.detach(), "{self.index_key}": index}}'
-            )
-        else:
-            lines = (
-                "    index, (x, y) = split_index(batch)\n"
-                '    per_sample = F.cross_entropy(self(x), y, reduction="none")\n'
-                f'    return {{"loss": per_sample.mean(), "{self.loss_key}": per_sample.detach(), '
-                f'"{self.index_key}": index}}'
-            )
-        wrap = (
-            "The training set is wrapped in IndexedDataset already (`DataLoader(IndexedDataset(dataset), ...)`): "
-            "return its index"
-            if self._train_indexed
-            else "Wrap the training set, `DataLoader(IndexedDataset(dataset), ...)`, and return them"
-        )
-        return (
-            f"LossTrajectoryTracker(source='step') reads per-sample losses and sample indices from the dict "
-            f"that training_step returns, but got {got}. {wrap} from training_step:\n\n"
-            f"{lines}\n\n"
-            "HINT: or use LossTrajectoryTracker(source='probe') to evaluate a probe set instead."
-        )
 
     # -- the evaluation cycle (see MemorisationCallback) -------------------------------------------
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> _Epoch | None:
         """Record this epoch's column (gathered across ranks) in the store; ``None`` before set-up."""
         if self.store is None:
             return None
+        recorded = self.store.has_correct
         if self.source == "step":
-            index, loss, correct = self._take_step_buffers(pl_module)
-            rows = self._to_host(trainer, pl_module, index, loss, correct, gathered=False)
+            index, loss, correct = self._buffer.take(pl_module.device)
+            rows = rows_on_host(
+                trainer, pl_module.device, index, loss, correct, gathered=False, correct_recorded=recorded
+            )
         else:
             index, loss, correct = self._evaluate_probe(trainer, pl_module)
-            rows = self._to_host(trainer, pl_module, index, loss, correct, gathered=True)
+            rows = rows_on_host(
+                trainer, pl_module.device, index, loss, correct, gathered=True, correct_recorded=recorded
+            )
         idx, losses, corr = rows
-        idx = self._rows(idx)
+        # id_space="hashed": sample ids -> store rows, new ids taking the next free rows
+        if self.id_space == "hashed" and idx.size:
+            assert self._sample_ids is not None
+            idx = hashed_rows(idx, self._row_of, self._sample_ids, index_key=self.index_key)
         self._check_indices(idx)
         idx, losses, corr, unexpected = self._first_visits(trainer, idx, losses, corr)
         epoch = self._column(idx, losses, corr)
@@ -1153,46 +689,6 @@ class LossTrajectoryTracker(MemorisationCallback):
         values = result.column[result.visited].astype(np.float32)
         return [loggers.Histogram(key="mem/traj/loss_histogram", values=values, epoch=self.last_epoch_done)]
 
-    def _take_step_buffers(
-        self, pl_module: pl.LightningModule
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        steps, self._steps = self._steps, []
-        device = pl_module.device
-        if not steps:
-            return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device), None
-        checked: list[_Step] = []
-        last: tuple[Any, ...] | None = None
-        for loss, index, correct in steps:
-            index = self._index_tensor(index)
-            if (correct is not None) != bool(self._has_correct):
-                self._raise_correct_changed(correct is not None)
-            # _check_step reads only these: a step like the one checked before it passes as that one did
-            shape = (
-                correct.shape if isinstance(correct, torch.Tensor) else None if correct is None else object()
-            )
-            key: tuple[Any, ...] = (type(loss), getattr(loss, "dtype", None), getattr(loss, "shape", None))
-            key += (index.dtype, index.shape, type(correct), shape)
-            if key != last:
-                self._check_step((loss, index, correct))
-                last = key
-            checked.append((loss, index, correct))
-        loss = self._cat_on(device, [s[0] for s in checked]).float()
-        index = self._cat_on(device, [s[1] for s in checked]).long()
-        correct = None
-        if self._has_correct:
-            correct = self._cat_on(device, [torch.as_tensor(s[2]) for s in checked]).bool()
-        return index, loss, correct
-
-    @staticmethod
-    def _cat_on(device: torch.device, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """``torch.cat`` of ``tensors`` on ``device``: one move of the result when they share a device
-        (a ``.to`` per step costs about 1.4 us each), one move per tensor when they do not (a restored
-        partial epoch sits on the CPU)."""
-        try:
-            return torch.cat(tensors).to(device, non_blocking=True)
-        except RuntimeError:  # tensors on different devices
-            return torch.cat([t.to(device, non_blocking=True) for t in tensors])
-
     def _evaluate_probe(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -1207,35 +703,6 @@ class LossTrajectoryTracker(MemorisationCallback):
             pad_id=self.pad_id,
         )
         return torch.arange(loss.shape[0]), loss, correct
-
-    def _to_host(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        index: torch.Tensor,
-        loss: torch.Tensor,
-        correct: torch.Tensor | None,
-        *,
-        gathered: bool,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(indices, losses, correct or None)`` of every rank, on the host (one gather under DDP)."""
-        assert self.store is not None
-        if gathered or world_size(trainer) == 1:
-            idx = index.cpu().numpy().astype(np.int64, copy=False)
-            losses = loss.detach().cpu().numpy().astype(np.float64)
-            corr = None if correct is None else correct.cpu().numpy().astype(bool)
-            return idx, losses, corr
-        # one gather of int64 (index, loss bits, correct) rows: 63-bit ids stay exact; correct = -1 where unknown
-        device = pl_module.device
-        known = correct.long() if correct is not None else torch.full_like(loss, -1, dtype=torch.long)
-        bits = loss.detach().double().to(device).view(torch.int64)
-        packed = torch.stack([index.long().to(device), bits, known.to(device)], dim=1)
-        rows = gather_concat(trainer, packed).cpu().numpy()  # the one host transfer
-        idx, losses = rows[:, 0].copy(), rows[:, 1].copy().view(np.float64)
-        corr = rows[:, 2] > 0 if rows.shape[0] and (rows[:, 2] >= 0).all() else None
-        if rows.shape[0] == 0 and self.store.has_correct:
-            corr = np.zeros(0, dtype=bool)
-        return idx, losses, corr
 
     def _check_indices(self, idx: np.ndarray) -> None:
         assert self.store is not None
@@ -1347,10 +814,10 @@ class LossTrajectoryTracker(MemorisationCallback):
             "on_disk": self.store.on_disk,
             "memory_budget_bytes": self.memory_budget_bytes,
             "score_by": self.score,
-            "reference": self._reference_label(),
+            "reference": reference_label(self.reference),
             "sampling": self._sampling,
             "expected_visited_frac": self._expected_visited_frac,
-            "visited_frac": _VISITED_FRAC_MEANING.get(self._sampling or ""),
+            "visited_frac": VISITED_FRAC_MEANING.get(self._sampling or ""),
             "clipped_total": self.store.clipped_total,
             "keys": {"loss": self.loss_key, "index": self.index_key, "correct": self.correct_key},
             "files": "epoch_XXXX.npy: column j of the [N, E] float matrix (NaN = not visited), "
@@ -1472,23 +939,16 @@ class LossTrajectoryTracker(MemorisationCallback):
             state["fit_reference"] = state_tensor(self._fit_reference)
         if self._visits is not None:
             state["visits"] = state_tensor(self._visits.copy())  # a copy: the counts grow in place
-        if self._collecting and self._steps:  # a mid-epoch checkpoint keeps the partial epoch (or window)
-            index, loss, correct = self._take_step_buffers_copy()
+        if (
+            self._collecting and self._buffer.steps
+        ):  # a mid-epoch checkpoint keeps the partial epoch (or window)
+            index, loss, correct = self._buffer.copy_to_cpu()
             state["partial"] = {"epoch": int(self._collecting_epoch), "index": index, "loss": loss}
             if self.every_n_steps is not None:  # the window opened after this evaluated step
                 state["partial"]["window"] = self.last_step_done
             if correct is not None:
                 state["partial"]["correct"] = correct
         return state
-
-    def _take_step_buffers_copy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        steps = self._steps
-        index = torch.cat([self._index_tensor(s[1]).reshape(-1).long().cpu() for s in steps])
-        loss = torch.cat([s[0].reshape(-1).float().cpu() for s in steps])
-        correct = None
-        if self._has_correct:
-            correct = torch.cat([torch.as_tensor(s[2]).reshape(-1).bool().cpu() for s in steps])
-        return index, loss, correct
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_base_state(state_dict.get("base", {}))
