@@ -32,34 +32,22 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import logging
-import os
-import platform
-import shutil
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from bench_common import environment, finish, quiet, quiet_trainer, synthetic
+from torch.utils.data import DataLoader, Subset
 
 from memcallbacks import LossTrajectoryTracker, MembershipInferenceMonitor
 from memcallbacks.callbacks import probes
 
 _PHASES = ("measure", "metrics", "log_metrics", "write_files", "records", "flush")
-
-
-def synthetic(n: int, dim: int = 32, classes: int = 10, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, dim, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return TensorDataset(centers[y] + 1.5 * torch.randn(n, dim, generator=g), y)
 
 
 class MLP(pl.LightningModule):
@@ -171,15 +159,10 @@ def run_monitor(label: str, make: Any, probe: Any, *, evals: int, batch: int, ro
     """One fit with ``make(root)`` (a timed monitor), a bare inference pass and the log floor per epoch."""
     monitor = make(root)
     bare = BareInference(probe, batch)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tempfile.mkdtemp(prefix="fit-", dir=root),
         max_epochs=evals + 1,
         limit_train_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.mkdtemp(prefix="fit-", dir=root),
         callbacks=[monitor, bare],
     )
     with PROBE_LOOP:
@@ -211,15 +194,10 @@ def run_monitor(label: str, make: Any, probe: Any, *, evals: int, batch: int, ro
 def log_floor(keys: int, evals: int, root: Path) -> dict[str, Any]:
     """``log_dict`` of ``keys`` floats from ``on_train_epoch_end``: first epoch (creation) and later ones."""
     floor = LogFloor(keys)
-    pl.Trainer(
+    quiet_trainer(
+        tempfile.mkdtemp(prefix="fit-", dir=root),
         max_epochs=evals + 1,
         limit_train_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.mkdtemp(prefix="fit-", dir=root),
         callbacks=[floor],
     ).fit(MLP(), DataLoader(synthetic(256, seed=3), batch_size=256))
     later = floor.times[1:] or floor.times
@@ -239,11 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
     args = parser.parse_args(argv)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    quiet(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-eval-fixed-"))
     probe = synthetic(args.probes, seed=1)
     half = args.probes // 2
@@ -273,21 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     keys = sorted({r["keys_logged"] for r in results.values()})
     results["log_dict_floor"] = [log_floor(k, args.evals, root) for k in keys]
-    results["env"] = {
-        "torch": torch.__version__,
-        "lightning": pl.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
-    shutil.rmtree(
-        root, ignore_errors=True
-    )  # the run directories (about 18 MB per tracker fit at 200,000 samples)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    results["env"] = environment()
+    finish(results, root, args.out)
     return results
 
 

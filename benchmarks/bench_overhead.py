@@ -58,16 +58,11 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
-import json
-import logging
 import os
-import platform
-import shutil
 import statistics
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +70,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from bench_common import environment, finish, quiet, quiet_trainer, synthetic
 from torch.utils.data import DataLoader, TensorDataset
 
 from memcallbacks import IndexedDataset, LossTrajectoryTracker, rundir, split_index
 
 CONFIGS = ("raw", "indexed", "noop", "tracker")
-
-
-def synthetic(n: int, dim: int = 32, classes: int = 10, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, dim, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = centers[y] + 1.5 * torch.randn(n, dim, generator=g)
-    return TensorDataset(x, y)
 
 
 class MLP(pl.LightningModule):
@@ -153,15 +141,10 @@ def fit_once(
     elif config == "tracker":
         tracker = LossTrajectoryTracker()  # the default run directory, as a user has it
         callbacks.append(tracker)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tempfile.mkdtemp(prefix="fit-", dir=root),
         max_epochs=epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.mkdtemp(prefix="fit-", dir=root),
         callbacks=callbacks,
     )
     gc.collect()  # garbage of the previous fit is not charged to this one
@@ -195,15 +178,10 @@ def compare(
     raw = statistics.median(times["raw"])
     clock = StepClock()  # one short extra run for the step time of this model
     torch.manual_seed(0)
-    pl.Trainer(
+    quiet_trainer(
+        root,
         max_epochs=1,
         limit_train_batches=20,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
         callbacks=[clock],
     ).fit(MLP(capture=False, **model_kw), DataLoader(data, batch_size=batch, shuffle=True))
     out: dict[str, Any] = {
@@ -341,15 +319,10 @@ def _timed_fit(
 ) -> tuple[Any, float, float, _WorkCounter]:
     torch.manual_seed(0)
     callback = cls()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tempfile.mkdtemp(prefix="diag-", dir=root),
         max_epochs=epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.mkdtemp(prefix="diag-", dir=root),
         callbacks=[callback],
     )
     loader = DataLoader(IndexedDataset(data), batch_size=batch, shuffle=True)
@@ -428,7 +401,8 @@ def hook_call_us(calls: int = 1500, rounds: int = 5, batch: int = 256) -> dict[s
 
     def run(callback: pl.Callback) -> float:
         if isinstance(callback, LossTrajectoryTracker):  # as after on_train_epoch_start of a due epoch
-            callback._collecting, callback._checked, callback._steps = True, 0, []
+            callback._collecting, callback._buffer.checked = True, 0
+            callback._buffer.steps.clear()
         hook, times = callback.on_train_batch_end, []
         for i in range(calls):
             per_sample = F.cross_entropy(net(x), y, reduction="none")
@@ -476,15 +450,10 @@ def probe_ratio(data: TensorDataset, probe_n: int, reps: int, root: Path) -> dic
             pl_module.train()
             infer_t.append(time.perf_counter() - t0)
 
-    pl.Trainer(
+    quiet_trainer(
+        root,
         max_epochs=2 * reps + 1,
         limit_train_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
         callbacks=[tracker, BareInference()],
     ).fit(MLP(), DataLoader(IndexedDataset(data), batch_size=256))
     return {
@@ -516,11 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
     args = parser.parse_args(argv)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # keep stdout to the JSON result
-    warnings.filterwarnings("ignore")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    quiet(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     mlp_data = synthetic(args.samples)
     results: dict[str, Any] = {
@@ -551,22 +516,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     if args.probe:
         results["probe"] = probe_ratio(synthetic(4096), args.probe, 3, root)
-    results["env"] = {
-        "torch": torch.__version__,
-        "lightning": pl.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
-    shutil.rmtree(
-        root, ignore_errors=True
-    )  # the run directories (about 18 MB per tracker fit at 200,000 samples)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    results["env"] = environment(numpy=np.__version__)
+    finish(results, root, args.out)
     return results
 
 

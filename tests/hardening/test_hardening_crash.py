@@ -13,11 +13,6 @@ Trainer, one run directory), which no single area folder owns.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +20,7 @@ import pytest
 import pytorch_lightning as pl
 
 from helpers import every_monitor as H
+from helpers.frozen_process import kill_when_frozen
 
 SCRIPT = Path(__file__).resolve().parents[1] / "_hard_scripts" / "crash_train.py"
 
@@ -43,31 +39,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
 
 def _run_until_frozen(tmp: Path, mode: str) -> str:
     marker = tmp / "frozen"
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp / "run"), str(tmp / "ck"), str(marker), mode],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"the script ended before freezing:\n{proc.stderr.read().decode()[-3000:]}"
-                )  # type: ignore[union-attr]
-            if time.monotonic() > deadline:
-                raise AssertionError("the script did not reach its freeze point in 120 s")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
-    return marker.read_text()
+    return kill_when_frozen(SCRIPT, str(tmp / "run"), str(tmp / "ck"), str(marker), mode, marker=marker)
 
 
 def _prefix_equal(after_crash: dict[str, Any], expected: dict[str, Any], kept: int) -> None:

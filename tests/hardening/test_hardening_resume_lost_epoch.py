@@ -13,11 +13,6 @@ The run is a real process (``tests/_hard_scripts/crash_epoch_end.py``) killed wi
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +21,7 @@ import pytest
 import pytorch_lightning as pl
 
 from helpers import every_monitor as H
+from helpers.frozen_process import kill_when_frozen
 
 SCRIPT = Path(__file__).resolve().parents[1] / "_hard_scripts" / "crash_epoch_end.py"
 
@@ -60,30 +56,9 @@ def _numbers(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kill_at_epoch_end(tmp: Path) -> str:
-    marker = tmp / "frozen"
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp / "run"), str(tmp / "ck"), str(marker)],
-        env=dict(os.environ, PYTHONHASHSEED="0"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return kill_when_frozen(
+        SCRIPT, str(tmp / "run"), str(tmp / "ck"), str(tmp / "frozen"), marker=tmp / "frozen"
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
-                raise AssertionError(f"the script ended before freezing:\n{err}")
-            if time.monotonic() > deadline:
-                raise AssertionError("the script did not reach its freeze point in 120 s")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
-    return marker.read_text()
 
 
 @pytest.mark.slow

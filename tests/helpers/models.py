@@ -8,6 +8,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 from memcallbacks.data.indexed import split_index
 
@@ -113,3 +114,9 @@ def per_sample_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
     """Independent per-sample cross-entropy of a model (for checks)."""
     with torch.no_grad():
         return F.cross_entropy(model(x), y, reduction="none").numpy()
+
+
+def dataset_losses(model: torch.nn.Module, data: TensorDataset) -> np.ndarray:
+    """Per-sample cross-entropy of ``model`` (put in eval mode) on a ``(x, y)`` TensorDataset, computed here."""
+    model.eval()
+    return per_sample_losses(model, *data.tensors)

@@ -22,7 +22,6 @@ records the losses the training steps really computed).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 import transformers as tf
 from torch.utils.data import DataLoader
 
+from helpers.hf_configs import tiny_causal_lm_configs
 from memcallbacks import (
     CanaryExposureMonitor,
     CanarySet,
@@ -50,62 +50,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*fewer than 1/FPR:UserWarning")
 
 TOK = CharTokenizer()
 V, PAD, BOS = TOK.vocab_size, 0, 1
-SMALL = {"vocab_size": V, "pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": 2}
 PREFIX, SUFFIX = 5, 3  # the sequence monitor's window
 SIDES = ("right", "left")
 
 
-def _llama_like(cls: Any, **extra: Any) -> Callable[[], Any]:
-    return lambda: cls(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=64, **SMALL, **extra,
-    )  # fmt: skip
-
-
-CONFIGS: dict[str, tuple[Any, Callable[[], Any]]] = {
-    "gpt2": (
-        tf.GPT2LMHeadModel,
-        lambda: tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, **SMALL),
-    ),
-    "gpt_neox": (
-        tf.GPTNeoXForCausalLM,
-        lambda: tf.GPTNeoXConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            **SMALL,
-        ),
-    ),
-    "opt": (
-        tf.OPTForCausalLM,
-        lambda: tf.OPTConfig(
-            hidden_size=32,
-            ffn_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            word_embed_proj_dim=32,
-            max_position_embeddings=64,
-            **SMALL,
-        ),
-    ),
-    "llama_gqa": (tf.LlamaForCausalLM, _llama_like(tf.LlamaConfig)),
-    "qwen2_gqa": (tf.Qwen2ForCausalLM, _llama_like(tf.Qwen2Config)),
-    # a window of 4 columns, shorter than the 8-token probe window and the canaries (15 tokens)
-    "mistral_window": (tf.MistralForCausalLM, _llama_like(tf.MistralConfig, sliding_window=4)),
-    "phi": (
-        tf.PhiForCausalLM,
-        lambda: tf.PhiConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            **SMALL,
-        ),
-    ),
-}
+# mistral_window: a window of 4 columns, shorter than the 8-token probe window and the canaries (15 tokens)
+CONFIGS = tiny_causal_lm_configs(V, pad=PAD, bos=BOS)
 
 
 # --------------------------------------------------------------------------------------------------

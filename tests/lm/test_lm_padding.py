@@ -7,13 +7,12 @@ hand: each sample run alone, unpadded, and the shifted cross-entropy written out
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-import transformers as tf
 
+from helpers.hf_configs import tiny_causal_lm_configs
 from memcallbacks.callbacks.probes import evaluate_sample_losses
 from memcallbacks.lm import losses as lm_losses
 from memcallbacks.lm.hf import causal_lm_sample_loss_fn
@@ -27,65 +26,9 @@ from memcallbacks.lm.losses import (
 from memcallbacks.lm.windows import LanguageModel, pad_windows, score_windows, token_sequences
 
 V, PAD = 97, 0
-SMALL = {"vocab_size": V, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2}
 
 
-def _llama_like(cls: Any, **extra: Any) -> Callable[[], Any]:
-    return lambda: cls(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention
-        max_position_embeddings=64,
-        **SMALL,
-        **extra,
-    )
-
-
-CONFIGS: dict[str, tuple[Any, Callable[[], Any]]] = {
-    "gpt2": (
-        tf.GPT2LMHeadModel,
-        lambda: tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, **SMALL),
-    ),
-    "llama_gqa": (tf.LlamaForCausalLM, _llama_like(tf.LlamaConfig)),
-    "qwen2_gqa": (tf.Qwen2ForCausalLM, _llama_like(tf.Qwen2Config)),
-    "mistral_window": (tf.MistralForCausalLM, _llama_like(tf.MistralConfig, sliding_window=4)),
-    "gpt_neox": (
-        tf.GPTNeoXForCausalLM,
-        lambda: tf.GPTNeoXConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            **SMALL,
-        ),
-    ),
-    "opt": (
-        tf.OPTForCausalLM,
-        lambda: tf.OPTConfig(
-            hidden_size=32,
-            ffn_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            word_embed_proj_dim=32,
-            max_position_embeddings=64,
-            **SMALL,
-        ),
-    ),
-    "phi": (
-        tf.PhiForCausalLM,
-        lambda: tf.PhiConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            **SMALL,
-        ),
-    ),
-}
+CONFIGS = tiny_causal_lm_configs(V, pad=PAD)
 
 _MODELS: dict[str, Any] = {}
 

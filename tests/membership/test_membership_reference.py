@@ -9,25 +9,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import ModelCheckpoint
-from torch.utils.data import TensorDataset
 
 from helpers.data import loaders, make_blobs
-from helpers.models import TinyClassifier
-from helpers.training import trainer
+from helpers.models import TinyClassifier, dataset_losses
+from helpers.reference_resume import check_resume_keeps_the_stored_reference
+from helpers.training import fit_with_epoch_checkpoints, trainer
 from memcallbacks import MembershipInferenceMonitor
 from memcallbacks.metrics import membership_inference
 from memcallbacks.utilities.fileio import load_npz
 
 TRAIN, HELD = make_blobs(80, seed=0), make_blobs(50, seed=1)
-
-
-def _losses(model: torch.nn.Module, data: TensorDataset) -> np.ndarray:
-    """Per-sample cross-entropy, computed here (not through the monitor's evaluation)."""
-    x, y = data.tensors
-    model.eval()
-    with torch.no_grad():
-        return F.cross_entropy(model(x), y, reduction="none").numpy()
 
 
 def _monitor(**kwargs: object) -> MembershipInferenceMonitor:
@@ -44,12 +35,16 @@ def test_fit_start_reference_is_the_weights_before_the_first_step(tmp_path: Path
 
     assert monitor._fit_ref_members is not None
     assert monitor._fit_ref_nonmembers is not None
-    np.testing.assert_allclose(monitor._fit_ref_members, _losses(at_start, TRAIN), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(monitor._fit_ref_nonmembers, _losses(at_start, HELD), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        monitor._fit_ref_members, dataset_losses(at_start, TRAIN), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        monitor._fit_ref_nonmembers, dataset_losses(at_start, HELD), rtol=1e-5, atol=1e-6
+    )
     # score = loss now - loss at fit start, the calibrated code path with another reference
-    now_m, now_n = _losses(model, TRAIN), _losses(model, HELD)
+    now_m, now_n = dataset_losses(model, TRAIN), dataset_losses(model, HELD)
     expected = membership_inference(
-        now_m - _losses(at_start, TRAIN), now_n - _losses(at_start, HELD), fprs=(0.01, 0.1)
+        now_m - dataset_losses(at_start, TRAIN), now_n - dataset_losses(at_start, HELD), fprs=(0.01, 0.1)
     )
     last = monitor.history[-1]
     assert last["mem/mia_ref/auc"] == pytest.approx(expected.auc, abs=1e-6)
@@ -74,33 +69,16 @@ def _resumable(
 ) -> MembershipInferenceMonitor:
     torch.manual_seed(0)
     monitor = _monitor(reference=reference)
-    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
     tl, vl = loaders(TRAIN, HELD, shuffle=False)
-    t = trainer(tmp, max_epochs=max_epochs, callbacks=[monitor, ckpt], enable_checkpointing=True)
-    t.fit(TinyClassifier(hidden=8), tl, vl, ckpt_path=ckpt_path)
+    fit_with_epoch_checkpoints(
+        tmp, max_epochs, monitor, TinyClassifier(hidden=8), tl, vl, ckpt_path=ckpt_path
+    )
     return monitor
 
 
 @pytest.mark.parametrize("kind", ["fit_start", "module"])
 def test_resume_uses_the_stored_reference(tmp_path: Path, kind: str) -> None:
-    torch.manual_seed(3)
-    base = TinyClassifier(hidden=8)
-    reference: object = "fit_start" if kind == "fit_start" else base
-    straight = _resumable(tmp_path / "straight", 3, reference)
-    first = _resumable(tmp_path / "first", 2, reference)
-    assert first._fit_ref_members is not None
-    stored = first._fit_ref_members.copy()
-    if kind == "module":
-        np.testing.assert_allclose(stored, _losses(base, TRAIN), rtol=1e-5, atol=1e-6)
-        with torch.no_grad():  # a different module now: a recomputation would show
-            for p in base.parameters():
-                p.add_(1.0)
-    resumed = _resumable(
-        tmp_path / "first", 3, reference, ckpt_path=str(tmp_path / "first" / "ckpt" / "epoch=1.ckpt")
-    )
-    assert resumed._fit_ref_members is not None
-    np.testing.assert_array_equal(resumed._fit_ref_members, stored)
-    assert resumed.history == straight.history
+    check_resume_keeps_the_stored_reference(tmp_path, kind, _resumable, lambda cb: cb._fit_ref_members, TRAIN)
 
 
 def test_reference_with_another_vocabulary_is_refused(tmp_path: Path) -> None:

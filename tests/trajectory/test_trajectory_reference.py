@@ -10,24 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import ModelCheckpoint
-from torch.utils.data import TensorDataset
 
 from helpers.data import loaders, make_blobs
-from helpers.models import TinyClassifier
-from helpers.training import trainer
+from helpers.models import TinyClassifier, dataset_losses
+from helpers.reference_resume import check_resume_keeps_the_stored_reference
+from helpers.training import fit_with_epoch_checkpoints, trainer
 from memcallbacks import LossTrajectoryTracker
 from memcallbacks.utilities.fileio import load_npz
 
 TRAIN = make_blobs(40, seed=0)
-
-
-def _losses(model: torch.nn.Module, data: TensorDataset) -> np.ndarray:
-    """Per-sample cross-entropy, computed here (not through the tracker's evaluation)."""
-    x, y = data.tensors
-    model.eval()
-    with torch.no_grad():
-        return F.cross_entropy(model(x), y, reduction="none").numpy()
 
 
 def _tracker(reference: object, **kwargs: object) -> LossTrajectoryTracker:
@@ -49,7 +40,7 @@ def test_fit_start_reference_is_the_probes_before_the_first_step(tmp_path: Path)
     tracker = _tracker("fit_start")
     trainer(tmp_path, max_epochs=3, callbacks=[tracker]).fit(model, loaders(TRAIN)[0])
 
-    reference = _losses(at_start, TRAIN)
+    reference = dataset_losses(at_start, TRAIN)
     assert tracker._fit_reference is not None
     np.testing.assert_allclose(tracker._fit_reference, reference, rtol=1e-5, atol=1e-6)
     # calibrated_loss = fit-start loss - lowest loss reached; score_max is its maximum, by hand
@@ -71,41 +62,21 @@ def _resumable(
 ) -> LossTrajectoryTracker:
     torch.manual_seed(0)
     tracker = _tracker(reference)
-    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
-    t = trainer(tmp, max_epochs=max_epochs, callbacks=[tracker, ckpt], enable_checkpointing=True)
-    t.fit(TinyClassifier(hidden=8, lr=0.3), loaders(TRAIN, shuffle=False)[0], ckpt_path=ckpt_path)
+    model = TinyClassifier(hidden=8, lr=0.3)
+    fit_with_epoch_checkpoints(
+        tmp, max_epochs, tracker, model, loaders(TRAIN, shuffle=False)[0], ckpt_path=ckpt_path
+    )
     return tracker
 
 
 @pytest.mark.parametrize("kind", ["fit_start", "module"])
 def test_resume_keeps_the_stored_reference(tmp_path: Path, kind: str) -> None:
-    torch.manual_seed(3)
-    base = TinyClassifier(hidden=8)
-    reference: object = "fit_start" if kind == "fit_start" else base
-    straight = _resumable(tmp_path / "straight", 3, reference)
-    first = _resumable(tmp_path / "first", 2, reference)
-    assert first._fit_reference is not None
-    stored = first._fit_reference.copy()
-    if kind == "module":
-        np.testing.assert_allclose(stored, _losses(base, TRAIN), rtol=1e-5, atol=1e-6)
-        with torch.no_grad():  # another reference module now: a recomputation would show
-            for p in base.parameters():
-                p.add_(1.0)
-    # fit_start: the resumed weights (after 2 epochs) differ from the initial ones; a recomputation would show
-    resumed = _resumable(
-        tmp_path / "first", 3, reference, ckpt_path=str(tmp_path / "first" / "ckpt" / "epoch=1.ckpt")
-    )
-    assert resumed._fit_reference is not None
-    np.testing.assert_array_equal(resumed._fit_reference, stored)
-    assert resumed.history == straight.history
+    check_resume_keeps_the_stored_reference(tmp_path, kind, _resumable, lambda cb: cb._fit_reference, TRAIN)
 
 
 def test_resume_without_stored_reference_is_refused(tmp_path: Path) -> None:
     plain = LossTrajectoryTracker(source="probe", probe_dataset=TRAIN, num_top=0, dtype="float32")
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1, filename="{epoch}")
-    trainer(tmp_path, max_epochs=1, callbacks=[plain, ckpt], enable_checkpointing=True).fit(
-        TinyClassifier(), loaders(TRAIN)[0]
-    )
+    fit_with_epoch_checkpoints(tmp_path, 1, plain, TinyClassifier(), loaders(TRAIN)[0])
     with pytest.raises(ValueError, match="holds no reference losses evaluated at fit start"):
         trainer(tmp_path, max_epochs=2, callbacks=[_tracker("fit_start")]).fit(
             TinyClassifier(), loaders(TRAIN)[0], ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt")
