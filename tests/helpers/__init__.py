@@ -19,4 +19,5 @@ cannot be unpickled there.
 * :mod:`helpers.report_figures`: the figure files the report writes.
 * :mod:`helpers.hf_configs`: seven tiny transformers causal LMs built from configs.
 * :mod:`helpers.frozen_process`: runs a script until its freeze point and SIGKILLs it there.
+* :mod:`helpers.lora`: a LoRA GPT-2 with live adapters, its LightningModule and plain-torch row losses.
 """

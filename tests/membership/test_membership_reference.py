@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers.data import loaders, make_blobs
 from helpers.models import TinyClassifier, dataset_losses
@@ -124,36 +123,11 @@ def test_state_dict_keeps_the_reference() -> None:
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft on transformers 5
 def test_peft_base_reference_is_the_model_without_adapters(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    peft = pytest.importorskip("peft")
-    import pytorch_lightning as pl
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from helpers.lora import LoRALM, causal_lm_row_losses, lora_gpt2_with_live_adapters
 
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=1
-    )
-    base = transformers.GPT2LMHeadModel(cfg)
-    plain = copy.deepcopy(base).eval()  # the base weights, never wrapped
-    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
-    with torch.no_grad():  # adapters that change the output from the start
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.5)
-
-    class LM(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = lora
-
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=input_ids).logits
-
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            return self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=1e-2)
-
+    plain, lora = lora_gpt2_with_live_adapters()  # adapters that change the output from the start
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 20, (24, 10), generator=g)
     items = [{"input_ids": row, "labels": row} for row in ids]
@@ -161,22 +135,16 @@ def test_peft_base_reference_is_the_model_without_adapters(tmp_path: Path) -> No
         items[:12], items[12:], reference="peft_base", trajectory_attack=False
     )
     loader = torch.utils.data.DataLoader(items[:12], batch_size=4)
-    trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(LM(), loader)
-
-    def causal_lm_losses(model: torch.nn.Module, rows: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            logits = model(input_ids=rows).logits[:, :-1]
-        nll = F.cross_entropy(logits.reshape(-1, 20), rows[:, 1:].reshape(-1), reduction="none")
-        return nll.view(rows.shape[0], -1).mean(dim=1).numpy()
+    trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(LoRALM(lora), loader)
 
     assert monitor._fit_ref_members is not None
-    adapted = causal_lm_losses(lora, ids[:12])  # adapters on (and trained): not the reference
+    adapted = causal_lm_row_losses(lora, ids[:12])  # adapters on (and trained): not the reference
     assert not np.allclose(monitor._fit_ref_members, adapted, rtol=1e-3)
     np.testing.assert_allclose(
-        monitor._fit_ref_members, causal_lm_losses(plain, ids[:12]), rtol=1e-5, atol=1e-6
+        monitor._fit_ref_members, causal_lm_row_losses(plain, ids[:12]), rtol=1e-5, atol=1e-6
     )
     assert monitor._fit_ref_nonmembers is not None
     np.testing.assert_allclose(
-        monitor._fit_ref_nonmembers, causal_lm_losses(plain, ids[12:]), rtol=1e-5, atol=1e-6
+        monitor._fit_ref_nonmembers, causal_lm_row_losses(plain, ids[12:]), rtol=1e-5, atol=1e-6
     )
     assert "mem/mia_ref/auc" in monitor.history[-1]
