@@ -129,8 +129,18 @@ except OSError as e:
     assert not list(tmp_path.glob(".big.npy*"))  # the temporary file is gone
 
 
-def test_a_failed_background_write_raises_in_its_epoch_naming_the_file(tmp_path):
-    body = """
+@pytest.mark.parametrize(
+    ("max_epochs", "checkpointing", "raised_at"),
+    [
+        (3, False, "epoch 2"),  # the next evaluation waits for the write
+        (2, False, "the end"),  # the end of training flushes
+        (3, True, "epoch 1"),  # the epoch's checkpoint waits for its files
+    ],
+)
+def test_a_failed_background_write_raises_by_the_next_evaluation_naming_the_file(
+    tmp_path, max_epochs, checkpointing, raised_at
+):
+    body = f"""
 import pytorch_lightning as pl, torch
 from torch.utils.data import DataLoader, TensorDataset
 from memcallbacks.callbacks._base import MemorisationCallback
@@ -139,7 +149,7 @@ class Growing(MemorisationCallback):
     subdir = "growing"
     def on_memorisation_epoch_end(self, trainer, pl_module):
         n = 1_000 if trainer.current_epoch == 0 else 100_000  # epoch 1 writes 800 kB: over the limit
-        self.write_in_background(fileio.save_npy, self.run_dir / f"epoch_{trainer.current_epoch}.npy", np.zeros(n))
+        self.write_in_background(fileio.save_npy, self.run_dir / f"epoch_{{trainer.current_epoch}}.npy", np.zeros(n))
 
 class Model(pl.LightningModule):
     def __init__(self):
@@ -149,14 +159,15 @@ class Model(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-t = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, default_root_dir=sys.argv[1], callbacks=[Growing()])
+t = pl.Trainer(max_epochs={max_epochs}, logger=False, enable_checkpointing={checkpointing},
+               enable_progress_bar=False, enable_model_summary=False, default_root_dir=sys.argv[1],
+               callbacks=[Growing()])
 try:
     t.fit(Model(), DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4))
 except OSError as e:
-    print("ERR at epoch", t.current_epoch, "|", e)
+    print("ERR at", "the end" if t.current_epoch == t.max_epochs else f"epoch {{t.current_epoch}}", "|", e)
 """
     out = _run_with_small_file_limit(body, tmp_path)
-    assert "ERR at epoch 1 |" in out.stdout, out.stdout + out.stderr  # raised in the epoch of the write
+    assert f"ERR at {raised_at} |" in out.stdout, out.stdout + out.stderr
     assert "Growing, epoch 1: File too large; memcallbacks could not write" in out.stdout
     assert "memcallbacks/growing/epoch_1.npy" in out.stdout

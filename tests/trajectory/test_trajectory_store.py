@@ -118,6 +118,30 @@ def test_spills_above_budget_and_reads_back_memory_mapped(tmp_path: Path) -> Non
     assert len(list(tmp_path.glob("correct_*.npy"))) == e
 
 
+def test_deferred_writes_go_to_the_writer_and_a_spill_writes_the_epochs_it_held(tmp_path: Path) -> None:
+    n, e = 1000, 5
+    losses, correct = _epochs(n, e)
+    budget = 3 * n * 3 - 1  # the third epoch spills
+    store = TrajectoryStore(n, directory=tmp_path, memory_budget_bytes=budget)
+    jobs: list[tuple] = []
+    for j in range(e):
+        store.append(losses[:, j], correct[:, j], write=lambda *job: jobs.append(job))
+        if j < 2:  # in memory: the files are the writer's, nothing is on disk yet
+            assert [job[1].name for job in jobs] == [
+                name for k in range(j + 1) for name in (f"epoch_{k:04d}.npy", f"correct_{k:04d}.npy")
+            ]
+            assert not list(tmp_path.iterdir())
+    # the spill wrote the two held epochs itself (a writer that never runs loses nothing); on disk the
+    # store writes before returning
+    assert len(jobs) == 4
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.npy")) == [f"epoch_{k:04d}.npy" for k in range(e)]
+    np.testing.assert_array_equal(store.matrix(), TrajectoryStore.open(tmp_path).matrix())
+    np.testing.assert_array_equal(store.correct_matrix(), correct)
+    for save, path, array in jobs:  # the writer running late rewrites the same bytes
+        save(path, array)
+    np.testing.assert_array_equal(TrajectoryStore.open(tmp_path).matrix(), store.matrix())
+
+
 def test_spill_without_directory_warns_and_uses_a_temporary_folder() -> None:
     store = TrajectoryStore(100, memory_budget_bytes=250)
     store.append(np.ones(100))

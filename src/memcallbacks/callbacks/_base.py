@@ -46,9 +46,11 @@ Scalars are logged with ``pl_module.log_dict`` (they reach every logger and
 ``trainer.callback_metrics``, so ``EarlyStopping`` and :class:`LeakageEarlyStopping` see
 them); every rank logs the same values. Rich records go through :mod:`memcallbacks.loggers`.
 
-Run-directory writes submitted with :meth:`MemorisationCallback.write_in_background` are
-flushed at the end of the epoch that submitted them (``on_train_epoch_end``): a failed write
-(disk full) raises in that epoch, naming the file.
+Run-directory writes submitted with :meth:`MemorisationCallback.write_in_background` run on one
+thread while training goes on. They are flushed at the next evaluation, before a checkpoint is
+saved, and at the end of training: a failed write (disk full) raises by the next evaluation at the
+latest, naming the file and the epoch that made it, and a checkpoint never names a file that is
+not written yet.
 
 Resume: a checkpoint saved after an epoch's last batch and before its end-of-epoch work (e.g.
 ``ModelCheckpoint(every_n_train_steps=n)`` with ``n`` dividing the epoch, the process killed during
@@ -556,8 +558,12 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
         _notify_after_monitor(trainer, pl_module, point)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run_epoch_end(trainer, pl_module)
-        self.flush()  # a failed background write raises in the epoch that submitted it
+        self._run_epoch_end(trainer, pl_module)  # its files are written while the next epoch trains
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.flush()  # the checkpoint's state describes files that are on disk (a failed write raises here)
 
     def _run_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_epoch_done == trainer.current_epoch:
@@ -708,9 +714,10 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
     def write_in_background(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` (a run-directory write of snapshotted data) off the training loop.
 
-        Writes run in order on one thread; :meth:`flush` waits for them. The base flushes at
-        the end of every training epoch (so a failed write raises in the epoch that made it),
-        at fit end, teardown and on exceptions.
+        Writes run in order on one thread, overlapping training; :meth:`flush` waits for them.
+        Submitting waits for the previous write (so a failed write raises by the next one); the
+        base also flushes before a checkpoint is saved, at the end of training, at teardown and
+        on exceptions.
         """
         if self._writer is None:
             self._writer = fileio.BackgroundWriter(f"memcallbacks-{self.folder}")

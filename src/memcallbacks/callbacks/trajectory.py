@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,19 @@ class _Epoch:
     nonfinite: int
     duplicates: int = 0
     stats: TrajectoryStatistics | None = None
+
+
+def _write_in_order(
+    epoch_writes: list[tuple[Any, ...]],
+    folder: Path,
+    arrays: dict[str, Any],
+    meta: dict[str, Any],
+    durable: bool,
+) -> None:
+    """The store's epoch files (``(save_npy, path, array)`` jobs, fsynced), then the summary derived from them."""
+    for save, *args in epoch_writes:
+        save(*args)
+    rundir.write_trajectory_summary(folder, arrays, meta, durable=durable)
 
 
 class LossTrajectoryTracker(MemorisationCallback):
@@ -344,6 +358,8 @@ class LossTrajectoryTracker(MemorisationCallback):
         self._visits: np.ndarray | None = None
         self._sampling: str | None = None  # step source: one of SAMPLINGS
         self._expected_visited_frac: float | None = None
+        # the store's epoch-file writes of this evaluation, run with its summary on the writer thread
+        self._epoch_writes: list[tuple[Any, ...]] = []
 
     @property
     def _steps(self) -> list[Step]:
@@ -636,7 +652,7 @@ class LossTrajectoryTracker(MemorisationCallback):
         idx, losses, corr, unexpected = self._first_visits(trainer, idx, losses, corr)
         epoch = self._column(idx, losses, corr)
         epoch.duplicates = unexpected
-        self.store.append(epoch.column, epoch.correct)
+        self.store.append(epoch.column, epoch.correct, write=lambda *job: self._epoch_writes.append(job))
         self.recorded_epochs.append(int(trainer.current_epoch))
         self.recorded_steps.append(int(trainer.global_step))
         if epoch.nonfinite:
@@ -826,8 +842,9 @@ class LossTrajectoryTracker(MemorisationCallback):
             "loss_drop = first - last, calibrated_loss = reference - min; reference: the reference loss per row, "
             "see `reference`; visits: how many times each sample was drawn in the recorded columns)",
         }
-        # derived from the epoch files (written synchronously by the store): off the training loop
-        self.write_in_background(rundir.write_trajectory_summary, self.run_dir, arrays, meta, durable=durable)
+        # the epoch files, then the summary derived from them, in that order, off the training loop
+        jobs, self._epoch_writes = self._epoch_writes, []
+        self.write_in_background(_write_in_order, jobs, self.run_dir, arrays, meta, durable)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.store is None or self.store.num_epochs == 0 or not trainer.is_global_zero:

@@ -35,7 +35,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ from memcallbacks.utilities.validation import check_bool, check_int, check_path
 __all__ = ["TrajectoryStore", "DEFAULT_MEMORY_BUDGET_BYTES", "check_memory_budget"]
 
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
+
+
+def _save_now(save: Callable[..., Any], *args: Any) -> None:
+    save(*args)
+
+
 _EPOCH_RE = re.compile(r"^(epoch|correct)_(\d{4,})\.npy$")
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -127,6 +133,7 @@ class TrajectoryStore:
         self._losses: list[np.ndarray] = []  # in-memory copies while under budget
         self._correct: list[np.ndarray] = []
         self._in_memory = True
+        self._deferred_writes = False  # epoch files handed to append's `write`
         self._accumulator = TrajectoryAccumulator(self.num_samples)
 
     # -- properties ------------------------------------------------------------------------
@@ -154,7 +161,7 @@ class TrajectoryStore:
         return self.directory / f"{kind}_{epoch:04d}.npy"
 
     # -- writing -----------------------------------------------------------------------------
-    def append(self, losses: Any, correct: Any = None) -> int:
+    def append(self, losses: Any, correct: Any = None, *, write: Callable[..., Any] | None = None) -> int:
         """Add one epoch: ``losses`` ``[N]`` (NaN = not visited), optional ``correct`` ``[N]`` bool.
 
         Non-finite losses (inf, NaN) are stored as NaN, i.e. as not visited. Finite losses beyond
@@ -166,6 +173,10 @@ class TrajectoryStore:
             losses: ``[N]`` float array or tensor.
             correct: ``[N]`` bool (or 0/1) array or tensor, or ``None``; give it at every epoch or
                 at none.
+            write: who writes this epoch's files while the store holds its epochs in memory, called
+                as ``write(save_npy, path, array)`` (e.g. to run it on a background thread; the
+                array is never modified). ``None`` writes them before returning, as does a store
+                that reads its epochs from disk; one that moves to disk rewrites the epochs it held.
 
         Returns:
             The new epoch's column index.
@@ -185,11 +196,16 @@ class TrajectoryStore:
             )
         epoch = self.num_epochs
         if self.keep_epochs:
+            spill = self._in_memory and (epoch + 1) * self.bytes_per_epoch > self.memory_budget_bytes
             if self.directory is not None:
-                save_npy(self.epoch_path(epoch), column)
+                deferred = write is not None and self._in_memory and not spill
+                save = write if deferred else _save_now
+                assert save is not None
+                save(save_npy, self.epoch_path(epoch), column)
                 if correct_column is not None:
-                    save_npy(self.epoch_path(epoch, "correct"), correct_column)
-            if self._in_memory and (epoch + 1) * self.bytes_per_epoch > self.memory_budget_bytes:
+                    save(save_npy, self.epoch_path(epoch, "correct"), correct_column)
+                self._deferred_writes |= deferred
+            if spill:
                 self._spill(pending=(column, correct_column))
             elif self._in_memory:
                 self._losses.append(column)
@@ -234,6 +250,9 @@ class TrajectoryStore:
 
     def _spill(self, pending: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
         """Move every in-memory epoch to disk and read epochs memory-mapped from now on."""
+        # epochs whose files another thread may still be writing are written here (atomically: the
+        # same bytes, whichever rename lands last)
+        rewrite, self._deferred_writes = self._deferred_writes, False
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="memcallbacks-trajectory-"))
             warnings.warn(
@@ -241,14 +260,16 @@ class TrajectoryStore:
                 f"directory; spilling epochs to {self.directory}. Pass `directory=` to choose where.",
                 stacklevel=3,
             )
-            for j, column in enumerate(self._losses):
-                save_npy(self.epoch_path(j), column)
-            for j, column in enumerate(self._correct):
-                save_npy(self.epoch_path(j, "correct"), column)
+            rewrite = True
             if pending is not None:
                 save_npy(self.epoch_path(self.num_epochs), pending[0])
                 if pending[1] is not None:
                     save_npy(self.epoch_path(self.num_epochs, "correct"), pending[1])
+        if rewrite:
+            for j, column in enumerate(self._losses):
+                save_npy(self.epoch_path(j), column)
+            for j, column in enumerate(self._correct):
+                save_npy(self.epoch_path(j, "correct"), column)
         self._losses = []
         self._correct = []
         self._in_memory = False

@@ -212,7 +212,8 @@ class TrajectoryAccumulator:
             )
 
         visited = ~np.isnan(losses)
-        index = np.flatnonzero(visited)
+        # every sample visited (a full epoch): slices instead of gathers and scatters, same values
+        index: Any = slice(None) if visited.all() else np.flatnonzero(visited)
         x = losses[index]
         count = self._count[index] + 1
         self._count[index] = count
@@ -229,7 +230,7 @@ class TrajectoryAccumulator:
         self._prob_mean[index] = mean
         self._last[index] = x
         new = count == 1
-        self._first[index[new]] = x[new]
+        self._first[new if isinstance(index, slice) else index[new]] = x[new]
         self._min[index] = np.minimum(self._min[index], x)
 
         if correct is not None:
