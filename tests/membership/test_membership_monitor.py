@@ -238,8 +238,14 @@ def test_records_roc_and_histograms(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(loggers, "emit", capture)
     tl, vl = loaders(make_blobs(40, seed=0), make_blobs(40, seed=1))
+    # only a CSV logger: no logger takes records, none is built
+    trainer(tmp_path / "csv", max_epochs=2, callbacks=[MembershipInferenceMonitor()]).fit(
+        TinyClassifier(), tl, vl
+    )
+    assert records == []
     monitor = MembershipInferenceMonitor(calibrate=True)
-    trainer(tmp_path, max_epochs=2, callbacks=[monitor]).fit(TinyClassifier(), tl, vl)
+    tensorboard = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    trainer(tmp_path, max_epochs=2, callbacks=[monitor], logger=tensorboard).fit(TinyClassifier(), tl, vl)
     rocs = [r for r in records if isinstance(r, loggers.RocCurve)]
     hists = [r for r in records if isinstance(r, loggers.Histogram)]
     assert [(r.key, r.epoch) for r in rocs] == [

@@ -9,8 +9,9 @@ measures, through four hooks (the base runs them in this order, see
 * ``metrics(result) -> {"mem/...": float}``: the scalars, every key spelled out (every rank);
 * ``write_files(result)``: run-directory files, through :meth:`~MemorisationCallback.write_in_background`
   (global rank 0 only);
-* ``records(result) -> [loggers.Record]``: rich tracker records (global rank 0 only; sent through
-  :meth:`~MemorisationCallback.emit`, which honours the privacy opt-ins).
+* ``records(result) -> [loggers.Record]``: rich tracker records (global rank 0 only, and only when a
+  W&B, TensorBoard or MLflow logger is attached; sent through :meth:`~MemorisationCallback.emit`,
+  which honours the privacy opt-ins).
 
 The base decides when (:meth:`~MemorisationCallback.is_due`, the one schedule rule), times the
 evaluation (``last_eval_seconds``), appends one :attr:`~MemorisationCallback.history` row of one
@@ -628,8 +629,9 @@ class MemorisationCallback(SkipsFastDevRun, WarnsOnce, Callback):
             self.log_metrics(pl_module, metrics)
             if trainer.is_global_zero:
                 self.write_files(result)
-                for record in self.records(result):
-                    self.emit(trainer, record)
+                if loggers.takes_records(trainer):  # no W&B, TensorBoard or MLflow logger: nothing to build
+                    for record in self.records(result):
+                        self.emit(trainer, record)
         finally:
             self._eval_epoch = None
         self.last_eval_seconds = time.perf_counter() - start

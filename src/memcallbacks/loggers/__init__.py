@@ -58,7 +58,7 @@ Example:
 """
 
 from memcallbacks.loggers.contained import ContainedLogger, contain_failures
-from memcallbacks.loggers.dispatch import TrackerWarning, emit, emit_to
+from memcallbacks.loggers.dispatch import TrackerWarning, emit, emit_to, takes_records
 from memcallbacks.loggers.records import (
     MAX_CURVE_POINTS,
     MAX_HISTOGRAM_BINS,
@@ -96,4 +96,5 @@ __all__ = [
     "make_loggers",
     "markdown_table",
     "render_figure",
+    "takes_records",
 ]

@@ -23,7 +23,7 @@ from memcallbacks.loggers.records import RECORD_TYPES, Histogram, Record
 from memcallbacks.loggers.tensorboard_backend import emit_tensorboard
 from memcallbacks.loggers.wandb_backend import emit_wandb
 
-__all__ = ["TrackerWarning", "emit", "emit_to"]
+__all__ = ["TrackerWarning", "emit", "emit_to", "takes_records"]
 
 
 class TrackerWarning(UserWarning):
@@ -100,6 +100,18 @@ def emit_to(
             _warn_once(logger, record, e)
             failed += 1
     return failed
+
+
+def takes_records(trainer: Any) -> bool:
+    """Whether :func:`emit` would hand a record to any logger of ``trainer`` (W&B, TensorBoard, MLflow).
+
+    Lets a monitor skip building records (ROC curves, histograms) that no logger would receive.
+
+    Example:
+        >>> takes_records(None)
+        False
+    """
+    return any(_adapter_for(logger) is not None for logger in getattr(trainer, "loggers", None) or [])
 
 
 def _check_record(record: Any) -> None:

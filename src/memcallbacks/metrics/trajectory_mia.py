@@ -178,10 +178,11 @@ def trajectory_attack_scores(
     fold = _fold_ids(kept_m, kept_n, folds, seed)
     scores = np.empty(x.shape[0])
     for k in range(folds):
-        train, test = fold != k, fold == k
-        mean, std = x[train].mean(axis=0), x[train].std(axis=0)
+        test = fold == k
+        x_train = x[~test]
+        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
         std[std == 0.0] = 1.0
-        w = _fit_logistic((x[train] - mean) / std, y[train], l2=l2)
+        w = _fit_logistic((x_train - mean) / std, y[~test], l2=l2)
         scores[test] = ((x[test] - mean) / std) @ w[:-1] + w[-1]
     member_scores[keep_m] = scores[:kept_m]
     nonmember_scores[keep_n] = scores[kept_m:]
