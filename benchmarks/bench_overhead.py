@@ -21,6 +21,9 @@ of one repetition are seconds apart, so slow drift of a shared machine cancels i
     any per-step callback.
 ``tracker``
     ``indexed`` plus ``LossTrajectoryTracker()`` (step source, float16 store in the run directory).
+``noop_again``
+    ``noop`` once more, an A/A control: ``noop_again/noop`` should read 1, and how far it strays is
+    the noise floor of this run. A tracker ratio closer to 1 than that cannot be told from noise.
 
 What a user runs, as the independent harness ``../shared/bench/step_capture_overhead.py`` does:
 torch's default intra-op threads (``--threads 0``; this benchmark used to pin 1 thread, which
@@ -75,7 +78,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from memcallbacks import IndexedDataset, LossTrajectoryTracker, rundir, split_index
 
-CONFIGS = ("raw", "indexed", "noop", "tracker")
+CONFIGS = ("raw", "indexed", "noop", "tracker", "noop_again")
 
 
 class MLP(pl.LightningModule):
@@ -136,7 +139,7 @@ def fit_once(
     loader = DataLoader(dataset, batch_size=batch, shuffle=True)
     callbacks: list[pl.Callback] = []
     tracker = None
-    if config == "noop":
+    if config in ("noop", "noop_again"):
         callbacks.append(NoOp())
     elif config == "tracker":
         tracker = LossTrajectoryTracker()  # the default run directory, as a user has it
@@ -197,6 +200,16 @@ def compare(
             c: round(statistics.median(t / r for t, r in zip(v, times["raw"])), 4) for c, v in times.items()
         },
         "tracker_vs_noop": round(statistics.median(times["tracker"]) / statistics.median(times["noop"]), 4),
+        "paired_tracker_vs_noop": round(
+            statistics.median(t / n for t, n in zip(times["tracker"], times["noop"])), 4
+        ),
+        # the A/A control: two identical configurations; how far this is from 1 is the noise floor
+        "noop_again_vs_noop": round(
+            statistics.median(times["noop_again"]) / statistics.median(times["noop"]), 4
+        ),
+        "paired_noop_again_vs_noop": round(
+            statistics.median(a / n for a, n in zip(times["noop_again"], times["noop"])), 4
+        ),
         # CPU seconds of this process (all its threads): less sensitive to other jobs on a shared machine
         "cpu_s_median": {c: round(statistics.median(v), 3) for c, v in cpu.items()},
         "cpu_ratio_vs_raw": {

@@ -265,24 +265,36 @@ class TrajectoryAccumulator:
         Returns:
             A :class:`TrajectoryStatistics`.
         """
+        # each statistic is computed in one fresh array, in place: at 200,000 samples a new array
+        # costs more in page faults than the arithmetic does
         count = self._count.copy()
         visited = count > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            denominator = np.where(visited, count, 1)
+        unvisited = None if visited.all() else ~visited
 
-            def nan_where_unvisited(values: np.ndarray) -> np.ndarray:
-                return np.where(visited, values, np.nan)
+        def nan_where_unvisited(values: np.ndarray) -> np.ndarray:  # fresh `values`, modified
+            if unvisited is not None:
+                values[unvisited] = np.nan
+            return values
 
-            mean = nan_where_unvisited(self._loss_mean)
-            std = nan_where_unvisited(np.sqrt(np.maximum(self._loss_m2, 0.0) / denominator))
-            confidence = nan_where_unvisited(self._prob_mean)
-            variability = nan_where_unvisited(np.sqrt(np.maximum(self._prob_m2, 0.0) / denominator))
-            minimum = nan_where_unvisited(self._min)
-            correctness = forgetting = learned = None
-            if self.has_correctness:
-                correctness = nan_where_unvisited(self._correct_count / denominator)
-                forgetting = self._forgetting_events.copy()
-                learned = self._streak_start.copy()
+        def per_visit(values: np.ndarray) -> np.ndarray:  # fresh float `values` / count, in place
+            np.divide(values, count, out=values, where=visited)
+            return nan_where_unvisited(values)
+
+        def root_mean_square(m2: np.ndarray) -> np.ndarray:  # sqrt(max(m2, 0) / count)
+            out = np.maximum(m2, 0.0)
+            np.divide(out, count, out=out, where=visited)
+            return nan_where_unvisited(np.sqrt(out, out=out))
+
+        mean = nan_where_unvisited(self._loss_mean.copy())
+        std = root_mean_square(self._loss_m2)
+        confidence = nan_where_unvisited(self._prob_mean.copy())
+        variability = root_mean_square(self._prob_m2)
+        minimum = nan_where_unvisited(self._min.copy())
+        correctness = forgetting = learned = None
+        if self.has_correctness:
+            correctness = per_visit(self._correct_count.astype(np.float64))
+            forgetting = self._forgetting_events.copy()
+            learned = self._streak_start.copy()
         return TrajectoryStatistics(
             count=count,
             mean=mean,
