@@ -106,7 +106,8 @@ def test_extrapolated_matches_independent_fit_and_references_fixed(tmp_path, mon
     cs = canaries(length=6)
     model = tiny_window_lm(TOK.vocab_size)
     monitor = CanaryExposureMonitor(cs, method="extrapolated", num_references=300, max_exact=1000)
-    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[monitor])
+    tensorboard = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")  # a logger that takes records
+    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[monitor], logger=tensorboard)
     trainer.fit(model, loader(cs))
     assert monitor.resolved_method == "extrapolated"
     refs = monitor.references
@@ -135,7 +136,9 @@ def test_log_secrets_table_and_file(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(trackers_module, "emit", lambda t, r, **kw: records.append((r, kw)))
     cs = canaries()
     monitor = CanaryExposureMonitor(cs, method="exact", log_secrets=True)
-    make_trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(tiny_window_lm(TOK.vocab_size), loader(cs))
+    tensorboard = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[monitor], logger=tensorboard)
+    trainer.fit(tiny_window_lm(TOK.vocab_size), loader(cs))
     assert json.loads((monitor.run_dir / "secrets.json").read_text()) == {c.id: c.secret for c in cs}
     table, kw = next((r, kw) for r, kw in records if isinstance(r, trackers_module.Table))
     assert table.secret

@@ -23,6 +23,9 @@ def test_ctrl_c_in_the_demo_says_what_was_kept(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "WANDB_MODE": "offline"},
+        # a child inherits an ignored SIGINT (Lightning ignores it in a process after a Ctrl-C), and
+        # Python then never turns it into KeyboardInterrupt: start the demo as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     first = out / "memcallbacks" / "membership" / "metrics.json"
     deadline = time.monotonic() + 600
