@@ -222,7 +222,8 @@ class LossTrajectoryTracker(MemorisationCallback):
             validation runs.
         dtype: ``"float16"`` (default) or ``"float32"`` storage.
         memory_budget_bytes: beyond this the store keeps epochs on disk, memory-mapped.
-        num_top: rows of the most-memorised table emitted at fit end.
+        num_top: rows of the most-memorised table emitted at fit end (to a W&B, TensorBoard or
+            MLflow logger; not built when none is attached).
         score: default ranking of :meth:`most_memorised` and of the fit-end table:
             ``"mean_loss"`` (default; classifiers), ``"calibrated_loss"`` (language models, with
             ``reference``), ``"min_loss"`` (language models), ``"low_loss"`` or ``"loss_drop"``
@@ -851,7 +852,7 @@ class LossTrajectoryTracker(MemorisationCallback):
             return
         # the epoch-end summaries were replaced without waiting for the disk: make the last one durable
         self.write_in_background(rundir.sync_trajectory_summary, self.run_dir)
-        if self.num_top == 0:
+        if self.num_top == 0 or not loggers.takes_records(trainer):  # the table goes to loggers only
             return
         stats = self.store.statistics()
         score = memorisation_score(stats, by=self.score, reference=self._row_reference)
